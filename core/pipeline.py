@@ -8,10 +8,21 @@ step and fine-tunes with the same total iteration budget.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from core.binary import binarize_module, is_binarized, packed_nbytes
+from core.checkpoint import (ModelCard, float_checkpoint_nbytes, load_state, pack_checkpoint,
+                             save_state, unpack_checkpoint)
+from core.data import ImageRecord
+from core.priority import discover_layers, measure_sensitivity, order_layers, saved_bytes
+from core.train import ImageCache, IterationReport, detection_loss, evaluate_model, train_detector
 
 Method = Literal["layer_priority", "all_at_once"]
 Order = Literal["inverse_depth", "forward", "sensitivity"]
@@ -47,6 +58,20 @@ class PipelineConfig(BaseModel):
     seed: int = 0
     batch_size: int = Field(default=8, ge=1, le=256)
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    num_layers: int | None = Field(
+        default=None, ge=1,
+        description="all_at_once only: binarize exactly this many layers (first ones of "
+        "`order`) instead of as many as the target needs")
+
+    @model_validator(mode="after")
+    def _method_fits_target(self) -> PipelineConfig:
+        if self.method == "all_at_once" and self.target.min_compression_ratio is None \
+                and self.num_layers is None:
+            raise ValueError("method all_at_once needs target.min_compression_ratio (or "
+                             "num_layers): a miss-rate budget has no single layer set")
+        if self.method == "layer_priority" and self.num_layers is not None:
+            raise ValueError("num_layers applies to method all_at_once only")
+        return self
 
 
 class Progress(BaseModel):
@@ -83,6 +108,7 @@ class StepOutcome(BaseModel):
 class PipelineResult(BaseModel):
     steps: list[StepOutcome]
     selected_index: int
+    target_met: bool
 
 
 OnStep = Callable[[StepOutcome], None]
@@ -94,14 +120,72 @@ class Cancelled(Exception):
     """Raised inside `run` when `should_stop()` answered True."""
 
 
+# -- the run -------------------------------------------------------------------------
+SENSITIVITY_BATCHES = 4
+PROGRESS_INTERVAL_S = 1.0
+
+
+@dataclass
+class _Plan:
+    """Layers binarized at each step 1..N (step 0 is the float model)."""
+
+    steps: list[list[str]]
+    iterations: list[int]
+    expected_steps: int  # steps a compression target needs; all of them for a miss-rate budget
+
+
+def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
+               sensitivity: dict[str, float] | None = None) -> _Plan:
+    """Which layers each step binarizes, and how many fine-tuning iterations it gets."""
+    layers = order_layers(discover_layers(model, card.input_size), config.order, sensitivity)
+    if not layers:
+        raise ValueError("the model has no binarizable (Conv2d / Linear) layers")
+    float_bytes = float_checkpoint_nbytes(model)
+    ratios, saved = [], 0
+    for layer in layers:
+        saved += saved_bytes(layer, config.bits)
+        ratios.append(float_bytes / (float_bytes - saved))
+    needed = len(layers)
+    if config.target.min_compression_ratio is not None:
+        needed = next((i + 1 for i, r in enumerate(ratios)
+                       if r >= config.target.min_compression_ratio), len(layers))
+    if config.method == "all_at_once":
+        count = min(config.num_layers or needed, len(layers))
+        return _Plan([[layer.name for layer in layers[:count]]], [count * config.finetune_iters], 1)
+    return _Plan([[layer.name] for layer in layers], [config.finetune_iters] * len(layers), needed)
+
+
+def _target_reached(steps: Sequence[StepOutcome], target: Target) -> bool:
+    last = steps[-1]
+    if target.min_compression_ratio is not None:
+        return last.compression_ratio >= target.min_compression_ratio
+    return last.miss_rate - steps[0].miss_rate > (target.max_miss_rate_increase or 0.0)
+
+
+def select_step(steps: Sequence[StepOutcome], target: Target) -> tuple[int, bool]:
+    """(index of the selected step, whether the target was met).
+
+    Compression target: the first step reaching the ratio (else the most compressed one).
+    Miss-rate budget: the most compressed step whose miss-rate increase stays in budget.
+    """
+    if target.min_compression_ratio is not None:
+        for step in steps:
+            if step.compression_ratio >= target.min_compression_ratio:
+                return step.index, True
+        return max(steps, key=lambda s: s.compression_ratio).index, False
+    budget = target.max_miss_rate_increase or 0.0
+    within = [s for s in steps if s.miss_rate - steps[0].miss_rate <= budget]
+    return max(within, key=lambda s: s.compression_ratio).index, True
+
+
 def run(
-    model,
-    card,
-    train_records,
-    val_records,
+    model: nn.Module,
+    card: ModelCard,
+    train_records: Sequence[ImageRecord],
+    val_records: Sequence[ImageRecord],
     config: PipelineConfig,
     *,
-    completed=(),
+    completed: Sequence[StepOutcome] = (),
     on_step: OnStep | None = None,
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
@@ -110,11 +194,143 @@ def run(
     """Run (or resume) a binarization job.
 
     model: the float detector as uploaded (`core.checkpoint.load_model*`), card its ModelCard.
-    train_records / val_records: `core.data.ImageRecord`s.
+    train_records / val_records: `core.data.ImageRecord`s (fine-tuning / evaluation).
     completed: StepOutcomes already committed by an earlier, interrupted run of the same
-      config; the run resumes after the last one and repeats none of them.
-    on_step: called once per newly completed step (including step 0), in order.
-    on_progress: called at least every few seconds while a step runs.
-    should_stop: polled every fine-tuning iteration; True raises `Cancelled`.
+      config (with their `state` bytes); the run resumes after the last one and repeats
+      none of them.
+    on_step: called once per newly completed step (step 0 = the float model), in order.
+    on_progress: called about every second while a step runs.
+    should_stop: polled every fine-tuning iteration; True raises `Cancelled` before the
+      step in progress is reported.
     """
-    raise NotImplementedError  # being written
+    cache = ImageCache()
+    sensitivity = None
+    if config.order == "sensitivity":
+        sensitivity = _sensitivity(model, card, train_records, config, cache, device)
+    plan = plan_steps(model, card, config, sensitivity)
+    steps = list(completed)
+    if any(s.index != i for i, s in enumerate(steps)):
+        raise ValueError("completed steps must be steps 0..n-1 in order")
+    progress = _ProgressTracker(plan, config, on_progress, len(steps))
+
+    def report(outcome: StepOutcome) -> None:
+        steps.append(outcome)
+        if on_step is not None:
+            on_step(outcome)
+
+    if steps:
+        model = load_state(card, steps[-1].state)
+    else:
+        report(_measure(model, card, config, 0, [], 0.0, val_records, cache, device))
+    float_bytes = float_checkpoint_nbytes(model)
+    modules = dict(model.named_modules())
+    while len(steps) <= len(plan.steps) and not (len(steps) > 1 and _target_reached(steps, config.target)):
+        index = len(steps)
+        new_layers = plan.steps[index - 1]
+        for name in new_layers:
+            binarize_module(modules[name], config.bits)
+        started = time.monotonic()
+        stop = _StopFlag(should_stop)
+        train_detector(
+            model, train_records, iterations=plan.iterations[index - 1],
+            batch_size=config.batch_size, learning_rate=config.learning_rate,
+            seed=config.seed * 1000 + index, cache=cache, device=device,
+            on_iteration=lambda it, index=index: progress.iteration(index, it),
+            should_stop=stop)
+        if stop.requested:
+            raise Cancelled(f"cancelled during step {index}")
+        report(_measure(model, card, config, index, new_layers, time.monotonic() - started,
+                        val_records, cache, device, float_bytes))
+        progress.step_done(index)
+    selected, met = select_step(steps, config.target)
+    return PipelineResult(steps=steps, selected_index=selected, target_met=met)
+
+
+class _StopFlag:
+    def __init__(self, should_stop: ShouldStop | None) -> None:
+        self.should_stop, self.requested = should_stop, False
+
+    def __call__(self) -> bool:
+        if self.should_stop is not None and not self.requested:
+            self.requested = bool(self.should_stop())
+        return self.requested
+
+
+def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: int,
+             new_layers: list[str], seconds: float, val_records: Sequence[ImageRecord],
+             cache: ImageCache, device: str, float_bytes: int | None = None) -> StepOutcome:
+    """Pack the model, evaluate what the packed checkpoint serves, and describe the step."""
+    started = time.monotonic()
+    float_bytes = float_bytes or float_checkpoint_nbytes(model)
+    served, _ = unpack_checkpoint(pack_checkpoint(model, card))
+    metrics = evaluate_model(served, val_records, cache=cache, device=device)
+    layers = {name: m for name, m in model.named_modules() if is_binarized(m)}
+    provenance = {**card.provenance, "flexbin": {
+        "method": config.method, "order": config.order, "step": index, "seed": config.seed,
+        "finetune_iters": config.finetune_iters, "source_architecture": card.architecture}}
+    packed = pack_checkpoint(model, card.model_copy(update={"provenance": provenance}))
+    ratio = float_bytes / len(packed)
+    packed = pack_checkpoint(model, card.model_copy(update={
+        "provenance": provenance,
+        "metrics": {"miss_rate": metrics.miss_rate, "ap50": metrics.ap50, "compression_ratio": ratio}}))
+    binary_float = sum(4 * m.weight.numel() for m in layers.values())
+    binary_packed = sum(packed_nbytes(tuple(m.weight.shape), config.bits) for m in layers.values())
+    return StepOutcome(
+        index=index, layers=new_layers, binary_layers=list(layers), bits=config.bits,
+        compression_ratio=ratio,
+        binary_layer_compression=binary_float / binary_packed if binary_packed else None,
+        miss_rate=metrics.miss_rate, ap50=metrics.ap50,
+        step_seconds=seconds + time.monotonic() - started, checkpoint_bytes=len(packed),
+        checkpoint=packed, state=save_state(model), fppi_curve=metrics.fppi_curve)
+
+
+def _sensitivity(model: nn.Module, card: ModelCard, records: Sequence[ImageRecord],
+                 config: PipelineConfig, cache: ImageCache, device: str) -> dict[str, float]:
+    chosen = sorted(records, key=lambda r: r.name)[: SENSITIVITY_BATCHES * config.batch_size]
+    batches = [
+        ([cache.image(r) for r in chosen[i:i + config.batch_size]],
+         [{"boxes": r.boxes, "labels": torch.ones(len(r.boxes), dtype=torch.int64)}
+          for r in chosen[i:i + config.batch_size]])
+        for i in range(0, len(chosen), config.batch_size)
+    ]
+    layers = discover_layers(model, card.input_size)
+    return measure_sensitivity(model, layers, lambda m: detection_loss(m, batches, device), config.bits)
+
+
+class _ProgressTracker:
+    """Turns iteration reports into step / percent / ETA, at most once per interval."""
+
+    def __init__(self, plan: _Plan, config: PipelineConfig, on_progress: OnProgress | None,
+                 done_steps: int) -> None:
+        self.on_progress = on_progress
+        self.total_steps = plan.expected_steps + 1
+        # Work units: fine-tuning iterations, plus one iteration's worth per evaluation.
+        self.work = [1] + [n + 1 for n in plan.iterations]
+        self.total = sum(self.work[: self.total_steps])
+        self.done = sum(self.work[: min(done_steps, self.total_steps)])
+        self.started = time.monotonic()
+        self.done_at_start = self.done
+        self.last = 0.0
+
+    def iteration(self, step: int, it: IterationReport) -> None:
+        now = time.monotonic()
+        if self.on_progress is None or (now - self.last < PROGRESS_INTERVAL_S and it.iteration < it.total):
+            return
+        self.last = now
+        self._emit(step, it.iteration, it.total, self.done + it.iteration, "fine-tuning")
+
+    def step_done(self, step: int) -> None:
+        self.done += self.work[step] if step < len(self.work) else 0
+        if self.on_progress is not None:
+            self._emit(step, 0, 0, self.done, "step done")
+
+    def _emit(self, step: int, iteration: int, total_iterations: int, done: int, message: str) -> None:
+        assert self.on_progress is not None
+        total_steps = max(self.total_steps, step + 1)
+        total = max(self.total, done)
+        rate = (done - self.done_at_start) / max(time.monotonic() - self.started, 1e-6)
+        eta = (total - done) / rate if rate > 0 else None
+        self.on_progress(Progress(
+            step=step, total_steps=total_steps, iteration=iteration,
+            total_iterations=total_iterations, percent=round(100.0 * done / total, 2),
+            eta_seconds=eta, message=message))

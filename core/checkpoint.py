@@ -1,0 +1,280 @@
+"""Models and checkpoints on disk and in bytes: safetensors + a JSON card, never pickle.
+
+Three byte formats, all safetensors:
+- *float model* (`weights.safetensors` + `card.json`): the model's state_dict as uploaded.
+- *packed checkpoint*: what serving runs. Float tensors as they are; each binarized weight
+  W ≈ Σ α_i B_i stored bit-packed as `<key>::bits` (uint8, 1 bit per weight and base) and
+  `<key>::scales` (float32 [k, C_out]); the card travels in the safetensors metadata.
+- *resume state*: the latent real weights of a run in progress (binarized layers keep
+  real weights under the straight-through estimator), for resuming a pipeline step.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor, nn
+
+from core.binary import approximate, binarize_module, pack_approx, strip_binarization, unpack_approx
+from core.models import build_model
+from core.models.registry import ARCHITECTURES, resolve_kwargs
+
+CARD_KEY = "flexbin_card"
+SHAPES_KEY = "flexbin_shapes"
+_BITS, _SCALES = "::bits", "::scales"
+
+
+class CheckpointError(ValueError):
+    """A model, card or checkpoint that cannot be used; the message names the problem."""
+
+
+class ModelCard(BaseModel):
+    """What a set of weights is and how it was made.
+
+    On disk the builder kwargs sit at the top level next to `architecture` and
+    `num_classes` (the API's card format); unknown top-level keys are builder kwargs and are
+    validated against the architecture's allowed kwargs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    architecture: str
+    num_classes: int = Field(default=2, ge=2, le=1000)
+    builder_kwargs: dict[str, Any] = Field(default_factory=dict)
+    input_size: int = 320
+    binary_layers: dict[str, int] = Field(default_factory=dict, description="layer -> bits")
+    metrics: dict[str, float] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_builder_kwargs(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = set(cls.model_fields)
+            extra = {k: v for k, v in data.items() if k not in known}
+            data = {k: v for k, v in data.items() if k in known}
+            data["builder_kwargs"] = {**data.get("builder_kwargs", {}), **extra}
+        return data
+
+    @model_validator(mode="after")
+    def _check_architecture(self) -> ModelCard:
+        self.builder_kwargs = resolve_kwargs(self.architecture, self.builder_kwargs)
+        self.input_size = ARCHITECTURES[self.architecture].input_size
+        if "input_size" in self.builder_kwargs:
+            self.input_size = int(self.builder_kwargs["input_size"])
+        return self
+
+    @model_serializer(mode="wrap")
+    def _flatten(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {**data.pop("builder_kwargs"), **data}
+
+    @classmethod
+    def parse(cls, raw: str | bytes) -> ModelCard:
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "card"
+            raise CheckpointError(f"invalid card: {where}: {first['msg']}") from None
+        except ValueError as exc:  # e.g. non-UTF-8 bytes
+            raise CheckpointError(f"invalid card: {exc}") from None
+
+    def build(self) -> nn.Module:
+        return build_model(self.architecture, num_classes=self.num_classes, **self.builder_kwargs)
+
+
+# -- float models ------------------------------------------------------------------
+def save_model_bytes(model: nn.Module, card: ModelCard) -> tuple[bytes, str]:
+    """(weights.safetensors bytes, card.json text) of a float model."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return st_save(state), card.model_dump_json(indent=2)
+
+
+def save_model(model: nn.Module, card: ModelCard, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    weights, card_json = save_model_bytes(model, card)
+    (directory / "weights.safetensors").write_bytes(weights)
+    (directory / "card.json").write_text(card_json)
+
+
+def load_model_bytes(weights: bytes, card_json: str | bytes) -> tuple[nn.Module, ModelCard]:
+    """Build the card's architecture and load the weights strictly.
+
+    Raises CheckpointError for a card that names an unknown architecture or argument, a file
+    that is not safetensors (a pickle, say), and the first missing, unexpected or
+    wrongly shaped tensor.
+    """
+    card = ModelCard.parse(card_json)
+    state = _read_safetensors(weights, "weights")
+    model = card.build()
+    load_state_strict(model, state)
+    model.eval()
+    return model, card
+
+
+def load_model(directory: Path) -> tuple[nn.Module, ModelCard]:
+    return load_model_bytes((directory / "weights.safetensors").read_bytes(),
+                            (directory / "card.json").read_text())
+
+
+def load_state_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
+    expected = model.state_dict()
+    for key in sorted(expected.keys() | state.keys()):
+        if key not in state:
+            raise CheckpointError(f"weights: missing tensor {key!r} {tuple(expected[key].shape)}")
+        if key not in expected:
+            raise CheckpointError(f"weights: unexpected tensor {key!r}")
+        if state[key].shape != expected[key].shape:
+            raise CheckpointError(f"weights: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                                  f"the architecture needs {tuple(expected[key].shape)}")
+        if state[key].is_floating_point() != expected[key].is_floating_point():
+            raise CheckpointError(f"weights: tensor {key!r} has dtype {state[key].dtype}, "
+                                  f"expected {expected[key].dtype}")
+    model.load_state_dict(state, strict=True)
+
+
+def check_forward(model: nn.Module, card: ModelCard) -> None:
+    """One forward pass on a dummy image; CheckpointError if the model cannot run."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model([torch.rand(3, card.input_size, card.input_size)])
+        if not (isinstance(out, list) and "boxes" in out[0] and "scores" in out[0]):
+            raise CheckpointError("model output is not a list of {boxes, scores} predictions")
+        if not torch.isfinite(out[0]["scores"]).all():
+            raise CheckpointError("model produced non-finite scores on a dummy image")
+    except CheckpointError:
+        raise
+    except Exception as exc:  # any failure of an uploaded model is the upload's fault
+        raise CheckpointError(f"model failed a forward pass on a dummy image: {exc}") from None
+
+
+def _read_safetensors(data: bytes, what: str) -> dict[str, Tensor]:
+    try:
+        return st_load(data)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
+        raise CheckpointError(f"{what} is not a valid safetensors file: {exc}") from None
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    """The safetensors header's __metadata__ (header size: 8-byte little-endian prefix)."""
+    if len(data) < 8:
+        raise CheckpointError("checkpoint is not a valid safetensors file: too short")
+    size = int.from_bytes(data[:8], "little")
+    if size > min(len(data) - 8, 100_000_000):
+        raise CheckpointError("checkpoint is not a valid safetensors file: header size lies")
+    try:
+        return json.loads(data[8 : 8 + size]).get("__metadata__", {}) or {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint header is not JSON: {exc}") from None
+
+
+# -- packed (binary) checkpoints ---------------------------------------------------
+def binarized_modules(model: nn.Module) -> dict[str, nn.Module]:
+    from core.binary import is_binarized
+
+    return {name: m for name, m in model.named_modules() if is_binarized(m)}
+
+
+def pack_checkpoint(model: nn.Module, card: ModelCard) -> bytes:
+    """The packed checkpoint of a (partly) binarized model: 1 bit per binary weight.
+
+    Binarized layers are those carrying a `core.binary` parametrization; their weights are
+    re-approximated from the latent weights with the same bits (the exact values the
+    straight-through forward pass uses).
+    """
+    from core.binary import binary_bits, latent_weight
+
+    binary = binarized_modules(model)
+    layers = {name: int(binary_bits(m)) for name, m in binary.items()}
+    card = card.model_copy(update={"binary_layers": layers})
+    tensors: dict[str, Tensor] = {}
+    shapes: dict[str, list[int]] = {}
+    for key, value in _plain_state(model).items():
+        layer = key.removesuffix(".weight")
+        if key.endswith(".weight") and layer in binary:
+            approx = approximate(latent_weight(binary[layer]).detach().float().cpu(), layers[layer])
+            packed = pack_approx(approx)
+            tensors[key + _BITS] = packed["bits"]
+            tensors[key + _SCALES] = packed["scales"]
+            shapes[key] = list(value.shape)
+        else:
+            tensors[key] = value
+    return st_save(tensors, metadata={CARD_KEY: card.model_dump_json(), SHAPES_KEY: json.dumps(shapes)})
+
+
+def unpack_checkpoint(data: bytes) -> tuple[nn.Module, ModelCard]:
+    """An inference model (plain float weights = the unpacked binary ones) and its card."""
+    meta = _metadata(data)
+    if CARD_KEY not in meta:
+        raise CheckpointError("checkpoint carries no FlexBin card in its metadata")
+    card = ModelCard.parse(meta[CARD_KEY])
+    shapes = json.loads(meta.get(SHAPES_KEY, "{}"))
+    tensors = _read_safetensors(data, "checkpoint")
+    state: dict[str, Tensor] = {k: v for k, v in tensors.items() if "::" not in k}
+    for key, shape in shapes.items():
+        try:
+            approx = unpack_approx({"bits": tensors[key + _BITS], "scales": tensors[key + _SCALES]},
+                                   tuple(shape))
+        except KeyError as exc:
+            raise CheckpointError(f"checkpoint lacks packed tensor {exc}") from None
+        state[key] = approx.reconstruct()
+    model = card.build()
+    load_state_strict(model, state)
+    model.eval()
+    return model, card
+
+
+def _plain_state(model: nn.Module) -> dict[str, Tensor]:
+    """state_dict with parametrized weights under their plain names (binarized values)."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if ".parametrizations." in key:
+            continue  # latent weights; the binarized value is read from the module below
+        state[key] = value.detach().cpu().contiguous()
+    for name, module in binarized_modules(model).items():
+        state[f"{name}.weight" if name else "weight"] = module.weight.detach().cpu().contiguous()
+    return state
+
+
+def float_checkpoint_nbytes(model: nn.Module) -> int:
+    """Bytes of the model's float32 safetensors checkpoint (the compression baseline)."""
+    return len(st_save({k: v.float() if v.is_floating_point() else v
+                        for k, v in _plain_state(model).items()}))
+
+
+# -- resume state ------------------------------------------------------------------
+def save_state(model: nn.Module) -> bytes:
+    """Latent weights + which layers are binarized (with bits), for resuming a run."""
+    from core.binary import binary_bits
+
+    layers = {name: int(binary_bits(m)) for name, m in binarized_modules(model).items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return st_save(state, metadata={"binary_layers": json.dumps(layers)})
+
+
+def load_state(card: ModelCard, data: bytes) -> nn.Module:
+    """Rebuild a model in training form (binarized layers parametrized) from `save_state`."""
+    layers: dict[str, int] = json.loads(_metadata(data).get("binary_layers", "{}"))
+    model = card.build()
+    modules = dict(model.named_modules())
+    for name, bits in layers.items():
+        if name not in modules:
+            raise CheckpointError(f"resume state names unknown layer {name!r}")
+        binarize_module(modules[name], bits)
+    load_state_strict(model, _read_safetensors(data, "resume state"))
+    return model
+
+
+__all__ = [
+    "CheckpointError", "ModelCard", "check_forward", "float_checkpoint_nbytes", "load_model",
+    "load_model_bytes", "load_state", "load_state_strict", "pack_checkpoint", "save_model",
+    "save_model_bytes", "save_state", "strip_binarization", "unpack_checkpoint",
+]

@@ -1,0 +1,167 @@
+"""FlexBin's default pedestrian detector: a VGG-style, single-scale CenterNet.
+
+Designed for the paper's setting: a plain stack of 3x3 convolutions (like the VGG-based
+detectors Zhuang et al. binarized) whose parameters sit mostly in the deeper layers, so the
+binarization order matters; small enough to train from scratch on two CPU cores.
+
+Detection follows CenterNet (Zhou et al. 2019, "Objects as Points"): a heatmap of
+pedestrian centres at stride 16, plus per-cell centre offset and log box size.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+STRIDE = 16
+
+
+def _conv(c_in: int, c_out: int, *, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+class PedNet(nn.Module):
+    """CenterNet-style pedestrian detector following torchvision's detection API.
+
+    Input: list of FloatTensor[3, H, W] in [0, 1], any sizes. Each image is resized so its
+    longer side is `input_size` and padded to a square `input_size` canvas.
+    Train mode: `model(images, targets)` -> {"heatmap", "offset", "size"} losses.
+    Eval mode: `model(images)` -> [{"boxes": FloatTensor[N, 4] x1, y1, x2, y2 in the input
+    image's pixels, "scores": FloatTensor[N], "labels": Int64Tensor[N]}], best first.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 2,
+        input_size: int = 320,
+        width: int = 32,
+        score_thresh: float = 0.01,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (background + pedestrian), got {num_classes}")
+        if input_size % STRIDE or input_size < 64:
+            raise ValueError(f"input_size must be a multiple of {STRIDE} and >= 64, got {input_size}")
+        if width < 4:
+            raise ValueError(f"width must be >= 4, got {width}")
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.score_thresh = score_thresh
+        self.nms_thresh = nms_thresh
+        self.detections_per_img = detections_per_img
+        w = width
+        self.features = nn.Sequential(
+            _conv(3, w, stride=2),            # 1/2
+            _conv(w, 2 * w, stride=2),        # 1/4
+            _conv(2 * w, 2 * w),
+            _conv(2 * w, 4 * w, stride=2),    # 1/8
+            _conv(4 * w, 4 * w),
+            _conv(4 * w, 8 * w, stride=2),    # 1/16
+            _conv(8 * w, 8 * w),
+            _conv(8 * w, 8 * w, dilation=2),  # wider context for tall pedestrians
+        )
+        self.neck = _conv(8 * w, 4 * w)
+        self.heatmap = nn.Conv2d(4 * w, num_classes - 1, 1)
+        self.regression = nn.Conv2d(4 * w, 4, 1)  # centre offset (dx, dy), log(w, h / stride)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1), persistent=False)
+        # Start the heatmap at a low prior so the focal loss is stable from scratch.
+        nn.init.constant_(self.heatmap.bias, -math.log((1 - 0.01) / 0.01))
+
+    # -- input -----------------------------------------------------------------
+    def _batch(self, images: list[Tensor]) -> tuple[Tensor, list[float]]:
+        canvas = images[0].new_zeros(len(images), 3, self.input_size, self.input_size)
+        scales = []
+        for i, image in enumerate(images):
+            h, w = image.shape[-2:]
+            scale = self.input_size / max(h, w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            resized = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            canvas[i, :, :nh, :nw] = (resized - self.mean) / self.std
+            scales.append(scale)
+        return canvas, scales
+
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.neck(self.features(x))
+        return self.heatmap(x), self.regression(x)
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        x, scales = self._batch(images)
+        logits, regression = self._heads(x)
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in train mode")
+            return self._losses(logits, regression, targets, scales)
+        return self._decode(logits, regression, images, scales)
+
+    # -- training ----------------------------------------------------------------
+    def _losses(self, logits: Tensor, regression: Tensor, targets: list[dict[str, Tensor]],
+                scales: list[float]) -> dict[str, Tensor]:
+        n, _, gh, gw = logits.shape
+        heat = logits.new_zeros(n, gh, gw)
+        reg_target = regression.new_zeros(n, 4, gh, gw)
+        reg_mask = logits.new_zeros(n, gh, gw)
+        ys = torch.arange(gh, device=logits.device, dtype=logits.dtype).view(-1, 1)
+        xs = torch.arange(gw, device=logits.device, dtype=logits.dtype).view(1, -1)
+        for i, (target, scale) in enumerate(zip(targets, scales)):
+            boxes = target["boxes"].to(logits) * scale / STRIDE
+            for x1, y1, x2, y2 in boxes.tolist():
+                bw, bh = max(x2 - x1, 1e-3), max(y2 - y1, 1e-3)
+                cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+                ix, iy = min(int(cx), gw - 1), min(int(cy), gh - 1)
+                # Gaussian of CenterNet's size-adaptive radius, per axis.
+                sx, sy = max(bw / 6, 0.5), max(bh / 6, 0.5)
+                g = torch.exp(-((xs - ix) ** 2) / (2 * sx**2) - ((ys - iy) ** 2) / (2 * sy**2))
+                heat[i] = torch.maximum(heat[i], g)
+                reg_target[i, :, iy, ix] = torch.tensor(
+                    [cx - ix, cy - iy, math.log(bw), math.log(bh)], dtype=logits.dtype)
+                reg_mask[i, iy, ix] = 1.0
+        num_pos = reg_mask.sum().clamp(min=1.0)
+        return {
+            "heatmap": _centernet_focal_loss(logits[:, 0], heat) / num_pos,
+            "regression": (F.smooth_l1_loss(regression, reg_target, reduction="none").sum(1)
+                           * reg_mask).sum() / num_pos,
+        }
+
+    # -- inference ---------------------------------------------------------------
+    def _decode(self, logits: Tensor, regression: Tensor, images: list[Tensor],
+                scales: list[float]) -> list[dict[str, Tensor]]:
+        heat = logits[:, 0].sigmoid()
+        peaks = heat * (F.max_pool2d(heat[:, None], 3, stride=1, padding=1)[:, 0] == heat)
+        results = []
+        gw = heat.shape[-1]
+        for i, image in enumerate(images):
+            scores, idx = peaks[i].flatten().topk(min(self.detections_per_img, peaks[i].numel()))
+            keep = scores > self.score_thresh
+            scores, idx = scores[keep], idx[keep]
+            iy, ix = (idx // gw).to(heat.dtype), (idx % gw).to(heat.dtype)
+            r = regression[i].flatten(1)[:, idx]
+            cx, cy = (ix + r[0]) * STRIDE, (iy + r[1]) * STRIDE
+            bw, bh = r[2].clamp(max=8).exp() * STRIDE, r[3].clamp(max=8).exp() * STRIDE
+            boxes = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1) / scales[i]
+            h, w = image.shape[-2:]
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            labels = torch.ones_like(scores, dtype=torch.int64)
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return results
+
+
+def _centernet_focal_loss(logits: Tensor, heat: Tensor, alpha: float = 2.0, beta: float = 4.0) -> Tensor:
+    """Penalty-reduced pixel-wise focal loss of CenterNet, summed over the batch."""
+    pred = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    pos = heat.eq(1).to(logits.dtype)
+    pos_loss = -torch.log(pred) * (1 - pred) ** alpha * pos
+    neg_loss = -torch.log(1 - pred) * pred**alpha * (1 - heat) ** beta * (1 - pos)
+    return pos_loss.sum() + neg_loss.sum()
