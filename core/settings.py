@@ -1,0 +1,126 @@
+"""FlexBin's configuration: one pydantic Settings object read from the environment.
+
+Everything (API, Celery, database, demo) is configured from `get_settings()`. The defaults
+are the *embedded* setup: SQLite under `var/` and Celery's SQLAlchemy transport on another
+SQLite file, so `make run` needs no external server. Set `DATABASE_URL` and
+`CELERY_BROKER_URL` to run on PostgreSQL and Redis.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.paths import REPO_ROOT, default_data_dir
+
+DEFAULT_DATABASE_URL = "sqlite:///var/flexbin.db"
+DEFAULT_BROKER_URL = "sqla+sqlite:///var/broker.db"
+DEV_TENANT = "dev"
+DEV_KEY = "dev"
+
+
+class Settings(BaseSettings):
+    """All configuration. Each field reads `FLEXBIN_<NAME>` unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEXBIN_", extra="ignore", populate_by_name=True)
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        validation_alias=AliasChoices("DATABASE_URL", "FLEXBIN_DATABASE_URL", "database_url"),
+        description="SQLAlchemy URL; relative sqlite paths are relative to the repo root.",
+    )
+    celery_broker_url: str = Field(
+        default=DEFAULT_BROKER_URL,
+        validation_alias=AliasChoices("CELERY_BROKER_URL", "FLEXBIN_CELERY_BROKER_URL", "celery_broker_url"),
+        description="Celery broker URL (redis://... in production).",
+    )
+    api_keys: str = Field(
+        default="",
+        description='"tenant_a:key_a,tenant_b:key_b"; empty = key `dev` for tenant `dev` (embedded only).',
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    device: str = Field(default="auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1"...')
+    demo_data: Path = Field(default_factory=default_data_dir, description="Penn-Fudan root for the demo.")
+    demo: bool = Field(default=True, description="Seed the demo on an empty database.")
+    embedded_worker: bool | None = Field(
+        default=None,
+        description="`python -m api.run` also starts a worker; default: only with the embedded broker.",
+    )
+    log_level: str = "INFO"
+
+    # Upload limits (HTTP 413 beyond them).
+    max_model_bytes: int = Field(default=512 * 2**20, gt=0)
+    max_dataset_bytes: int = Field(default=1024 * 2**20, gt=0)
+    max_dataset_files: int = Field(default=20_000, gt=0)
+    max_dataset_uncompressed_bytes: int = Field(default=4 * 2**30, gt=0)
+    max_card_bytes: int = Field(default=64 * 2**10, gt=0)
+    max_request_bytes: int = Field(default=2**20, gt=0, description="Any other request body.")
+
+    # Job execution.
+    job_lease_seconds: float = Field(
+        default=60.0, gt=0, description="A running job whose worker stopped heart-beating this long is requeued."
+    )
+    progress_interval_seconds: float = Field(default=2.0, gt=0)
+    cancel_poll_seconds: float = Field(default=0.5, ge=0)
+    broker_visibility_timeout: int = Field(default=6 * 3600, gt=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _anchor_sqlite(cls, url: str) -> str:
+        return _anchor_sqlite_url(url, "sqlite:///")
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _anchor_broker(cls, url: str) -> str:
+        return _anchor_sqlite_url(url, "sqla+sqlite:///")
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker is the SQLite-backed one (no external server)."""
+        return self.celery_broker_url.startswith("sqla+sqlite")
+
+    @property
+    def run_embedded_worker(self) -> bool:
+        return self.embedded if self.embedded_worker is None else self.embedded_worker
+
+    def parsed_api_keys(self) -> list[tuple[str, str]]:
+        """[(tenant, key), ...] from FLEXBIN_API_KEYS, in order; ValueError when malformed."""
+        pairs: list[tuple[str, str]] = []
+        for item in self.api_keys.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            tenant, sep, key = item.partition(":")
+            if not sep or not tenant.strip() or not key.strip():
+                raise ValueError(f"FLEXBIN_API_KEYS: entry {item.split(':')[0]!r}... must be tenant:key")
+            pairs.append((tenant.strip(), key.strip()))
+        return pairs
+
+    def demo_tenant(self) -> str:
+        pairs = self.parsed_api_keys()
+        return pairs[0][0] if pairs else DEV_TENANT
+
+
+def _anchor_sqlite_url(url: str, prefix: str) -> str:
+    """Make a relative SQLite path absolute (relative to the repo root) and create its folder."""
+    if not url.startswith(prefix) or url == prefix or url.startswith(prefix + ":memory:"):
+        return url
+    raw = url[len(prefix):]
+    path = Path(raw.split("?", 1)[0])
+    query = "?" + raw.split("?", 1)[1] if "?" in raw else ""
+    if not path.is_absolute():
+        path = REPO_ROOT / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"{prefix}{path}{query}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,46 @@
+"""The database layer shared by the API and the workers (SQLAlchemy 2; schema by Alembic)."""
+from __future__ import annotations
+
+from core.store.blobs import BlobCorrupted, get_blob_bytes, put_blob
+from core.store.models import (
+    TERMINAL_STATUSES,
+    ApiKey,
+    Base,
+    Blob,
+    Checkpoint,
+    Dataset,
+    Deployment,
+    Job,
+    JobStep,
+    Model,
+    Tenant,
+    utcnow,
+)
+from core.store.session import (
+    get_engine,
+    get_sessionmaker,
+    session_scope,
+    wait_for_database,
+)
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "ApiKey",
+    "Base",
+    "Blob",
+    "BlobCorrupted",
+    "Checkpoint",
+    "Dataset",
+    "Deployment",
+    "Job",
+    "JobStep",
+    "Model",
+    "Tenant",
+    "get_blob_bytes",
+    "get_engine",
+    "get_sessionmaker",
+    "put_blob",
+    "session_scope",
+    "utcnow",
+    "wait_for_database",
+]

@@ -1,0 +1,46 @@
+"""Tenants and API keys. Keys are stored as sha256 hex and compared in constant time."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.store.models import ApiKey, Tenant
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def ensure_tenant(session: Session, name: str) -> Tenant:
+    tenant = session.scalars(select(Tenant).where(Tenant.name == name)).one_or_none()
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def ensure_api_key(session: Session, tenant_name: str, key: str) -> Tenant:
+    """Create the tenant and the key if missing. A key already owned by another tenant is an error."""
+    tenant = ensure_tenant(session, tenant_name)
+    digest = hash_key(key)
+    existing = session.scalars(select(ApiKey).where(ApiKey.key_hash == digest)).one_or_none()
+    if existing is None:
+        session.add(ApiKey(tenant_id=tenant.id, key_hash=digest))
+        session.flush()
+    elif existing.tenant_id != tenant.id:
+        raise ValueError(f"an API key configured for tenant {tenant_name!r} already belongs to another tenant")
+    return tenant
+
+
+def tenant_for_key(session: Session, key: str) -> Tenant | None:
+    digest = hash_key(key)
+    row = session.execute(
+        select(ApiKey.key_hash, Tenant).join(Tenant, Tenant.id == ApiKey.tenant_id).where(ApiKey.key_hash == digest)
+    ).one_or_none()
+    if row is None or not hmac.compare_digest(row[0], digest):
+        return None
+    return row[1]
