@@ -1,0 +1,43 @@
+"""Binary weight approximation, STE fine-tuning and 1-bit packing (Zhuang et al. 2017,
+arXiv 1709.04344): `approximate` fits `W ≈ Σ α_i B_i` per output channel, `binarize_module`
+makes a Conv2d / Linear train through that approximation, `pack_approx` stores it.
+"""
+from __future__ import annotations
+
+from core.binary.approx import MAX_BITS, BinaryApprox, approximate
+from core.binary.packing import (
+    pack_approx,
+    pack_signs,
+    packed_nbytes,
+    unpack_approx,
+    unpack_signs,
+)
+from core.binary.ste import (
+    BinaryWeight,
+    binarize_module,
+    binarize_ste,
+    binary_approx,
+    binary_bits,
+    is_binarized,
+    latent_weight,
+    strip_binarization,
+)
+
+__all__ = [
+    "MAX_BITS",
+    "BinaryApprox",
+    "BinaryWeight",
+    "approximate",
+    "binarize_module",
+    "binarize_ste",
+    "binary_approx",
+    "binary_bits",
+    "is_binarized",
+    "latent_weight",
+    "pack_approx",
+    "pack_signs",
+    "packed_nbytes",
+    "strip_binarization",
+    "unpack_approx",
+    "unpack_signs",
+]
