@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1"...')
     demo_data: Path = Field(default_factory=default_data_dir, description="Penn-Fudan root for the demo.")
     demo: bool = Field(default=True, description="Seed the demo on an empty database.")
+    demo_train_iters: int = Field(default=600, ge=1, description="Training iterations of the demo detector.")
+    demo_finetune_iters: int = Field(default=40, ge=0, description="Fine-tuning iterations per demo step.")
+    demo_min_compression_ratio: float = Field(default=8.0, gt=1.0, description="The demo job's target.")
     embedded_worker: bool | None = Field(
         default=None,
         description="`python -m api.run` also starts a worker; default: only with the embedded broker.",
@@ -57,6 +60,7 @@ class Settings(BaseSettings):
     max_dataset_files: int = Field(default=20_000, gt=0)
     max_dataset_uncompressed_bytes: int = Field(default=4 * 2**30, gt=0)
     max_card_bytes: int = Field(default=64 * 2**10, gt=0)
+    max_detect_bytes: int = Field(default=64 * 2**20, gt=0)
     max_request_bytes: int = Field(default=2**20, gt=0, description="Any other request body.")
 
     # Job execution.

@@ -1,0 +1,1 @@
+"""FlexBin's HTTP layer (FastAPI): app factory, routes, schemas, auth. See `api.app`."""

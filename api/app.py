@@ -1,0 +1,64 @@
+"""The FastAPI app factory: `create_app()` (uvicorn: `api.app:create_app --factory`)."""
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from api.bootstrap import bootstrap, maybe_seed_demo
+from api.errors import install_error_handlers
+from api.limits import BodySizeLimit
+from api.metrics import Metrics
+from api.routes import (
+    architectures,
+    checkpoints,
+    datasets,
+    deployment,
+    health,
+    jobs,
+    models,
+)
+from core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+UPLOAD_OVERHEAD = 1 << 20  # multipart framing and small form fields
+
+
+def create_app(settings: Settings | None = None, *, run_bootstrap: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if run_bootstrap:
+            await run_in_threadpool(bootstrap, settings)
+            await run_in_threadpool(maybe_seed_demo, settings)
+        yield
+
+    app = FastAPI(
+        title="FlexBin",
+        version="0.1.0",
+        description="Layer-wise priority binarization of pedestrian detectors, as a service.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics(settings)
+    install_error_handlers(app)
+
+    def limit_for(method: str, path: str) -> int:
+        if method == "POST" and path.rstrip("/") == "/models":
+            return settings.max_model_bytes + settings.max_card_bytes + UPLOAD_OVERHEAD
+        if method == "POST" and path.rstrip("/") == "/datasets":
+            return settings.max_dataset_bytes + UPLOAD_OVERHEAD
+        if method == "POST" and path.rstrip("/") == "/detect":
+            return settings.max_detect_bytes + UPLOAD_OVERHEAD
+        return settings.max_request_bytes
+
+    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    for module in (health, architectures, models, datasets, jobs, checkpoints, deployment):
+        app.include_router(module.router)
+    return app

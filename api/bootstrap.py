@@ -1,0 +1,51 @@
+"""Start-up work shared by every way of running the API: wait for the database, migrate,
+create the configured API keys, and queue the demo on an empty database."""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, select
+
+from core.settings import DEV_KEY, DEV_TENANT, Settings
+from core.store import Dataset, Job, Model, session_scope
+from core.store.migrate import upgrade_head
+from core.store.tenants import ensure_api_key
+
+log = logging.getLogger(__name__)
+
+
+def bootstrap(settings: Settings) -> None:
+    upgrade_head(settings.database_url)
+    pairs = settings.parsed_api_keys()
+    if not pairs and settings.is_sqlite:
+        pairs = [(DEV_TENANT, DEV_KEY)]
+        log.warning("FLEXBIN_API_KEYS is not set: embedded default, API key %r for tenant %r "
+                    "(send `Authorization: Bearer %s`)", DEV_KEY, DEV_TENANT, DEV_KEY)
+    elif not pairs:
+        log.warning("FLEXBIN_API_KEYS is not set: only keys already in the database work")
+    with session_scope(settings.database_url) as s:
+        for tenant, key in pairs:
+            ensure_api_key(s, tenant, key)
+    if pairs:
+        log.info("API keys ready for tenants: %s", ", ".join(sorted({t for t, _ in pairs})))
+
+
+def database_is_empty(settings: Settings) -> bool:
+    with session_scope(settings.database_url) as s:
+        return not any(s.scalar(select(func.count()).select_from(t)) for t in (Model, Dataset, Job))
+
+
+def maybe_seed_demo(settings: Settings) -> None:
+    """Queue the demo (`demo.seed`) when enabled, the data is there and the database is empty."""
+    if not settings.demo:
+        return
+    if not (settings.demo_data / "PNGImages").is_dir():
+        log.warning("demo: no Penn-Fudan images at %s (FLEXBIN_DEMO_DATA); not seeding", settings.demo_data)
+        return
+    if not database_is_empty(settings):
+        return
+    from api import queue
+
+    queue.enqueue_demo(settings)
+    log.info("demo: database is empty; queued the demo (training, then a binarization job) for tenant %r",
+             settings.demo_tenant())

@@ -1,0 +1,62 @@
+"""Prometheus metrics: request counts and latency per route, jobs per status."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from core.settings import Settings
+from core.store import Job, get_sessionmaker
+from core.store.models import JOB_STATUSES
+
+
+class _JobsCollector(Collector):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("flexbin_jobs", "Jobs by status (all tenants)", labels=["status"])
+        counts = dict.fromkeys(JOB_STATUSES, 0)
+        try:
+            with get_sessionmaker(self.settings.database_url)() as s:
+                for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status)):
+                    counts[status] = n
+        except Exception:  # noqa: BLE001 - no numbers beat a failed scrape
+            return
+        for status, n in counts.items():
+            family.add_metric([status], n)
+        yield family
+
+
+class Metrics:
+    def __init__(self, settings: Settings) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("flexbin_http_requests", "HTTP requests", ["method", "route", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("flexbin_http_request_seconds", "HTTP request latency", ["method", "route"],
+                                 registry=self.registry)
+        self.registry.register(_JobsCollector(settings))
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def middleware(self, request: Any, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.latency.labels(request.method, path).observe(time.perf_counter() - started)
+        self.requests.labels(request.method, path, str(response.status_code)).inc()
+        return response

@@ -1,0 +1,41 @@
+"""Enqueue work by task name with ids only; the API never imports the task code."""
+from __future__ import annotations
+
+import threading
+
+from celery import Celery
+
+from core.settings import Settings
+
+BINARIZE_TASK = "binarize.run"
+DEMO_TASK = "demo.seed"
+
+
+_apps: dict[str, Celery] = {}
+_lock = threading.Lock()
+
+
+def _celery(settings: Settings) -> Celery:
+    from worker.celery_app import make_celery  # configuration only: no torch, no tasks
+
+    with _lock:
+        if settings.celery_broker_url not in _apps:
+            _apps[settings.celery_broker_url] = make_celery(settings)
+        return _apps[settings.celery_broker_url]
+
+
+def enqueue_job(settings: Settings, job_id: str) -> None:
+    _celery(settings).send_task(BINARIZE_TASK, args=[job_id], queue="binarize")
+
+
+def enqueue_demo(settings: Settings) -> None:
+    _celery(settings).send_task(DEMO_TASK, args=[], queue="binarize")
+
+
+def broker_ok(settings: Settings, timeout: float = 2.0) -> tuple[bool, str]:
+    try:
+        with _celery(settings).connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+        return True, "ok"
+    except Exception as exc:  # noqa: BLE001 - any broker failure means not ready
+        return False, f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+
+from api import schemas, services
+from api.deps import SessionDep, SettingsDep, TenantDep
+
+router = APIRouter(tags=["datasets"])
+
+
+@router.post("/datasets", status_code=status.HTTP_201_CREATED, response_model=schemas.DatasetPublic)
+def upload_dataset(
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    archive: Annotated[
+        UploadFile, File(description="zip in Penn-Fudan layout (PNGImages/, Annotation/) or COCO layout")
+    ],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> schemas.DatasetPublic:
+    """Upload a dataset. The zip is parsed whole first: every image must decode and every
+    box lie inside its image; nothing is stored otherwise."""
+    data = services.read_upload(archive, settings.max_dataset_bytes, "archive")
+    row = services.create_dataset(session, tenant, settings, data, name=name)
+    return schemas.DatasetPublic.model_validate(row, from_attributes=True)
+
+
+@router.get("/datasets/{dataset_id}", response_model=schemas.DatasetPublic)
+def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> schemas.DatasetPublic:
+    return schemas.DatasetPublic.model_validate(services.get_dataset(session, tenant, dataset_id),
+                                                from_attributes=True)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from api import queue, schemas, services
+from api.deps import SessionDep, SettingsDep, TenantDep
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["jobs"])
+
+
+@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.JobCreated)
+def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
+               settings: SettingsDep) -> schemas.JobCreated:
+    """Queue a binarization job; a worker picks it up (`GET /jobs/{id}` shows progress)."""
+    try:
+        job = services.create_job(session, tenant, body)
+    except ValueError as exc:  # PipelineConfig's cross-field rules
+        raise services.InvalidUpload(str(exc).splitlines()[-1].strip()) from None
+    session.commit()  # the worker must find the row
+    try:
+        queue.enqueue_job(settings, job.id)
+    except Exception as exc:
+        log.exception("job %s: could not reach the broker", job.id)
+        job.status, job.error = "failed", f"could not enqueue: {type(exc).__name__}"
+        session.commit()
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="the job queue is unavailable") from exc
+    return schemas.JobCreated(id=job.id, status="queued")
+
+
+@router.get("/jobs", response_model=schemas.JobsPublic)
+def list_jobs(
+    session: SessionDep,
+    tenant: TenantDep,
+    skip: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> schemas.JobsPublic:
+    """This tenant's jobs, newest first."""
+    rows, count = services.list_jobs(session, tenant, skip, limit)
+    return schemas.JobsPublic(data=[services.job_public(session, j) for j in rows], count=count)
+
+
+@router.get("/jobs/{job_id}", response_model=schemas.JobPublic)
+def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> schemas.JobPublic:
+    return services.job_public(session, services.get_job(session, tenant, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.JobCreated)
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> schemas.JobCreated:
+    """A queued job is cancelled at once; a running one stops within one fine-tuning
+    iteration (its status turns `cancelled`; committed steps stay)."""
+    job = services.cancel_job(session, tenant, job_id)
+    return schemas.JobCreated(id=job.id, status=job.status)  # type: ignore[arg-type]

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+
+from api import schemas, services
+from api.deps import SessionDep, SettingsDep, TenantDep
+
+router = APIRouter(tags=["models"])
+
+
+@router.post("/models", status_code=status.HTTP_201_CREATED, response_model=schemas.ModelPublic)
+def upload_model(
+    session: SessionDep,
+    tenant: TenantDep,
+    settings: SettingsDep,
+    weights: Annotated[UploadFile, File(description="safetensors state_dict of the float detector")],
+    card: Annotated[str, Form(description='JSON: {"architecture", "num_classes", ...builder kwargs}')],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> schemas.ModelPublic:
+    """Upload a float detector. It must load strictly into the card's architecture (every key
+    and shape) and run one forward pass on a dummy image; nothing is stored otherwise."""
+    data = services.read_upload(weights, settings.max_model_bytes, "weights")
+    row = services.create_model(session, tenant, settings, data, card, name=name)
+    return services.model_public(row)
+
+
+@router.get("/models/{model_id}", response_model=schemas.ModelPublic)
+def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> schemas.ModelPublic:
+    return services.model_public(services.get_model(session, tenant, model_id))

@@ -1,0 +1,150 @@
+"""Request and response bodies, one schema per use (the public contract is shared/API.md)."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.pipeline import Method, Order, Target
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class ArchitecturePublic(BaseModel):
+    name: str
+    description: str
+    default_kwargs: dict[str, Any]
+
+
+class ModelPublic(BaseModel):
+    id: str
+    architecture: str
+    num_classes: int
+    num_params: int
+    size_bytes: int
+    card: dict[str, Any] = Field(description="The model card as validated (builder kwargs resolved).")
+    name: str | None = None
+    created_at: datetime
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    num_images: int
+    num_boxes: int
+    size_bytes: int
+    name: str | None = None
+    created_at: datetime
+
+
+class JobCreate(BaseModel):
+    """`POST /jobs`. Everything but the ids and the target has a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str
+    dataset_id: str
+    target: Target
+    method: Method = "layer_priority"
+    order: Order = "inverse_depth"
+    bits: int = Field(default=1, ge=1, le=4)
+    finetune_iters: int = Field(default=200, ge=0, le=100_000)
+    seed: int = 0
+    batch_size: int | None = Field(default=None, ge=1, le=256, description="Fine-tuning batch size.")
+    learning_rate: float | None = Field(default=None, gt=0.0, le=1.0)
+    num_layers: int | None = Field(
+        default=None, ge=1, description="all_at_once only: binarize exactly this many layers."
+    )
+    deploy_on_success: bool = Field(
+        default=False, description="Deploy the selected checkpoint for this tenant when the job succeeds."
+    )
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobStatus
+
+
+class JobProgress(BaseModel):
+    step: int
+    total_steps: int | None
+    percent: float
+    eta_seconds: float | None
+    message: str | None = None
+    updated_at: datetime | None = None
+
+
+class JobStepPublic(BaseModel):
+    index: int
+    layers: list[str]
+    binary_layers: list[str]
+    bits: int
+    compression_ratio: float
+    binary_layer_compression: float | None
+    miss_rate: float
+    ap50: float
+    step_seconds: float
+    checkpoint_id: str
+    checkpoint_bytes: int
+
+
+class JobPublic(BaseModel):
+    id: str
+    model_id: str
+    dataset_id: str
+    target: dict[str, Any]
+    method: str
+    order: str
+    bits: int
+    finetune_iters: int
+    seed: int
+    config: dict[str, Any]
+    status: JobStatus
+    progress: JobProgress
+    steps: list[JobStepPublic]
+    selected_checkpoint_id: str | None
+    error: str | None
+    cancel_requested: bool
+    deploy_on_success: bool
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    job_id: str
+    model_id: str
+    step: int
+    architecture: str
+    binary_layers: list[str]
+    bits: int
+    compression_ratio: float
+    binary_layer_compression: float | None
+    size_bytes: int
+    miss_rate: float
+    ap50: float
+    sha256: str
+    created_at: datetime
+
+
+class DeploymentUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint_id: str
+
+
+class DeploymentPublic(BaseModel):
+    checkpoint_id: str | None
+    model_id: str | None
+    updated_at: datetime | None
+
+
+class Message(BaseModel):
+    detail: str

@@ -1,0 +1,291 @@
+"""What the routes do: validate uploads with `core`, read and write the store, scoped by tenant.
+
+Routes stay thin; every function here takes the tenant and filters by it, so a foreign id
+is indistinguishable from an unknown one (`NotFound` -> 404).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from api import schemas
+from core.settings import Settings
+from core.store import (
+    Checkpoint,
+    Dataset,
+    Deployment,
+    Job,
+    JobStep,
+    Model,
+    Tenant,
+    put_blob,
+    utcnow,
+)
+from core.store.models import Blob
+
+log = logging.getLogger(__name__)
+
+
+class NotFound(LookupError):
+    """An id that is unknown or belongs to another tenant."""
+
+
+class Conflict(RuntimeError):
+    """The request does not fit the resource's current state (409)."""
+
+
+class TooLarge(ValueError):
+    """An upload over its configured limit (413)."""
+
+
+class InvalidUpload(ValueError):
+    """An upload that `core` rejected; the message names the problem (422)."""
+
+
+def read_upload(upload: Any, limit: int, field: str) -> bytes:
+    """Read an uploaded file, refusing (413) past `limit` bytes."""
+    chunks, total = [], 0
+    while chunk := upload.file.read(1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"{field}: over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# -- models ---------------------------------------------------------------------------------
+def create_model(session: Session, tenant: Tenant, settings: Settings, weights: bytes, card_json: str,
+                 name: str | None = None) -> Model:
+    """Validate (strict load into the declared architecture + one forward pass), then store."""
+    from core.checkpoint import check_forward, load_model_bytes
+
+    if len(weights) > settings.max_model_bytes:
+        raise TooLarge(f"weights: {len(weights)} bytes, over the limit of {settings.max_model_bytes}")
+    if len(card_json.encode()) > settings.max_card_bytes:
+        raise TooLarge(f"card: over the limit of {settings.max_card_bytes} bytes")
+    if not weights:
+        raise InvalidUpload("weights: empty file")
+    try:
+        model, card = load_model_bytes(weights, card_json)
+        check_forward(model, card)
+    except ValueError as exc:  # CheckpointError and friends name the problem
+        raise InvalidUpload(str(exc)) from None
+    num_params = sum(p.numel() for p in model.parameters())
+    card_data = json.loads(card.model_dump_json())
+    blob = put_blob(session, weights)
+    row = Model(
+        tenant_id=tenant.id,
+        name=name,
+        architecture=card.architecture,
+        num_classes=card.num_classes,
+        num_params=num_params,
+        size_bytes=len(weights),
+        card=card_data,
+        weights_blob_id=blob.id,
+    )
+    session.add(row)
+    session.flush()
+    log.info("tenant %s: model %s (%s, %d params) stored", tenant.name, row.id, row.architecture, num_params)
+    return row
+
+
+def get_model(session: Session, tenant: Tenant, model_id: str) -> Model:
+    row = session.scalars(select(Model).where(Model.id == model_id, Model.tenant_id == tenant.id)).one_or_none()
+    if row is None:
+        raise NotFound(f"model {model_id} not found")
+    return row
+
+
+def model_public(row: Model) -> schemas.ModelPublic:
+    return schemas.ModelPublic.model_validate(row, from_attributes=True)
+
+
+# -- datasets -------------------------------------------------------------------------------
+def create_dataset(session: Session, tenant: Tenant, settings: Settings, archive: bytes,
+                   name: str | None = None) -> Dataset:
+    """Parse the whole zip (layout, every image decodes, every box inside its image), then store."""
+    from core.data import read_dataset_zip
+
+    if len(archive) > settings.max_dataset_bytes:
+        raise TooLarge(f"archive: {len(archive)} bytes, over the limit of {settings.max_dataset_bytes}")
+    if not archive:
+        raise InvalidUpload("archive: empty file")
+    try:
+        records = read_dataset_zip(
+            archive,
+            max_files=settings.max_dataset_files,
+            max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes,
+        )
+    except ValueError as exc:
+        raise InvalidUpload(str(exc)) from None
+    if not records:
+        raise InvalidUpload("archive: the dataset holds no images")
+    num_boxes = sum(int(r.boxes.shape[0]) for r in records)
+    blob = put_blob(session, archive)
+    row = Dataset(
+        tenant_id=tenant.id,
+        name=name,
+        num_images=len(records),
+        num_boxes=num_boxes,
+        size_bytes=len(archive),
+        archive_blob_id=blob.id,
+    )
+    session.add(row)
+    session.flush()
+    log.info("tenant %s: dataset %s (%d images, %d boxes) stored", tenant.name, row.id, len(records), num_boxes)
+    return row
+
+
+def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Dataset:
+    row = session.scalars(
+        select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant.id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return row
+
+
+# -- jobs -----------------------------------------------------------------------------------
+def create_job(session: Session, tenant: Tenant, body: schemas.JobCreate) -> Job:
+    """Insert a queued job (the caller commits, then enqueues)."""
+    from core.pipeline import PipelineConfig
+
+    model = get_model(session, tenant, body.model_id)
+    dataset = get_dataset(session, tenant, body.dataset_id)
+    fields: dict[str, Any] = body.model_dump(
+        exclude={"model_id", "dataset_id", "deploy_on_success"}, exclude_none=True
+    )
+    config = PipelineConfig.model_validate(fields)
+    job = Job(
+        tenant_id=tenant.id,
+        model_id=model.id,
+        dataset_id=dataset.id,
+        config=config.model_dump(mode="json"),
+        status="queued",
+        deploy_on_success=body.deploy_on_success,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    row = session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id)).one_or_none()
+    if row is None:
+        raise NotFound(f"job {job_id} not found")
+    return row
+
+
+def list_jobs(session: Session, tenant: Tenant, skip: int, limit: int) -> tuple[list[Job], int]:
+    count = session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant.id)) or 0
+    rows = session.scalars(
+        select(Job).where(Job.tenant_id == tenant.id).order_by(Job.created_at.desc(), Job.id.desc())
+        .offset(skip).limit(limit)
+    ).all()
+    return list(rows), int(count)
+
+
+def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one gets a flag its worker polls."""
+    job = get_job(session, tenant, job_id)
+    now = utcnow()
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "queued", Job.lease_owner.is_(None))
+        .values(status="cancelled", cancel_requested=True, finished_at=now, progress_message="cancelled")
+    ).rowcount
+    if not done:
+        flagged = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status.in_(("queued", "running")))
+            .values(cancel_requested=True, progress_message="cancel requested")
+        ).rowcount
+        if not flagged:
+            session.refresh(job)
+            raise Conflict(f"job {job.id} already {job.status}")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def job_public(session: Session, job: Job) -> schemas.JobPublic:
+    steps = [
+        schemas.JobStepPublic.model_validate(s, from_attributes=True)
+        for s in sorted(job.steps, key=lambda s: s.index)
+    ]
+    selected = None
+    if job.selected_step_index is not None:
+        selected = next((s.checkpoint_id for s in steps if s.index == job.selected_step_index), None)
+    cfg = job.config
+    return schemas.JobPublic(
+        id=job.id,
+        model_id=job.model_id,
+        dataset_id=job.dataset_id,
+        target={k: v for k, v in cfg["target"].items() if v is not None},
+        method=cfg["method"],
+        order=cfg["order"],
+        bits=cfg["bits"],
+        finetune_iters=cfg["finetune_iters"],
+        seed=cfg["seed"],
+        config=cfg,
+        status=job.status,  # type: ignore[arg-type]
+        progress=schemas.JobProgress(
+            step=job.progress_step,
+            total_steps=job.progress_total_steps,
+            percent=job.progress_percent,
+            eta_seconds=job.progress_eta_seconds,
+            message=job.progress_message,
+            updated_at=job.progress_updated_at,
+        ),
+        steps=steps,
+        selected_checkpoint_id=selected,
+        error=job.error,
+        cancel_requested=job.cancel_requested,
+        deploy_on_success=job.deploy_on_success,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+def get_checkpoint(session: Session, tenant: Tenant, checkpoint_id: str) -> Checkpoint:
+    row = session.scalars(
+        select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.tenant_id == tenant.id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"checkpoint {checkpoint_id} not found")
+    return row
+
+
+def checkpoint_public(session: Session, row: Checkpoint) -> schemas.CheckpointPublic:
+    sha = session.scalar(select(Blob.sha256).where(Blob.id == row.blob_id)) or ""
+    data = {c: getattr(row, c) for c in schemas.CheckpointPublic.model_fields if c != "sha256"}
+    return schemas.CheckpointPublic(**data, sha256=sha)
+
+
+def job_step_count(session: Session, job_id: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(JobStep).where(JobStep.job_id == job_id)) or 0)
+
+
+# -- deployment -----------------------------------------------------------------------------
+def get_deployment(session: Session, tenant: Tenant) -> Deployment | None:
+    return session.get(Deployment, tenant.id)
+
+
+def set_deployment(session: Session, tenant: Tenant, checkpoint_id: str) -> Deployment:
+    checkpoint = get_checkpoint(session, tenant, checkpoint_id)
+    row = session.get(Deployment, tenant.id)
+    if row is None:
+        row = Deployment(tenant_id=tenant.id)
+        session.add(row)
+    row.checkpoint_id = checkpoint.id
+    row.model_id = checkpoint.model_id
+    row.updated_at = utcnow()
+    session.flush()
+    return row

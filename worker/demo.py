@@ -1,0 +1,116 @@
+"""The demo seeded on an empty database (shared/API.md, `make run`).
+
+Trains FlexBin's default detector on the Penn-Fudan images at `FLEXBIN_DEMO_DATA`, stores it
+and the dataset for the demo tenant, deploys the float model, and queues a layer-priority
+binarization job that deploys its selected checkpoint when it succeeds. Runs as the
+`demo.seed` task, so the API process never trains.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import time
+import zipfile
+from pathlib import Path
+
+from sqlalchemy import select
+
+from core.settings import Settings
+from core.store import Dataset, Deployment, Job, Model, put_blob, session_scope, utcnow
+from core.store.tenants import ensure_tenant
+
+log = logging.getLogger(__name__)
+
+DEMO_MODEL_NAME = "demo: flexbin_pednet trained on Penn-Fudan"
+DEMO_DATASET_NAME = "demo: PennFudanPed"
+
+
+def zip_pennfudan(root: Path) -> bytes:
+    """The dataset in the upload layout (PNGImages/ + Annotation/), stored uncompressed."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for folder in ("PNGImages", "Annotation"):
+            for path in sorted((root / folder).iterdir()):
+                if path.is_file() and not path.name.startswith("."):
+                    zf.write(path, f"{folder}/{path.name}")
+    return buf.getvalue()
+
+
+def seed_demo(settings: Settings) -> str:
+    from core.checkpoint import ModelCard, save_model_bytes
+    from core.data import read_pennfudan, split_records
+    from core.models.registry import DEFAULT_ARCHITECTURE
+    from core.pipeline import PipelineConfig, Target
+    from core.train import train_detector
+    from worker.device import resolve_device
+
+    tenant_name = settings.demo_tenant()
+    with session_scope(settings.database_url) as s:
+        tenant = ensure_tenant(s, tenant_name)
+        if s.scalar(select(Model.id).where(Model.tenant_id == tenant.id, Model.name == DEMO_MODEL_NAME)):
+            log.info("demo: already seeded for tenant %s", tenant_name)
+            return "exists"
+    root = settings.demo_data
+    records = read_pennfudan(root)
+    train, _val = split_records(records)
+    card = ModelCard(
+        architecture=DEFAULT_ARCHITECTURE,
+        provenance={"source": "FlexBin demo", "dataset": "PennFudanPed", "train_images": len(train),
+                    "iterations": settings.demo_train_iters},
+    )
+    model = card.build()
+    device = resolve_device(settings.device)
+    log.info("demo: training %s on %d Penn-Fudan images for %d iterations on %s", DEFAULT_ARCHITECTURE,
+             len(train), settings.demo_train_iters, device)
+    started = time.monotonic()
+    last = [0.0]
+
+    def report(it: object) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 15 or getattr(it, "iteration", 0) == getattr(it, "total", -1):
+            last[0] = now
+            log.info("demo: training iteration %s/%s, loss %.3f", getattr(it, "iteration", "?"),
+                     getattr(it, "total", "?"), float(getattr(it, "loss", float("nan"))))
+
+    train_detector(model, train, iterations=settings.demo_train_iters, seed=0, device=device,
+                   on_iteration=report)
+    model.to("cpu").eval()
+    log.info("demo: trained in %.0fs", time.monotonic() - started)
+    weights, card_json = save_model_bytes(model, card)
+    archive = zip_pennfudan(root)
+    config = PipelineConfig(
+        target=Target(min_compression_ratio=settings.demo_min_compression_ratio),
+        method="layer_priority", order="inverse_depth", bits=1,
+        finetune_iters=settings.demo_finetune_iters, seed=0,
+    )
+    import json
+
+    with session_scope(settings.database_url) as s:
+        tenant = ensure_tenant(s, tenant_name)
+        weights_blob = put_blob(s, weights)
+        archive_blob = put_blob(s, archive)
+        model_row = Model(
+            tenant_id=tenant.id, name=DEMO_MODEL_NAME, architecture=card.architecture,
+            num_classes=card.num_classes, num_params=sum(p.numel() for p in model.parameters()),
+            size_bytes=len(weights), card=json.loads(card_json), weights_blob_id=weights_blob.id,
+        )
+        dataset_row = Dataset(
+            tenant_id=tenant.id, name=DEMO_DATASET_NAME, num_images=len(records),
+            num_boxes=sum(int(r.boxes.shape[0]) for r in records), size_bytes=len(archive),
+            archive_blob_id=archive_blob.id,
+        )
+        s.add_all([model_row, dataset_row])
+        s.flush()
+        job = Job(tenant_id=tenant.id, model_id=model_row.id, dataset_id=dataset_row.id,
+                  config=config.model_dump(mode="json"), status="queued", deploy_on_success=True)
+        s.add(job)
+        deployment = s.get(Deployment, tenant.id) or Deployment(tenant_id=tenant.id)
+        deployment.model_id, deployment.checkpoint_id, deployment.updated_at = model_row.id, None, utcnow()
+        s.add(deployment)
+        s.flush()
+        job_id = job.id
+    from worker.celery_app import celery_app
+
+    celery_app.send_task("binarize.run", args=[job_id], queue="binarize")
+    log.info("demo: model %s deployed (float); binarization job %s queued", model_row.id, job_id)
+    return job_id

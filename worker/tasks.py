@@ -1,0 +1,66 @@
+"""Celery tasks. They take ids only; the work is in `worker.jobs` and `worker.demo`."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_ready, worker_shutdown
+
+from core.settings import get_settings
+from worker.celery_app import BINARIZE_QUEUE, celery_app
+
+log = logging.getLogger(__name__)
+
+
+@celery_app.task(
+    name="binarize.run", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
+    queue=BINARIZE_QUEUE,
+)
+def binarize_run(self: Task, job_id: str) -> str:
+    """Run (or resume) job `job_id`; a job owned by a live worker is retried after its lease."""
+    from worker.jobs import run_job
+
+    outcome = run_job(job_id, get_settings())
+    if outcome.retry_after is not None:
+        raise self.retry(countdown=outcome.retry_after)
+    return outcome.status
+
+
+@celery_app.task(name="demo.seed", acks_late=True, reject_on_worker_lost=True, queue=BINARIZE_QUEUE)
+def demo_seed() -> str:
+    """Train the demo detector, store it with the Penn-Fudan dataset, start its job."""
+    from worker.demo import seed_demo
+
+    return seed_demo(get_settings())
+
+
+# -- orphan recovery -------------------------------------------------------------------------
+_stop = threading.Event()
+
+
+def _recover_loop() -> None:
+    from worker.lease import requeue_orphans
+
+    settings = get_settings()
+    interval = max(1.0, settings.job_lease_seconds / 2)
+    while True:
+        try:
+            for job_id in requeue_orphans(settings.database_url):
+                log.warning("job %s: its worker stopped renewing the lease; requeued", job_id)
+                celery_app.send_task("binarize.run", args=[job_id], queue=BINARIZE_QUEUE)
+        except Exception:
+            log.exception("orphan recovery failed; will retry")
+        if _stop.wait(interval):
+            return
+
+
+@worker_ready.connect
+def _start_recovery(**_: Any) -> None:
+    threading.Thread(target=_recover_loop, name="flexbin-recovery", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_recovery(**_: Any) -> None:
+    _stop.set()
