@@ -23,7 +23,8 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
 def get_db(settings: SettingsDep) -> Iterator[Session]:
-    """One session per request: committed when the route returns, rolled back on any error."""
+    """One session per request, rolled back on any error. Routes that write commit
+    explicitly before returning: teardown may run after the response is sent."""
     session = get_sessionmaker(settings.database_url)()
     try:
         yield session

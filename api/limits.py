@@ -6,14 +6,23 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import HTTPException, status
+from fastapi import status
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
+class BodyTooLarge(Exception):
+    """Raised from `receive` when the body passes its limit."""
+
+
 class BodySizeLimit:
-    """Pure ASGI middleware; `limit_for(method, path)` gives the byte limit of a request."""
+    """Pure ASGI middleware; `limit_for(method, path)` gives the byte limit of a request.
+
+    A declared Content-Length over the limit is refused before reading anything. A body that
+    streams past the limit (chunked uploads) makes `receive` raise; whatever the app then
+    answers (FastAPI turns body-parsing errors into 400) is replaced by the 413.
+    """
 
     def __init__(self, app: Any, limit_for: Callable[[str, str], int]) -> None:
         self.app = app
@@ -30,21 +39,33 @@ class BodySizeLimit:
             await _reject(send, f"request body of {int(declared)} bytes exceeds the limit of {limit} bytes")
             return
         received = 0
+        exceeded = False
+        rejected = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    # FastAPI re-raises HTTPException from body parsing; the app answers 413.
-                    raise HTTPException(
-                        status.HTTP_413_CONTENT_TOO_LARGE,
-                        detail=f"request body exceeds the limit of {limit} bytes",
-                    )
+                    exceeded = True
+                    raise BodyTooLarge()
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            nonlocal rejected
+            if not exceeded:
+                await send(message)
+            elif not rejected:
+                rejected = True
+                await _reject(send, f"request body exceeds the limit of {limit} bytes")
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLarge:
+            if not rejected:
+                rejected = True
+                await _reject(send, f"request body exceeds the limit of {limit} bytes")
 
 
 async def _reject(send: Callable[..., Any], detail: str) -> None:

@@ -9,6 +9,7 @@ import json
 import logging
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
@@ -159,7 +160,13 @@ def create_job(session: Session, tenant: Tenant, body: schemas.JobCreate) -> Job
     fields: dict[str, Any] = body.model_dump(
         exclude={"model_id", "dataset_id", "deploy_on_success"}, exclude_none=True
     )
-    config = PipelineConfig.model_validate(fields)
+    try:
+        config = PipelineConfig.model_validate(fields)
+    except ValidationError as exc:  # cross-field rules (e.g. all_at_once needs a ratio target)
+        raise InvalidUpload("; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )) from None
     job = Job(
         tenant_id=tenant.id,
         model_id=model.id,

@@ -24,6 +24,7 @@ def upload_dataset(
     box lie inside its image; nothing is stored otherwise."""
     data = services.read_upload(archive, settings.max_dataset_bytes, "archive")
     row = services.create_dataset(session, tenant, settings, data, name=name)
+    session.commit()
     return schemas.DatasetPublic.model_validate(row, from_attributes=True)
 
 

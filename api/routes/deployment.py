@@ -22,4 +22,6 @@ def get_deployment(session: SessionDep, tenant: TenantDep) -> schemas.Deployment
 @router.put("/deployment", response_model=schemas.DeploymentPublic)
 def put_deployment(body: schemas.DeploymentUpdate, session: SessionDep, tenant: TenantDep) -> schemas.DeploymentPublic:
     """Choose the checkpoint `/detect` serves by default for this tenant."""
-    return _public(services.set_deployment(session, tenant, body.checkpoint_id))
+    row = services.set_deployment(session, tenant, body.checkpoint_id)
+    session.commit()
+    return _public(row)

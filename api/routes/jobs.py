@@ -16,10 +16,7 @@ router = APIRouter(tags=["jobs"])
 def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
                settings: SettingsDep) -> schemas.JobCreated:
     """Queue a binarization job; a worker picks it up (`GET /jobs/{id}` shows progress)."""
-    try:
-        job = services.create_job(session, tenant, body)
-    except ValueError as exc:  # PipelineConfig's cross-field rules
-        raise services.InvalidUpload(str(exc).splitlines()[-1].strip()) from None
+    job = services.create_job(session, tenant, body)
     session.commit()  # the worker must find the row
     try:
         queue.enqueue_job(settings, job.id)
@@ -53,4 +50,5 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> schemas.J
     """A queued job is cancelled at once; a running one stops within one fine-tuning
     iteration (its status turns `cancelled`; committed steps stay)."""
     job = services.cancel_job(session, tenant, job_id)
+    session.commit()
     return schemas.JobCreated(id=job.id, status=job.status)  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ def upload_model(
     and shape) and run one forward pass on a dummy image; nothing is stored otherwise."""
     data = services.read_upload(weights, settings.max_model_bytes, "weights")
     row = services.create_model(session, tenant, settings, data, card, name=name)
+    session.commit()
     return services.model_public(row)
 
 

@@ -1,0 +1,195 @@
+"""Integration fixtures: a fresh PostgreSQL database per test session, a Redis DB, the API
+as a real uvicorn subprocess (`python -m api.run`) and real Celery worker processes
+(`python -m worker.main`), spoken to over real HTTP with httpx."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from core.store import get_engine, get_sessionmaker
+from core.store.migrate import upgrade_head
+from core.store.models import Base
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+KEYS = {"alpha": "key-alpha", "beta": "key-beta"}
+MAX_MODEL_BYTES = 2_000_000
+MAX_DATASET_BYTES = 20_000_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A service subprocess in its own process group, logging to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill9(self) -> None:
+        os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=30)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        self._log.close()
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database `flexbin_test_<pid>`, migrated with the real migrations, dropped after."""
+    name = f"flexbin_test_{os.getpid()}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    upgrade_head(url)
+    yield url
+    get_engine(url).dispose()
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    url = f"redis://127.0.0.1:6379/{1 + os.getpid() % 15}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("service-logs")
+
+
+@pytest.fixture(scope="session")
+def service_env(database_url: str, broker_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEXBIN_", "DATABASE_URL", "CELERY_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        CELERY_BROKER_URL=broker_url,
+        FLEXBIN_API_KEYS=",".join(f"{t}:{k}" for t, k in KEYS.items()),
+        FLEXBIN_DEMO="false",
+        FLEXBIN_EMBEDDED_WORKER="false",
+        FLEXBIN_DEVICE="cpu",
+        FLEXBIN_JOB_LEASE_SECONDS="4",
+        FLEXBIN_PROGRESS_INTERVAL_SECONDS="0.5",
+        FLEXBIN_CANCEL_POLL_SECONDS="0.2",
+        FLEXBIN_MAX_MODEL_BYTES=str(MAX_MODEL_BYTES),
+        FLEXBIN_MAX_DATASET_BYTES=str(MAX_DATASET_BYTES),
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def api_url(service_env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    port = _free_port()
+    env = {**service_env, "FLEXBIN_PORT": str(port)}
+    proc = Proc("api", [sys.executable, "-m", "api.run"], env, log_dir)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"API exited:\n{proc.tail()}")
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(up, 90, "the API to answer /healthz")
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def start_worker(service_env: dict[str, str], log_dir: Path) -> Iterator[Callable[..., Proc]]:
+    """Start a real Celery worker process; all are stopped at the end of the session."""
+    started: list[Proc] = []
+
+    def start(name: str | None = None) -> Proc:
+        proc = Proc(name or f"worker{len(started)}", [sys.executable, "-m", "worker.main"], service_env, log_dir)
+        started.append(proc)
+        wait_until(lambda: "ready." in proc.log_path.read_text(errors="replace") or not proc.alive(), 90,
+                   f"{proc.name} to be ready")
+        assert proc.alive(), proc.tail()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def client(api_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {KEYS['alpha']}"},
+                      timeout=120) as c:
+        yield c
+
+
+@pytest.fixture
+def other_client(api_url: str) -> Iterator[httpx.Client]:
+    """Tenant beta: must never see alpha's resources."""
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {KEYS['beta']}"},
+                      timeout=120) as c:
+        yield c
+
+
+@pytest.fixture
+def db_counts(database_url: str) -> Callable[[], dict[str, int]]:
+    """Row counts of every table (to show a rejected request stored nothing)."""
+
+    def counts() -> dict[str, int]:
+        with get_sessionmaker(database_url)() as s:
+            return {t.name: s.scalar(select(func.count()).select_from(t)) or 0
+                    for t in Base.metadata.sorted_tables}
+
+    return counts
