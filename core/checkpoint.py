@@ -25,8 +25,9 @@ from core.binary import approximate, binarize_module, pack_approx, strip_binariz
 from core.models import build_model
 from core.models.registry import ARCHITECTURES, resolve_kwargs
 
-CARD_KEY = "flexbin_card"
-SHAPES_KEY = "flexbin_shapes"
+# One metadata key: safetensors writes several in no fixed order, and we want equal
+# checkpoints to be equal bytes (a resumed run reproduces an uninterrupted one exactly).
+META_KEY = "flexbin"
 _BITS, _SCALES = "::bits", "::scales"
 
 
@@ -56,7 +57,9 @@ class ModelCard(BaseModel):
     @classmethod
     def _collect_builder_kwargs(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            known = set(cls.model_fields)
+            spec = ARCHITECTURES.get(data.get("architecture"))  # type: ignore[arg-type]
+            builder_args = set(spec.default_kwargs) if spec else set()
+            known = set(cls.model_fields) - builder_args  # input_size may be a builder arg
             extra = {k: v for k, v in data.items() if k not in known}
             data = {k: v for k, v in data.items() if k in known}
             data["builder_kwargs"] = {**data.get("builder_kwargs", {}), **extra}
@@ -65,9 +68,8 @@ class ModelCard(BaseModel):
     @model_validator(mode="after")
     def _check_architecture(self) -> ModelCard:
         self.builder_kwargs = resolve_kwargs(self.architecture, self.builder_kwargs)
-        self.input_size = ARCHITECTURES[self.architecture].input_size
-        if "input_size" in self.builder_kwargs:
-            self.input_size = int(self.builder_kwargs["input_size"])
+        self.input_size = int(self.builder_kwargs.get(
+            "input_size", ARCHITECTURES[self.architecture].input_size))
         return self
 
     @model_serializer(mode="wrap")
@@ -207,16 +209,20 @@ def pack_checkpoint(model: nn.Module, card: ModelCard) -> bytes:
             shapes[key] = list(value.shape)
         else:
             tensors[key] = value
-    return st_save(tensors, metadata={CARD_KEY: card.model_dump_json(), SHAPES_KEY: json.dumps(shapes)})
+    meta = {"card": card.model_dump(mode="json"), "packed_shapes": shapes}
+    return st_save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def unpack_checkpoint(data: bytes) -> tuple[nn.Module, ModelCard]:
     """An inference model (plain float weights = the unpacked binary ones) and its card."""
-    meta = _metadata(data)
-    if CARD_KEY not in meta:
-        raise CheckpointError("checkpoint carries no FlexBin card in its metadata")
-    card = ModelCard.parse(meta[CARD_KEY])
-    shapes = json.loads(meta.get(SHAPES_KEY, "{}"))
+    try:
+        meta = json.loads(_metadata(data)[META_KEY])
+        card = ModelCard.parse(json.dumps(meta["card"]))
+        shapes = {str(k): [int(s) for s in v] for k, v in meta["packed_shapes"].items()}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"checkpoint metadata is not a FlexBin packed checkpoint: {exc}") from None
     tensors = _read_safetensors(data, "checkpoint")
     state: dict[str, Tensor] = {k: v for k, v in tensors.items() if "::" not in k}
     for key, shape in shapes.items():

@@ -8,6 +8,7 @@ step and fine-tunes with the same total iteration budget.
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -203,6 +204,7 @@ def run(
     should_stop: polled every fine-tuning iteration; True raises `Cancelled` before the
       step in progress is reported.
     """
+    model = copy.deepcopy(model)  # the caller's float model stays as it was
     cache = ImageCache()
     sensitivity = None
     if config.order == "sensitivity":

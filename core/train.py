@@ -34,28 +34,21 @@ class ImageCache:
     def __init__(self) -> None:
         self._images: dict[str, Tensor] = {}
 
-    def records(self, records: Sequence[ImageRecord]) -> list[ImageRecord]:
-        """Records whose `image` is already decoded (uint8 CHW) in memory."""
-        out = []
-        for record in records:
-            if record.name not in self._images:
-                self._images[record.name] = (load_image(record.image, name=record.name) * 255).round().to(torch.uint8)
-            out.append(ImageRecord(record.name, record.image, record.boxes))
-        return out
-
     def image(self, record: ImageRecord) -> Tensor:
+        """FloatTensor[3, H, W] in [0, 1], decoded on first use (kept as uint8)."""
         if record.name not in self._images:
-            self.records([record])
+            image = load_image(record.image, name=record.name)
+            self._images[record.name] = (image * 255).round().to(torch.uint8)
         return self._images[record.name].float() / 255
 
 
 def _batches(records: Sequence[ImageRecord], batch_size: int, generator: torch.Generator,
              cache: ImageCache) -> Iterator[tuple[list[Tensor], list[dict[str, Tensor]]]]:
-    dataset = DetectionDataset(records, train_transforms(), image_loader=cache.image)
+    dataset = DetectionDataset(records, train_transforms(), loader=cache.image)
     while True:
         order = torch.randperm(len(dataset), generator=generator).tolist()
-        for start in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
-            items = [dataset.sample(i, generator) for i in order[start:start + batch_size]]
+        for start in range(0, max(1, len(order) - batch_size + 1), batch_size):
+            items = [dataset[i] for i in order[start:start + batch_size]]
             yield [img for img, _ in items], [tgt for _, tgt in items]
 
 
