@@ -1,0 +1,58 @@
+"""kill -9 a worker in the middle of a job: another worker resumes it from the committed
+steps and every step ends up in the database exactly once."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from core.store import Checkpoint, Job, JobStep, get_sessionmaker
+from tests.integration.conftest import wait_until
+from tests.integration.factories import dataset_zip, tiny_model
+
+
+def test_sigkill_mid_job_resumes_without_duplicate_steps(client, start_worker, database_url) -> None:
+    weights, card = tiny_model(seed=3)
+    model_id = client.post("/models", files={"weights": ("w.safetensors", weights)}, data={"card": card}).json()["id"]
+    dataset_id = client.post("/datasets", files={"archive": ("d.zip", dataset_zip(8))}).json()["id"]
+    first = start_worker("doomed-worker")
+    r = client.post("/jobs", json={"model_id": model_id, "dataset_id": dataset_id,
+                                   "target": {"min_compression_ratio": 4.0}, "finetune_iters": 30,
+                                   "batch_size": 2})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+
+    def two_steps_in() -> dict | None:
+        job = client.get(f"/jobs/{job_id}").json()
+        assert job["status"] in ("queued", "running"), job
+        return job if len(job["steps"]) >= 2 else None
+
+    before = wait_until(two_steps_in, 180, "two committed steps")
+    first.kill9()  # mid-step: the step in progress is lost, the committed ones are not
+    committed = {s["index"]: s["checkpoint_id"] for s in client.get(f"/jobs/{job_id}").json()["steps"]}
+    assert len(committed) >= len(before["steps"])  # type: ignore[index]
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
+
+    # two fresh workers race for it: the lease lets exactly one of them resume it
+    start_worker("rescuer-a")
+    start_worker("rescuer-b")
+
+    def finished() -> dict | None:
+        job = client.get(f"/jobs/{job_id}").json()
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    job = wait_until(finished, 240, "the resumed job to finish")
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] >= 2
+    indexes = [s["index"] for s in job["steps"]]
+    assert indexes == list(range(len(indexes))) and len(indexes) > len(committed)
+    # the steps committed before the kill were kept, not recomputed
+    for index, checkpoint_id in committed.items():
+        assert job["steps"][index]["checkpoint_id"] == checkpoint_id
+
+    with get_sessionmaker(database_url)() as s:
+        rows = s.execute(select(JobStep.index, JobStep.worker).where(JobStep.job_id == job_id)).all()
+        assert sorted(i for i, _ in rows) == indexes  # each step exactly once
+        assert len({w for _, w in rows}) >= 2  # written by the killed worker and its successor
+        checkpoints = s.scalars(select(Checkpoint.step).where(Checkpoint.job_id == job_id)).all()
+        assert sorted(checkpoints) == indexes  # no checkpoint of the lost step in progress
+        row = s.get(Job, job_id)
+        assert row is not None and row.lease_owner is None
