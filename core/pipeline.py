@@ -224,6 +224,7 @@ def run(
         model = load_state(card, steps[-1].state)
     else:
         report(_measure(model, card, config, 0, [], 0.0, val_records, cache, device))
+        progress.step_done(0)
     float_bytes = float_checkpoint_nbytes(model)
     modules = dict(model.named_modules())
     while len(steps) <= len(plan.steps) and not (len(steps) > 1 and _target_reached(steps, config.target)):
@@ -244,6 +245,7 @@ def run(
         report(_measure(model, card, config, index, new_layers, time.monotonic() - started,
                         val_records, cache, device, float_bytes))
         progress.step_done(index)
+    progress.finish(len(steps) - 1)
     selected, met = select_step(steps, config.target)
     return PipelineResult(steps=steps, selected_index=selected, target_met=met)
 
@@ -325,6 +327,12 @@ class _ProgressTracker:
         self.done += self.work[step] if step < len(self.work) else 0
         if self.on_progress is not None:
             self._emit(step, 0, 0, self.done, "step done")
+
+    def finish(self, step: int) -> None:
+        self.total = self.done  # the run may end before or after the planned step count
+        self.total_steps = step + 1
+        if self.on_progress is not None:
+            self._emit(step, 0, 0, self.done, "finished")
 
     def _emit(self, step: int, iteration: int, total_iterations: int, done: int, message: str) -> None:
         assert self.on_progress is not None

@@ -1,0 +1,99 @@
+"""The layer-priority pipeline end to end on a few real images, with a tiny detector."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.checkpoint import ModelCard, unpack_checkpoint
+from core.data import read_pennfudan, split_records
+from core.paths import default_data_dir
+from core.pipeline import Cancelled, PipelineConfig, StepOutcome, Target, plan_steps, run, select_step
+from core.priority import discover_layers, order_layers
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    train, val = split_records(read_pennfudan(default_data_dir()))
+    card = ModelCard(architecture="flexbin_pednet", width=4, input_size=64)
+    return card.build().eval(), card, train[:6], val[:4]
+
+
+def _config(**kw) -> PipelineConfig:
+    base = {"target": Target(min_compression_ratio=6.0), "finetune_iters": 2, "batch_size": 2}
+    return PipelineConfig(**{**base, **kw})
+
+
+def test_inverse_depth_run_reaches_target_and_resumes_identically(setup) -> None:
+    model, card, train, val = setup
+    seen: list[StepOutcome] = []
+    progress = []
+    result = run(model, card, train, val, _config(), on_step=seen.append, on_progress=progress.append)
+    assert [s.index for s in seen] == list(range(len(seen))) and seen == result.steps
+    assert seen[0].layers == [] and seen[0].compression_ratio == pytest.approx(1.0, abs=0.01)
+    deepest_first = [layer.name for layer in order_layers(discover_layers(model, 64), "inverse_depth")]
+    assert [s.layers[0] for s in seen[1:]] == deepest_first[: len(seen) - 1]
+    ratios = [s.compression_ratio for s in seen]
+    assert ratios[-1] == max(ratios) >= 6.0 > ratios[-2]  # 1x1 heads may cost a few bytes
+    assert result.target_met and result.selected_index == len(seen) - 1
+    assert progress and progress[-1].percent == pytest.approx(100.0)
+    assert all(p.eta_seconds is None or p.eta_seconds >= 0 for p in progress)
+    served, served_card = unpack_checkpoint(seen[-1].checkpoint)
+    assert set(served_card.binary_layers) == set(seen[-1].binary_layers)
+    assert served_card.metrics["miss_rate"] == pytest.approx(seen[-1].miss_rate)
+
+    # An interrupted run resumes after its last committed step and repeats none.
+    resumed: list[StepOutcome] = []
+    again = run(model, card, train, val, _config(), completed=seen[:2], on_step=resumed.append)
+    assert [s.index for s in resumed] == list(range(2, len(seen)))
+    for a, b in zip(seen, again.steps):
+        assert a.checkpoint == b.checkpoint and a.miss_rate == b.miss_rate
+
+
+def test_cancel_stops_within_the_step(setup) -> None:
+    model, card, train, val = setup
+    seen: list[StepOutcome] = []
+    polls = iter(range(100))
+    with pytest.raises(Cancelled):
+        run(model, card, train, val, _config(finetune_iters=50), on_step=seen.append,
+            should_stop=lambda: next(polls) >= 3)
+    assert [s.index for s in seen] == [0]
+
+
+def test_all_at_once_binarizes_the_same_layers_with_the_same_budget(setup) -> None:
+    model, card, _, _ = setup
+    priority = plan_steps(model, card, _config())
+    baseline = plan_steps(model, card, _config(method="all_at_once"))
+    needed = priority.steps[: priority.expected_steps]
+    assert baseline.steps == [[name for step in needed for name in step]]
+    assert baseline.iterations == [sum(priority.iterations[: priority.expected_steps])]
+    with pytest.raises(ValueError, match="all_at_once needs"):
+        PipelineConfig(target=Target(max_miss_rate_increase=0.1), method="all_at_once")
+
+
+def test_targets_validate_and_select() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        Target()
+    with pytest.raises(ValueError, match="exactly one"):
+        Target(min_compression_ratio=4.0, max_miss_rate_increase=0.1)
+    with pytest.raises(ValueError):
+        Target(min_compression_ratio=0.5)
+
+    def step(i: int, ratio: float, mr: float) -> StepOutcome:
+        return StepOutcome(index=i, layers=[], binary_layers=[], bits=1, compression_ratio=ratio,
+                           binary_layer_compression=None, miss_rate=mr, ap50=0.0, step_seconds=0.0,
+                           checkpoint_bytes=0, checkpoint=b"", state=b"")
+
+    steps = [step(0, 1.0, 0.30), step(1, 2.0, 0.31), step(2, 5.0, 0.36), step(3, 9.0, 0.50)]
+    assert select_step(steps, Target(max_miss_rate_increase=0.07)) == (2, True)
+    assert select_step(steps, Target(min_compression_ratio=4.0)) == (2, True)
+    assert select_step(steps, Target(min_compression_ratio=20.0)) == (3, False)
+
+
+def test_sensitivity_order_is_measured_and_deterministic(setup) -> None:
+    model, card, train, val = setup
+    config = _config(order="sensitivity", target=Target(min_compression_ratio=1.5))
+    a = run(model, card, train, val, config)
+    b = run(model, card, train, val, config)
+    assert [s.layers for s in a.steps] == [s.layers for s in b.steps]
+    assert len(a.steps) >= 2
