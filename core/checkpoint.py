@@ -15,13 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from core.binary import approximate, binarize_module, pack_approx, strip_binarization, unpack_approx
+from core.binary import (
+    approximate,
+    binarize_module,
+    pack_approx,
+    strip_binarization,
+    unpack_approx,
+)
 from core.models import build_model
 from core.models.registry import ARCHITECTURES, resolve_kwargs
 
@@ -154,7 +167,7 @@ def check_forward(model: nn.Module, card: ModelCard) -> None:
             raise CheckpointError("model produced non-finite scores on a dummy image")
     except CheckpointError:
         raise
-    except Exception as exc:  # any failure of an uploaded model is the upload's fault
+    except Exception as exc:  # noqa: BLE001 - any failure of an uploaded model is the upload's fault
         raise CheckpointError(f"model failed a forward pass on a dummy image: {exc}") from None
 
 

@@ -19,11 +19,28 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from core.binary import binarize_module, is_binarized, packed_nbytes
-from core.checkpoint import (ModelCard, float_checkpoint_nbytes, load_state, pack_checkpoint,
-                             save_state, unpack_checkpoint)
+from core.checkpoint import (
+    ModelCard,
+    float_checkpoint_nbytes,
+    load_state,
+    pack_checkpoint,
+    save_state,
+    unpack_checkpoint,
+)
 from core.data import ImageRecord
-from core.priority import discover_layers, measure_sensitivity, order_layers, saved_bytes
-from core.train import ImageCache, IterationReport, detection_loss, evaluate_model, train_detector
+from core.priority import (
+    discover_layers,
+    measure_sensitivity,
+    order_layers,
+    saved_bytes,
+)
+from core.train import (
+    ImageCache,
+    IterationReport,
+    detection_loss,
+    evaluate_model,
+    train_detector,
+)
 
 Method = Literal["layer_priority", "all_at_once"]
 Order = Literal["inverse_depth", "forward", "sensitivity"]

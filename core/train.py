@@ -13,7 +13,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from core.data import DetectionDataset, ImageRecord, eval_transforms, load_image, train_transforms
+from core.data import (
+    DetectionDataset,
+    ImageRecord,
+    eval_transforms,
+    load_image,
+    train_transforms,
+)
 from core.metrics import DetectionMetrics, evaluate_detections
 
 

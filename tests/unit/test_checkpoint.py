@@ -11,8 +11,15 @@ from safetensors.torch import save as st_save
 
 from core.binary import binarize_module
 from core.checkpoint import (
-    CheckpointError, ModelCard, float_checkpoint_nbytes, load_model_bytes, load_state,
-    pack_checkpoint, save_model_bytes, save_state, unpack_checkpoint,
+    CheckpointError,
+    ModelCard,
+    float_checkpoint_nbytes,
+    load_model_bytes,
+    load_state,
+    pack_checkpoint,
+    save_model_bytes,
+    save_state,
+    unpack_checkpoint,
 )
 
 

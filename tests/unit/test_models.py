@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, ModelCard, check_forward, load_model_bytes, save_model_bytes
+from core.checkpoint import (
+    CheckpointError,
+    ModelCard,
+    check_forward,
+    load_model_bytes,
+    save_model_bytes,
+)
 from core.models import ARCHITECTURES, build_model, list_architectures
 from core.priority import discover_layers
 

@@ -7,7 +7,15 @@ import torch
 from core.checkpoint import ModelCard, unpack_checkpoint
 from core.data import read_pennfudan, split_records
 from core.paths import default_data_dir
-from core.pipeline import Cancelled, PipelineConfig, StepOutcome, Target, plan_steps, run, select_step
+from core.pipeline import (
+    Cancelled,
+    PipelineConfig,
+    StepOutcome,
+    Target,
+    plan_steps,
+    run,
+    select_step,
+)
 from core.priority import discover_layers, order_layers
 
 
@@ -38,7 +46,7 @@ def test_inverse_depth_run_reaches_target_and_resumes_identically(setup) -> None
     assert result.target_met and result.selected_index == len(seen) - 1
     assert progress and progress[-1].percent == pytest.approx(100.0)
     assert all(p.eta_seconds is None or p.eta_seconds >= 0 for p in progress)
-    served, served_card = unpack_checkpoint(seen[-1].checkpoint)
+    _served, served_card = unpack_checkpoint(seen[-1].checkpoint)
     assert set(served_card.binary_layers) == set(seen[-1].binary_layers)
     assert served_card.metrics["miss_rate"] == pytest.approx(seen[-1].miss_rate)
 
