@@ -13,6 +13,12 @@ def make_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("flexbin", broker=settings.celery_broker_url, include=["worker.tasks"])
     exchange = Exchange(BINARIZE_QUEUE, type="direct")
+    # Redis redelivers an unacknowledged job after the visibility timeout; the SQLAlchemy
+    # transport hands its options to create_engine and takes none of these.
+    transport_options = (
+        {"visibility_timeout": settings.broker_visibility_timeout}
+        if settings.celery_broker_url.startswith(("redis", "rediss")) else {}
+    )
     app.conf.update(
         # One explicit queue; a typo in a queue name fails instead of creating a queue.
         task_queues=(Queue(BINARIZE_QUEUE, exchange, routing_key=BINARIZE_QUEUE),),
@@ -32,7 +38,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_transport_options=transport_options,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,
