@@ -160,3 +160,42 @@ def detection_loss(model: nn.Module, batches: Sequence[tuple[list[Tensor], list[
         m.momentum = momentum
     model.eval()
     return total / max(1, len(batches))
+
+
+# Recipe for FlexBin's default detector on Penn-Fudan (bench/tradeoff.py measures it).
+DEFAULT_RECIPE = {"iterations": 1500, "batch_size": 8, "learning_rate": 2e-3, "warmup": 50}
+
+
+def train_float_detector(
+    train_records: Sequence[ImageRecord],
+    val_records: Sequence[ImageRecord],
+    *,
+    architecture: str = "flexbin_pednet",
+    builder_kwargs: dict | None = None,
+    iterations: int = DEFAULT_RECIPE["iterations"],
+    batch_size: int = DEFAULT_RECIPE["batch_size"],
+    learning_rate: float = DEFAULT_RECIPE["learning_rate"],
+    seed: int = 0,
+    on_iteration: OnIteration | None = None,
+    device: str = "cpu",
+):
+    """Train a detector from scratch; returns (model, card with val metrics + provenance)."""
+    from core.checkpoint import ModelCard
+
+    torch.manual_seed(seed)
+    card = ModelCard(architecture=architecture, **(builder_kwargs or {}))
+    model = card.build()
+    cache = ImageCache()
+    started = time.monotonic()
+    train_detector(model, train_records, iterations=iterations, batch_size=batch_size,
+                   learning_rate=learning_rate, seed=seed, warmup=DEFAULT_RECIPE["warmup"],
+                   cache=cache, on_iteration=on_iteration, device=device)
+    seconds = time.monotonic() - started
+    metrics = evaluate_model(model, val_records, cache=cache, device=device)
+    card = card.model_copy(update={
+        "metrics": {"miss_rate": metrics.miss_rate, "ap50": metrics.ap50},
+        "provenance": {"trained_by": "flexbin", "iterations": iterations, "batch_size": batch_size,
+                       "learning_rate": learning_rate, "seed": seed,
+                       "train_images": len(train_records), "val_images": len(val_records),
+                       "train_seconds": round(seconds, 1)}})
+    return model.eval(), card
