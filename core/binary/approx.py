@@ -152,7 +152,9 @@ def combine(scales: Tensor, bases: Tensor) -> Tensor:
 
 
 def _sq_error(w: Tensor, scales: Tensor, bases: Tensor) -> Tensor:
-    return torch.sum((w - combine(scales, bases)).square(), dim=1, dtype=torch.float64)
+    # float32 row sums (pairwise, ~1e-7 relative) then float64: a float64 sum would first
+    # copy the whole matrix to float64.
+    return (w - combine(scales, bases)).square().sum(dim=1).double()
 
 
 def _greedy(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
@@ -197,9 +199,12 @@ def _keep_best(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per channel, the iterate with the lower squared error (ties keep the earlier one)."""
     better = cand[2] < best[2]
+    # lerp with a 0/1 weight is exact on ±1 bases (b + {0, ±2} is exact) and, on CPU,
+    # several times faster than a broadcast torch.where.
+    pick = better.to(cand[1].dtype)[None, :, None]
     return (
         torch.where(better[None], cand[0], best[0]),
-        torch.where(better[None, :, None], cand[1], best[1]),
+        torch.lerp(best[1], cand[1], pick),
         torch.where(better, cand[2], best[2]),
     )
 
