@@ -8,16 +8,21 @@ binarization job that deploys its selected checkpoint when it succeeds. Runs as 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from core.settings import Settings
 from core.store import Dataset, Deployment, Job, Model, put_blob, session_scope, utcnow
 from core.store.tenants import ensure_tenant
+
+if TYPE_CHECKING:
+    from core.train import IterationReport
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +42,11 @@ def zip_pennfudan(root: Path) -> bytes:
 
 
 def seed_demo(settings: Settings) -> str:
-    from core.checkpoint import ModelCard, save_model_bytes
+    from core.checkpoint import save_model_bytes
     from core.data import read_pennfudan, split_records
     from core.models.registry import DEFAULT_ARCHITECTURE
     from core.pipeline import PipelineConfig, Target
-    from core.train import train_detector
+    from core.train import train_float_detector
     from worker.device import resolve_device
 
     tenant_name = settings.demo_tenant()
@@ -52,30 +57,26 @@ def seed_demo(settings: Settings) -> str:
             return "exists"
     root = settings.demo_data
     records = read_pennfudan(root)
-    train, _val = split_records(records)
-    card = ModelCard(
-        architecture=DEFAULT_ARCHITECTURE,
-        provenance={"source": "FlexBin demo", "dataset": "PennFudanPed", "train_images": len(train),
-                    "iterations": settings.demo_train_iters},
-    )
-    model = card.build()
+    train, val = split_records(records)
     device = resolve_device(settings.device)
     log.info("demo: training %s on %d Penn-Fudan images for %d iterations on %s", DEFAULT_ARCHITECTURE,
              len(train), settings.demo_train_iters, device)
     started = time.monotonic()
     last = [0.0]
 
-    def report(it: object) -> None:
+    def report(it: IterationReport) -> None:
         now = time.monotonic()
-        if now - last[0] >= 15 or getattr(it, "iteration", 0) == getattr(it, "total", -1):
+        if now - last[0] >= 15 or it.iteration == it.total:
             last[0] = now
-            log.info("demo: training iteration %s/%s, loss %.3f", getattr(it, "iteration", "?"),
-                     getattr(it, "total", "?"), float(getattr(it, "loss", float("nan"))))
+            eta = it.seconds / it.iteration * (it.total - it.iteration)
+            log.info("demo: training iteration %d/%d, loss %.3f, about %.0fs left", it.iteration, it.total,
+                     it.loss, eta)
 
-    train_detector(model, train, iterations=settings.demo_train_iters, seed=0, device=device,
-                   on_iteration=report)
+    model, card = train_float_detector(train, val, architecture=DEFAULT_ARCHITECTURE,
+                                       iterations=settings.demo_train_iters, seed=0, on_iteration=report,
+                                       device=device)
     model.to("cpu").eval()
-    log.info("demo: trained in %.0fs", time.monotonic() - started)
+    log.info("demo: trained in %.0fs (validation: %s)", time.monotonic() - started, card.metrics)
     weights, card_json = save_model_bytes(model, card)
     archive = zip_pennfudan(root)
     config = PipelineConfig(
@@ -83,8 +84,6 @@ def seed_demo(settings: Settings) -> str:
         method="layer_priority", order="inverse_depth", bits=1,
         finetune_iters=settings.demo_finetune_iters, seed=0,
     )
-    import json
-
     with session_scope(settings.database_url) as s:
         tenant = ensure_tenant(s, tenant_name)
         weights_blob = put_blob(s, weights)

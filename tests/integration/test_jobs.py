@@ -130,3 +130,14 @@ def test_cancel_queued_and_running_jobs(client, worker, uploads) -> None:
     # the queued one never ran
     job = client.get(f"/jobs/{queued}").json()
     assert job["status"] == "cancelled" and job["steps"] == [] and job["attempts"] == 0
+
+
+def test_job_on_a_too_small_dataset_fails_with_a_clear_error(client, worker, uploads) -> None:
+    dataset = client.post("/datasets", files={"archive": ("d.zip", dataset_zip(2))})
+    assert dataset.status_code == 201, dataset.text
+    r = client.post("/jobs", json={"model_id": uploads["model_id"], "dataset_id": dataset.json()["id"],
+                                   "target": {"min_compression_ratio": 2.0}, "finetune_iters": 1})
+    job = wait_status(client, r.json()["id"], {"succeeded", "failed", "cancelled"}, 60)
+    assert job["status"] == "failed"
+    assert "too small" in job["error"], job["error"]
+    assert job["steps"] == []
