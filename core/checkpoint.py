@@ -202,10 +202,10 @@ def pack_checkpoint(model: nn.Module, card: ModelCard) -> bytes:
     """The packed checkpoint of a (partly) binarized model: 1 bit per binary weight.
 
     Binarized layers are those carrying a `core.binary` parametrization; their weights are
-    re-approximated from the latent weights with the same bits (the exact values the
-    straight-through forward pass uses).
+    re-approximated from the latent weights exactly as the straight-through forward pass
+    does, so the packed checkpoint serves the values that were fine-tuned and evaluated.
     """
-    from core.binary import binary_bits, latent_weight
+    from core.binary import binary_approx, binary_bits
 
     binary = binarized_modules(model)
     layers = {name: int(binary_bits(m)) for name, m in binary.items()}
@@ -215,7 +215,7 @@ def pack_checkpoint(model: nn.Module, card: ModelCard) -> bytes:
     for key, value in _plain_state(model).items():
         layer = key.removesuffix(".weight")
         if key.endswith(".weight") and layer in binary:
-            approx = approximate(latent_weight(binary[layer]).detach().float().cpu(), layers[layer])
+            approx = binary_approx(binary[layer])  # exactly what the STE forward computes
             packed = pack_approx(approx)
             tensors[key + _BITS] = packed["bits"]
             tensors[key + _SCALES] = packed["scales"]
