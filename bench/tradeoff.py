@@ -23,13 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.baselines.hog import HogPeopleDetector  # noqa: E402
-from core.checkpoint import ModelCard  # noqa: E402
-from core.data import read_pennfudan, split_records  # noqa: E402
-from core.metrics import evaluate_detections  # noqa: E402
-from core.paths import default_data_dir  # noqa: E402
-from core.pipeline import PipelineConfig, PipelineResult, Target, run  # noqa: E402
-from core.train import DEFAULT_RECIPE, ImageCache, predict, train_float_detector  # noqa: E402
+from core.baselines.hog import HogPeopleDetector
+from core.checkpoint import ModelCard
+from core.data import read_pennfudan, split_records
+from core.metrics import evaluate_detections
+from core.paths import default_data_dir
+from core.pipeline import PipelineConfig, PipelineResult, Target, run
+from core.train import DEFAULT_RECIPE, ImageCache, predict, train_float_detector
 
 RESULTS = ROOT / "bench" / "results"
 ALL_LAYERS = Target(min_compression_ratio=32.0)  # unreachable: binarize every layer
@@ -166,18 +166,18 @@ def write(report: dict, card: ModelCard, out: Path) -> None:
     (out / f"{name}.json").write_text(json.dumps(report, indent=2))
     f, h = report["float"], report["hog"]
     lines = [
-        f"# Trade-off benchmark ({report['environment']['date']}, torch {report['environment']['torch']}, "
-        f"{report['environment']['threads']} CPU threads)",
+        (f"# Trade-off benchmark ({report['environment']['date']}, torch {report['environment']['torch']}, "
+        f"{report['environment']['threads']} CPU threads)"),
         "",
-        f"Penn-Fudan: {report['data']['train_images']} train / {report['data']['val_images']} val images "
+        (f"Penn-Fudan: {report['data']['train_images']} train / {report['data']['val_images']} val images "
         f"({report['data']['val_pedestrians']} pedestrians). Fine-tuning: {report['finetune_iters']} "
-        "iterations per layer-priority step; all-at-once gets k x that for k layers.",
+        "iterations per layer-priority step; all-at-once gets k x that for k layers."),
         "",
         "| detector | MR^-2 | AP@0.5 | ms / image |",
         "|---|---|---|---|",
         f"| HOG people detector (OpenCV) | {h['miss_rate']:.3f} | {h['ap50']:.3f} | {h['ms_per_image']:.1f} |",
-        f"| FlexBin PedNet, float ({f['params'] / 1e6:.2f} M params, trained {f['train_seconds']:.0f} s) "
-        f"| {f['miss_rate']:.3f} | {f['ap50']:.3f} | {f['ms_per_image']:.1f} |",
+        (f"| FlexBin PedNet, float ({f['params'] / 1e6:.2f} M params, trained {f['train_seconds']:.0f} s) "
+        f"| {f['miss_rate']:.3f} | {f['ap50']:.3f} | {f['ms_per_image']:.1f} |"),
         "",
         "## Layer priority (inverse depth) vs all-at-once at matched compression",
         "",
@@ -194,8 +194,8 @@ def write(report: dict, card: ModelCard, out: Path) -> None:
             lines.append(f"| {order} | {s['index']} | {', '.join(s['layers']) or '(float)'} | "
                          f"{s['compression_ratio']:.2f}x | {s['miss_rate']:.3f} | {s['ap50']:.3f} | {s['step_seconds']:.1f} |")
     deepest = report["layer_priority"]["inverse_depth"]["steps"][-1]
-    lines += ["", f"Deepest point: {deepest['compression_ratio']:.1f}x whole model, binarized layers stored at "
-              f"{deepest['binary_layer_compression']}x.", "", "## Goals", ""]
+    lines += ["", (f"Deepest point: {deepest['compression_ratio']:.1f}x whole model, binarized layers stored at "
+              f"{deepest['binary_layer_compression']}x."), "", "## Goals", ""]
     lines += [f"- {'PASS' if ok else 'MISS'}: {goal}" for goal, ok in report["goals"].items()]
     lines += ["", f"Total time: {report['total_seconds'] / 60:.1f} min."]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")

@@ -29,7 +29,6 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from core.binary import (
-    approximate,
     binarize_module,
     pack_approx,
     strip_binarization,
