@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     device: str = Field(default="auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1"...')
+    torch_threads: int = Field(default=0, ge=0, description="CPU threads per worker process (0: torch's default).")
     demo_data: Path = Field(default_factory=default_data_dir, description="Penn-Fudan root for the demo.")
     demo: bool = Field(default=True, description="Seed the demo on an empty database.")
     # Sized for about 30 minutes on 2 CPU cores (about 3.6 s per training iteration of the

@@ -18,6 +18,10 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s",
     )
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     from worker.celery_app import BINARIZE_QUEUE, celery_app
 
     args = [
