@@ -16,12 +16,21 @@ def upload_model(
     tenant: TenantDep,
     settings: SettingsDep,
     weights: Annotated[UploadFile, File(description="safetensors state_dict of the float detector")],
-    card: Annotated[str, Form(description='JSON: {"architecture", "num_classes", ...builder kwargs}')],
+    card: Annotated[
+        str | UploadFile,
+        Form(description='JSON text (or a JSON file): {"architecture", "num_classes", ...builder kwargs}'),
+    ],
     name: Annotated[str | None, Form(max_length=200)] = None,
 ) -> schemas.ModelPublic:
     """Upload a float detector. It must load strictly into the card's architecture (every key
     and shape) and run one forward pass on a dummy image; nothing is stored otherwise."""
     data = services.read_upload(weights, settings.max_model_bytes, "weights")
+    if not isinstance(card, str):
+        raw = services.read_upload(card, settings.max_card_bytes, "card")
+        try:
+            card = raw.decode()
+        except UnicodeDecodeError:
+            raise services.InvalidUpload("card: not UTF-8 text") from None
     row = services.create_model(session, tenant, settings, data, card, name=name)
     session.commit()
     return services.model_public(row)

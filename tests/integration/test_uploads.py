@@ -37,6 +37,11 @@ def test_valid_model_and_dataset_are_stored(client, other_client, db_counts) -> 
     assert model["architecture"] == "flexbin_pednet" and model["size_bytes"] == len(weights)
     assert model["num_params"] > 0
     assert client.get(f"/models/{model['id']}").json()["id"] == model["id"]
+    # the card may also come as a file part (curl -F card=@card.json)
+    r = client.post("/models", files={"weights": ("w.safetensors", weights), "card": ("card.json", card.encode())})
+    assert r.status_code == 201, r.text
+    before["models"] += 1
+    before["blobs"] += 1
 
     r = post_dataset(client, dataset_zip(4))
     assert r.status_code == 201, r.text
