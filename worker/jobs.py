@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from core.settings import Settings
 from core.store import (
@@ -33,6 +34,10 @@ from worker.device import resolve_device
 from worker.lease import Heartbeat, claim, new_worker_id
 
 log = logging.getLogger(__name__)
+
+SHUTTING_DOWN = threading.Event()
+"""Set on the worker's warm shutdown (SIGTERM): a running job hands itself back to the queue
+at its next fine-tuning iteration instead of holding the shutdown up until it ends."""
 
 
 class LeaseLost(Exception):
@@ -81,12 +86,20 @@ class _JobExecution:
         except Cancelled:
             if self.heartbeat.lost.is_set():
                 return JobRun("lease-lost")
+            if SHUTTING_DOWN.is_set() and not self._cancel:
+                self._hand_back()
+                return JobRun("requeued")
             self._finish("cancelled", message="cancelled")
             log.info("job %s: cancelled", self.job_id)
             return JobRun("cancelled")
         except LeaseLost:
             log.warning("job %s: lease lost; leaving it to its new owner", self.job_id)
             return JobRun("lease-lost")
+        except (OperationalError, InterfaceError):
+            # The database went away: leave the job to expire its lease and be requeued
+            # (at most MAX_ATTEMPTS times) rather than failing it for good.
+            log.exception("job %s: database error; the job will be retried", self.job_id)
+            raise
         except Exception as exc:
             if self.heartbeat.lost.is_set():
                 return JobRun("lease-lost")
@@ -225,7 +238,20 @@ class _JobExecution:
         return self._cancel
 
     def _should_stop(self) -> bool:
-        return self.heartbeat.lost.is_set() or self._cancel_requested()
+        return SHUTTING_DOWN.is_set() or self.heartbeat.lost.is_set() or self._cancel_requested()
+
+    def _hand_back(self) -> None:
+        """Put the job back in the queue (committed steps stay) and enqueue it again."""
+        with session_scope(self.url) as s:
+            done = s.execute(update(Job).where(self._owned()).values(
+                status="queued", lease_owner=None, lease_expires_at=None, progress_updated_at=utcnow(),
+                progress_message="worker shut down; requeued",
+            )).rowcount
+        if done:
+            from worker.celery_app import BINARIZE_QUEUE, celery_app
+
+            celery_app.send_task("binarize.run", args=[self.job_id], queue=BINARIZE_QUEUE)
+            log.info("job %s: worker shutting down; job handed back to the queue", self.job_id)
 
     # -- the end ----------------------------------------------------------------------------
     def _finish(self, status: str, *, selected: int | None = None, error: str | None = None,

@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from core.settings import get_settings
 from worker.celery_app import BINARIZE_QUEUE, celery_app
@@ -59,6 +59,13 @@ def _recover_loop() -> None:
 @worker_ready.connect
 def _start_recovery(**_: Any) -> None:
     threading.Thread(target=_recover_loop, name="flexbin-recovery", daemon=True).start()
+
+
+@worker_shutting_down.connect
+def _hand_back_running_job(**_: Any) -> None:
+    from worker.jobs import SHUTTING_DOWN
+
+    SHUTTING_DOWN.set()
 
 
 @worker_shutdown.connect

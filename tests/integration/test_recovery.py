@@ -2,6 +2,8 @@
 steps and every step ends up in the database exactly once."""
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import select
 
 from core.store import Checkpoint, Job, JobStep, get_sessionmaker
@@ -32,8 +34,7 @@ def test_sigkill_mid_job_resumes_without_duplicate_steps(client, start_worker, d
     assert client.get(f"/jobs/{job_id}").json()["status"] == "running"
 
     # two fresh workers race for it: the lease lets exactly one of them resume it
-    start_worker("rescuer-a")
-    start_worker("rescuer-b")
+    rescuers = [start_worker("rescuer-a"), start_worker("rescuer-b")]
 
     def finished() -> dict | None:
         job = client.get(f"/jobs/{job_id}").json()
@@ -56,3 +57,30 @@ def test_sigkill_mid_job_resumes_without_duplicate_steps(client, start_worker, d
         assert sorted(checkpoints) == indexes  # no checkpoint of the lost step in progress
         row = s.get(Job, job_id)
         assert row is not None and row.lease_owner is None
+    for proc in rescuers:
+        proc.stop()
+
+
+def test_sigterm_hands_the_running_job_back(client, start_worker, database_url) -> None:
+    weights, card = tiny_model(seed=4)
+    model_id = client.post("/models", files={"weights": ("w.safetensors", weights)}, data={"card": card}).json()["id"]
+    dataset_id = client.post("/datasets", files={"archive": ("d.zip", dataset_zip(8))}).json()["id"]
+    first = start_worker("stopping-worker")
+    job_id = client.post("/jobs", json={"model_id": model_id, "dataset_id": dataset_id,
+                                        "target": {"min_compression_ratio": 4.0}, "finetune_iters": 200,
+                                        "batch_size": 2}).json()["id"]
+    wait_until(lambda: len(client.get(f"/jobs/{job_id}").json()["steps"]) >= 1, 120, "a committed step")
+    t0 = time.monotonic()
+    first.stop(timeout=60)  # SIGTERM: warm shutdown
+    assert time.monotonic() - t0 < 20, "the worker held its shutdown up for the whole job"
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "queued" and job["steps"], job
+    assert "requeued" in job["progress"]["message"]
+    successor = start_worker("next-worker")
+    job = wait_until(lambda: (j := client.get(f"/jobs/{job_id}").json())["status"] == "succeeded" and j, 240,
+                     "the handed-back job to finish")
+    indexes = [s["index"] for s in job["steps"]]  # type: ignore[index]
+    assert indexes == list(range(len(indexes)))
+    with get_sessionmaker(database_url)() as s:
+        assert sorted(s.scalars(select(JobStep.index).where(JobStep.job_id == job_id)).all()) == indexes
+    successor.stop()
