@@ -77,10 +77,13 @@ def test_sigterm_hands_the_running_job_back(client, start_worker, database_url) 
     assert job["status"] == "queued" and job["steps"], job
     assert "requeued" in job["progress"]["message"]
     successor = start_worker("next-worker")
-    job = wait_until(lambda: (j := client.get(f"/jobs/{job_id}").json())["status"] == "succeeded" and j, 240,
-                     "the handed-back job to finish")
+    kept = len(job["steps"])
+    wait_until(lambda: len(client.get(f"/jobs/{job_id}").json()["steps"]) > kept, 120, "the successor's first step")
+    assert client.post(f"/jobs/{job_id}/cancel").status_code == 202  # no need to wait for the whole run
+    job = wait_until(lambda: (j := client.get(f"/jobs/{job_id}").json())["status"] == "cancelled" and j, 60,
+                     "the cancel")
     indexes = [s["index"] for s in job["steps"]]  # type: ignore[index]
-    assert indexes == list(range(len(indexes)))
+    assert indexes == list(range(len(indexes))) and job["attempts"] == 2  # type: ignore[index]
     with get_sessionmaker(database_url)() as s:
         assert sorted(s.scalars(select(JobStep.index).where(JobStep.job_id == job_id)).all()) == indexes
     successor.stop()
