@@ -32,7 +32,8 @@ class WorkerSupervisor:
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "worker.main"], cwd=REPO_ROOT, env=os.environ.copy())
+        env = {**os.environ, "FLEXBIN_PARENT_PID": str(os.getpid())}  # the worker dies with us
+        proc = subprocess.Popen([sys.executable, "-m", "worker.main"], cwd=REPO_ROOT, env=env)
         log.info("started embedded worker (pid %d)", proc.pid)
         return proc
 
@@ -61,6 +62,12 @@ class WorkerSupervisor:
             proc.wait()
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # uvicorn re-raises the signal that stopped it after its graceful shutdown; as an
+    # exception it unwinds through main()'s `finally`, which stops the worker.
+    raise SystemExit(128 + signum)
+
+
 def main(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     logging.basicConfig(
@@ -68,6 +75,7 @@ def main(settings: Settings | None = None) -> None:
         format="%(asctime)s %(levelname)s [api %(process)d] %(name)s: %(message)s",
     )
     log.info("database %s, broker %s", _redact(settings.database_url), _redact(settings.celery_broker_url))
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     bootstrap(settings)
     supervisor = WorkerSupervisor() if settings.run_embedded_worker else None
     if supervisor is not None:

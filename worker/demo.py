@@ -20,6 +20,7 @@ from sqlalchemy import select
 from core.settings import Settings
 from core.store import Dataset, Deployment, Job, Model, put_blob, session_scope, utcnow
 from core.store.tenants import ensure_tenant
+from worker.jobs import SHUTTING_DOWN
 
 if TYPE_CHECKING:
     from core.train import IterationReport
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 DEMO_MODEL_NAME = "demo: flexbin_pednet trained on Penn-Fudan"
 DEMO_DATASET_NAME = "demo: PennFudanPed"
+
+
+class DemoInterrupted(RuntimeError):
+    """The worker is shutting down; the database is still empty, so the next start seeds again."""
 
 
 def zip_pennfudan(root: Path) -> bytes:
@@ -65,6 +70,8 @@ def seed_demo(settings: Settings) -> str:
     last = [0.0]
 
     def report(it: IterationReport) -> None:
+        if SHUTTING_DOWN.is_set():
+            raise DemoInterrupted("worker shutting down during demo training; it starts again on the next start")
         now = time.monotonic()
         if now - last[0] >= 15 or it.iteration == it.total:
             last[0] = now

@@ -7,12 +7,30 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 from core.settings import get_settings
 
 
+def _die_with_parent() -> None:
+    """An embedded worker (started by `api.run`) gets SIGTERM when the API process dies, even
+    by SIGKILL, instead of living on as an orphan (Linux; elsewhere it is a no-op)."""
+    parent = os.environ.get("FLEXBIN_PARENT_PID")
+    if not parent:
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before prctl
+        sys.exit("worker: the API process that started this worker is gone")
+
+
 def main(argv: list[str] | None = None) -> None:
+    _die_with_parent()
     settings = get_settings()
     logging.basicConfig(
         level=settings.log_level.upper(),

@@ -31,9 +31,13 @@ def binarize_run(self: Task, job_id: str) -> str:
 @celery_app.task(name="demo.seed", acks_late=True, reject_on_worker_lost=True, queue=BINARIZE_QUEUE)
 def demo_seed() -> str:
     """Train the demo detector, store it with the Penn-Fudan dataset, start its job."""
-    from worker.demo import seed_demo
+    from worker.demo import DemoInterrupted, seed_demo
 
-    return seed_demo(get_settings())
+    try:
+        return seed_demo(get_settings())
+    except DemoInterrupted as exc:
+        log.warning("demo: %s", exc)
+        return "interrupted"
 
 
 # -- orphan recovery -------------------------------------------------------------------------
