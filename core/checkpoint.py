@@ -204,25 +204,36 @@ def pack_checkpoint(model: nn.Module, card: ModelCard) -> bytes:
     re-approximated from the latent weights exactly as the straight-through forward pass
     does, so the packed checkpoint serves the values that were fine-tuned and evaluated.
     """
+    tensors, shapes, layers = _packed_tensors(model)
+    card = card.model_copy(update={"binary_layers": layers})
+    meta = {"card": card.model_dump(mode="json"), "packed_shapes": shapes}
+    return st_save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+
+
+def compression_ratio(model: nn.Module) -> float:
+    """float32 checkpoint bytes / packed checkpoint bytes, both as safetensors files of the
+    same tensors (the card metadata, identical in both, left out): exactly 1.0 with no
+    binarized layer."""
+    return float_checkpoint_nbytes(model) / len(st_save(_packed_tensors(model)[0]))
+
+
+def _packed_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, list[int]], dict[str, int]]:
     from core.binary import binary_approx, binary_bits
 
     binary = binarized_modules(model)
     layers = {name: int(binary_bits(m)) for name, m in binary.items()}
-    card = card.model_copy(update={"binary_layers": layers})
     tensors: dict[str, Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for key, value in _plain_state(model).items():
         layer = key.removesuffix(".weight")
         if key.endswith(".weight") and layer in binary:
-            approx = binary_approx(binary[layer])  # exactly what the STE forward computes
-            packed = pack_approx(approx)
+            packed = pack_approx(binary_approx(binary[layer]))  # exactly what the STE forward computes
             tensors[key + _BITS] = packed["bits"]
             tensors[key + _SCALES] = packed["scales"]
             shapes[key] = list(value.shape)
         else:
-            tensors[key] = value
-    meta = {"card": card.model_dump(mode="json"), "packed_shapes": shapes}
-    return st_save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+            tensors[key] = value.float() if value.is_floating_point() else value
+    return tensors, shapes, layers
 
 
 def unpack_checkpoint(data: bytes) -> tuple[nn.Module, ModelCard]:

@@ -21,6 +21,7 @@ from torch import nn
 from core.binary import binarize_module, is_binarized, packed_nbytes
 from core.checkpoint import (
     ModelCard,
+    compression_ratio,
     float_checkpoint_nbytes,
     load_state,
     pack_checkpoint,
@@ -242,7 +243,6 @@ def run(
     else:
         report(_measure(model, card, config, 0, [], 0.0, val_records, cache, device))
         progress.step_done(0)
-    float_bytes = float_checkpoint_nbytes(model)
     modules = dict(model.named_modules())
     while len(steps) <= len(plan.steps) and not (len(steps) > 1 and _target_reached(steps, config.target)):
         index = len(steps)
@@ -260,7 +260,7 @@ def run(
         if stop.requested:
             raise Cancelled(f"cancelled during step {index}")
         report(_measure(model, card, config, index, new_layers, time.monotonic() - started,
-                        val_records, cache, device, float_bytes))
+                        val_records, cache, device))
         progress.step_done(index)
     progress.finish(len(steps) - 1)
     selected, met = select_step(steps, config.target)
@@ -279,18 +279,16 @@ class _StopFlag:
 
 def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: int,
              new_layers: list[str], seconds: float, val_records: Sequence[ImageRecord],
-             cache: ImageCache, device: str, float_bytes: int | None = None) -> StepOutcome:
+             cache: ImageCache, device: str) -> StepOutcome:
     """Pack the model, evaluate what the packed checkpoint serves, and describe the step."""
     started = time.monotonic()
-    float_bytes = float_bytes or float_checkpoint_nbytes(model)
     served, _ = unpack_checkpoint(pack_checkpoint(model, card))
     metrics = evaluate_model(served, val_records, cache=cache, device=device)
     layers = {name: m for name, m in model.named_modules() if is_binarized(m)}
     provenance = {**card.provenance, "flexbin": {
         "method": config.method, "order": config.order, "step": index, "seed": config.seed,
         "finetune_iters": config.finetune_iters, "source_architecture": card.architecture}}
-    packed = pack_checkpoint(model, card.model_copy(update={"provenance": provenance}))
-    ratio = float_bytes / len(packed)
+    ratio = compression_ratio(model)
     packed = pack_checkpoint(model, card.model_copy(update={
         "provenance": provenance,
         "metrics": {"miss_rate": metrics.miss_rate, "ap50": metrics.ap50, "compression_ratio": ratio}}))

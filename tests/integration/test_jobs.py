@@ -52,8 +52,8 @@ def test_job_runs_to_success(client, other_client, worker, uploads, database_url
     steps = job["steps"]
     assert [s["index"] for s in steps] == list(range(len(steps)))
     assert len(steps) >= 2
-    # API.md: step 0 is the float model, ratio 1.0 (core measures the packed file: ~0.997)
-    assert steps[0]["compression_ratio"] == pytest.approx(1.0, abs=0.01) and steps[0]["layers"] == []
+    # API.md: step 0 is the float model, ratio exactly 1.0
+    assert steps[0]["compression_ratio"] == 1.0 and steps[0]["layers"] == []
     assert steps[-1]["compression_ratio"] >= 2.0
     assert {"index", "layers", "compression_ratio", "miss_rate", "ap50", "checkpoint_id"} <= steps[0].keys()
     assert job["selected_checkpoint_id"] in {s["checkpoint_id"] for s in steps}

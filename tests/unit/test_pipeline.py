@@ -38,7 +38,7 @@ def test_inverse_depth_run_reaches_target_and_resumes_identically(setup) -> None
     progress = []
     result = run(model, card, train, val, _config(), on_step=seen.append, on_progress=progress.append)
     assert [s.index for s in seen] == list(range(len(seen))) and seen == result.steps
-    assert seen[0].layers == [] and seen[0].compression_ratio == pytest.approx(1.0, abs=0.01)
+    assert seen[0].layers == [] and seen[0].compression_ratio == 1.0
     deepest_first = [layer.name for layer in order_layers(discover_layers(model, 64), "inverse_depth")]
     assert [s.layers[0] for s in seen[1:]] == deepest_first[: len(seen) - 1]
     ratios = [s.compression_ratio for s in seen]
