@@ -4,10 +4,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from api import services
 from api.bootstrap import bootstrap, maybe_seed_demo
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
@@ -17,10 +19,12 @@ from api.routes import (
     checkpoints,
     datasets,
     deployment,
+    detect,
     health,
     jobs,
     models,
 )
+from api.serving import ServingRuntime
 from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +40,11 @@ def create_app(settings: Settings | None = None, *, run_bootstrap: bool = True) 
         if run_bootstrap:
             await run_in_threadpool(bootstrap, settings)
             await run_in_threadpool(maybe_seed_demo, settings)
-        yield
+        await app.state.serving.start()
+        try:
+            yield
+        finally:
+            await app.state.serving.stop()
 
     app = FastAPI(
         title="FlexBin",
@@ -46,6 +54,11 @@ def create_app(settings: Settings | None = None, *, run_bootstrap: bool = True) 
     )
     app.state.settings = settings
     app.state.metrics = Metrics(settings)
+    app.state.serving = ServingRuntime(
+        settings, app.state.metrics,
+        fetch=partial(services.checkpoint_bytes, settings.database_url),
+        deployed=partial(services.deployed_checkpoint_ids, settings.database_url),
+    )
     install_error_handlers(app)
 
     def limit_for(method: str, path: str) -> int:
@@ -59,6 +72,6 @@ def create_app(settings: Settings | None = None, *, run_bootstrap: bool = True) 
 
     app.middleware("http")(app.state.metrics.middleware)
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
-    for module in (health, architectures, models, datasets, jobs, checkpoints, deployment):
+    for module in (health, architectures, models, datasets, jobs, checkpoints, deployment, detect):
         app.include_router(module.router)
     return app

@@ -7,7 +7,14 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from api.services import Conflict, InvalidUpload, NotFound, TooLarge
+from api.services import (
+    Conflict,
+    InvalidUpload,
+    NotFound,
+    TooLarge,
+    UnsupportedMediaType,
+)
+from api.serving import ServingError
 
 
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -43,3 +50,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidUpload)
     async def _invalid(_: Request, exc: InvalidUpload) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(UnsupportedMediaType)
+    async def _media_type(_: Request, exc: UnsupportedMediaType) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status.HTTP_415_UNSUPPORTED_MEDIA_TYPE)
+
+    @app.exception_handler(ServingError)
+    async def _serving(_: Request, exc: ServingError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status.HTTP_409_CONFLICT)

@@ -1,4 +1,5 @@
-"""Prometheus metrics: request counts and latency per route, jobs per status."""
+"""Prometheus metrics: request counts and latency per route (`/detect` included), images
+detected, micro-batch sizes, inference time, model-cache hits/misses/bytes, jobs per status."""
 from __future__ import annotations
 
 import time
@@ -10,6 +11,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -47,6 +49,18 @@ class Metrics:
                                 registry=self.registry)
         self.latency = Histogram("flexbin_http_request_seconds", "HTTP request latency", ["method", "route"],
                                  registry=self.registry)
+        self.detect_images = Counter("flexbin_detect_images", "Images answered by POST /detect",
+                                     registry=self.registry)
+        self.batch_size = Histogram("flexbin_detect_batch_size", "Images per forward pass (micro-batch size)",
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=self.registry)
+        self.inference_seconds = Histogram("flexbin_detect_inference_seconds", "Forward pass time per batch",
+                                           registry=self.registry)
+        self.cache_hits = Counter("flexbin_model_cache_hits", "Model cache hits", registry=self.registry)
+        self.cache_misses = Counter("flexbin_model_cache_misses", "Model cache misses (loads)",
+                                    registry=self.registry)
+        self.cache_bytes = Gauge("flexbin_model_cache_bytes", "Unpacked bytes of the models in the cache",
+                                 registry=self.registry)
+        self.cache_models = Gauge("flexbin_model_cache_models", "Models in the cache", registry=self.registry)
         self.registry.register(_JobsCollector(settings))
 
     def render(self) -> Response:

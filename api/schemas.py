@@ -146,5 +146,26 @@ class DeploymentPublic(BaseModel):
     updated_at: datetime | None
 
 
+class Detection(BaseModel):
+    box: list[float] = Field(
+        min_length=4, max_length=4,
+        description="x1, y1, x2, y2 in pixels of the image as uploaded (after its EXIF orientation), "
+                    "0-based continuous coordinates.")
+    score: float = Field(description="Pedestrian confidence in [0, 1].")
+
+
+class ImageDetections(BaseModel):
+    filename: str
+    width: int = Field(description="Width of the image in pixels (after EXIF orientation).")
+    height: int = Field(description="Height of the image in pixels (after EXIF orientation).")
+    detections: list[Detection] = Field(description="Pedestrians, best first.")
+
+
+class DetectPublic(BaseModel):
+    checkpoint_id: str = Field(description="The packed checkpoint that ran.")
+    model_id: str = Field(description="The float model the checkpoint was made from.")
+    results: list[ImageDetections] = Field(description="One entry per uploaded image, in upload order.")
+
+
 class Message(BaseModel):
     detail: str

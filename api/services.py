@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,7 +24,9 @@ from core.store import (
     JobStep,
     Model,
     Tenant,
+    get_blob_bytes,
     put_blob,
+    session_scope,
     utcnow,
 )
 from core.store.models import Blob
@@ -45,6 +48,10 @@ class TooLarge(ValueError):
 
 class InvalidUpload(ValueError):
     """An upload that `core` rejected; the message names the problem (422)."""
+
+
+class UnsupportedMediaType(ValueError):
+    """An upload of a type the endpoint does not take (415)."""
 
 
 def read_upload(upload: Any, limit: int, field: str) -> bytes:
@@ -296,3 +303,92 @@ def set_deployment(session: Session, tenant: Tenant, checkpoint_id: str) -> Depl
     row.updated_at = utcnow()
     session.flush()
     return row
+
+
+def deployed_checkpoint_ids(database_url: str) -> list[str]:
+    """Every tenant's deployed checkpoint (what the serving runtime keeps warm)."""
+    with session_scope(database_url) as s:
+        return sorted(set(s.scalars(select(Deployment.checkpoint_id).where(Deployment.checkpoint_id.is_not(None)))))
+
+
+# -- detection ------------------------------------------------------------------------------
+DETECT_MEDIA_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/pjpeg": "JPEG", "image/png": "PNG"}
+
+
+def detect_target(session: Session, tenant: Tenant, checkpoint_id: str | None) -> tuple[str, str]:
+    """(checkpoint id, model id) that `/detect` runs: the named checkpoint (tenant-scoped,
+    404 otherwise) or the tenant's deployment (409 when nothing is deployed)."""
+    if checkpoint_id:
+        row = get_checkpoint(session, tenant, checkpoint_id)
+        return row.id, row.model_id
+    deployment = get_deployment(session, tenant)
+    if deployment is None or deployment.checkpoint_id is None:
+        if deployment is not None and deployment.model_id:
+            raise Conflict(f"model {deployment.model_id} is deployed but has no checkpoint yet (its job has not "
+                           "committed step 0); try again shortly, or pass checkpoint_id")
+        raise Conflict('nothing is deployed for this tenant: PUT /deployment {"checkpoint_id": ...} first, '
+                       "or pass checkpoint_id")
+    row = get_checkpoint(session, tenant, deployment.checkpoint_id)
+    return row.id, row.model_id
+
+
+def checkpoint_bytes(database_url: str, checkpoint_id: str) -> bytes:
+    """The packed checkpoint file of any tenant (the serving runtime's loader; callers scope)."""
+    with session_scope(database_url) as s:
+        row = s.get(Checkpoint, checkpoint_id)
+        if row is None:
+            raise NotFound(f"checkpoint {checkpoint_id} not found")
+        return get_blob_bytes(s, row.blob_id)
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    return None
+
+
+def check_detect_image(data: bytes, filename: str, content_type: str | None) -> None:
+    """JPEG or PNG by content (415 for anything else; 422 for a JPEG/PNG that is not one)."""
+    if not data:
+        raise InvalidUpload(f"{filename}: empty file")
+    if sniff_image_format(data) is not None:
+        return
+    declared = (content_type or "").split(";")[0].strip().lower()
+    if declared in DETECT_MEDIA_TYPES:
+        raise InvalidUpload(f"{filename}: not a readable {DETECT_MEDIA_TYPES[declared]} image (sent as {declared})")
+    raise UnsupportedMediaType(f"{filename}: unsupported type {declared or 'unknown'}; send JPEG or PNG images")
+
+
+def decode_detect_image(data: bytes, filename: str, max_pixels: int) -> Any:
+    """FloatTensor[3, H, W] (RGB in [0, 1], EXIF orientation applied) of an uploaded image;
+    413 over `max_pixels`, 422 when it does not decode (the message names the file)."""
+    from core.data import DataError, image_size, load_image
+
+    try:
+        width, height = image_size(data, name=filename, max_pixels=1 << 62)
+    except DataError as exc:
+        if ": image too large" in str(exc):  # PIL's decompression-bomb guard
+            raise TooLarge(str(exc)) from None
+        raise InvalidUpload(str(exc)) from None
+    if width * height > max_pixels:
+        raise TooLarge(f"{filename}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    try:
+        return load_image(data, name=filename, max_pixels=max_pixels)
+    except DataError as exc:
+        raise InvalidUpload(str(exc)) from None
+
+
+def detections_public(checkpoint_id: str, model_id: str, names: list[str], images: list[Any],
+                      predictions: list[Any], score_threshold: float) -> schemas.DetectPublic:
+    results = []
+    for name, image, pred in zip(names, images, predictions, strict=True):
+        height, width = int(image.shape[-2]), int(image.shape[-1])
+        detections = [
+            schemas.Detection(box=[round(float(v), 2) for v in box], score=round(float(score), 5))
+            for box, score in zip(pred.boxes, pred.scores, strict=True)
+            if score >= score_threshold and all(math.isfinite(v) for v in box)  # NaN never reaches JSON
+        ]
+        results.append(schemas.ImageDetections(filename=name, width=width, height=height, detections=detections))
+    return schemas.DetectPublic(checkpoint_id=checkpoint_id, model_id=model_id, results=results)

@@ -66,6 +66,28 @@ class Settings(BaseSettings):
     max_detect_bytes: int = Field(default=64 * 2**20, gt=0)
     max_request_bytes: int = Field(default=2**20, gt=0, description="Any other request body.")
 
+    # Serving (`POST /detect`; api/serving.py).
+    max_detect_images: int = Field(default=32, gt=0, description="Images per /detect request (413 beyond).")
+    max_detect_pixels: int = Field(
+        default=25_000_000, gt=0, description="Pixels per /detect image, after EXIF orientation (413 beyond)."
+    )
+    serving_max_batch_size: int = Field(
+        default=8, ge=1, description="Images per forward pass of the micro-batcher (1: no batching)."
+    )
+    serving_max_wait_ms: float = Field(
+        default=10.0, ge=0, description="How long the first image of a batch waits for others to join it."
+    )
+    serving_cache_max_bytes: int = Field(
+        default=1024 * 2**20, gt=0, description="Model cache budget: bytes of unpacked weights kept loaded (LRU)."
+    )
+    serving_torch_threads: int = Field(
+        default=0, ge=0, description="torch intra-op threads of the API's inference thread (0: the CPUs this "
+        "process may use)."
+    )
+    serving_refresh_seconds: float = Field(
+        default=2.0, gt=0, description="How often the API looks for new deployments to load and warm up."
+    )
+
     # Job execution.
     job_lease_seconds: float = Field(
         default=60.0, gt=0, description="A running job whose worker stopped heart-beating this long is requeued."

@@ -2,8 +2,11 @@
 
 Trains FlexBin's default detector on the Penn-Fudan images at `FLEXBIN_DEMO_DATA`, stores it
 and the dataset for the demo tenant, deploys the float model, and queues a layer-priority
-binarization job that deploys its selected checkpoint when it succeeds. Runs as the
-`demo.seed` task, so the API process never trains.
+binarization job that deploys its selected checkpoint when it succeeds. `/detect` serves
+packed checkpoints only, so "deploys the float model" means: the deployment names the model
+with no checkpoint (409 on `/detect`) until the job commits step 0 (the float model, packed),
+which `worker.jobs` then deploys at once; the selected checkpoint replaces it at the end.
+Runs as the `demo.seed` task, so the API process never trains.
 """
 from __future__ import annotations
 

@@ -50,6 +50,17 @@ class JobRun:
     retry_after: float | None = None
 
 
+def _deploy_float_step(session: Any, job: Job, checkpoint_id: str) -> None:
+    """Serve step 0 (the float model, packed) while the job runs, when the tenant's deployment
+    names this job's model but no checkpoint yet (the demo: "/detect serves the float model
+    until its job ends"). A deployment that already names a checkpoint is left alone."""
+    deployment = session.get(Deployment, job.tenant_id)
+    if deployment is not None and deployment.checkpoint_id is None and deployment.model_id == job.model_id:
+        deployment.checkpoint_id = checkpoint_id
+        deployment.updated_at = utcnow()
+        log.info("job %s: deployed step 0 (float model) checkpoint %s until the job ends", job.id, checkpoint_id)
+
+
 def run_job(job_id: str, settings: Settings) -> JobRun:
     url = settings.database_url
     owner = new_worker_id()
@@ -205,6 +216,8 @@ class _JobExecution:
                 job.progress_step = outcome.index
                 job.progress_updated_at = utcnow()
                 job.progress_message = f"step {outcome.index} committed"
+                if outcome.index == 0:
+                    _deploy_float_step(s, job, checkpoint.id)
         except IntegrityError as exc:  # (job_id, index) exists: someone else committed it
             raise LeaseLost() from exc
         log.info(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from api import schemas, services
 from api.deps import SessionDep, TenantDep
@@ -20,8 +21,16 @@ def get_deployment(session: SessionDep, tenant: TenantDep) -> schemas.Deployment
 
 
 @router.put("/deployment", response_model=schemas.DeploymentPublic)
-def put_deployment(body: schemas.DeploymentUpdate, session: SessionDep, tenant: TenantDep) -> schemas.DeploymentPublic:
-    """Choose the checkpoint `/detect` serves by default for this tenant."""
-    row = services.set_deployment(session, tenant, body.checkpoint_id)
-    session.commit()
-    return _public(row)
+async def put_deployment(body: schemas.DeploymentUpdate, request: Request, session: SessionDep,
+                         tenant: TenantDep) -> schemas.DeploymentPublic:
+    """Choose the checkpoint `/detect` serves by default for this tenant. New requests use it
+    at once (loading it on first use); requests in flight finish on the previous one."""
+
+    def update() -> schemas.DeploymentPublic:
+        row = services.set_deployment(session, tenant, body.checkpoint_id)
+        session.commit()
+        return _public(row)
+
+    public = await run_in_threadpool(update)
+    request.app.state.serving.preload(body.checkpoint_id)  # warm it before traffic arrives
+    return public

@@ -3,9 +3,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 
 from api import queue
 from api.deps import SettingsDep
+from core.settings import Settings
 from core.store import get_engine
 
 router = APIRouter(tags=["health"])
@@ -17,19 +19,29 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-def readyz(settings: SettingsDep) -> JSONResponse:
-    """Database and broker answer (503 otherwise)."""
-    checks: dict[str, str] = {}
+def _database_check(settings: Settings) -> str:
     try:
         with get_engine(settings.database_url).connect() as conn:
             conn.execute(text("SELECT 1"))
-        checks["database"] = "ok"
+        return "ok"
     except Exception as exc:  # noqa: BLE001 - reported as the check result
-        checks["database"] = f"{type(exc).__name__}: {exc}"[:300]
-    _, detail = queue.broker_ok(settings)
+        return f"{type(exc).__name__}: {exc}"[:300]
+
+
+@router.get("/readyz")
+async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
+    """Database and broker answer, and every deployed checkpoint is loaded and warmed up
+    (503 otherwise; asking also starts loading a deployed checkpoint not loaded yet)."""
+    checks: dict[str, str] = {"database": await run_in_threadpool(_database_check, settings)}
+    _, detail = await run_in_threadpool(queue.broker_ok, settings)
     checks["broker"] = detail[:300]
-    # The deployed model's readiness joins these checks with the serving runtime (/detect).
+    if checks["database"] == "ok":
+        try:
+            _, checks["models"] = await request.app.state.serving.readiness()
+        except Exception as exc:  # noqa: BLE001 - reported as the check result
+            checks["models"] = f"{type(exc).__name__}: {exc}"[:300]
+    else:
+        checks["models"] = "unknown (no database)"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                         status_code=200 if ready else 503)

@@ -27,6 +27,9 @@ PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 KEYS = {"alpha": "key-alpha", "beta": "key-beta"}
 MAX_MODEL_BYTES = 2_000_000
 MAX_DATASET_BYTES = 20_000_000
+MAX_DETECT_IMAGES = 4
+MAX_DETECT_BYTES = 6_000_000
+MAX_DETECT_PIXELS = 2_000_000
 
 
 def _free_port() -> int:
@@ -114,6 +117,9 @@ def service_env(database_url: str, broker_url: str) -> dict[str, str]:
         FLEXBIN_CANCEL_POLL_SECONDS="0.2",
         FLEXBIN_MAX_MODEL_BYTES=str(MAX_MODEL_BYTES),
         FLEXBIN_MAX_DATASET_BYTES=str(MAX_DATASET_BYTES),
+        FLEXBIN_MAX_DETECT_IMAGES=str(MAX_DETECT_IMAGES),
+        FLEXBIN_MAX_DETECT_BYTES=str(MAX_DETECT_BYTES),
+        FLEXBIN_MAX_DETECT_PIXELS=str(MAX_DETECT_PIXELS),
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
     )
