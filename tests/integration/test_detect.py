@@ -234,6 +234,30 @@ def test_switch_deployment_under_load(client, api_url, served) -> None:
     assert r.json()["checkpoint_id"] == last  # the latest switch holds
 
 
+def test_client_cli(api_url, served, tmp_path, capsys) -> None:
+    from api.client import main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    image = val_image()
+    for i in range(3):
+        (folder / f"p{i}.png").write_bytes(png(image))
+    image.save(folder / "p3.JPG", "JPEG")
+    (folder / "readme.txt").write_text("not an image")
+    out = tmp_path / "detections.json"
+    code = main(["detect", "--url", api_url, "--key", KEYS["alpha"], str(folder), "--out", str(out),
+                 "--images-per-request", "2", "--concurrency", "2"])
+    assert code == 0, capsys.readouterr().err
+    import json
+
+    doc = json.loads(out.read_text())
+    assert [r["filename"] for r in doc["results"]] == ["p0.png", "p1.png", "p2.png", "p3.JPG"]
+    assert doc["checkpoint_id"] in served["steps"]
+    assert all(r["width"] == image.width and r["detections"] for r in doc["results"])
+    assert main(["detect", "--url", api_url, "--key", "wrong", str(folder)]) == 1
+    assert "HTTP 401" in capsys.readouterr().err
+
+
 def test_metrics(client, api_url, served) -> None:
     text = httpx.get(f"{api_url}/metrics").text
     for needle in ('flexbin_http_requests_total{method="POST",route="/detect",status="200"}',
