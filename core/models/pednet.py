@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, generalized_box_iou_loss
 
 STRIDE = 16
 
@@ -32,7 +32,7 @@ class PedNet(nn.Module):
 
     Input: list of FloatTensor[3, H, W] in [0, 1], any sizes. Each image is resized so its
     longer side is `input_size` and padded to a square `input_size` canvas.
-    Train mode: `model(images, targets)` -> {"heatmap", "offset", "size"} losses.
+    Train mode: `model(images, targets)` -> {"heatmap", "regression", "giou"} losses.
     Eval mode: `model(images)` -> [{"boxes": FloatTensor[N, 4] x1, y1, x2, y2 in the input
     image's pixels, "scores": FloatTensor[N], "labels": Int64Tensor[N]}], best first.
     """
@@ -107,12 +107,15 @@ class PedNet(nn.Module):
     # -- training ----------------------------------------------------------------
     def _losses(self, logits: Tensor, regression: Tensor, targets: list[dict[str, Tensor]],
                 scales: list[float]) -> dict[str, Tensor]:
+        """CenterNet focal loss on a Gaussian heatmap; box regression at the centre cell and
+        its 3x3 neighbours inside the box (smooth L1 on offset / log size, plus GIoU)."""
         n, _, gh, gw = logits.shape
         heat = logits.new_zeros(n, gh, gw)
-        reg_target = regression.new_zeros(n, 4, gh, gw)
-        reg_mask = logits.new_zeros(n, gh, gw)
         ys = torch.arange(gh, device=logits.device, dtype=logits.dtype).view(-1, 1)
         xs = torch.arange(gw, device=logits.device, dtype=logits.dtype).view(1, -1)
+        cells: list[tuple[int, int, int]] = []  # (image, y, x) of regression positives
+        reg_targets: list[list[float]] = []
+        gt_boxes: list[list[float]] = []
         for i, (target, scale) in enumerate(zip(targets, scales)):
             boxes = target["boxes"].to(logits) * scale / STRIDE
             for x1, y1, x2, y2 in boxes.tolist():
@@ -123,14 +126,30 @@ class PedNet(nn.Module):
                 sx, sy = max(bw / 6, 0.5), max(bh / 6, 0.5)
                 g = torch.exp(-((xs - ix) ** 2) / (2 * sx**2) - ((ys - iy) ** 2) / (2 * sy**2))
                 heat[i] = torch.maximum(heat[i], g)
-                reg_target[i, :, iy, ix] = torch.tensor(
-                    [cx - ix, cy - iy, math.log(bw), math.log(bh)], dtype=logits.dtype)
-                reg_mask[i, iy, ix] = 1.0
-        num_pos = reg_mask.sum().clamp(min=1.0)
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        jx, jy = ix + dx, iy + dy
+                        inside = x1 <= jx + 0.5 <= x2 and y1 <= jy + 0.5 <= y2
+                        if 0 <= jx < gw and 0 <= jy < gh and (inside or (dx, dy) == (0, 0)):
+                            cells.append((i, jy, jx))
+                            reg_targets.append([cx - jx, cy - jy, math.log(bw), math.log(bh)])
+                            gt_boxes.append([x1, y1, x2, y2])
+        num_pos = logits.new_tensor(float(max(1, sum(len(t["boxes"]) for t in targets))))
+        losses = {"heatmap": _centernet_focal_loss(logits[:, 0], heat) / num_pos}
+        if not cells:
+            zero = regression.sum() * 0.0
+            return {**losses, "regression": zero, "giou": zero}
+        idx = torch.tensor(cells, device=logits.device)
+        pred = regression[idx[:, 0], :, idx[:, 1], idx[:, 2]]  # [P, 4]
+        target = torch.tensor(reg_targets, dtype=logits.dtype, device=logits.device)
+        centre = idx[:, [2, 1]].to(logits.dtype) + pred[:, :2]
+        size = pred[:, 2:].clamp(max=8).exp()
+        boxes = torch.cat([centre - size / 2, centre + size / 2], 1)
+        gt = torch.tensor(gt_boxes, dtype=logits.dtype, device=logits.device)
         return {
-            "heatmap": _centernet_focal_loss(logits[:, 0], heat) / num_pos,
-            "regression": (F.smooth_l1_loss(regression, reg_target, reduction="none").sum(1)
-                           * reg_mask).sum() / num_pos,
+            **losses,
+            "regression": F.smooth_l1_loss(pred, target, reduction="sum") / len(cells),
+            "giou": generalized_box_iou_loss(boxes, gt, reduction="mean"),
         }
 
     # -- inference ---------------------------------------------------------------
