@@ -46,10 +46,11 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0, description="CPU threads per worker process (0: torch's default).")
     demo_data: Path = Field(default_factory=default_data_dir, description="Penn-Fudan root for the demo.")
     demo: bool = Field(default=True, description="Seed the demo on an empty database.")
-    # Sized for about 30 minutes on 2 CPU cores (about 3.6 s per training iteration of the
-    # default detector at batch 8, and about 5 s per evaluation of the 32 validation images).
-    demo_train_iters: int = Field(default=300, ge=1, description="Training iterations of the demo detector.")
-    demo_finetune_iters: int = Field(default=15, ge=0, description="Fine-tuning iterations per demo step.")
+    # Sized for well under 30 minutes on 2 idle CPU cores: about 0.3 s per training
+    # iteration of the default detector at batch 8 (bench/results/tradeoff.md), so ~8 min of
+    # training and ~7 steps x 60 iterations of fine-tuning to reach 8x.
+    demo_train_iters: int = Field(default=1500, ge=1, description="Training iterations of the demo detector.")
+    demo_finetune_iters: int = Field(default=60, ge=0, description="Fine-tuning iterations per demo step.")
     demo_min_compression_ratio: float = Field(default=8.0, gt=1.0, description="The demo job's target.")
     embedded_worker: bool | None = Field(
         default=None,
@@ -81,8 +82,8 @@ class Settings(BaseSettings):
         default=1024 * 2**20, gt=0, description="Model cache budget: bytes of unpacked weights kept loaded (LRU)."
     )
     serving_torch_threads: int = Field(
-        default=0, ge=0, description="torch intra-op threads of the API's inference thread (0: the CPUs this "
-        "process may use)."
+        default=0, ge=0, description="torch intra-op threads of the API's inference thread (0: half the CPUs "
+        "this process may use, at least 1: the other half decodes images and speaks HTTP)."
     )
     serving_refresh_seconds: float = Field(
         default=2.0, gt=0, description="How often the API looks for new deployments to load and warm up."
