@@ -40,6 +40,9 @@ SHUTTING_DOWN = threading.Event()
 at its next fine-tuning iteration instead of holding the shutdown up until it ends."""
 
 
+PROGRESS_LOG_SECONDS = 15.0
+
+
 class LeaseLost(Exception):
     """Another worker owns the job now; stop without writing anything."""
 
@@ -81,6 +84,7 @@ class _JobExecution:
         self.job_id, self.owner, self.settings, self.heartbeat = job_id, owner, settings, heartbeat
         self.url = settings.database_url
         self._last_progress = 0.0
+        self._last_logged = 0.0
         self._last_poll = 0.0
         self._cancel = False
         self.tenant_id = ""
@@ -240,6 +244,11 @@ class _JobExecution:
             ).rowcount
         if not updated:
             raise LeaseLost()
+        if now - self._last_logged >= PROGRESS_LOG_SECONDS:
+            self._last_logged = now
+            eta = "?" if progress.eta_seconds is None else f"{progress.eta_seconds:.0f}s"
+            log.info("job %s: step %d/%d, %s, %.1f%% done, ETA %s", self.job_id, progress.step,
+                     progress.total_steps, progress.message, progress.percent, eta)
 
     def _cancel_requested(self, force: bool = False) -> bool:
         now = time.monotonic()
