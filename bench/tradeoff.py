@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=default_data_dir())
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the script")
     parser.add_argument("--train-iters", type=int, default=DEFAULT_RECIPE["iterations"])
-    parser.add_argument("--finetune-iters", type=int, default=50)
+    parser.add_argument("--finetune-iters", type=int, default=60)
     parser.add_argument("--baseline-layers", default="5,7,9,11",
                         help="layer counts at which all-at-once is run (matched ratios)")
     parser.add_argument("--out", type=Path, default=RESULTS)
