@@ -31,7 +31,6 @@ from torch import Tensor, nn
 from core.binary import (
     binarize_module,
     pack_approx,
-    strip_binarization,
     unpack_approx,
 )
 from core.models import build_model
@@ -303,7 +302,7 @@ def load_state(card: ModelCard, data: bytes) -> nn.Module:
 
 
 __all__ = [
-    "CheckpointError", "ModelCard", "check_forward", "float_checkpoint_nbytes", "load_model",
-    "load_model_bytes", "load_state", "load_state_strict", "pack_checkpoint", "save_model",
-    "save_model_bytes", "save_state", "strip_binarization", "unpack_checkpoint",
+    "CheckpointError", "ModelCard", "check_forward", "compression_ratio", "float_checkpoint_nbytes",
+    "load_model", "load_model_bytes", "load_state", "load_state_strict", "pack_checkpoint",
+    "save_model", "save_model_bytes", "save_state", "unpack_checkpoint",
 ]
