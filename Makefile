@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test lint bench bench-tradeoff bench-jobs clean
+.PHONY: install run worker test lint bench bench-tradeoff bench-jobs bench-serve clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,13 +27,16 @@ lint: install
 test: install lint
 	$(PY) -m pytest -q tests
 
-bench: bench-tradeoff
+bench: bench-tradeoff bench-serve
 
 bench-tradeoff: install
 	$(PY) bench/tradeoff.py
 
 bench-jobs: install
 	$(PY) bench/jobs.py
+
+bench-serve: install
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf var .pytest_cache

@@ -76,7 +76,8 @@ class Settings(BaseSettings):
         default=8, ge=1, description="Images per forward pass of the micro-batcher (1: no batching)."
     )
     serving_max_wait_ms: float = Field(
-        default=10.0, ge=0, description="How long the first image of a batch waits for others to join it."
+        default=0.0, ge=0, description="How long the first image of a batch waits for others to join it "
+        "(0, as Triton's default: a batch is what queued while the previous forward ran; bench/results/serve.md)."
     )
     serving_cache_max_bytes: int = Field(
         default=1024 * 2**20, gt=0, description="Model cache budget: bytes of unpacked weights kept loaded (LRU)."
