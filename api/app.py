@@ -5,8 +5,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from api import services
@@ -30,6 +33,7 @@ from core.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 UPLOAD_OVERHEAD = 1 << 20  # multipart framing and small form fields
+STATIC_DIR = Path(__file__).resolve().parent / "static"  # the dashboard (no build step)
 
 
 def create_app(settings: Settings | None = None, *, run_bootstrap: bool = True) -> FastAPI:
@@ -74,4 +78,12 @@ def create_app(settings: Settings | None = None, *, run_bootstrap: bool = True) 
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
     for module in (health, architectures, models, datasets, jobs, checkpoints, deployment, detect):
         app.include_router(module.router)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        """The dashboard (static files; it signs in with an API key kept in sessionStorage)."""
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
     return app

@@ -132,6 +132,10 @@ class CheckpointPublic(BaseModel):
     ap50: float
     sha256: str
     created_at: datetime
+    fppi_curve: list[list[float]] = Field(
+        default_factory=list,
+        description="MR-FPPI curve on the validation split: [false positives per image, miss rate] "
+                    "operating points in decreasing score order (at most 100).")
 
 
 class DeploymentUpdate(BaseModel):

@@ -279,8 +279,9 @@ def get_checkpoint(session: Session, tenant: Tenant, checkpoint_id: str) -> Chec
 
 def checkpoint_public(session: Session, row: Checkpoint) -> schemas.CheckpointPublic:
     sha = session.scalar(select(Blob.sha256).where(Blob.id == row.blob_id)) or ""
-    data = {c: getattr(row, c) for c in schemas.CheckpointPublic.model_fields if c != "sha256"}
-    return schemas.CheckpointPublic(**data, sha256=sha)
+    curve = session.scalar(select(JobStep.fppi_curve).where(JobStep.checkpoint_id == row.id))
+    data = {c: getattr(row, c) for c in schemas.CheckpointPublic.model_fields if c not in {"sha256", "fppi_curve"}}
+    return schemas.CheckpointPublic(**data, sha256=sha, fppi_curve=[list(p) for p in curve or []])
 
 
 def job_step_count(session: Session, job_id: str) -> int:

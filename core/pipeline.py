@@ -336,7 +336,7 @@ class _ProgressTracker:
         if self.on_progress is None or (now - self.last < PROGRESS_INTERVAL_S and it.iteration < it.total):
             return
         self.last = now
-        self._emit(step, it.iteration, it.total, self.done + it.iteration, "fine-tuning")
+        self._emit(step, it.iteration, it.total, self.done + it.iteration, f"fine-tuning {it.iteration}/{it.total}")
 
     def step_done(self, step: int) -> None:
         self.done += self.work[step] if step < len(self.work) else 0
