@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{report.loss:.3f}")
 
-    kwargs = {"width": args.width, "input_size": args.input_size}
+    kwargs = {k: v for k, v in (("width", args.width), ("input_size", args.input_size)) if v is not None}
     model, card = train_float_detector(train, val, builder_kwargs=kwargs, iterations=args.iterations,
                                        seed=args.seed, on_iteration=on_iteration)
     bar.close()
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     data_arg(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--iterations", type=int, default=1500)
-    p.add_argument("--width", type=int, default=32)
-    p.add_argument("--input-size", type=int, default=320)
+    p.add_argument("--width", type=int, help="PedNet width (default: the registry's)")
+    p.add_argument("--input-size", type=int, help="longer image side fed to the net (default: the registry's)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
 

@@ -31,7 +31,7 @@ class PedNet(nn.Module):
     """CenterNet-style pedestrian detector following torchvision's detection API.
 
     Input: list of FloatTensor[3, H, W] in [0, 1], any sizes. Each image is resized so its
-    longer side is `input_size` and padded to a square `input_size` canvas.
+    longer side is `input_size`; a batch is padded to a common multiple of the stride.
     Train mode: `model(images, targets)` -> {"heatmap", "regression", "giou"} losses.
     Eval mode: `model(images)` -> [{"boxes": FloatTensor[N, 4] x1, y1, x2, y2 in the input
     image's pixels, "scores": FloatTensor[N], "labels": Int64Tensor[N]}], best first.
@@ -41,8 +41,8 @@ class PedNet(nn.Module):
         self,
         *,
         num_classes: int = 2,
-        input_size: int = 320,
-        width: int = 32,
+        input_size: int = 224,
+        width: int = 24,
         score_thresh: float = 0.01,
         nms_thresh: float = 0.5,
         detections_per_img: int = 100,
@@ -80,15 +80,20 @@ class PedNet(nn.Module):
 
     # -- input -----------------------------------------------------------------
     def _batch(self, images: list[Tensor]) -> tuple[Tensor, list[float]]:
-        canvas = images[0].new_zeros(len(images), 3, self.input_size, self.input_size)
-        scales = []
-        for i, image in enumerate(images):
+        """Resize each image so its longer side is `input_size`, normalise, and pad the batch
+        (bottom / right) to the smallest multiple of the stride holding them all."""
+        scales, sizes = [], []
+        for image in images:
             h, w = image.shape[-2:]
             scale = self.input_size / max(h, w)
-            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            scales.append(scale)
+            sizes.append((max(1, round(h * scale)), max(1, round(w * scale))))
+        height = -(-max(h for h, _ in sizes) // STRIDE) * STRIDE
+        width = -(-max(w for _, w in sizes) // STRIDE) * STRIDE
+        canvas = images[0].new_zeros(len(images), 3, height, width)
+        for i, (image, (nh, nw)) in enumerate(zip(images, sizes)):
             resized = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
             canvas[i, :, :nh, :nw] = (resized - self.mean) / self.std
-            scales.append(scale)
         return canvas, scales
 
     def _heads(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -51,7 +51,7 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             "FlexBin's default pedestrian detector: VGG-style 3x3 conv stack, CenterNet head "
             "at stride 16; 11 binarizable layers, most parameters in the deepest ones.",
             PedNet,
-            {"input_size": 320, "width": 32, "score_thresh": 0.01, "nms_thresh": 0.5,
+            {"input_size": 224, "width": 24, "score_thresh": 0.01, "nms_thresh": 0.5,
              "detections_per_img": 100},
         ),
         ArchitectureSpec(
