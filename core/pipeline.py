@@ -30,6 +30,7 @@ from core.checkpoint import (
 )
 from core.data import ImageRecord
 from core.priority import (
+    LayerInfo,
     discover_layers,
     measure_sensitivity,
     order_layers,
@@ -77,6 +78,11 @@ class PipelineConfig(BaseModel):
     seed: int = 0
     batch_size: int = Field(default=8, ge=1, le=256)
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    min_layer_params: int = Field(
+        default=1024, ge=0,
+        description="layers with fewer weights stay float: packing them saves at most a few KB, "
+        "while binarizing a detector's first conv or its 1x1 output heads costs accuracy "
+        "(XNOR-Net keeps first and last layers float for the same reason); 0 = every layer")
     num_layers: int | None = Field(
         default=None, ge=1,
         description="all_at_once only: binarize exactly this many layers (first ones of "
@@ -156,9 +162,10 @@ class _Plan:
 def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
                sensitivity: dict[str, float] | None = None) -> _Plan:
     """Which layers each step binarizes, and how many fine-tuning iterations it gets."""
-    layers = order_layers(discover_layers(model, card.input_size), config.order, sensitivity)
+    layers = order_layers(eligible_layers(model, card, config), config.order, sensitivity)
     if not layers:
-        raise ValueError("the model has no binarizable (Conv2d / Linear) layers")
+        raise ValueError("the model has no binarizable (Conv2d / Linear) layer with at least "
+                         f"{config.min_layer_params} weights")
     float_bytes = float_checkpoint_nbytes(model)
     ratios, saved = [], 0
     for layer in layers:
@@ -172,6 +179,12 @@ def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
         count = min(config.num_layers or needed, len(layers))
         return _Plan([[layer.name for layer in layers[:count]]], [count * config.finetune_iters], 1)
     return _Plan([[layer.name] for layer in layers], [config.finetune_iters] * len(layers), needed)
+
+
+def eligible_layers(model: nn.Module, card: ModelCard, config: PipelineConfig) -> list[LayerInfo]:
+    """The Conv2d / Linear layers a run may binarize (see `min_layer_params`)."""
+    return [layer for layer in discover_layers(model, card.input_size)
+            if layer.num_params >= config.min_layer_params]
 
 
 def _target_reached(steps: Sequence[StepOutcome], target: Target) -> bool:
@@ -312,7 +325,7 @@ def _sensitivity(model: nn.Module, card: ModelCard, records: Sequence[ImageRecor
           for r in chosen[i:i + config.batch_size]])
         for i in range(0, len(chosen), config.batch_size)
     ]
-    layers = discover_layers(model, card.input_size)
+    layers = eligible_layers(model, card, config)
     return measure_sensitivity(model, layers, lambda m: detection_loss(m, batches, device), config.bits)
 
 

@@ -28,7 +28,8 @@ def setup():
 
 
 def _config(**kw) -> PipelineConfig:
-    base = {"target": Target(min_compression_ratio=6.0), "finetune_iters": 2, "batch_size": 2}
+    base = {"target": Target(min_compression_ratio=6.0), "finetune_iters": 2, "batch_size": 2,
+            "min_layer_params": 0}
     return PipelineConfig(**{**base, **kw})
 
 
@@ -96,6 +97,17 @@ def test_targets_validate_and_select() -> None:
     assert select_step(steps, Target(max_miss_rate_increase=0.07)) == (2, True)
     assert select_step(steps, Target(min_compression_ratio=4.0)) == (2, True)
     assert select_step(steps, Target(min_compression_ratio=20.0)) == (3, False)
+
+
+def test_small_layers_stay_float(setup) -> None:
+    model, card, _, _ = setup
+    plan = plan_steps(model, card, _config(min_layer_params=1000))
+    sizes = {layer.name: layer.num_params for layer in discover_layers(model, 64)}
+    planned = [name for step in plan.steps for name in step]
+    assert planned and all(sizes[name] >= 1000 for name in planned)
+    assert set(planned) == {name for name, n in sizes.items() if n >= 1000}
+    with pytest.raises(ValueError, match="no binarizable"):
+        plan_steps(model, card, _config(min_layer_params=10**9))
 
 
 def test_sensitivity_order_is_measured_and_deterministic(setup) -> None:
