@@ -55,6 +55,9 @@ class JobCreate(BaseModel):
     num_layers: int | None = Field(
         default=None, ge=1, description="all_at_once only: binarize exactly this many layers."
     )
+    min_layer_params: int | None = Field(
+        default=None, ge=0, description="Layers with fewer weights stay float (default 1024; 0 = every layer)."
+    )
     deploy_on_success: bool = Field(
         default=False, description="Deploy the selected checkpoint for this tenant when the job succeeds."
     )
