@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the script")
     parser.add_argument("--train-iters", type=int, default=DEFAULT_RECIPE["iterations"])
     parser.add_argument("--finetune-iters", type=int, default=60)
-    parser.add_argument("--baseline-layers", default="5,7,9,11",
+    parser.add_argument("--baseline-layers", default="2,4,6,8",
                         help="layer counts at which all-at-once is run (matched ratios)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--float-model", type=Path,
@@ -76,7 +76,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     builder_kwargs: dict = {}
     if args.quick:
-        args.train_iters, args.finetune_iters, args.baseline_layers = 20, 2, "3,11"
+        args.train_iters, args.finetune_iters, args.baseline_layers = 20, 2, "2,8"
         builder_kwargs = {"width": 8, "input_size": 128}
     started = time.monotonic()
     torch.manual_seed(0)
