@@ -27,7 +27,7 @@ lint: install
 test: install lint
 	$(PY) -m pytest -q tests
 
-bench: bench-tradeoff bench-serve
+bench: bench-tradeoff bench-jobs bench-serve
 
 bench-tradeoff: install
 	$(PY) bench/tradeoff.py
