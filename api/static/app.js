@@ -126,12 +126,14 @@ async function api(path, { method = "GET", json, form, raw = false } = {}) {
 
 // Small caches for names shown in lists (models and datasets never change once uploaded).
 const nameCache = new Map();
+const nameRequests = new Map(); // key -> the request in flight (one per id, however many cells)
 function describe(kind, id, cell) {
   const key = `${kind}:${id}`;
   const render = (text, title) => { cell.textContent = text; cell.title = title; };
   if (nameCache.has(key)) { const v = nameCache.get(key); render(v.text, v.title); return; }
   render(short(id), id);
-  api(`/${kind}/${id}`).then((row) => {
+  if (!nameRequests.has(key)) nameRequests.set(key, api(`/${kind}/${id}`).finally(() => nameRequests.delete(key)));
+  nameRequests.get(key).then((row) => {
     const text = row.name || (kind === "models" ? `${row.architecture} ${short(id)}` : `${row.num_images} images ${short(id)}`);
     const title = kind === "models"
       ? `${id}\n${row.architecture}, ${row.num_params.toLocaleString()} params, ${fmtBytes(row.size_bytes)}`
@@ -354,6 +356,8 @@ $("#job-form").addEventListener("submit", async (ev) => {
 // One job
 let currentJob = null;
 let chosenCheckpoint = null; // the checkpoint whose MR-FPPI curve is shown
+let othersCache = null; // {jobId, at, jobs}
+const OTHERS_REFRESH_MS = 4000;
 let userChose = false; // until the user picks one, the curve follows the selected (or latest) step
 const checkpointCache = new Map(); // id -> checkpoint (with fppi_curve); checkpoints never change
 
@@ -383,10 +387,15 @@ async function refreshJob(id) {
     showError($("#job-error"), e.message);
     return e.status === 404 ? 60000 : POLL_JOB_IDLE_MS;
   }
-  try {
-    const all = await api("/jobs?limit=200");
-    others = all.data.filter((j) => j.model_id === job.model_id && j.id !== job.id && j.steps.length);
-  } catch { /* comparison is optional */ }
+  // other jobs on the same model, for comparison: refreshed every few seconds, not every poll
+  if (!othersCache || othersCache.jobId !== id || Date.now() - othersCache.at > OTHERS_REFRESH_MS) {
+    try {
+      const all = await api("/jobs?limit=200");
+      othersCache = { jobId: id, at: Date.now(),
+        jobs: all.data.filter((j) => j.model_id === job.model_id && j.id !== job.id && j.steps.length) };
+    } catch { /* comparison is optional */ }
+  }
+  if (othersCache && othersCache.jobId === id) others = othersCache.jobs;
   currentJob = job;
   renderJobHeader(job);
   renderSteps(job);
