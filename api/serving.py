@@ -115,6 +115,10 @@ class ServingError(RuntimeError):
     """A checkpoint that cannot be served (its blob is missing or does not unpack)."""
 
 
+class InferenceError(RuntimeError):
+    """The model's forward pass failed on an image (the route answers 422, never 500)."""
+
+
 class ServingRuntime:
     """Model cache + per-checkpoint micro-batchers; create it in the app, `start()` in the
     lifespan (inside the event loop), `stop()` at shutdown.
@@ -170,12 +174,14 @@ class ServingRuntime:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- model cache --------------------------------------------------------------------
-    async def model(self, checkpoint_id: str) -> LoadedModel:
-        """The loaded (and warmed) model of a checkpoint, loading it on a miss."""
+    async def model(self, checkpoint_id: str, *, count: bool = True) -> LoadedModel:
+        """The loaded (and warmed) model of a checkpoint, loading it on a miss. `count`: record
+        the hit or miss (once per request; a batch looking its model up again does not)."""
         loaded = self._cache.get(checkpoint_id)
         if loaded is not None:
             self._cache.move_to_end(checkpoint_id)
-            self.metrics.cache_hits.inc()
+            if count:
+                self.metrics.cache_hits.inc()
             return loaded
         future = self._loading.get(checkpoint_id)
         if future is None:
@@ -234,7 +240,8 @@ class ServingRuntime:
         while True:
             try:
                 for checkpoint_id in await asyncio.to_thread(self._deployed):
-                    if checkpoint_id not in self._warmed:
+                    # a checkpoint that failed to load is retried when /readyz or /detect asks
+                    if checkpoint_id not in self._warmed and checkpoint_id not in self._failed:
                         self.preload(checkpoint_id)
             except Exception as exc:  # noqa: BLE001 - the database may be down; try again later
                 log.warning("serving: cannot list deployments: %s", exc)
@@ -296,16 +303,20 @@ class ServingRuntime:
     async def _run_batch(self, checkpoint_id: str, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            loaded = await self.model(checkpoint_id)  # held until the batch ends, even if evicted
+            loaded = await self.model(checkpoint_id, count=False)  # held until the batch ends, even if evicted
             started = time.perf_counter()
             preds = await loop.run_in_executor(self._executor, _forward, loaded.model,
                                                [item.image for item in batch])
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(batch))
-        except Exception as exc:  # noqa: BLE001 - handed to each waiting request
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting request(s)
+            if len(batch) > 1:  # one bad image must not fail the other requests of its batch
+                for item in batch:
+                    await self._run_batch(checkpoint_id, [item])
+                return
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(exc)
+                    item.future.set_exception(InferenceError(f"{type(exc).__name__}: {exc}"[:300]))
             return
         for item, pred in zip(batch, preds, strict=True):
             if not item.future.done():

@@ -7,7 +7,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api import schemas, services
 from api.deps import SessionDep, SettingsDep, TenantDep
-from api.services import TooLarge
+from api.services import InvalidUpload, TooLarge
+from api.serving import InferenceError
 
 router = APIRouter(tags=["detect"])
 
@@ -49,6 +50,9 @@ async def detect(
         tensors.append(await run_in_threadpool(services.decode_detect_image, data, name, settings.max_detect_pixels))
         names.append(name)
     runtime = request.app.state.serving
-    predictions = await runtime.detect(target_id, tensors)
+    try:
+        predictions = await runtime.detect(target_id, tensors)
+    except InferenceError as exc:
+        raise InvalidUpload(f"the model could not process {', '.join(names)}: {exc}") from None
     request.app.state.metrics.detect_images.inc(len(tensors))
     return services.detections_public(target_id, model_id, names, tensors, predictions, score_threshold)
