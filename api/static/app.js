@@ -232,6 +232,19 @@ async function refreshDeployment() {
   return deployment;
 }
 
+// Tables re-render only when their data changed, and never under a pressed mouse button (a
+// click must land on the button it started on).
+let pointerDown = false;
+document.addEventListener("pointerdown", () => { pointerDown = true; });
+for (const ev of ["pointerup", "pointercancel"]) document.addEventListener(ev, () => { pointerDown = false; });
+window.addEventListener("blur", () => { pointerDown = false; });
+function shouldRender(el, data) {
+  const key = JSON.stringify(data);
+  if (el.dataset.rendered === key || pointerDown) return false;
+  el.dataset.rendered = key;
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Progress bars
 function setBar(el, percent, active) {
@@ -282,6 +295,7 @@ async function refreshJobs() {
   }
   $("#jobs-count").textContent = `${page.count} job${page.count === 1 ? "" : "s"}`;
   $("#jobs-empty").hidden = page.data.length > 0;
+  if (!shouldRender(tbody, page.data)) return POLL_JOBS_MS;
   tbody.replaceChildren(...page.data.map((job) => {
     const model = h("td"), dataset = h("td");
     describe("models", job.model_id, model);
@@ -445,6 +459,7 @@ function renderJobHeader(job) {
 function renderSteps(job) {
   const tbody = $("#steps-table tbody");
   $("#steps-empty").hidden = job.steps.length > 0;
+  if (!shouldRender(tbody, [job.steps, job.selected_checkpoint_id, deployment.checkpoint_id, chosenCheckpoint])) return;
   tbody.replaceChildren(...job.steps.map((st) => {
     const ck = st.checkpoint_id;
     const badges = [];

@@ -54,8 +54,10 @@ def broker_url() -> Iterator[str]:
     client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    """Module-scoped: Playwright's sync API keeps an asyncio loop running in this thread until
+    it stops, and later tests that call `asyncio.run()` must not find it."""
     if not Path(CHROMIUM).is_file():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing (.ci/run installs Debian's chromium)")
