@@ -86,6 +86,21 @@ def count(page: Any, selector: str) -> int:
     return page.locator(selector).count()
 
 
+def test_served_without_a_key_and_nothing_from_outside(api_url: str) -> None:
+    index = httpx.get(f"{api_url}/")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    static = Path(__file__).resolve().parents[2] / "api" / "static"
+    for name in ("app.js", "style.css"):
+        r = httpx.get(f"{api_url}/static/{name}")
+        assert r.status_code == 200 and r.content == (static / name).read_bytes()
+        assert f"/static/{name}" in index.text
+    # no CDN: the only absolute URL is the SVG namespace
+    for path in static.iterdir():
+        text = path.read_text()
+        urls = {u for u in text.split() if "http://" in u or "https://" in u}
+        assert all("www.w3.org/2000/svg" in u for u in urls), (path.name, urls)
+
+
 def test_sign_in(page, artifacts) -> None:
     from playwright.sync_api import expect
 
