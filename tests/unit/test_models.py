@@ -71,4 +71,4 @@ def test_card_rejects_unknown_architecture_and_arguments() -> None:
     with pytest.raises(CheckpointError, match="invalid card"):
         ModelCard.parse(b"\xff\xfe not json")
     card = ModelCard.parse('{"architecture": "flexbin_pednet", "num_classes": 2, "width": 8}')
-    assert card.builder_kwargs["width"] == 8 and card.input_size == 320
+    assert card.builder_kwargs["width"] == 8 and card.input_size == 224
