@@ -40,7 +40,7 @@ def test_embedded_default_seeds_and_runs_the_demo(tmp_path: Path) -> None:
         wait_until(up, 90, "the embedded API")
         assert "API key 'dev' for tenant 'dev'" in api.log_path.read_text()
         with httpx.Client(base_url=url, headers={"Authorization": "Bearer dev"}, timeout=60) as client:
-            assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
+            assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok", "models": "ok"}
 
             def demo_job() -> dict | None:
                 jobs = client.get("/jobs").json()["data"]

@@ -164,7 +164,7 @@ def test_missing_or_wrong_api_key_is_401(api_url, db_counts) -> None:
         assert anonymous.get("/metrics").status_code == 200
         ready = anonymous.get("/readyz")
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+        assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "models": "ok"}
     assert db_counts() == before
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -29,6 +30,13 @@ def runtime(**overrides: object) -> ServingRuntime:
     return ServingRuntime(settings, Metrics(settings), fetch=lambda cid: BLOBS[cid], deployed=lambda: ["a"])
 
 
+def run(coro):
+    """asyncio.run on a fresh thread: immune to an event loop left running in the main thread
+    (Playwright's sync API in the e2e tests)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def sample(rt: ServingRuntime, name: str) -> float:
     return rt.metrics.registry.get_sample_value(name) or 0.0
 
@@ -45,7 +53,7 @@ def test_concurrent_images_share_forward_passes() -> None:
         finally:
             await rt.stop()
 
-    rt, results = asyncio.run(go())
+    rt, results = run(go())
     assert len(results) == 6 and all(len(r) == 1 for r in results)
     assert sample(rt, "flexbin_detect_batch_size_count") == 2  # 4 + 2 images, not 6 forwards
     assert sample(rt, "flexbin_detect_batch_size_sum") == 6
@@ -65,7 +73,7 @@ def test_batches_match_single_image_predictions() -> None:
         finally:
             await rt.stop()
 
-    batched, single = asyncio.run(go())
+    batched, single = run(go())
     for b, s in zip(batched, single, strict=True):
         assert torch.allclose(torch.tensor(b.scores), torch.tensor(s.scores), atol=1e-5)
 
@@ -87,7 +95,7 @@ def test_cache_is_bounded_by_bytes_and_counts_hits() -> None:
         finally:
             await rt.stop()
 
-    rt = asyncio.run(go())
+    rt = run(go())
     assert sample(rt, "flexbin_model_cache_misses_total") == 3
     assert sample(rt, "flexbin_model_cache_hits_total") == 1
     assert sample(rt, "flexbin_model_cache_models") == 1
@@ -113,7 +121,7 @@ def test_a_failing_image_fails_only_its_request(monkeypatch: pytest.MonkeyPatch)
         finally:
             await rt.stop()
 
-    ok1, bad, ok2 = asyncio.run(go())
+    ok1, bad, ok2 = run(go())
     assert isinstance(bad, InferenceError) and "boom" in str(bad)
     assert isinstance(ok1, list) and isinstance(ok2, list)
 
@@ -131,5 +139,5 @@ def test_unknown_or_broken_checkpoint() -> None:
         finally:
             await rt.stop()
 
-    ready, detail = asyncio.run(go())
+    ready, detail = run(go())
     assert not ready and "x:" in detail
