@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--float-model", type=Path,
                         help="reuse a float model folder trained by `python -m core train` (its card "
                         "records the training time) instead of training one here")
+    parser.add_argument("--learning-rate", type=float, default=PipelineConfig.model_fields["learning_rate"].default,
+                        help="fine-tuning learning rate, for both methods")
+    parser.add_argument("--tag", default="", help="suffix of the result files (tradeoff_<tag>.*)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -114,7 +117,8 @@ def main() -> None:
     runs: dict[str, dict] = {}
     for order in ("inverse_depth", "forward", "sensitivity"):
         t0 = time.monotonic()
-        config = PipelineConfig(target=ALL_LAYERS, order=order, finetune_iters=args.finetune_iters)
+        config = PipelineConfig(target=ALL_LAYERS, order=order, finetune_iters=args.finetune_iters,
+                                learning_rate=args.learning_rate)
         result = run(model, card, train, val, config, on_step=lambda s, o=order: log(
             f"{o} step {s.index} {s.layers} ratio {s.compression_ratio:.2f} MR^-2 {s.miss_rate:.3f}"))
         runs[order] = {"seconds": round(time.monotonic() - t0, 1), "steps": step_rows(result)}
@@ -125,7 +129,7 @@ def main() -> None:
     for k in sorted({min(int(k), num_layers) for k in args.baseline_layers.split(",")}):
         t0 = time.monotonic()
         config = PipelineConfig(target=ALL_LAYERS, method="all_at_once", num_layers=k,
-                                finetune_iters=args.finetune_iters)
+                                finetune_iters=args.finetune_iters, learning_rate=args.learning_rate)
         step = run(model, card, train, val, config).steps[-1]
         priority = runs["inverse_depth"]["steps"][k]
         baseline.append({
@@ -170,6 +174,8 @@ def main() -> None:
         "hog": {"miss_rate": round(hog_metrics.miss_rate, 4), "ap50": round(hog_metrics.ap50, 4),
                 "ms_per_image": round(1000 * hog_s_img, 2)},
         "finetune_iters": args.finetune_iters,
+        "learning_rate": args.learning_rate,
+        "tag": args.tag,
         "layer_priority": runs,
         "all_at_once": baseline,
         "goals": goals,
@@ -183,6 +189,8 @@ def main() -> None:
 def write(report: dict, card: ModelCard, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = "tradeoff_quick" if report["quick"] else "tradeoff"
+    if report["tag"]:
+        name += f"_{report['tag']}"
     (out / f"{name}.json").write_text(json.dumps(report, indent=2))
     f, h = report["float"], report["hog"]
     lines = [
@@ -191,7 +199,8 @@ def write(report: dict, card: ModelCard, out: Path) -> None:
         "",
         (f"Penn-Fudan: {report['data']['train_images']} train / {report['data']['val_images']} val images "
         f"({report['data']['val_pedestrians']} pedestrians). Fine-tuning: {report['finetune_iters']} "
-        "iterations per layer-priority step; all-at-once gets k x that for k layers."),
+        f"iterations at learning rate {report['learning_rate']:g} (both methods) "
+        "per layer-priority step; all-at-once gets k x that for k layers."),
         "",
         "| detector | MR^-2 | AP@0.5 | ms / image |",
         "|---|---|---|---|",
