@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from api import services
+from api import schemas, services
 from api.bootstrap import bootstrap, maybe_seed_demo
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 
 UPLOAD_OVERHEAD = 1 << 20  # multipart framing and small form fields
 STATIC_DIR = Path(__file__).resolve().parent / "static"  # the dashboard (no build step)
+# Errors any authenticated request may get (routes add their own 404/409/...). Documented with
+# the real body, `{"detail": "<what is wrong>"}`: FastAPI's default 422 schema (a list of
+# validation errors) is not what api/errors.py answers.
+COMMON_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": schemas.Message, "description": "The body could not be parsed."},
+    401: {"model": schemas.Message, "description": "Missing or invalid API key."},
+    413: {"model": schemas.Message, "description": "The request body is over its limit."},
+    422: {"model": schemas.Message, "description": "The request is invalid (the detail names the field)."},
+}
 
 
 def create_app(settings: Settings | None = None, *, run_bootstrap: bool = True) -> FastAPI:
@@ -76,8 +85,9 @@ def create_app(settings: Settings | None = None, *, run_bootstrap: bool = True) 
 
     app.middleware("http")(app.state.metrics.middleware)
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
-    for module in (health, architectures, models, datasets, jobs, checkpoints, deployment, detect):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (architectures, models, datasets, jobs, checkpoints, deployment, detect):
+        app.include_router(module.router, responses=COMMON_ERRORS)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -54,6 +54,13 @@ class UnsupportedMediaType(ValueError):
     """An upload of a type the endpoint does not take (415)."""
 
 
+def _check_id(kind: str, value: str) -> None:
+    """An id with a NUL character cannot exist (PostgreSQL text cannot hold one, and would
+    fail the query with a 500): answer 404 like any unknown id."""
+    if "\x00" in value:
+        raise NotFound(f"{kind} {value!r} not found")
+
+
 def read_upload(upload: Any, limit: int, field: str) -> bytes:
     """Read an uploaded file, refusing (413) past `limit` bytes."""
     chunks, total = [], 0
@@ -102,6 +109,7 @@ def create_model(session: Session, tenant: Tenant, settings: Settings, weights: 
 
 
 def get_model(session: Session, tenant: Tenant, model_id: str) -> Model:
+    _check_id("model", model_id)
     row = session.scalars(select(Model).where(Model.id == model_id, Model.tenant_id == tenant.id)).one_or_none()
     if row is None:
         raise NotFound(f"model {model_id} not found")
@@ -149,6 +157,7 @@ def create_dataset(session: Session, tenant: Tenant, settings: Settings, archive
 
 
 def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Dataset:
+    _check_id("dataset", dataset_id)
     row = session.scalars(
         select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant.id)
     ).one_or_none()
@@ -188,6 +197,7 @@ def create_job(session: Session, tenant: Tenant, body: schemas.JobCreate) -> Job
 
 
 def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
+    _check_id("job", job_id)
     row = session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id)).one_or_none()
     if row is None:
         raise NotFound(f"job {job_id} not found")
@@ -269,6 +279,7 @@ def job_public(session: Session, job: Job) -> schemas.JobPublic:
 
 # -- checkpoints ----------------------------------------------------------------------------
 def get_checkpoint(session: Session, tenant: Tenant, checkpoint_id: str) -> Checkpoint:
+    _check_id("checkpoint", checkpoint_id)
     row = session.scalars(
         select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.tenant_id == tenant.id)
     ).one_or_none()

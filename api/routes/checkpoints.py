@@ -9,7 +9,8 @@ from core.store import get_blob_bytes
 router = APIRouter(tags=["checkpoints"])
 
 
-@router.get("/checkpoints/{checkpoint_id}", response_model=schemas.CheckpointPublic)
+@router.get("/checkpoints/{checkpoint_id}", response_model=schemas.CheckpointPublic,
+            responses={404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."}})
 def get_checkpoint(checkpoint_id: str, session: SessionDep, tenant: TenantDep) -> schemas.CheckpointPublic:
     return services.checkpoint_public(session, services.get_checkpoint(session, tenant, checkpoint_id))
 
@@ -18,7 +19,8 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep, tenant: TenantDep) -
     "/checkpoints/{checkpoint_id}/download",
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}},
-                     "description": "The packed checkpoint (safetensors; card in its metadata)."}},
+                     "description": "The packed checkpoint (safetensors; card in its metadata)."},
+               404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."}},
 )
 def download_checkpoint(checkpoint_id: str, session: SessionDep, tenant: TenantDep) -> Response:
     row = services.get_checkpoint(session, tenant, checkpoint_id)

@@ -28,7 +28,8 @@ def upload_dataset(
     return schemas.DatasetPublic.model_validate(row, from_attributes=True)
 
 
-@router.get("/datasets/{dataset_id}", response_model=schemas.DatasetPublic)
+@router.get("/datasets/{dataset_id}", response_model=schemas.DatasetPublic,
+            responses={404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."}})
 def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> schemas.DatasetPublic:
     return schemas.DatasetPublic.model_validate(services.get_dataset(session, tenant, dataset_id),
                                                 from_attributes=True)

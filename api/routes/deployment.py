@@ -20,7 +20,8 @@ def get_deployment(session: SessionDep, tenant: TenantDep) -> schemas.Deployment
     return _public(services.get_deployment(session, tenant))
 
 
-@router.put("/deployment", response_model=schemas.DeploymentPublic)
+@router.put("/deployment", response_model=schemas.DeploymentPublic,
+            responses={404: {"model": schemas.Message, "description": "checkpoint_id unknown or another tenant's."}})
 async def put_deployment(body: schemas.DeploymentUpdate, request: Request, session: SessionDep,
                          tenant: TenantDep) -> schemas.DeploymentPublic:
     """Choose the checkpoint `/detect` serves by default for this tenant. New requests use it

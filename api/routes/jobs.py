@@ -12,7 +12,10 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
 
 
-@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.JobCreated)
+@router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.JobCreated, responses={
+    404: {"model": schemas.Message, "description": "model_id or dataset_id unknown or another tenant's."},
+    503: {"model": schemas.Message, "description": "The job queue is unreachable (the job is marked failed)."},
+})
 def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
                settings: SettingsDep) -> schemas.JobCreated:
     """Queue a binarization job; a worker picks it up (`GET /jobs/{id}` shows progress)."""
@@ -32,7 +35,7 @@ def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
-    skip: Annotated[int, Query(ge=0)] = 0,
+    skip: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> schemas.JobsPublic:
     """This tenant's jobs, newest first."""
@@ -40,12 +43,15 @@ def list_jobs(
     return schemas.JobsPublic(data=[services.job_public(session, j) for j in rows], count=count)
 
 
-@router.get("/jobs/{job_id}", response_model=schemas.JobPublic)
+@router.get("/jobs/{job_id}", response_model=schemas.JobPublic,
+            responses={404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."}})
 def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> schemas.JobPublic:
     return services.job_public(session, services.get_job(session, tenant, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.JobCreated)
+@router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.JobCreated,
+             responses={404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."},
+                        409: {"model": schemas.Message, "description": "The job has already ended."}})
 def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> schemas.JobCreated:
     """A queued job is cancelled at once; a running one stops within one fine-tuning
     iteration (its status turns `cancelled`; committed steps stay)."""

@@ -36,6 +36,7 @@ def upload_model(
     return services.model_public(row)
 
 
-@router.get("/models/{model_id}", response_model=schemas.ModelPublic)
+@router.get("/models/{model_id}", response_model=schemas.ModelPublic,
+            responses={404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."}})
 def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> schemas.ModelPublic:
     return services.model_public(services.get_model(session, tenant, model_id))
