@@ -40,6 +40,7 @@ from core.models.registry import ARCHITECTURES, resolve_kwargs
 # checkpoints to be equal bytes (a resumed run reproduces an uninterrupted one exactly).
 META_KEY = "flexbin"
 _BITS, _SCALES = "::bits", "::scales"
+MAX_INPUT_SIZE = 4096  # pixels, longer side
 
 
 class CheckpointError(ValueError):
@@ -81,6 +82,8 @@ class ModelCard(BaseModel):
         self.builder_kwargs = resolve_kwargs(self.architecture, self.builder_kwargs)
         self.input_size = int(self.builder_kwargs.get(
             "input_size", ARCHITECTURES[self.architecture].input_size))
+        if not 16 <= self.input_size <= MAX_INPUT_SIZE:  # the dummy forward pass runs at this size
+            raise ValueError(f"input_size must be in [16, {MAX_INPUT_SIZE}], got {self.input_size}")
         return self
 
     @model_serializer(mode="wrap")
@@ -126,6 +129,12 @@ def load_model_bytes(weights: bytes, card_json: str | bytes) -> tuple[nn.Module,
     """
     card = ModelCard.parse(card_json)
     state = _read_safetensors(weights, "weights")
+    try:  # shapes only first: a card asking for a model far bigger than its weights allocates nothing
+        with torch.device("meta"):
+            skeleton = card.build()
+    except Exception as exc:  # noqa: BLE001 - builder kwargs the architecture cannot take
+        raise CheckpointError(f"invalid card: cannot build {card.architecture}: {exc}") from None
+    _check_state(skeleton.state_dict(), state)
     model = card.build()
     load_state_strict(model, state)
     model.eval()
@@ -138,7 +147,12 @@ def load_model(directory: Path) -> tuple[nn.Module, ModelCard]:
 
 
 def load_state_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
-    expected = model.state_dict()
+    _check_state(model.state_dict(), state)
+    model.load_state_dict(state, strict=True)
+
+
+def _check_state(expected: dict[str, Tensor], state: dict[str, Tensor]) -> None:
+    """CheckpointError naming the first missing, unexpected or wrongly shaped tensor."""
     for key in sorted(expected.keys() | state.keys()):
         if key not in state:
             raise CheckpointError(f"weights: missing tensor {key!r} {tuple(expected[key].shape)}")
@@ -150,7 +164,6 @@ def load_state_strict(model: nn.Module, state: dict[str, Tensor]) -> None:
         if state[key].is_floating_point() != expected[key].is_floating_point():
             raise CheckpointError(f"weights: tensor {key!r} has dtype {state[key].dtype}, "
                                   f"expected {expected[key].dtype}")
-    model.load_state_dict(state, strict=True)
 
 
 def check_forward(model: nn.Module, card: ModelCard) -> None:
