@@ -7,13 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from core.store import get_engine
-from core.store.migrate import upgrade_head
 from tests.integration.conftest import (  # noqa: F401 - fixtures re-used by name
-    PG_ADMIN,
     api_url,
+    fresh_database,
+    fresh_redis_db,
     log_dir,
     service_env,
     start_worker,
@@ -29,29 +27,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """Overrides the integration one: a database of its own (`flexbin_e2e_<pid>`)."""
-    import psycopg
-
-    name = f"flexbin_e2e_{os.getpid()}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    upgrade_head(url)
-    yield url
-    get_engine(url).dispose()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database(f"flexbin_e2e_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def broker_url() -> Iterator[str]:
     """Overrides the integration one: another Redis DB, so neither suite's workers take the other's jobs."""
-    url = f"redis://127.0.0.1:6379/{1 + (os.getpid() + 7) % 15}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
+    with fresh_redis_db(1 + (os.getpid() + 7) % 15) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

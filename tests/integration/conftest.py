@@ -3,6 +3,7 @@ as a real uvicorn subprocess (`python -m api.run`) and real Celery worker proces
 (`python -m worker.main`), spoken to over real HTTP with httpx."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -72,29 +73,46 @@ class Proc:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """A fresh database `flexbin_test_<pid>`, migrated with the real migrations, dropped after."""
-    name = f"flexbin_test_{os.getpid()}"
+@contextlib.contextmanager
+def fresh_database(name: str) -> Iterator[str]:
+    """A new PostgreSQL database `name`, migrated with the real migrations, dropped after."""
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     upgrade_head(url)
-    yield url
-    get_engine(url).dispose()
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def fresh_redis_db(index: int) -> Iterator[str]:
+    """Redis logical database `index` (1..15), emptied before and after."""
+    url = f"redis://127.0.0.1:6379/{index}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh database `flexbin_test_<pid>`, migrated with the real migrations, dropped after."""
+    with fresh_database(f"flexbin_test_{os.getpid()}") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
 def broker_url() -> Iterator[str]:
-    url = f"redis://127.0.0.1:6379/{1 + os.getpid() % 15}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
+    with fresh_redis_db(1 + os.getpid() % 15) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
