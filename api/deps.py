@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from core.settings import Settings
-from core.store import Tenant, get_sessionmaker
+from core.store import Tenant, session_scope
 from core.store.tenants import tenant_for_key
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
@@ -25,15 +25,8 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 def get_db(settings: SettingsDep) -> Iterator[Session]:
     """One session per request, rolled back on any error. Routes that write commit
     explicitly before returning: teardown may run after the response is sent."""
-    session = get_sessionmaker(settings.database_url)()
-    try:
+    with session_scope(settings.database_url) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]

@@ -30,31 +30,26 @@ def validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(problems) or "invalid request"
 
 
+# The service's own errors and the status each answers with (the message is the detail).
+ERROR_STATUS: dict[type[Exception], int] = {
+    NotFound: status.HTTP_404_NOT_FOUND,
+    Conflict: status.HTTP_409_CONFLICT,
+    TooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
+    InvalidUpload: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    UnsupportedMediaType: status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    ServingError: status.HTTP_409_CONFLICT,
+}
+
+
+async def _detail_response(_: Request, exc: Exception) -> JSONResponse:
+    code = next(ERROR_STATUS[t] for t in type(exc).__mro__ if t in ERROR_STATUS)
+    return JSONResponse({"detail": str(exc)}, code)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_detail(exc)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status.HTTP_404_NOT_FOUND)
-
-    @app.exception_handler(Conflict)
-    async def _conflict(_: Request, exc: Conflict) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status.HTTP_409_CONFLICT)
-
-    @app.exception_handler(TooLarge)
-    async def _too_large(_: Request, exc: TooLarge) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status.HTTP_413_CONTENT_TOO_LARGE)
-
-    @app.exception_handler(InvalidUpload)
-    async def _invalid(_: Request, exc: InvalidUpload) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
-
-    @app.exception_handler(UnsupportedMediaType)
-    async def _media_type(_: Request, exc: UnsupportedMediaType) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status.HTTP_415_UNSUPPORTED_MEDIA_TYPE)
-
-    @app.exception_handler(ServingError)
-    async def _serving(_: Request, exc: ServingError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status.HTTP_409_CONFLICT)
+    for exc_type in ERROR_STATUS:
+        app.add_exception_handler(exc_type, _detail_response)
