@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import func, select, update
@@ -54,11 +54,22 @@ class UnsupportedMediaType(ValueError):
     """An upload of a type the endpoint does not take (415)."""
 
 
-def _check_id(kind: str, value: str) -> None:
-    """An id with a NUL character cannot exist (PostgreSQL text cannot hold one, and would
-    fail the query with a 500): answer 404 like any unknown id."""
-    if "\x00" in value:
-        raise NotFound(f"{kind} {value!r} not found")
+T = TypeVar("T")
+
+
+def _owned(session: Session, tenant: Tenant, table: type[T], kind: str, row_id: str) -> T:
+    """The tenant's row `row_id` of `table`; NotFound for unknown and other tenants' ids alike.
+
+    An id with a NUL character cannot exist (PostgreSQL text cannot hold one, and would fail
+    the query with a 500): it answers 404 like any unknown id."""
+    if "\x00" in row_id:
+        raise NotFound(f"{kind} {row_id!r} not found")
+    row = session.scalars(
+        select(table).where(table.id == row_id, table.tenant_id == tenant.id)  # type: ignore[attr-defined]
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"{kind} {row_id} not found")
+    return row
 
 
 def read_upload(upload: Any, limit: int, field: str) -> bytes:
@@ -109,11 +120,7 @@ def create_model(session: Session, tenant: Tenant, settings: Settings, weights: 
 
 
 def get_model(session: Session, tenant: Tenant, model_id: str) -> Model:
-    _check_id("model", model_id)
-    row = session.scalars(select(Model).where(Model.id == model_id, Model.tenant_id == tenant.id)).one_or_none()
-    if row is None:
-        raise NotFound(f"model {model_id} not found")
-    return row
+    return _owned(session, tenant, Model, "model", model_id)
 
 
 def model_public(row: Model) -> schemas.ModelPublic:
@@ -157,13 +164,7 @@ def create_dataset(session: Session, tenant: Tenant, settings: Settings, archive
 
 
 def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Dataset:
-    _check_id("dataset", dataset_id)
-    row = session.scalars(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant.id)
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"dataset {dataset_id} not found")
-    return row
+    return _owned(session, tenant, Dataset, "dataset", dataset_id)
 
 
 # -- jobs -----------------------------------------------------------------------------------
@@ -197,11 +198,7 @@ def create_job(session: Session, tenant: Tenant, body: schemas.JobCreate) -> Job
 
 
 def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
-    _check_id("job", job_id)
-    row = session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id)).one_or_none()
-    if row is None:
-        raise NotFound(f"job {job_id} not found")
-    return row
+    return _owned(session, tenant, Job, "job", job_id)
 
 
 def list_jobs(session: Session, tenant: Tenant, skip: int, limit: int) -> tuple[list[Job], int]:
@@ -279,13 +276,7 @@ def job_public(session: Session, job: Job) -> schemas.JobPublic:
 
 # -- checkpoints ----------------------------------------------------------------------------
 def get_checkpoint(session: Session, tenant: Tenant, checkpoint_id: str) -> Checkpoint:
-    _check_id("checkpoint", checkpoint_id)
-    row = session.scalars(
-        select(Checkpoint).where(Checkpoint.id == checkpoint_id, Checkpoint.tenant_id == tenant.id)
-    ).one_or_none()
-    if row is None:
-        raise NotFound(f"checkpoint {checkpoint_id} not found")
-    return row
+    return _owned(session, tenant, Checkpoint, "checkpoint", checkpoint_id)
 
 
 def checkpoint_public(session: Session, row: Checkpoint) -> schemas.CheckpointPublic:
