@@ -30,6 +30,9 @@ from torch import Tensor, nn
 
 from core.binary import (
     binarize_module,
+    binary_approx,
+    binary_bits,
+    is_binarized,
     pack_approx,
     unpack_approx,
 )
@@ -204,8 +207,6 @@ def _metadata(data: bytes) -> dict[str, str]:
 
 # -- packed (binary) checkpoints ---------------------------------------------------
 def binarized_modules(model: nn.Module) -> dict[str, nn.Module]:
-    from core.binary import is_binarized
-
     return {name: m for name, m in model.named_modules() if is_binarized(m)}
 
 
@@ -230,8 +231,6 @@ def compression_ratio(model: nn.Module) -> float:
 
 
 def _packed_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, list[int]], dict[str, int]]:
-    from core.binary import binary_approx, binary_bits
-
     binary = binarized_modules(model)
     layers = {name: int(binary_bits(m)) for name, m in binary.items()}
     tensors: dict[str, Tensor] = {}
@@ -294,8 +293,6 @@ def float_checkpoint_nbytes(model: nn.Module) -> int:
 # -- resume state ------------------------------------------------------------------
 def save_state(model: nn.Module) -> bytes:
     """Latent weights + which layers are binarized (with bits), for resuming a run."""
-    from core.binary import binary_bits
-
     layers = {name: int(binary_bits(m)) for name, m in binarized_modules(model).items()}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return st_save(state, metadata={"binary_layers": json.dumps(layers)})

@@ -17,9 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from core.binary import binarize_module, packed_nbytes, strip_binarization
+from core.binary import (
+    binarize_module,
+    latent_weight,
+    packed_nbytes,
+    strip_binarization,
+)
 
 BINARIZABLE = (nn.Conv2d, nn.Linear)
 ORDERS = ("inverse_depth", "forward", "sensitivity")
@@ -64,15 +69,9 @@ def discover_layers(model: nn.Module, input_size: int = 320) -> list[LayerInfo]:
         model.train(was_training)
     modules = dict(model.named_modules())
     return [
-        LayerInfo(name, type(modules[name]).__name__, depth, tuple(_weight(modules[name]).shape))
+        LayerInfo(name, type(modules[name]).__name__, depth, tuple(latent_weight(modules[name]).shape))
         for name, depth in sorted(first_call.items(), key=lambda item: item[1])
     ]
-
-
-def _weight(module: nn.Module) -> Tensor:
-    from core.binary import latent_weight
-
-    return latent_weight(module)
 
 
 def saved_bytes(layer: LayerInfo, bits: int) -> int:
