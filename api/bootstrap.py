@@ -1,5 +1,6 @@
 """Start-up work shared by every way of running the API: wait for the database, migrate,
-create the configured API keys, and queue the demo on an empty database."""
+create the configured API keys (revoking keys no longer configured), and queue the demo on
+an empty database."""
 from __future__ import annotations
 
 import logging
@@ -9,14 +10,15 @@ from sqlalchemy import func, select
 from core.settings import DEV_KEY, DEV_TENANT, Settings
 from core.store import Dataset, Job, Model, session_scope
 from core.store.migrate import upgrade_head
-from core.store.tenants import ensure_api_key
+from core.store.tenants import ensure_api_key, sync_api_keys
 
 log = logging.getLogger(__name__)
 
 
 def bootstrap(settings: Settings) -> None:
     upgrade_head(settings.database_url)
-    pairs = settings.parsed_api_keys()
+    configured = settings.parsed_api_keys()
+    pairs = configured
     if not pairs and settings.is_sqlite:
         pairs = [(DEV_TENANT, DEV_KEY)]
         log.warning("FLEXBIN_API_KEYS is not set: embedded default, API key %r for tenant %r "
@@ -24,8 +26,13 @@ def bootstrap(settings: Settings) -> None:
     elif not pairs:
         log.warning("FLEXBIN_API_KEYS is not set: only keys already in the database work")
     with session_scope(settings.database_url) as s:
-        for tenant, key in pairs:
-            ensure_api_key(s, tenant, key)
+        if configured:  # FLEXBIN_API_KEYS is the full set: keys no longer listed are revoked
+            revoked = sync_api_keys(s, configured)
+            if revoked:
+                log.warning("revoked %d API key(s) not listed in FLEXBIN_API_KEYS", revoked)
+        else:
+            for tenant, key in pairs:
+                ensure_api_key(s, tenant, key)
     if pairs:
         log.info("API keys ready for tenants: %s", ", ".join(sorted({t for t, _ in pairs})))
 

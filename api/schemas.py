@@ -49,11 +49,11 @@ class JobCreate(BaseModel):
     order: Order = "inverse_depth"
     bits: int = Field(default=1, ge=1, le=4)
     finetune_iters: int = Field(default=200, ge=0, le=100_000)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
     batch_size: int | None = Field(default=None, ge=1, le=256, description="Fine-tuning batch size.")
     learning_rate: float | None = Field(default=None, gt=0.0, le=1.0)
     num_layers: int | None = Field(
-        default=None, ge=1, description="all_at_once only: binarize exactly this many layers."
+        default=None, ge=1, le=10_000, description="all_at_once only: binarize exactly this many layers."
     )
     min_layer_params: int | None = Field(
         default=None, ge=0, description="Layers with fewer weights stay float (default 1024; 0 = every layer)."

@@ -75,7 +75,7 @@ class PipelineConfig(BaseModel):
     order: Order = "inverse_depth"
     bits: int = Field(default=1, ge=1, le=4)
     finetune_iters: int = Field(default=200, ge=0, le=100_000)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
     batch_size: int = Field(default=8, ge=1, le=256)
     learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
     min_layer_params: int = Field(
@@ -84,7 +84,7 @@ class PipelineConfig(BaseModel):
         "while binarizing a detector's first conv or its 1x1 output heads costs accuracy "
         "(XNOR-Net keeps first and last layers float for the same reason); 0 = every layer")
     num_layers: int | None = Field(
-        default=None, ge=1,
+        default=None, ge=1, le=10_000,
         description="all_at_once only: binarize exactly this many layers (first ones of "
         "`order`) instead of as many as the target needs")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core.store.models import ApiKey, Tenant
@@ -34,6 +34,20 @@ def ensure_api_key(session: Session, tenant_name: str, key: str) -> Tenant:
     elif existing.tenant_id != tenant.id:
         raise ValueError(f"an API key configured for tenant {tenant_name!r} already belongs to another tenant")
     return tenant
+
+
+def sync_api_keys(session: Session, pairs: list[tuple[str, str]]) -> int:
+    """Make `pairs` [(tenant, key), ...] the full set of valid keys: create the missing ones and
+    delete every other key in the database. Returns how many were deleted (revoked). Tenants
+    and their data stay. An empty `pairs` is refused: it would lock every tenant out."""
+    if not pairs:
+        raise ValueError("sync_api_keys: no keys given (revoking every key is never what is meant)")
+    for tenant_name, key in pairs:
+        ensure_api_key(session, tenant_name, key)
+    keep = {hash_key(key) for _, key in pairs}
+    result = session.execute(delete(ApiKey).where(ApiKey.key_hash.not_in(keep)))
+    session.flush()
+    return int(result.rowcount or 0)
 
 
 def tenant_for_key(session: Session, key: str) -> Tenant | None:

@@ -80,6 +80,15 @@ def test_all_at_once_binarizes_the_same_layers_with_the_same_budget(setup) -> No
         PipelineConfig(target=Target(max_miss_rate_increase=0.1), method="all_at_once")
 
 
+def test_config_bounds_seed_and_num_layers() -> None:
+    assert _config(seed=2**31 - 1).seed == 2**31 - 1
+    assert _config(method="all_at_once", num_layers=10_000).num_layers == 10_000
+    for bad in ({"seed": -1}, {"seed": 2**31}, {"seed": 10**30},
+                {"method": "all_at_once", "num_layers": 0}, {"method": "all_at_once", "num_layers": 10**9}):
+        with pytest.raises(ValueError, match=next(k for k in bad if k != "method")):
+            _config(**bad)
+
+
 def test_targets_validate_and_select() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         Target()
