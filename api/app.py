@@ -17,6 +17,7 @@ from api.bootstrap import bootstrap, maybe_seed_demo
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.metrics import Metrics
+from api.ratelimit import RateLimiter
 from api.routes import (
     architectures,
     checkpoints,
@@ -42,6 +43,10 @@ COMMON_ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": schemas.Message, "description": "Missing or invalid API key."},
     413: {"model": schemas.Message, "description": "The request body is over its limit."},
     422: {"model": schemas.Message, "description": "The request is invalid (the detail names the field)."},
+    429: {"model": schemas.Message, "description": "This API key is over its rate limit (FLEXBIN_RATE_LIMIT; "
+          "POST /detect also FLEXBIN_RATE_LIMIT_DETECT).",
+          "headers": {"Retry-After": {"description": "Seconds until a request is allowed again.",
+                                      "schema": {"type": "integer", "minimum": 1}}}},
 }
 
 
@@ -67,6 +72,8 @@ def create_app(settings: Settings | None = None, *, run_bootstrap: bool = True) 
     )
     app.state.settings = settings
     app.state.metrics = Metrics(settings)
+    app.state.rate_limiter = RateLimiter(settings, app.state.metrics)
+    log.info("%s", app.state.rate_limiter.describe())
     app.state.serving = ServingRuntime(
         settings, app.state.metrics,
         fetch=partial(services.checkpoint_bytes, settings.database_url),

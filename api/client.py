@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 
 IMAGE_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+RATE_LIMIT_RETRIES = 5  # a 429 (the key's rate limit) is retried after its Retry-After, this often
 
 
 class DetectError(RuntimeError):
@@ -34,6 +36,12 @@ def image_files(folder: Path | str) -> list[Path]:
 def _post(client: httpx.Client, paths: Sequence[Path], form: dict[str, str]) -> dict[str, Any]:
     files = [("images", (p.name, p.read_bytes(), IMAGE_SUFFIXES[p.suffix.lower()])) for p in paths]
     r = client.post("/detect", files=files, data=form)
+    for _ in range(RATE_LIMIT_RETRIES):
+        if r.status_code != 429:
+            break
+        retry_after = r.headers.get("Retry-After", "1")
+        time.sleep(min(60, int(retry_after)) if retry_after.isdigit() else 1)
+        r = client.post("/detect", files=files, data=form)
     if r.status_code != 200:
         try:
             detail = r.json().get("detail", r.text)
@@ -52,7 +60,8 @@ def detect_folder(url: str, key: str, folder: Path | str, *, checkpoint_id: str 
     micro-batches them with other clients' images). Returns
     `{"url", "folder", "checkpoint_id", "results": [{"filename", "width", "height",
     "detections": [{"box": [x1, y1, x2, y2], "score"}], "checkpoint_id"}]}` in file order,
-    boxes in each image's pixels, best first. Raises DetectError on the first refusal.
+    boxes in each image's pixels, best first. Raises DetectError on the first refusal (a 429,
+    the key's rate limit, is first retried after its `Retry-After`, up to 5 times).
     """
     paths = image_files(folder)
     chunks = [paths[i:i + images_per_request] for i in range(0, len(paths), max(1, images_per_request))]

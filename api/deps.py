@@ -8,9 +8,10 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from api.ratelimit import enforce_rate_limit
 from core.settings import Settings
 from core.store import Tenant, session_scope
-from core.store.tenants import tenant_for_key
+from core.store.tenants import hash_key, tenant_for_key
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
 
@@ -33,9 +34,11 @@ SessionDep = Annotated[Session, Depends(get_db)]
 
 
 def get_tenant(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:
+    """The key's tenant (401 without a valid key), then the key's rate limit (429 beyond it)."""
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -47,6 +50,7 @@ def get_tenant(
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, detail="invalid API key", headers={"WWW-Authenticate": "Bearer"}
         )
+    enforce_rate_limit(request, hash_key(credentials.credentials))
     return tenant
 
 

@@ -1,5 +1,6 @@
 """Prometheus metrics: request counts and latency per route (`/detect` included), images
-detected, micro-batch sizes, inference time, model-cache hits/misses/bytes, jobs per status."""
+detected, micro-batch sizes, inference time, model-cache hits/misses/bytes, jobs per status,
+requests refused by the rate limit (429) and rate-limit storage failures."""
 from __future__ import annotations
 
 import time
@@ -61,6 +62,12 @@ class Metrics:
         self.cache_bytes = Gauge("flexbin_model_cache_bytes", "Unpacked bytes of the models in the cache",
                                  registry=self.registry)
         self.cache_models = Gauge("flexbin_model_cache_models", "Models in the cache", registry=self.registry)
+        self.rate_limited = Counter("flexbin_rate_limited", "Requests refused with 429 by a per-API-key rate "
+                                    "limit, by budget (requests: every endpoint; detect: POST /detect)",
+                                    ["budget"], registry=self.registry)
+        self.rate_limit_storage_errors = Counter("flexbin_rate_limit_storage_errors", "Rate-limit storage "
+                                                 "failures (the request was allowed: fail open)",
+                                                 registry=self.registry)
         self.registry.register(_JobsCollector(settings))
 
     def render(self) -> Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -72,6 +73,27 @@ class Settings(BaseSettings):
     max_detect_pixels: int = Field(
         default=25_000_000, gt=0, description="Pixels per /detect image, after EXIF orientation (413 beyond)."
     )
+    # Per-API-key rate limits (HTTP 429 + Retry-After beyond them; api/ratelimit.py). `limits`
+    # strings ("600/minute", "10/second;600/minute"); empty or "0" disables.
+    rate_limit: str = Field(
+        default="600/minute", description="Authenticated requests per API key, every endpoint (moving window)."
+    )
+    rate_limit_detect: str = Field(
+        default="120/minute", description="POST /detect requests per API key, counted on top of rate_limit."
+    )
+    rate_limit_storage_url: str = Field(
+        default="memory://", description="Where the counts live: memory:// (one process) or redis://host:6379/2 "
+        "(shared by API replicas). Unreachable storage fails open (allowed, logged)."
+    )
+
+    @field_validator("rate_limit", "rate_limit_detect")
+    @classmethod
+    def _parse_rate_limit(cls, value: str) -> str:
+        value = value.strip()
+        if value and value != "0":
+            parse_many(value)  # ValueError naming the string when malformed
+        return value
+
     serving_max_batch_size: int = Field(
         default=8, ge=1, description="Images per forward pass of the micro-batcher (1: no batching)."
     )
@@ -97,6 +119,28 @@ class Settings(BaseSettings):
     progress_interval_seconds: float = Field(default=2.0, gt=0)
     cancel_poll_seconds: float = Field(default=0.5, ge=0)
     broker_visibility_timeout: int = Field(default=6 * 3600, gt=0)
+
+    # Timeouts and retries on external calls (database, broker).
+    database_connect_timeout_seconds: int = Field(
+        default=5, ge=1, le=300, description="PostgreSQL connect timeout (also the pool's wait for a connection x2)."
+    )
+    database_statement_timeout_seconds: int = Field(
+        default=300, ge=0, le=86_400, description="PostgreSQL statement timeout; 0 disables."
+    )
+    database_retry_seconds: float = Field(
+        default=120.0, ge=0,
+        description="How long a worker retries a database write (with backoff) before handing the job back.",
+    )
+    broker_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Broker connect and socket timeout."
+    )
+    broker_publish_retries: int = Field(
+        default=3, ge=0, le=20, description="Retries (with backoff) when sending a task before giving up with 503."
+    )
+    stranded_job_seconds: float = Field(
+        default=60.0, gt=0,
+        description="A queued job whose message was never sent (the API died in between) is sent after this long.",
+    )
 
     @field_validator("database_url")
     @classmethod

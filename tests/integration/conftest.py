@@ -122,6 +122,11 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def service_env(database_url: str, broker_url: str) -> dict[str, str]:
+    return service_environment(database_url, broker_url)
+
+
+def service_environment(database_url: str, broker_url: str) -> dict[str, str]:
+    """The environment of the API and worker processes under test: short leases and polls."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEXBIN_", "DATABASE_URL", "CELERY_"))}
     env.update(
         DATABASE_URL=database_url,
@@ -138,6 +143,10 @@ def service_env(database_url: str, broker_url: str) -> dict[str, str]:
         FLEXBIN_MAX_DETECT_IMAGES=str(MAX_DETECT_IMAGES),
         FLEXBIN_MAX_DETECT_BYTES=str(MAX_DETECT_BYTES),
         FLEXBIN_MAX_DETECT_PIXELS=str(MAX_DETECT_PIXELS),
+        # on, but far above what the suite sends (the fuzzer alone ~1,300 requests a minute as
+        # beta); test_ratelimit.py starts its own API processes with low limits
+        FLEXBIN_RATE_LIMIT="100000/minute",
+        FLEXBIN_RATE_LIMIT_DETECT="100000/minute",
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
     )
@@ -154,11 +163,10 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-@pytest.fixture(scope="session")
-def api_url(service_env: dict[str, str], log_dir: Path) -> Iterator[str]:
+def start_api_process(name: str, env: dict[str, str], log_dir: Path) -> tuple[Proc, str]:
+    """`python -m api.run` on a free loopback port; returns once it answers /healthz."""
     port = _free_port()
-    env = {**service_env, "FLEXBIN_PORT": str(port)}
-    proc = Proc("api", [sys.executable, "-m", "api.run"], env, log_dir)
+    proc = Proc(name, [sys.executable, "-m", "api.run"], {**env, "FLEXBIN_PORT": str(port)}, log_dir)
     url = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -170,8 +178,24 @@ def api_url(service_env: dict[str, str], log_dir: Path) -> Iterator[str]:
             return False
 
     wait_until(up, 90, "the API to answer /healthz")
+    return proc, url
+
+
+@pytest.fixture(scope="session")
+def api_url(service_env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    proc, url = start_api_process("api", service_env, log_dir)
     yield url
     proc.stop()
+
+
+def start_worker_process(name: str, env: dict[str, str], log_dir: Path) -> Proc:
+    return Proc(name, [sys.executable, "-m", "worker.main"], env, log_dir)
+
+
+def wait_worker_ready(proc: Proc, timeout: float = 90) -> None:
+    wait_until(lambda: "ready." in proc.log_path.read_text(errors="replace") or not proc.alive(), timeout,
+               f"{proc.name} to be ready")
+    assert proc.alive(), proc.tail()
 
 
 @pytest.fixture(scope="session")
@@ -180,11 +204,9 @@ def start_worker(service_env: dict[str, str], log_dir: Path) -> Iterator[Callabl
     started: list[Proc] = []
 
     def start(name: str | None = None) -> Proc:
-        proc = Proc(name or f"worker{len(started)}", [sys.executable, "-m", "worker.main"], service_env, log_dir)
+        proc = start_worker_process(name or f"worker{len(started)}", service_env, log_dir)
         started.append(proc)
-        wait_until(lambda: "ready." in proc.log_path.read_text(errors="replace") or not proc.alive(), 90,
-                   f"{proc.name} to be ready")
-        assert proc.alive(), proc.tail()
+        wait_worker_ready(proc)
         return proc
 
     yield start
