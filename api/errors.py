@@ -15,6 +15,7 @@ from api.services import (
     UnsupportedMediaType,
 )
 from api.serving import ServingError
+from core.store import TRANSIENT_DB_ERRORS
 
 
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -46,7 +47,16 @@ async def _detail_response(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, code)
 
 
+async def _database_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    # Not the client's fault and not a bug: the database is restarting or unreachable.
+    return JSONResponse({"detail": "the database is unavailable; retry later"},
+                        status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    for transient in TRANSIENT_DB_ERRORS:
+        app.add_exception_handler(transient, _database_unavailable)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": validation_detail(exc)}, status.HTTP_422_UNPROCESSABLE_CONTENT)

@@ -7,7 +7,6 @@ from celery import Celery
 
 from core.settings import Settings
 
-BINARIZE_TASK = "binarize.run"
 DEMO_TASK = "demo.seed"
 
 
@@ -25,7 +24,9 @@ def _celery(settings: Settings) -> Celery:
 
 
 def enqueue_job(settings: Settings, job_id: str) -> None:
-    _celery(settings).send_task(BINARIZE_TASK, args=[job_id], queue="binarize")
+    from worker.celery_app import send_job
+
+    send_job(_celery(settings), settings, job_id)
 
 
 def enqueue_demo(settings: Settings) -> None:

@@ -1,10 +1,15 @@
-"""The Celery app, configured from `core.settings` (no task code, no torch: the API imports it)."""
+"""The Celery app, configured from `core.settings`, and `send_job` (no task code, no torch: the API
+imports it)."""
 from __future__ import annotations
+
+import logging
 
 from celery import Celery
 from kombu import Exchange, Queue
 
 from core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
 
 BINARIZE_QUEUE = "binarize"
 
@@ -16,7 +21,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
     # Redis redelivers an unacknowledged job after the visibility timeout; the SQLAlchemy
     # transport hands its options to create_engine and takes none of these.
     transport_options = (
-        {"visibility_timeout": settings.broker_visibility_timeout}
+        {"visibility_timeout": settings.broker_visibility_timeout,
+         "socket_timeout": settings.broker_timeout_seconds,
+         "socket_connect_timeout": settings.broker_timeout_seconds,
+         "retry_on_timeout": True, "health_check_interval": 30}
         if settings.celery_broker_url.startswith(("redis", "rediss")) else {}
     )
     app.conf.update(
@@ -38,12 +46,33 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
+        # A worker keeps reconnecting through a broker outage of any length; a send from the
+        # API gives up after a few quick retries and answers 503 instead of hanging.
+        broker_connection_max_retries=None,
+        broker_connection_timeout=settings.broker_timeout_seconds,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": settings.broker_publish_retries, "interval_start": 0.2,
+                                   "interval_step": 0.5, "interval_max": 2.0},
         broker_transport_options=transport_options,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         enable_utc=True,
     )
     return app
+
+
+def send_job(app: Celery, settings: Settings, job_id: str) -> None:
+    """Hand job `job_id` to the broker and record that it was sent (`jobs.enqueued_at`).
+    Raises when the broker cannot be reached within the publish retries. When only the record
+    fails, the job is sent again later (a duplicate message is harmless)."""
+    from core.store import TRANSIENT_DB_ERRORS
+    from core.store.dispatch import mark_enqueued
+
+    app.send_task("binarize.run", args=[job_id], queue=BINARIZE_QUEUE)
+    try:
+        mark_enqueued(settings.database_url, job_id)
+    except TRANSIENT_DB_ERRORS:
+        log.warning("job %s: sent, but the database was unavailable to record it", job_id)
 
 
 celery_app = make_celery()

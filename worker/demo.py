@@ -118,8 +118,8 @@ def seed_demo(settings: Settings) -> str:
         s.add(deployment)
         s.flush()
         job_id = job.id
-    from worker.celery_app import celery_app
+    from worker.celery_app import celery_app, send_job
 
-    celery_app.send_task("binarize.run", args=[job_id], queue="binarize")
+    send_job(celery_app, settings, job_id)
     log.info("demo: model %s deployed (float); binarization job %s queued", model_row.id, job_id)
     return job_id

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from core.settings import Settings
 from core.store import (
+    TRANSIENT_DB_ERRORS,
     Checkpoint,
     Dataset,
     Deployment,
@@ -27,6 +28,7 @@ from core.store import (
     Model,
     get_blob_bytes,
     put_blob,
+    retry_transient,
     session_scope,
     utcnow,
 )
@@ -67,7 +69,8 @@ def _deploy_float_step(session: Any, job: Job, checkpoint_id: str) -> None:
 def run_job(job_id: str, settings: Settings) -> JobRun:
     url = settings.database_url
     owner = new_worker_id()
-    got = claim(url, job_id, owner, settings.job_lease_seconds)
+    got = retry_transient(lambda: claim(url, job_id, owner, settings.job_lease_seconds),
+                          what=f"job {job_id}: claim", within=settings.database_retry_seconds)
     if got.state == "done":
         log.info("job %s: nothing to do (%s)", job_id, got.status)
         return JobRun(got.status)
@@ -88,6 +91,8 @@ class _JobExecution:
         self._last_poll = 0.0
         self._cancel = False
         self.tenant_id = ""
+        self._retry_within = settings.database_retry_seconds
+        self._db_warned = 0.0
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self) -> JobRun:
@@ -96,7 +101,7 @@ class _JobExecution:
         try:
             if self._cancel_requested(force=True):
                 raise Cancelled("cancelled before start")
-            inputs = self._load()
+            inputs = retry_transient(self._load, what=f"job {self.job_id}: load", within=self._retry_within)
             result = self._run_pipeline(*inputs)
         except Cancelled:
             if self.heartbeat.lost.is_set():
@@ -110,10 +115,10 @@ class _JobExecution:
         except LeaseLost:
             log.warning("job %s: lease lost; leaving it to its new owner", self.job_id)
             return JobRun("lease-lost")
-        except (OperationalError, InterfaceError):
-            # The database went away: leave the job to expire its lease and be requeued
-            # (at most MAX_ATTEMPTS times) rather than failing it for good.
-            log.exception("job %s: database error; the job will be retried", self.job_id)
+        except TRANSIENT_DB_ERRORS:
+            # The database stayed away past our retries: the task retries the job later (it
+            # resumes from its committed steps) rather than failing it for good.
+            log.exception("job %s: database unavailable; the job will be retried", self.job_id)
             raise
         except Exception as exc:
             if self.heartbeat.lost.is_set():
@@ -190,7 +195,16 @@ class _JobExecution:
         return (Job.id == self.job_id) & (Job.lease_owner == self.owner) & (Job.status == "running")
 
     def _on_step(self, outcome: Any) -> None:
-        """Commit the step, its checkpoint and its resume state in one transaction."""
+        """Commit the step, its checkpoint and its resume state in one transaction, retried
+        with backoff while the database is away."""
+        retry_transient(lambda: self._commit_step(outcome), what=f"job {self.job_id}: commit step {outcome.index}",
+                        within=self._retry_within)
+        log.info(
+            "job %s: step %d committed (ratio %.2f, MR %.3f, AP50 %.3f, %.1fs)", self.job_id, outcome.index,
+            outcome.compression_ratio, outcome.miss_rate, outcome.ap50, outcome.step_seconds,
+        )
+
+    def _commit_step(self, outcome: Any) -> None:
         try:
             with session_scope(self.url) as s:
                 job = s.scalars(select(Job).where(self._owned()).with_for_update()).one_or_none()
@@ -222,26 +236,33 @@ class _JobExecution:
                 job.progress_message = f"step {outcome.index} committed"
                 if outcome.index == 0:
                     _deploy_float_step(s, job, checkpoint.id)
-        except IntegrityError as exc:  # (job_id, index) exists: someone else committed it
+        except IntegrityError as exc:  # (job_id, index) exists: committed already
+            if self._step_writer(outcome.index) == self.owner:
+                return  # by us: a retry whose first commit went through before the connection dropped
             raise LeaseLost() from exc
-        log.info(
-            "job %s: step %d committed (ratio %.2f, MR %.3f, AP50 %.3f, %.1fs)", self.job_id, outcome.index,
-            outcome.compression_ratio, outcome.miss_rate, outcome.ap50, outcome.step_seconds,
-        )
+
+    def _step_writer(self, index: int) -> str | None:
+        with session_scope(self.url) as s:
+            return s.scalar(select(JobStep.worker).where(JobStep.job_id == self.job_id, JobStep.index == index))
 
     def _on_progress(self, progress: Any) -> None:
         now = time.monotonic()
         if now - self._last_progress < self.settings.progress_interval_seconds and progress.percent < 100:
             return
         self._last_progress = now
-        with session_scope(self.url) as s:
-            updated = s.execute(
-                update(Job).where(self._owned()).values(
-                    progress_step=progress.step, progress_total_steps=progress.total_steps,
-                    progress_percent=min(float(progress.percent), 99.9), progress_eta_seconds=progress.eta_seconds,
-                    progress_message=progress.message or None, progress_updated_at=utcnow(),
-                )
-            ).rowcount
+        try:
+            with session_scope(self.url) as s:
+                updated = s.execute(
+                    update(Job).where(self._owned()).values(
+                        progress_step=progress.step, progress_total_steps=progress.total_steps,
+                        progress_percent=min(float(progress.percent), 99.9),
+                        progress_eta_seconds=progress.eta_seconds,
+                        progress_message=progress.message or None, progress_updated_at=utcnow(),
+                    )
+                ).rowcount
+        except TRANSIENT_DB_ERRORS as exc:  # progress is best effort: keep training, report later
+            self._warn_db_unavailable("progress update skipped", exc)
+            return
         if not updated:
             raise LeaseLost()
         if now - self._last_logged >= PROGRESS_LOG_SECONDS:
@@ -255,9 +276,18 @@ class _JobExecution:
         if not force and now - self._last_poll < self.settings.cancel_poll_seconds:
             return self._cancel
         self._last_poll = now
-        with session_scope(self.url) as s:
-            self._cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+        try:
+            with session_scope(self.url) as s:
+                self._cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+        except TRANSIENT_DB_ERRORS as exc:  # keep the last answer until the database is back
+            self._warn_db_unavailable("cancel check skipped", exc)
         return self._cancel
+
+    def _warn_db_unavailable(self, what: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._db_warned >= PROGRESS_LOG_SECONDS:
+            self._db_warned = now
+            log.warning("job %s: database unavailable, %s (%s)", self.job_id, what, str(exc).splitlines()[0][:200])
 
     def _should_stop(self) -> bool:
         return SHUTTING_DOWN.is_set() or self.heartbeat.lost.is_set() or self._cancel_requested()
@@ -266,13 +296,16 @@ class _JobExecution:
         """Put the job back in the queue (committed steps stay) and enqueue it again."""
         with session_scope(self.url) as s:
             done = s.execute(update(Job).where(self._owned()).values(
-                status="queued", lease_owner=None, lease_expires_at=None, progress_updated_at=utcnow(),
-                progress_message="worker shut down; requeued",
+                status="queued", lease_owner=None, lease_expires_at=None, enqueued_at=None,
+                progress_updated_at=utcnow(), progress_message="worker shut down; requeued",
             )).rowcount
         if done:
-            from worker.celery_app import BINARIZE_QUEUE, celery_app
+            from worker.celery_app import celery_app, send_job
 
-            celery_app.send_task("binarize.run", args=[self.job_id], queue=BINARIZE_QUEUE)
+            try:
+                send_job(celery_app, self.settings, self.job_id)
+            except Exception:  # another worker's recovery loop sends it (enqueued_at is NULL)
+                log.exception("job %s: could not send it back to the broker", self.job_id)
             log.info("job %s: worker shutting down; job handed back to the queue", self.job_id)
 
     # -- the end ----------------------------------------------------------------------------
@@ -284,6 +317,10 @@ class _JobExecution:
         }
         if status == "succeeded":
             values.update(selected_step_index=selected, progress_percent=100.0, progress_eta_seconds=0.0)
+        retry_transient(lambda: self._write_finish(status, selected, values), what=f"job {self.job_id}: finish",
+                        within=self._retry_within)
+
+    def _write_finish(self, status: str, selected: int | None, values: dict[str, Any]) -> None:
         with session_scope(self.url) as s:
             done = s.execute(update(Job).where(self._owned()).values(**values)).rowcount
             if not done:

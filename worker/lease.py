@@ -46,7 +46,8 @@ def claim(url: str, job_id: str, owner: str, lease_seconds: float) -> Claim:
             .where(
                 Job.id == job_id,
                 Job.status.in_(("queued", "running")),
-                or_(Job.lease_owner.is_(None), Job.lease_expires_at < now),
+                # (lease_owner == owner: a retried claim whose first commit did go through)
+                or_(Job.lease_owner.is_(None), Job.lease_expires_at < now, Job.lease_owner == owner),
             )
             .values(
                 status="running",
@@ -111,8 +112,9 @@ class Heartbeat:
 
 
 def requeue_orphans(url: str, grace_seconds: float = 0.0) -> list[str]:
-    """Jobs left `running` by a dead worker (lease expired) go back to `queued`; returns their
-    ids for the caller to enqueue again. Jobs past MAX_ATTEMPTS fail instead."""
+    """Jobs left `running` by a dead worker (lease expired) go back to `queued` with no message
+    (`core.store.dispatch.unsent_jobs` finds them); returns their ids. Jobs past MAX_ATTEMPTS
+    fail instead."""
     cutoff = utcnow() - timedelta(seconds=grace_seconds)
     requeued: list[str] = []
     with session_scope(url) as s:
@@ -125,7 +127,7 @@ def requeue_orphans(url: str, grace_seconds: float = 0.0) -> list[str]:
                 {"status": "failed", "error": f"gave up after {attempts} attempts (worker lost each time)",
                  "finished_at": utcnow(), "lease_owner": None, "lease_expires_at": None}
                 if gave_up
-                else {"status": "queued", "lease_owner": None, "lease_expires_at": None,
+                else {"status": "queued", "lease_owner": None, "lease_expires_at": None, "enqueued_at": None,
                       "progress_message": "worker lost; requeued"}
             )
             done = s.execute(

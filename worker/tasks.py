@@ -20,9 +20,16 @@ log = logging.getLogger(__name__)
 )
 def binarize_run(self: Task, job_id: str) -> str:
     """Run (or resume) job `job_id`; a job owned by a live worker is retried after its lease."""
+    from core.store import TRANSIENT_DB_ERRORS
     from worker.jobs import run_job
 
-    outcome = run_job(job_id, get_settings())
+    try:
+        outcome = run_job(job_id, get_settings())
+    except TRANSIENT_DB_ERRORS as exc:
+        # The database stayed away longer than the worker's retries: try the job again later
+        # (it resumes from its committed steps) instead of dropping its message.
+        log.warning("job %s: database unavailable; retrying the task in 10s", job_id)
+        raise self.retry(countdown=10) from exc
     if outcome.retry_after is not None:
         raise self.retry(countdown=outcome.retry_after)
     return outcome.status
@@ -45,6 +52,9 @@ _stop = threading.Event()
 
 
 def _recover_loop() -> None:
+    """Requeue jobs whose worker died, and send every queued job that has no message."""
+    from core.store.dispatch import unsent_jobs
+    from worker.celery_app import send_job
     from worker.lease import requeue_orphans
 
     settings = get_settings()
@@ -53,7 +63,9 @@ def _recover_loop() -> None:
         try:
             for job_id in requeue_orphans(settings.database_url):
                 log.warning("job %s: its worker stopped renewing the lease; requeued", job_id)
-                celery_app.send_task("binarize.run", args=[job_id], queue=BINARIZE_QUEUE)
+            for job_id in unsent_jobs(settings.database_url, settings.stranded_job_seconds):
+                send_job(celery_app, settings, job_id)
+                log.warning("job %s: queued with no message in the broker; sent it", job_id)
         except Exception:
             log.exception("orphan recovery failed; will retry")
         if _stop.wait(interval):

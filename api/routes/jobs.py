@@ -14,7 +14,8 @@ router = APIRouter(tags=["jobs"])
 
 @router.post("/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.JobCreated, responses={
     404: {"model": schemas.Message, "description": "model_id or dataset_id unknown or another tenant's."},
-    503: {"model": schemas.Message, "description": "The job queue is unreachable (the job is marked failed)."},
+    503: {"model": schemas.Message, "description": "The job queue or the database is unreachable; nothing was "
+                                                   "queued or kept. Retry later."},
 })
 def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
                settings: SettingsDep) -> schemas.JobCreated:
@@ -24,10 +25,13 @@ def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
     try:
         queue.enqueue_job(settings, job.id)
     except Exception as exc:
-        log.exception("job %s: could not reach the broker", job.id)
-        job.status, job.error = "failed", f"could not enqueue: {type(exc).__name__}"
+        # The broker stayed unreachable through the publish retries: the job was never
+        # queued, so it does not exist (the client retries), rather than a failed row.
+        log.warning("job %s: could not reach the broker (%s); job not created", job.id, type(exc).__name__)
+        session.delete(job)
         session.commit()
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="the job queue is unavailable") from exc
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="the job queue is unavailable; retry later",
+                            headers={"Retry-After": "5"}) from exc
     return schemas.JobCreated(id=job.id, status="queued")
 
 

@@ -17,14 +17,17 @@ from core.store.models import (
     utcnow,
 )
 from core.store.session import (
+    TRANSIENT_DB_ERRORS,
     get_engine,
     get_sessionmaker,
+    retry_transient,
     session_scope,
     wait_for_database,
 )
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "TRANSIENT_DB_ERRORS",
     "ApiKey",
     "Base",
     "Blob",
@@ -40,6 +43,7 @@ __all__ = [
     "get_engine",
     "get_sessionmaker",
     "put_blob",
+    "retry_transient",
     "session_scope",
     "utcnow",
     "wait_for_database",

@@ -166,6 +166,10 @@ class Job(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column()
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # When the job's message was last handed to the broker; NULL while `queued` means no
+    # message is known to exist (the API died between commit and send, or the job was just
+    # requeued): workers send those (core.store.dispatch).
+    enqueued_at: Mapped[datetime | None] = mapped_column()
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column()

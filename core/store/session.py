@@ -1,16 +1,26 @@
 """Engines and sessions. One engine per URL per process; SQLite gets WAL + a busy timeout so
-the API and a worker process can share the embedded database."""
+the API and a worker process can share the embedded database. PostgreSQL connections have a
+connect timeout, a statement timeout and TCP keepalives (a vanished server is noticed), and
+`retry_transient` retries an idempotent unit of work with backoff while the database is away."""
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, PoolTimeout)
+"""The database is unreachable or restarting (not a bug, not bad data): retry later, answer 503."""
 
 
 @lru_cache(maxsize=8)
@@ -27,7 +37,20 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    from core.settings import get_settings
+
+    settings = get_settings()
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        connect_args = {
+            "connect_timeout": settings.database_connect_timeout_seconds,
+            "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+            "options": f"-c statement_timeout={settings.database_statement_timeout_seconds * 1000}",
+        }
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args,
+        pool_timeout=2 * settings.database_connect_timeout_seconds,
+    )
 
 
 @lru_cache(maxsize=8)
@@ -51,13 +74,27 @@ def session_scope(url: str) -> Iterator[Session]:
 
 def wait_for_database(url: str, timeout: float = 60.0) -> None:
     """Block until `SELECT 1` succeeds (containers start in any order)."""
-    deadline = time.monotonic() + timeout
+
+    def ping() -> None:
+        with get_engine(url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    retry_transient(ping, what="waiting for the database", within=timeout)
+
+
+def retry_transient(work: Callable[[], T], *, what: str, within: float) -> T:
+    """Run `work` (one whole, idempotent unit: a transaction, a read), retrying it with
+    exponential backoff (0.25 s doubling to 5 s) while the database is unreachable, for at
+    most `within` seconds; then the last error propagates."""
+    deadline = time.monotonic() + within
+    delay = 0.25
     while True:
         try:
-            with get_engine(url).connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return
-        except OperationalError:
-            if time.monotonic() > deadline:
+            return work()
+        except TRANSIENT_DB_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
                 raise
-            time.sleep(1.0)
+            log.warning("%s: database unavailable (%s); retrying in %.2fs", what,
+                        str(exc).splitlines()[0][:200], delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
