@@ -22,7 +22,15 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from core.store import Blob, Checkpoint, Job, JobStep, get_engine, get_sessionmaker
+from core.store import (
+    Blob,
+    Checkpoint,
+    Job,
+    JobStep,
+    get_engine,
+    get_sessionmaker,
+    session_scope,
+)
 from core.store.migrate import upgrade_head
 from tests.integration.conftest import (
     KEYS,
@@ -339,3 +347,25 @@ def test_postgres_restart_mid_job(stack: Stack, reference, record_figures) -> No
                    get_while_down_seconds=round(answer_seconds, 2), **tally.figures())
     tally.assert_clean()
     assert healthz == 200 and answer_seconds < 30
+
+
+def test_a_job_whose_message_was_never_sent_still_runs(stack: Stack, reference, record_figures) -> None:
+    """The API committed the job and died before sending its message: a worker sends it."""
+    ref, _ = reference
+    while len(stack.live_workers()) < 1:
+        stack.start_worker()
+    with stack.client() as c:
+        template = stack.job_row(stack.post_job(c))  # a real job's row, to copy its tenant and config
+        wait_terminal(c, template.id)
+        with session_scope(stack.pg.url) as s:
+            stranded = Job(tenant_id=template.tenant_id, model_id=template.model_id,
+                           dataset_id=template.dataset_id, config=template.config, status="queued")
+            s.add(stranded)
+            s.flush()
+            job_id = stranded.id
+        job = wait_terminal(c, job_id, timeout=120)
+    tally = Tally()
+    tally.add(outcome(stack, job_id), ref)
+    record_figures("faults.unsent_message", **tally.figures())
+    assert job["status"] == "succeeded"
+    tally.assert_clean()
