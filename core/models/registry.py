@@ -1,7 +1,8 @@
 """Builders for every detection architecture FlexBin accepts, keyword-only and validated.
 
-A card may only set the builder kwargs listed in `default_kwargs` (with the same types):
-an upload can never ask a builder for downloaded weights or other side effects.
+A card may only set the builder kwargs listed in `default_kwargs` (with the same types, within
+`KWARG_RANGES`): an upload can never ask a builder for downloaded weights, other side effects
+or unbounded allocations.
 """
 from __future__ import annotations
 
@@ -73,6 +74,16 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
 }
 
 
+# Inclusive ranges of the builder kwargs a card may set: sizes drive allocation at every
+# forward pass (a 100 000 px `max_size` would take the serving process down), counts and
+# thresholds have natural bounds.
+KWARG_RANGES: dict[str, tuple[float, float]] = {
+    "input_size": (16, 4096), "min_size": (16, 4096), "max_size": (16, 4096), "width": (1, 256),
+    "score_thresh": (0.0, 1.0), "box_score_thresh": (0.0, 1.0), "nms_thresh": (0.0, 1.0),
+    "detections_per_img": (1, 1000), "box_detections_per_img": (1, 1000),
+}
+
+
 def list_architectures() -> list[ArchitectureSpec]:
     return list(ARCHITECTURES.values())
 
@@ -96,7 +107,13 @@ def resolve_kwargs(architecture: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if not ok:
             raise ValueError(f"argument {key!r} of {architecture!r} must be "
                              f"{type(default).__name__}, got {value!r}")
+        low, high = KWARG_RANGES.get(key, (float("-inf"), float("inf")))
+        if not low <= value <= high:
+            raise ValueError(f"argument {key!r} of {architecture!r} must be in [{low:g}, {high:g}], got {value!r}")
         resolved[key] = float(value) if isinstance(default, float) else value
+    if resolved.get("min_size", 0) > resolved.get("max_size", float("inf")):
+        raise ValueError(f"min_size ({resolved['min_size']}) of {architecture!r} exceeds max_size "
+                         f"({resolved['max_size']})")
     return resolved
 
 

@@ -59,6 +59,14 @@ def test_builders_validate_arguments() -> None:
         build_model("flexbin_pednet", width="wide")
     with pytest.raises(ValueError, match="num_classes"):
         build_model("flexbin_pednet", num_classes=1)
+    with pytest.raises(ValueError, match=r"'max_size' .* must be in \[16, 4096\], got 100000"):
+        build_model("fasterrcnn_mobilenet_v3_large_320_fpn", max_size=100_000)
+    with pytest.raises(ValueError, match="min_size .* exceeds max_size"):
+        build_model("fasterrcnn_mobilenet_v3_large_320_fpn", min_size=800, max_size=400)
+    with pytest.raises(ValueError, match="'score_thresh' .* must be in"):
+        build_model("ssdlite320_mobilenet_v3_large", score_thresh=-0.5)
+    with pytest.raises(ValueError, match="'width' .* must be in"):
+        build_model("flexbin_pednet", width=0)
     assert {spec.name for spec in list_architectures()} >= {
         "flexbin_pednet", "fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large"}
 
@@ -70,5 +78,7 @@ def test_card_rejects_unknown_architecture_and_arguments() -> None:
         ModelCard.parse('{"architecture": "flexbin_pednet", "evil": 1}')
     with pytest.raises(CheckpointError, match="invalid card"):
         ModelCard.parse(b"\xff\xfe not json")
+    with pytest.raises(CheckpointError, match="must be in"):
+        ModelCard.parse('{"architecture": "fasterrcnn_mobilenet_v3_large_320_fpn", "max_size": 1000000}')
     card = ModelCard.parse('{"architecture": "flexbin_pednet", "num_classes": 2, "width": 8}')
     assert card.builder_kwargs["width"] == 8 and card.input_size == 224
