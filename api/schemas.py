@@ -37,6 +37,16 @@ class DatasetPublic(BaseModel):
     created_at: datetime
 
 
+class ModelsPublic(BaseModel):
+    data: list[ModelPublic]
+    count: int
+
+
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    count: int
+
+
 class JobCreate(BaseModel):
     """`POST /jobs`. Everything but the ids and the target has a default."""
 

@@ -201,10 +201,12 @@ def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     return _owned(session, tenant, Job, "job", job_id)
 
 
-def list_jobs(session: Session, tenant: Tenant, skip: int, limit: int) -> tuple[list[Job], int]:
-    count = session.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == tenant.id)) or 0
+def list_owned(session: Session, tenant: Tenant, table: type[T], skip: int, limit: int) -> tuple[list[T], int]:
+    """One page of the tenant's rows of `table` (Model, Dataset, Job), newest first, and the total."""
+    owned = table.tenant_id == tenant.id  # type: ignore[attr-defined]
+    count = session.scalar(select(func.count()).select_from(table).where(owned)) or 0
     rows = session.scalars(
-        select(Job).where(Job.tenant_id == tenant.id).order_by(Job.created_at.desc(), Job.id.desc())
+        select(table).where(owned).order_by(table.created_at.desc(), table.id.desc())  # type: ignore[attr-defined]
         .offset(skip).limit(limit)
     ).all()
     return list(rows), int(count)

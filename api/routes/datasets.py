@@ -5,7 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from api import schemas, services
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import Limit, SessionDep, SettingsDep, Skip, TenantDep
+from core.store import Dataset
 
 router = APIRouter(tags=["datasets"])
 
@@ -33,3 +34,16 @@ def upload_dataset(
 def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> schemas.DatasetPublic:
     return schemas.DatasetPublic.model_validate(services.get_dataset(session, tenant, dataset_id),
                                                 from_attributes=True)
+
+
+@router.get("/datasets", response_model=schemas.DatasetsPublic)
+def list_datasets(
+    session: SessionDep,
+    tenant: TenantDep,
+    skip: Skip = 0,
+    limit: Limit = 100,
+) -> schemas.DatasetsPublic:
+    """This tenant's datasets, newest first."""
+    rows, count = services.list_owned(session, tenant, Dataset, skip, limit)
+    return schemas.DatasetsPublic(data=[schemas.DatasetPublic.model_validate(d, from_attributes=True) for d in rows],
+                                  count=count)

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, status
 
 from api import queue, schemas, services
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import Limit, SessionDep, SettingsDep, Skip, TenantDep
+from core.store import Job
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])
@@ -39,11 +39,11 @@ def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
-    skip: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    skip: Skip = 0,
+    limit: Limit = 100,
 ) -> schemas.JobsPublic:
     """This tenant's jobs, newest first."""
-    rows, count = services.list_jobs(session, tenant, skip, limit)
+    rows, count = services.list_owned(session, tenant, Job, skip, limit)
     return schemas.JobsPublic(data=[services.job_public(session, j) for j in rows], count=count)
 
 

@@ -5,7 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from api import schemas, services
-from api.deps import SessionDep, SettingsDep, TenantDep
+from api.deps import Limit, SessionDep, SettingsDep, Skip, TenantDep
+from core.store import Model
 
 router = APIRouter(tags=["models"])
 
@@ -40,3 +41,15 @@ def upload_model(
             responses={404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."}})
 def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> schemas.ModelPublic:
     return services.model_public(services.get_model(session, tenant, model_id))
+
+
+@router.get("/models", response_model=schemas.ModelsPublic)
+def list_models(
+    session: SessionDep,
+    tenant: TenantDep,
+    skip: Skip = 0,
+    limit: Limit = 100,
+) -> schemas.ModelsPublic:
+    """This tenant's models, newest first."""
+    rows, count = services.list_owned(session, tenant, Model, skip, limit)
+    return schemas.ModelsPublic(data=[services.model_public(m) for m in rows], count=count)

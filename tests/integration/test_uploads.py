@@ -57,6 +57,17 @@ def test_valid_model_and_dataset_are_stored(client, other_client, db_counts) -> 
     assert other_client.get(f"/datasets/{dataset['id']}").status_code == 404
     assert client.get("/models/does-not-exist").status_code == 404
 
+    # listings: newest first, paged, counted, only the tenant's own
+    models = client.get("/models", params={"limit": 1}).json()
+    assert models["count"] >= 2 and len(models["data"]) == 1
+    assert models["data"][0]["id"] != model["id"]  # the card-as-file upload came after it
+    assert model["id"] in {m["id"] for m in client.get("/models").json()["data"]}
+    datasets = client.get("/datasets").json()
+    assert datasets["data"][0]["id"] == dataset["id"] and datasets["count"] >= 1
+    assert model["id"] not in {m["id"] for m in other_client.get("/models").json()["data"]}
+    assert dataset["id"] not in {d["id"] for d in other_client.get("/datasets").json()["data"]}
+    assert client.get("/models", params={"limit": 0}).status_code == 422
+
 
 def _zip(entries: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
