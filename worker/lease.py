@@ -19,7 +19,7 @@ from typing import Self
 
 from sqlalchemy import or_, select, update
 
-from core.store import Job, session_scope, utcnow
+from core.store import TRANSIENT_DB_ERRORS, Job, session_scope, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,9 @@ class Heartbeat:
                     log.warning("job %s: lease lost (taken over or finished elsewhere)", self.job_id)
                     self.lost.set()
                     return
-            except Exception:  # a DB hiccup: keep trying until the lease runs out
+            except TRANSIENT_DB_ERRORS as exc:  # the database is away: keep trying; it may come back in time
+                log.warning("job %s: lease renewal failed (%s)", self.job_id, str(exc).splitlines()[0][:200])
+            except Exception:
                 log.exception("job %s: lease renewal failed", self.job_id)
 
 
