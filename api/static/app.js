@@ -273,7 +273,25 @@ function statusBadge(status) { return h("span", { class: `status ${status}` }, s
 // Jobs list
 async function openJobs() {
   fillKnownIds();
+  loadUploads();
   poll(refreshJobs, POLL_JOBS_MS);
+}
+
+// The tenant's uploads (GET /models, GET /datasets) fill the job form's id suggestions.
+const uploadLabels = { models: new Map(), datasets: new Map() };
+async function loadUploads() {
+  try {
+    const [models, datasets] = await Promise.all([api("/models?limit=100"), api("/datasets?limit=100")]);
+    for (const m of models.data) {
+      knownIds.models.add(m.id);
+      uploadLabels.models.set(m.id, m.name || `${m.architecture}, ${m.num_params.toLocaleString()} params`);
+    }
+    for (const d of datasets.data) {
+      knownIds.datasets.add(d.id);
+      uploadLabels.datasets.set(d.id, d.name || `${d.num_images} images, ${d.num_boxes} boxes`);
+    }
+    fillKnownIds();
+  } catch { /* suggestions only: the form still takes any id */ }
 }
 
 async function cancelJob(id) {
@@ -328,13 +346,14 @@ function fillKnownIds() {
   const r = recent();
   for (const kind of ["models", "datasets"]) {
     const list = $(`#known-${kind}`);
-    const labels = new Map(r[kind].map((x) => [x.id, x.label]));
+    const labels = new Map([...uploadLabels[kind], ...r[kind].map((x) => [x.id, x.label])]);
     const ids = [...new Set([...r[kind].map((x) => x.id), ...knownIds[kind]])];
     list.replaceChildren(...ids.map((id) => h("option", { value: id }, labels.get(id) || "")));
   }
   const form = $("#job-form");
-  if (!form.model_id.value && r.models[0]) form.model_id.value = r.models[0].id;
-  if (!form.dataset_id.value && r.datasets[0]) form.dataset_id.value = r.datasets[0].id;
+  const first = (kind) => (r[kind][0] && r[kind][0].id) || [...uploadLabels[kind].keys()][0];
+  if (!form.model_id.value && first("models")) form.model_id.value = first("models");
+  if (!form.dataset_id.value && first("datasets")) form.dataset_id.value = first("datasets");
 }
 
 $("#job-form").addEventListener("submit", async (ev) => {

@@ -286,7 +286,12 @@ def test_deploy_and_download(page, api, artifacts, state) -> None:
 def test_jobs_list_live_and_cancel(page, api, artifacts, state) -> None:
     from playwright.sync_api import expect
 
+    weights, card = tiny_model(seed=9)  # uploaded elsewhere (the API): the form suggests it from GET /models
+    other = api.post("/models", files={"weights": ("w.safetensors", weights)},
+                     data={"card": card, "name": "from the API"}).json()["id"]
     page.click("#nav a[data-route=jobs]")
+    expect(page.locator(f"#known-models option[value='{other}']")).to_have_count(1)
+    expect(page.locator(f"#known-models option[value='{other}']")).to_have_text("from the API")
     long = {"model_id": state["model_id"], "dataset_id": state["dataset_id"],
             "target": {"max_miss_rate_increase": 0.5}, "finetune_iters": 100_000, "batch_size": 2}
     job_id = api.post("/jobs", json=long).json()["id"]
