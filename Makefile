@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test lint bench bench-tradeoff bench-jobs bench-serve clean
+.PHONY: install run worker test lint bench bench-tradeoff bench-jobs bench-serve bench-reliability clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,7 +27,7 @@ lint: install
 test: install lint
 	$(PY) -m pytest -q tests
 
-bench: bench-tradeoff bench-jobs bench-serve
+bench: bench-tradeoff bench-jobs bench-serve bench-reliability
 
 bench-tradeoff: install
 	$(PY) bench/tradeoff.py
@@ -37,6 +37,9 @@ bench-jobs: install
 
 bench-serve: install
 	$(PY) bench/serve.py
+
+bench-reliability: install
+	$(PY) bench/reliability.py
 
 clean:
 	rm -rf var .pytest_cache

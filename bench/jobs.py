@@ -15,111 +15,49 @@ and jobs.md.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
-import redis
 from sqlalchemy import select
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.paths import default_data_dir
-from core.store import Job, JobStep, get_engine, get_sessionmaker
-from core.store.migrate import upgrade_head
+from bench._stack import (
+    KEY,
+    RESULTS,
+    Proc,
+    dataset_zip,
+    fresh_database,
+    fresh_redis_db,
+    pct,
+    service_env,
+    start_api,
+    start_worker,
+    tiny_model,
+    wait_until,
+)
+from core.store import Job, JobStep, get_sessionmaker
 
-RESULTS = ROOT / "bench" / "results"
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-KEY = "bench-key"
 CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 128, "width": 8}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name, self.log_path = name, log_dir / f"{name}.log"
-        self._log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-        self._log.close()
-
-
-def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def tiny_model() -> tuple[bytes, str]:
-    import torch
-
-    from core.checkpoint import ModelCard, save_model_bytes
-
-    torch.manual_seed(0)
-    card = ModelCard.model_validate(CARD)
-    return save_model_bytes(card.build(), card)[0], json.dumps(CARD)
-
-
-def dataset_zip(n: int) -> bytes:
-    root = default_data_dir()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for png in sorted((root / "PNGImages").glob("*.png"))[:n]:
-            zf.write(png, f"PNGImages/{png.name}")
-            zf.write(root / "Annotation" / f"{png.stem}.txt", f"Annotation/{png.stem}.txt")
-    return buf.getvalue()
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def run_batch(client: httpx.Client, db_url: str, env: dict[str, str], log_dir: Path, workers: int,
               body: dict[str, Any], jobs: int, timeout: float, threads_per_worker: int) -> dict[str, Any]:
     threads = threads_per_worker or max(1, (os.cpu_count() or 2) // workers)
     worker_env = {**env, "OMP_NUM_THREADS": str(threads), "FLEXBIN_LOG_LEVEL": "INFO"}
-    procs = [Proc(f"worker{workers}-{i}", [sys.executable, "-m", "worker.main"], worker_env, log_dir)
-             for i in range(workers)]
+    procs: list[Proc] = []
     try:
-        for p in procs:
-            wait_until(lambda p=p: "ready." in p.log(), 120, f"{p.name} ready")
+        for i in range(workers):
+            procs.append(start_worker(worker_env, log_dir, f"worker{workers}-{i}"))
         started = time.time()
         ids = [client.post("/jobs", json=body).json()["id"] for _ in range(jobs)]
 
@@ -229,71 +167,44 @@ def main() -> None:
     images = 8 if args.quick else 12
     poll_seconds = 3.0 if args.quick else 15.0
 
-    name = f"flexbin_bench_{os.getpid()}"
-    db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    broker_url = f"redis://127.0.0.1:6379/{1 + os.getpid() % 15}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    r = redis.Redis.from_url(broker_url)
-    r.flushdb()
     log_dir = Path(tempfile.mkdtemp(prefix="flexbin-bench-"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEXBIN_", "DATABASE_URL", "CELERY_"))}
-    env.update(DATABASE_URL=db_url, CELERY_BROKER_URL=broker_url, FLEXBIN_API_KEYS=f"bench:{KEY}",
-               FLEXBIN_DEMO="false", FLEXBIN_EMBEDDED_WORKER="false", FLEXBIN_DEVICE="cpu",
-               FLEXBIN_PORT=str(port), FLEXBIN_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
-    api = None
-    try:
-        upgrade_head(db_url)
-        api = Proc("api", [sys.executable, "-m", "api.run"], env, log_dir)
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(up, 120, "the API")
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:
-            weights, card = tiny_model()
-            model_id = client.post("/models", files={"weights": ("w.safetensors", weights)},
-                                   data={"card": card}).json()["id"]
-            dataset_id = client.post("/datasets", files={"archive": ("d.zip", dataset_zip(images))}).json()["id"]
-            body = {"model_id": model_id, "dataset_id": dataset_id, "target": {"min_compression_ratio": 4.0},
-                    "finetune_iters": finetune_iters, "batch_size": 4}
-            throughput = []
-            for workers in (1, 2):
-                print(f"{jobs} jobs on {workers} worker(s) ...", flush=True)
-                throughput.append(run_batch(client, db_url, env, log_dir, workers, body, jobs, 1800,
-                                            args.threads))
-                print(json.dumps(throughput[-1]), flush=True)
-            listing = client.get("/jobs", params={"limit": 1}).json()["data"][0]
-        print("latency ...", flush=True)
-        latency = poll_latency(url, listing["id"], 20, poll_seconds, 2000)
-        latency["steps"] = len(listing["steps"])
-        print(json.dumps(latency), flush=True)
-        result = {
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                       f"Python {platform.python_version()}",
-            "quick": args.quick,
-            "job": {"description": f"PedNet width 8 at 128 px, {images} Penn-Fudan images, target ratio 4, "
-                                   f"{finetune_iters} fine-tuning iterations per step, batch 4",
-                    "body": {k: v for k, v in body.items() if not k.endswith("_id")}},
-            "throughput": throughput,
-            "latency": latency,
-        }
-        write_results(result)
-        print(f"wrote {RESULTS / 'jobs.json'} and {RESULTS / 'jobs.md'} (logs in {log_dir})")
-    finally:
-        if api is not None:
+    with (fresh_database(f"flexbin_bench_{os.getpid()}") as db_url,
+          fresh_redis_db(1 + os.getpid() % 15) as broker_url):
+        env = service_env(db_url, broker_url)
+        api, url = start_api(env, log_dir)
+        try:
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:
+                weights, card = tiny_model(CARD)
+                model_id = client.post("/models", files={"weights": ("w.safetensors", weights)},
+                                       data={"card": card}).json()["id"]
+                dataset_id = client.post("/datasets", files={"archive": ("d.zip", dataset_zip(images))}).json()["id"]
+                body = {"model_id": model_id, "dataset_id": dataset_id, "target": {"min_compression_ratio": 4.0},
+                        "finetune_iters": finetune_iters, "batch_size": 4}
+                throughput = []
+                for workers in (1, 2):
+                    print(f"{jobs} jobs on {workers} worker(s) ...", flush=True)
+                    throughput.append(run_batch(client, db_url, env, log_dir, workers, body, jobs, 1800,
+                                                args.threads))
+                    print(json.dumps(throughput[-1]), flush=True)
+                listing = client.get("/jobs", params={"limit": 1}).json()["data"][0]
+            print("latency ...", flush=True)
+            latency = poll_latency(url, listing["id"], 20, poll_seconds, 2000)
+            latency["steps"] = len(listing["steps"])
+            print(json.dumps(latency), flush=True)
+        finally:
             api.stop()
-        get_engine(db_url).dispose()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        r.flushdb()
-        r.close()
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"Python {platform.python_version()}",
+        "quick": args.quick,
+        "job": {"description": f"PedNet width 8 at 128 px, {images} Penn-Fudan images, target ratio 4, "
+                               f"{finetune_iters} fine-tuning iterations per step, batch 4",
+                "body": {k: v for k, v in body.items() if not k.endswith("_id")}},
+        "throughput": throughput,
+        "latency": latency,
+    }
+    write_results(result)
+    print(f"wrote {RESULTS / 'jobs.json'} and {RESULTS / 'jobs.md'} (logs in {log_dir})")
 
 
 if __name__ == "__main__":

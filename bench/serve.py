@@ -23,45 +23,25 @@ Writes bench/results/serve.json and serve.md and says which goals are met.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._stack import KEY, RESULTS, ROOT, dataset_zip, pct, service_env, start_api
 from core.paths import default_data_dir
 
-RESULTS = ROOT / "bench" / "results"
 CACHE = ROOT / "var" / "bench_serve"
-KEY = "bench-key"
 CLIENTS = (1, 4, 16)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 # -- models -------------------------------------------------------------------------------
@@ -130,37 +110,10 @@ def store_checkpoints(db_url: str, model_id: str, dataset_id: str,
     return ids
 
 
-def dataset_zip(n: int) -> bytes:
-    """A Penn-Fudan-layout zip of `n` images (a job row needs a dataset)."""
-    root = default_data_dir()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for path in sorted((root / "PNGImages").glob("*.png"))[:n]:
-            zf.write(path, f"PNGImages/{path.name}")
-            zf.write(root / "Annotation" / f"{path.stem}.txt", f"Annotation/{path.stem}.txt")
-    return buf.getvalue()
-
-
 # -- the API process ----------------------------------------------------------------------
 class Api:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "api.run"], cwd=ROOT,
-                                     env={**env, "FLEXBIN_PORT": str(self.port)}, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"API exited; see {log_path}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError("API did not start")
+    def __init__(self, env: dict[str, str], log_dir: Path, name: str) -> None:
+        self.proc, self.url = start_api(env, log_dir, name)
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -177,18 +130,13 @@ class Api:
         raise RuntimeError("API not ready")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
+        self.proc.stop()
 
 
-def run_clients(url: str, images: list[tuple[str, bytes]], clients: int, seconds: float) -> dict[str, Any]:
-    """`clients` threads, each posting one image per request until the time is up."""
+def run_clients(url: str, images: list[tuple[str, bytes]], clients: int, seconds: float,
+                timeout: float = 120) -> dict[str, Any]:
+    """`clients` threads, each posting one image per request until the time is up (each request
+    at most `timeout` seconds). Errors: any answer but 200, and transport errors."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -196,7 +144,7 @@ def run_clients(url: str, images: list[tuple[str, bytes]], clients: int, seconds
     deadline = [0.0]
 
     def client(index: int) -> None:
-        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as c:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=timeout) as c:
             i = index
             start_gate.wait()
             while time.monotonic() < deadline[0]:
@@ -227,7 +175,8 @@ def run_clients(url: str, images: list[tuple[str, bytes]], clients: int, seconds
     wall = time.monotonic() - started
     return {"clients": clients, "seconds": round(wall, 2), "images": len(latencies),
             "images_per_s": round(len(latencies) / wall, 2),
-            "p50_ms": round(pct(latencies, 50) * 1000, 1), "p99_ms": round(pct(latencies, 99) * 1000, 1),
+            "p50_ms": round(pct(latencies, 50) * 1000, 1), "p95_ms": round(pct(latencies, 95) * 1000, 1),
+            "p99_ms": round(pct(latencies, 99) * 1000, 1), "max_ms": round(max(latencies, default=float("nan")) * 1000, 1),
             "errors": len(errors), "error_examples": errors[:3]}
 
 
@@ -306,10 +255,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="flexbin_bench_serve_"))
     db_url = f"sqlite:///{tmp}/flexbin.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEXBIN_", "DATABASE_URL", "CELERY_"))}
-    env.update(DATABASE_URL=db_url, CELERY_BROKER_URL=f"sqla+sqlite:///{tmp}/broker.db",
-               FLEXBIN_API_KEYS=f"bench:{KEY}", FLEXBIN_DEMO="false", FLEXBIN_EMBEDDED_WORKER="false",
-               FLEXBIN_LOG_LEVEL="WARNING", PYTHONUNBUFFERED="1")
+    env = service_env(db_url, f"sqla+sqlite:///{tmp}/broker.db")
     if args.torch_threads is not None:
         env["FLEXBIN_SERVING_TORCH_THREADS"] = str(args.torch_threads)
     # "on": the defaults (max wait 0: a batch is whatever queued while the previous forward ran);
@@ -324,7 +270,7 @@ def main() -> None:
     apis: dict[str, Api] = {}
     try:
         for mode, extra in modes.items():
-            apis[mode] = Api({**env, **extra}, tmp / f"api-{mode}.log")
+            apis[mode] = Api({**env, **extra}, tmp, f"api-{mode}")
         first = apis["on"]
         with httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as c:
             m = c.post("/models", files={"weights": ("w.safetensors", weights)}, data={"card": card_json})

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import ServerError
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -63,11 +64,12 @@ def _mode(case: schemathesis.Case) -> str:
     return str(getattr(getattr(meta, "generation", None), "mode", "?"))
 
 
-def test_schema_fuzz(api_url: str, fuzz_ids: dict[str, str]) -> None:
+def test_schema_fuzz(api_url: str, fuzz_ids: dict[str, str], record_figures: Any) -> None:
     schema = schemathesis.openapi.from_url(f"{api_url}/openapi.json")
     headers = {"Authorization": f"Bearer {KEYS['beta']}"}
     statuses: Counter[int] = Counter()
     failed: Counter[str] = Counter()
+    violating = [0]  # responses with a failed check other than "server error" (status, content type, body)
     examples: dict[str, str] = {}
     operations = []
     unsatisfiable: list[str] = []
@@ -101,6 +103,7 @@ def test_schema_fuzz(api_url: str, fuzz_ids: dict[str, str]) -> None:
                     case.validate_response(response, checks=CHECKS, headers=headers)
                 except (AssertionError, BaseExceptionGroup) as exc:  # keep going: report each kind once
                     found = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+                    violating[0] += any(not isinstance(f, ServerError) for f in found)
                     for failure in found:
                         title = str(getattr(failure, "title", "")) or str(failure).splitlines()[0]
                         key = f"{case.operation.label} [{_mode(case)}] -> {response.status_code}: {title}"
@@ -120,6 +123,10 @@ def test_schema_fuzz(api_url: str, fuzz_ids: dict[str, str]) -> None:
           f"statuses {dict(sorted(statuses.items()))}; 5xx {server_errors}; failures {sum(failed.values())} "
           f"({len(failed)} kinds); "
           f"no negative cases for {unsatisfiable}")
+    record_figures("fuzz.schema", requests=total, server_errors=server_errors, schema_violations=violating[0],
+                   check_failures=sum(failed.values()), failure_kinds=len(failed), operations=len(operations),
+                   operations_skipped=sorted(f"{m} {p}" for m, p in SKIP), examples_per_operation_and_mode=EXAMPLES,
+                   statuses={str(k): n for k, n in sorted(statuses.items())}, seconds=round(elapsed, 1))
     assert "GET /jobs/{job_id}" in operations and "PUT /deployment" in operations, operations
     report = [f"{n} x {key}\n{examples[key]}" for key, n in failed.most_common()]
     assert server_errors == 0 and not failed, "\n\n".join(report)

@@ -13,6 +13,7 @@ import tempfile
 import uuid
 import zipfile
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ from tests.integration.factories import (
 )
 
 MARK = f"flexbin-hostile-{uuid.uuid4().hex[:8]}"  # the name traversal entries try to write
+# What the tests below saw, reported by test_hostile_figures (last in this module) to
+# bench/reliability.py: the status of every hostile request by (endpoint, case) (None: no
+# answer), and the tests after which the database or the disk had changed.
+SEEN: dict[str, Any] = {"files": {}, "database_changed": [], "disk_changed": []}
 
 
 # -- building blocks ------------------------------------------------------------------------
@@ -242,13 +247,30 @@ def checkpoint_id(api_url: str, start_worker) -> Any:
 
 
 @pytest.fixture
-def unchanged(db_counts) -> Any:
+def unchanged(db_counts, request: pytest.FixtureRequest) -> Any:
     """Asserts after the test: same row counts, var/ untouched, no traversal target written."""
     before, disk = db_counts(), disk_snapshot()
     yield
-    assert db_counts() == before
-    assert disk_snapshot() == disk
-    assert traversal_targets() == []
+    after, disk_after, targets = db_counts(), disk_snapshot(), traversal_targets()
+    if after != before:
+        SEEN["database_changed"].append(request.node.name)
+    if disk_after != disk or targets:
+        SEEN["disk_changed"].append(request.node.name)
+    assert after == before
+    assert disk_after == disk
+    assert targets == []
+
+
+def send(client: httpx.Client, path: str, case: str, **kwargs: Any) -> httpx.Response:
+    """POST one hostile request, counted in SEEN whatever happens."""
+    seen = SEEN["files"].setdefault((path, case), [])
+    try:
+        r = client.post(path, **kwargs)
+    except httpx.TransportError:
+        seen.append(None)
+        raise
+    seen.append(r.status_code)
+    return r
 
 
 def assert_clear_4xx(r: httpx.Response, case: str, allowed: set[int]) -> None:
@@ -267,24 +289,26 @@ def test_hostile_model(client, unchanged, case: str, weights: bytes, card: bytes
         files["card"] = ("card.json", card, "application/json")
     else:
         data["card"] = card
-    r = client.post("/models", files=files, data=data)
+    r = send(client, "/models", case, files=files, data=data)
     assert_clear_4xx(r, case, {400, 413, 415, 422})
 
 
 @pytest.mark.parametrize(("case", "archive"), dataset_cases(), ids=[c[0] for c in dataset_cases()])
 def test_hostile_dataset(client, unchanged, case: str, archive: bytes) -> None:
-    r = client.post("/datasets", files={"archive": ("data.zip", archive, "application/zip")})
+    r = send(client, "/datasets", case, files={"archive": ("data.zip", archive, "application/zip")})
     assert_clear_4xx(r, case, {400, 413, 415, 422})
 
 
 @pytest.mark.parametrize(("case", "image", "name", "media_type"), detect_cases(), ids=[c[0] for c in detect_cases()])
 def test_hostile_detect_image(client, checkpoint_id, unchanged, case: str, image: bytes, name: str,
                               media_type: str) -> None:
-    r = client.post("/detect", files=[("images", (name, image, media_type))], data={"checkpoint_id": checkpoint_id})
+    r = send(client, "/detect", case, files=[("images", (name, image, media_type))],
+             data={"checkpoint_id": checkpoint_id})
     assert_clear_4xx(r, case, {400, 413, 415, 422})
     # next to a good image, the bad one still fails the whole request
-    r = client.post("/detect", files=[("images", ("ok.png", real_png(), "image/png")),
-                                      ("images", (name, image, media_type))], data={"checkpoint_id": checkpoint_id})
+    r = send(client, "/detect", case, files=[("images", ("ok.png", real_png(), "image/png")),
+                                             ("images", (name, image, media_type))],
+             data={"checkpoint_id": checkpoint_id})
     assert_clear_4xx(r, case, {400, 413, 415, 422})
 
 
@@ -294,3 +318,26 @@ def test_detect_still_serves(client, checkpoint_id) -> None:
                     data={"checkpoint_id": checkpoint_id})
     assert r.status_code == 200, r.text
     assert not list(Path("/tmp").glob(f"{MARK}*")), "the pickle payload ran"
+
+
+def test_hostile_figures(record_figures: Any) -> None:
+    """Last in this module: what the hostile-upload tests above saw (for bench/reliability.py),
+    checked once more as a whole: every hostile request answered with a 4xx, nothing stored."""
+    files: dict[tuple[str, str], list[int | None]] = SEEN["files"]
+    statuses = Counter(code for seen in files.values() for code in seen)
+
+    def is_4xx(code: int | None) -> bool:
+        return code is not None and 400 <= code < 500
+
+    payload_ran = bool(list(Path("/tmp").glob(f"{MARK}*")))
+    record_figures("hostile.uploads", files_tried=len(files),
+                   files_rejected=sum(all(map(is_4xx, seen)) for seen in files.values()),
+                   files_by_endpoint=dict(Counter(path for path, _ in files)), requests=sum(statuses.values()),
+                   rejected_4xx=sum(n for code, n in statuses.items() if is_4xx(code)),
+                   server_errors=sum(n for code, n in statuses.items() if code is not None and code >= 500),
+                   accepted=sum(n for code, n in statuses.items() if code is not None and code < 400),
+                   no_answer=statuses[None], statuses={str(k): n for k, n in statuses.items()},
+                   database_changed=len(SEEN["database_changed"]), disk_changed=len(SEEN["disk_changed"]),
+                   payload_ran=payload_ran)
+    assert all(map(is_4xx, statuses.elements())), statuses
+    assert not SEEN["database_changed"] and not SEEN["disk_changed"] and not payload_ran, SEEN
