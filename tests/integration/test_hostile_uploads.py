@@ -236,14 +236,16 @@ def checkpoint_id(api_url: str, start_worker) -> Any:
                                     "batch_size": 2})
         assert job.status_code == 202, job.text
 
-        def step0() -> str | None:
+        def finished() -> dict | None:
             body = c.get(f"/jobs/{job.json()['id']}").json()
             assert body["status"] not in ("failed", "cancelled"), body["error"]
-            return body["steps"][0]["checkpoint_id"] if body["steps"] else None
+            return body if body["status"] == "succeeded" else None
 
-        yield wait_until(step0, 120, "step 0's checkpoint", interval=0.3)
-        wait_until(lambda: c.get(f"/jobs/{job.json()['id']}").json()["status"] == "succeeded", 120, "the job")
+        # Wait for the whole job, not just step 0: its later steps would otherwise change the
+        # database while the tests below check that a hostile request changed nothing.
+        body = wait_until(finished, 120, "the checkpoint job", interval=0.3)
     worker.stop()
+    yield body["steps"][0]["checkpoint_id"]  # type: ignore[index]
 
 
 @pytest.fixture
