@@ -7,21 +7,27 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.conftest import Proc, fresh_database, fresh_redis_db, wait_until
+from tests.integration.conftest import (
+    Proc,
+    fresh_database,
+    fresh_redis_db,
+    start_api_process,
+    start_worker_process,
+    wait_until,
+    wait_worker_ready,
+)
 from tests.integration.factories import dataset_zip, tiny_model
+from tests.integration.servers import free_port
 
 RESULTS = ROOT / "bench" / "results"
 KEY = "bench-key"  # tenant "bench"
@@ -31,12 +37,6 @@ UNREACHED_RATE_LIMIT = "1000000/minute"
 
 __all__ = ["KEY", "RESULTS", "ROOT", "Proc", "dataset_zip", "free_port", "fresh_database", "fresh_redis_db",
            "git_commit", "machine", "pct", "service_env", "start_api", "start_worker", "tiny_model", "wait_until"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -61,40 +61,13 @@ def service_env(database_url: str, broker_url: str, **extra: str) -> dict[str, s
 
 def start_api(env: dict[str, str], log_dir: Path, name: str = "api", timeout: float = 120) -> tuple[Proc, str]:
     """`python -m api.run` on a free loopback port; returns once /healthz answers."""
-    port = free_port()
-    proc = Proc(name, [sys.executable, "-m", "api.run"], {**env, "FLEXBIN_PORT": str(port)}, log_dir)
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"{name} exited:\n{proc.tail()}")
-        try:
-            return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(up, timeout, f"{name} to answer /healthz", interval=0.3)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, url
+    return start_api_process(name, env, log_dir, timeout)
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str, timeout: float = 120) -> Proc:
     """`python -m worker.main`; returns once Celery logs "ready."."""
-    proc = Proc(name, [sys.executable, "-m", "worker.main"], env, log_dir)
-
-    def ready() -> bool:
-        if not proc.alive():
-            raise RuntimeError(f"{name} exited:\n{proc.tail()}")
-        return "ready." in proc.log_path.read_text(errors="replace")
-
-    try:
-        wait_until(ready, timeout, f"{name} to be ready", interval=0.3)
-    except BaseException:
-        proc.stop()
-        raise
+    proc = start_worker_process(name, env, log_dir)
+    wait_worker_ready(proc, timeout)
     return proc
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from sqlalchemy import func, select
 from core.store import get_engine, get_sessionmaker
 from core.store.migrate import upgrade_head
 from core.store.models import Base
+from tests.integration.servers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -31,12 +31,6 @@ MAX_DATASET_BYTES = 20_000_000
 MAX_DETECT_IMAGES = 4
 MAX_DETECT_BYTES = 6_000_000
 MAX_DETECT_PIXELS = 2_000_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Proc:
@@ -163,9 +157,9 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def start_api_process(name: str, env: dict[str, str], log_dir: Path) -> tuple[Proc, str]:
+def start_api_process(name: str, env: dict[str, str], log_dir: Path, timeout: float = 90) -> tuple[Proc, str]:
     """`python -m api.run` on a free loopback port; returns once it answers /healthz."""
-    port = _free_port()
+    port = free_port()
     proc = Proc(name, [sys.executable, "-m", "api.run"], {**env, "FLEXBIN_PORT": str(port)}, log_dir)
     url = f"http://127.0.0.1:{port}"
 
@@ -177,7 +171,11 @@ def start_api_process(name: str, env: dict[str, str], log_dir: Path) -> tuple[Pr
         except httpx.TransportError:
             return False
 
-    wait_until(up, 90, "the API to answer /healthz")
+    try:
+        wait_until(up, timeout, f"{name} to answer /healthz")
+    except BaseException:
+        proc.stop()
+        raise
     return proc, url
 
 
@@ -193,9 +191,14 @@ def start_worker_process(name: str, env: dict[str, str], log_dir: Path) -> Proc:
 
 
 def wait_worker_ready(proc: Proc, timeout: float = 90) -> None:
-    wait_until(lambda: "ready." in proc.log_path.read_text(errors="replace") or not proc.alive(), timeout,
-               f"{proc.name} to be ready")
-    assert proc.alive(), proc.tail()
+    """Until Celery logs "ready."; a worker that exits or never gets there is stopped and fails."""
+    try:
+        wait_until(lambda: "ready." in proc.log_path.read_text(errors="replace") or not proc.alive(), timeout,
+                   f"{proc.name} to be ready")
+        assert proc.alive(), f"{proc.name} exited:\n{proc.tail()}"
+    except BaseException:
+        proc.stop()
+        raise
 
 
 @pytest.fixture(scope="session")

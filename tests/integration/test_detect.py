@@ -21,10 +21,10 @@ from tests.integration.conftest import (
     MAX_DETECT_BYTES,
     MAX_DETECT_IMAGES,
     Proc,
-    _free_port,
     wait_until,
 )
 from tests.integration.factories import dataset_zip
+from tests.integration.servers import free_port
 
 # A PedNet whose prediction does not depend on the image: every convolution weight is zero, so
 # the heatmap and the box regression are their biases at every cell of the (fixed-size) input
@@ -273,7 +273,7 @@ def test_readiness_waits_for_warm_up(client, served, service_env, log_dir) -> No
     a deployment switch (made through the first API) makes it not ready until loaded again."""
     first, last = served["steps"][0], served["steps"][-1]
     assert client.put("/deployment", json={"checkpoint_id": first}).status_code == 200
-    port = _free_port()
+    port = free_port()
     env = {**service_env, "FLEXBIN_PORT": str(port), "FLEXBIN_SERVING_REFRESH_SECONDS": "3600"}
     proc = Proc("api-readiness", [sys.executable, "-m", "api.run"], env, log_dir)
     url = f"http://127.0.0.1:{port}"

@@ -10,11 +10,12 @@ from pathlib import Path
 import httpx
 
 from core.paths import default_data_dir
-from tests.integration.conftest import Proc, _free_port, wait_until
+from tests.integration.conftest import Proc, wait_until
+from tests.integration.servers import free_port
 
 
 def test_embedded_default_seeds_and_runs_the_demo(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEXBIN_", "DATABASE_URL", "CELERY_"))}
     env.update(
         DATABASE_URL=f"sqlite:///{tmp_path}/flexbin.db",

@@ -21,7 +21,8 @@ import httpx
 import pytest
 import redis
 
-from tests.integration.conftest import Proc, _free_port, fresh_database, wait_until
+from tests.integration.conftest import Proc, fresh_database, wait_until
+from tests.integration.servers import free_port
 
 pytestmark = pytest.mark.timeout(300)  # four API processes start; well under a minute when idle
 LIMIT = "5/minute"
@@ -30,7 +31,7 @@ DETAIL = re.compile(r"^rate limit of 5 per 1 minute exceeded for this API key; r
 
 class Api:
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = Proc(name, [sys.executable, "-m", "api.run"], {**env, "FLEXBIN_PORT": str(self.port)}, log_dir)
 
