@@ -138,11 +138,7 @@ def create_dataset(session: Session, tenant: Tenant, settings: Settings, archive
     if not archive:
         raise InvalidUpload("archive: empty file")
     try:
-        records = read_dataset_zip(
-            archive,
-            max_files=settings.max_dataset_files,
-            max_uncompressed_bytes=settings.max_dataset_uncompressed_bytes,
-        )
+        records = read_dataset_zip(archive, **settings.dataset_zip_limits())
     except ValueError as exc:
         raise InvalidUpload(str(exc)) from None
     if not records:

@@ -377,11 +377,13 @@ SECTIONS: list[SectionSpec] = [
     ("hostile.uploads", "Hostile uploads",
      lambda f: (f"{f['files_tried']} hostile files tried, {f['files_rejected']} rejected with a 4xx "
                 f"({f['requests']} requests: {f['server_errors']} 5xx, {f['accepted']} accepted); database "
-                f"changed after {f['database_changed']}, disk after {f['disk_changed']}"),
-     "every file rejected with a 4xx; 0 5xx; database and disk unchanged",
+                f"changed after {f['database_changed']}, disk after {f['disk_changed']}; API peak memory "
+                f"+{f['api_peak_growth_mib']} MiB over {f['api_rss_before_mib']} MiB"),
+     "every file rejected with a 4xx; 0 5xx; database and disk unchanged; API peak memory +256 MiB at most",
      lambda f: (f.num("files_tried") > 0 and f.num("files_rejected") == f.num("files_tried")
                 and f.num("server_errors") == 0 and f.num("accepted") == 0
-                and f.num("database_changed") == 0 and f.num("disk_changed") == 0)),
+                and f.num("database_changed") == 0 and f.num("disk_changed") == 0
+                and f.num("api_peak_growth_mib") <= f.num("max_memory_growth_mib"))),
     ("faults.sigkill", "Faults: worker SIGKILL at random moments",
      lambda f: (f"{f['runs']} runs, {f['kills']} kills ({f['kills_mid_job']} mid-job): {f['succeeded']} of "
                 f"{f['jobs']} jobs succeeded, {f['matching_reference']} match the fault-free run; steps "

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = Field(default=1024 * 2**20, gt=0)
     max_dataset_files: int = Field(default=20_000, gt=0)
     max_dataset_uncompressed_bytes: int = Field(default=4 * 2**30, gt=0)
+    max_dataset_entry_bytes: int = Field(
+        default=64 * 2**20, gt=0, description="Any one file in a dataset zip (refused by its declared size, unread)."
+    )
     max_card_bytes: int = Field(default=64 * 2**10, gt=0)
     max_detect_bytes: int = Field(default=64 * 2**20, gt=0)
     max_request_bytes: int = Field(default=2**20, gt=0, description="Any other request body.")
@@ -164,6 +167,11 @@ class Settings(BaseSettings):
     @property
     def run_embedded_worker(self) -> bool:
         return self.embedded if self.embedded_worker is None else self.embedded_worker
+
+    def dataset_zip_limits(self) -> dict[str, int]:
+        """The keyword limits of `core.data.read_dataset_zip`."""
+        return {"max_files": self.max_dataset_files, "max_uncompressed_bytes": self.max_dataset_uncompressed_bytes,
+                "max_entry_bytes": self.max_dataset_entry_bytes}
 
     def parsed_api_keys(self) -> list[tuple[str, str]]:
         """[(tenant, key), ...] from FLEXBIN_API_KEYS, in order; ValueError when malformed."""

@@ -169,11 +169,7 @@ class _JobExecution:
         if completed:
             log.info("job %s: resuming after step %d", self.job_id, completed[-1].index)
         model, card = load_model_bytes(weights, card_json)
-        records = read_dataset_zip(
-            archive,
-            max_files=self.settings.max_dataset_files,
-            max_uncompressed_bytes=self.settings.max_dataset_uncompressed_bytes,
-        )
+        records = read_dataset_zip(archive, **self.settings.dataset_zip_limits())
         train, val = split_records(records)
         if not train or not val:
             raise ValueError(f"dataset of {len(records)} images is too small to split into train and validation")

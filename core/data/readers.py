@@ -244,8 +244,14 @@ def read_dataset_dir(root: Path) -> list[ImageRecord]:
                     "or annotations.json)")
 
 
-def read_dataset_zip(data: bytes, *, max_files: int = 10_000,
-                     max_uncompressed_bytes: int = 2_000_000_000) -> list[ImageRecord]:
+# Images barely compress and annotations a few times; a large entry that inflates more than
+# this is a bomb, refused before it is read (so a dataset holds about as much memory as its zip).
+MAX_COMPRESSION_RATIO = 100
+_RATIO_CHECK_BYTES = 1 << 20
+
+
+def read_dataset_zip(data: bytes, *, max_files: int = 10_000, max_uncompressed_bytes: int = 2_000_000_000,
+                     max_entry_bytes: int = 64 * 2**20) -> list[ImageRecord]:
     """Read a zip of either layout fully in memory (nothing is extracted to disk).
 
     The layout may sit at the top of the zip or under one top-level folder
@@ -253,7 +259,9 @@ def read_dataset_zip(data: bytes, *, max_files: int = 10_000,
     fully decoded once to validate it. Raises DataError for a corrupt zip (bad structure,
     CRC errors, encryption), entries with `..` or absolute names, symlinks, more than
     `max_files` entries, more than `max_uncompressed_bytes` declared or actually inflated,
-    and everything the layout readers reject.
+    an entry declaring more than `max_entry_bytes` or a large entry inflating more than
+    MAX_COMPRESSION_RATIO times (both refused before they are read), and everything the
+    layout readers reject.
     """
     where = "upload.zip"
     try:
@@ -276,6 +284,12 @@ def read_dataset_zip(data: bytes, *, max_files: int = 10_000,
         if info.is_dir() or name.startswith(_JUNK[0]) or parts[-1] in _JUNK \
                 or parts[-1].startswith("._"):
             continue
+        if info.file_size > max_entry_bytes:
+            raise DataError(f"{where}: {info.filename!r} declares {info.file_size} bytes, over the limit of "
+                            f"{max_entry_bytes} per file")
+        if info.file_size > _RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(1, info.compress_size):
+            raise DataError(f"{where}: {info.filename!r} inflates {info.file_size / max(1, info.compress_size):.0f}x "
+                            f"(over {MAX_COMPRESSION_RATIO}x: a zip bomb, not images or annotations)")
         members[name] = info
 
     def read(name: str) -> bytes:  # capped: a header that lies cannot inflate more

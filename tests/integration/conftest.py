@@ -38,6 +38,7 @@ class Proc:
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
         self.name = name
+        self.url = ""  # where it answers, for a server
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
         self.popen = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -62,6 +63,14 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.kill9()
         self._log.close()
+
+    def memory_mib(self) -> dict[str, float]:
+        """Resident memory now and its peak since start or `reset_peak_memory` (Linux)."""
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.pid}/status").read_text().splitlines())
+        return {"rss": int(fields["VmRSS"].split()[0]) / 1024, "peak": int(fields["VmHWM"].split()[0]) / 1024}
+
+    def reset_peak_memory(self) -> None:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -180,10 +189,17 @@ def start_api_process(name: str, env: dict[str, str], log_dir: Path, timeout: fl
 
 
 @pytest.fixture(scope="session")
-def api_url(service_env: dict[str, str], log_dir: Path) -> Iterator[str]:
+def api_process(service_env: dict[str, str], log_dir: Path) -> Iterator[Proc]:
+    """The API under test (`api_url` is its address)."""
     proc, url = start_api_process("api", service_env, log_dir)
-    yield url
+    proc.url = url
+    yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(api_process: Proc) -> str:
+    return api_process.url
 
 
 def start_worker_process(name: str, env: dict[str, str], log_dir: Path) -> Proc:

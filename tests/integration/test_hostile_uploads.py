@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from core.paths import default_data_dir
-from tests.integration.conftest import KEYS, REPO_ROOT, wait_until
+from tests.integration.conftest import KEYS, REPO_ROOT, Proc, wait_until
 from tests.integration.factories import (
     TINY_CARD,
     dataset_zip,
@@ -34,7 +34,10 @@ MARK = f"flexbin-hostile-{uuid.uuid4().hex[:8]}"  # the name traversal entries t
 # What the tests below saw, reported by test_hostile_figures (last in this module) to
 # bench/reliability.py: the status of every hostile request by (endpoint, case) (None: no
 # answer), and the tests after which the database or the disk had changed.
-SEEN: dict[str, Any] = {"files": {}, "database_changed": [], "disk_changed": []}
+SEEN: dict[str, Any] = {"files": {}, "database_changed": [], "disk_changed": [], "memory_mib": {}}
+# The API's resident memory may grow this much over its level before the corpus: every upload
+# limit here is at most 20 MB, so only an unbounded decode (a bomb getting through) goes past it.
+MAX_MEMORY_GROWTH_MIB = 256
 
 
 # -- building blocks ------------------------------------------------------------------------
@@ -248,6 +251,13 @@ def checkpoint_id(api_url: str, start_worker) -> Any:
     yield body["steps"][0]["checkpoint_id"]  # type: ignore[index]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def api_memory(api_process: Proc) -> None:
+    """The API's memory before the corpus, its peak reset, for `test_hostile_figures`."""
+    api_process.reset_peak_memory()
+    SEEN["memory_mib"]["before"] = api_process.memory_mib()["rss"]
+
+
 @pytest.fixture
 def unchanged(db_counts, request: pytest.FixtureRequest) -> Any:
     """Asserts after the test: same row counts, var/ untouched, no traversal target written."""
@@ -322,7 +332,7 @@ def test_detect_still_serves(client, checkpoint_id) -> None:
     assert not list(Path("/tmp").glob(f"{MARK}*")), "the pickle payload ran"
 
 
-def test_hostile_figures(record_figures: Any) -> None:
+def test_hostile_figures(record_figures: Any, api_process: Proc) -> None:
     """Last in this module: what the hostile-upload tests above saw (for bench/reliability.py),
     checked once more as a whole: every hostile request answered with a 4xx, nothing stored."""
     files: dict[tuple[str, str], list[int | None]] = SEEN["files"]
@@ -332,6 +342,8 @@ def test_hostile_figures(record_figures: Any) -> None:
         return code is not None and 400 <= code < 500
 
     payload_ran = bool(list(Path("/tmp").glob(f"{MARK}*")))
+    memory = {"before": SEEN["memory_mib"]["before"], **api_process.memory_mib()}
+    growth = memory["peak"] - memory["before"]
     record_figures("hostile.uploads", files_tried=len(files),
                    files_rejected=sum(all(map(is_4xx, seen)) for seen in files.values()),
                    files_by_endpoint=dict(Counter(path for path, _ in files)), requests=sum(statuses.values()),
@@ -340,6 +352,9 @@ def test_hostile_figures(record_figures: Any) -> None:
                    accepted=sum(n for code, n in statuses.items() if code is not None and code < 400),
                    no_answer=statuses[None], statuses={str(k): n for k, n in statuses.items()},
                    database_changed=len(SEEN["database_changed"]), disk_changed=len(SEEN["disk_changed"]),
-                   payload_ran=payload_ran)
+                   payload_ran=payload_ran, api_rss_before_mib=round(memory["before"]),
+                   api_peak_rss_mib=round(memory["peak"]), api_peak_growth_mib=round(growth),
+                   max_memory_growth_mib=MAX_MEMORY_GROWTH_MIB)
     assert all(map(is_4xx, statuses.elements())), statuses
     assert not SEEN["database_changed"] and not SEEN["disk_changed"] and not payload_ran, SEEN
+    assert growth <= MAX_MEMORY_GROWTH_MIB, f"the API's peak memory grew {growth:.0f} MiB over the corpus ({memory})"

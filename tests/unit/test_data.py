@@ -269,6 +269,11 @@ def test_read_zip_rejects_bad_uploads():
         read_dataset_zip(make_zip(good), max_files=3)
     with pytest.raises(DataError, match="uncompressed size exceeds"):
         read_dataset_zip(make_zip(good), max_uncompressed_bytes=len(png))
+    with pytest.raises(DataError, match=r"inflates \d+x \(over 100x: a zip bomb"):
+        read_dataset_zip(make_zip(good | {"PennFudanPed/Annotation/zeros.txt": b"\0" * (4 << 20)}))
+    with pytest.raises(DataError, match="over the limit of 100 per file"):
+        read_dataset_zip(make_zip(good), max_entry_bytes=100)
+    assert read_dataset_zip(make_zip(good), max_entry_bytes=max(map(len, good.values())))  # the limit is inclusive
 
 
 def test_read_zip_detects_crc_error():
