@@ -255,8 +255,11 @@ class ServingRuntime:
             self.preload(checkpoint_id)
         if not missing:
             return True, "ok"
-        failed = [f"{c}: {self._failed[c]}" for c in missing if c in self._failed]
-        return False, "; ".join(failed) or f"loading {len(missing)} deployed checkpoint(s): {', '.join(missing)}"
+        # /readyz takes no key: counts only, no tenant's ids (the log names them)
+        failed = sum(c in self._failed for c in missing)
+        if failed:
+            return False, f"{failed} deployed checkpoint(s) failed to load (see the API log)"
+        return False, f"loading {len(missing)} deployed checkpoint(s)"
 
     # -- micro-batching -----------------------------------------------------------------
     async def detect(self, checkpoint_id: str, images: Sequence[Tensor]) -> list[Prediction]:
