@@ -5,6 +5,7 @@ import io
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from core.paths import default_data_dir
 
@@ -42,3 +43,29 @@ def dataset_zip(n: int = 8, *, extra: dict[str, bytes] | None = None,
         for name, data in entries.items():
             zf.writestr(name, data)
     return buf.getvalue()
+
+
+def upload_tiny(client: Any, images: int = 4, *, seed: int = 0) -> dict[str, str]:
+    """Upload a tiny model and a dataset of `images` Penn-Fudan images: their ids."""
+    weights, card = tiny_model(seed=seed)
+    model = client.post("/models", files={"weights": ("w.safetensors", weights)}, data={"card": card})
+    dataset = client.post("/datasets", files={"archive": ("d.zip", dataset_zip(images))})
+    assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
+    return {"model_id": model.json()["id"], "dataset_id": dataset.json()["id"]}
+
+
+def run_tiny_job(client: Any, job: dict[str, Any], images: int = 4, timeout: float = 180) -> dict[str, Any]:
+    """Upload a tiny model and dataset, run `job` on them (a worker must be up) and return the
+    job once it has ended; fails unless it succeeded."""
+    from tests.integration.conftest import wait_until
+
+    created = client.post("/jobs", json={**upload_tiny(client, images), **job})
+    assert created.status_code == 202, created.text
+
+    def ended() -> dict[str, Any] | None:
+        body = client.get(f"/jobs/{created.json()['id']}").json()
+        return body if body["status"] in ("succeeded", "failed", "cancelled") else None
+
+    body: dict[str, Any] = wait_until(ended, timeout, "the job", interval=0.3)  # type: ignore[assignment]
+    assert body["status"] == "succeeded", body["error"]
+    return body

@@ -69,6 +69,10 @@ class Stack:
             wait_worker_ready(proc)
         return proc
 
+    def ensure_workers(self, n: int) -> None:
+        while len(self.live_workers()) < n:
+            self.start_worker()
+
     def live_workers(self) -> list[Proc]:
         return [w for w in self.workers if w.alive()]
 
@@ -236,8 +240,7 @@ def test_sigkill_at_random_moments_over_ten_runs(stack: Stack, reference, record
     ref, ref_seconds = reference
     seed = fault_seed()
     rng = random.Random(seed)
-    while len(stack.live_workers()) < 2:
-        stack.start_worker()
+    stack.ensure_workers(2)
     tally, tries, kills, moments = Tally(), 0, 0, []
     with stack.client() as c:
         while kills < 10 and tries < 20:
@@ -268,8 +271,7 @@ def test_worker_kills_while_a_queue_of_jobs_drains(stack: Stack, reference, reco
     ref, ref_seconds = reference
     seed = fault_seed()
     rng = random.Random(seed)
-    while len(stack.live_workers()) < 3:
-        stack.start_worker()
+    stack.ensure_workers(3)
     kills = 0
     with stack.client() as c:
         job_ids = [stack.post_job(c) for _ in range(8)]
@@ -298,8 +300,7 @@ def _wait_committed_step(c: httpx.Client, job_id: str) -> None:
 
 def test_redis_restart_mid_job(stack: Stack, reference, record_figures) -> None:
     ref, _ = reference
-    while len(stack.live_workers()) < 1:
-        stack.start_worker()
+    stack.ensure_workers(1)
     with stack.client() as c:
         job_id = stack.post_job(c)
         _wait_committed_step(c, job_id)
@@ -332,8 +333,7 @@ def test_redis_restart_mid_job(stack: Stack, reference, record_figures) -> None:
 
 def test_postgres_restart_mid_job(stack: Stack, reference, record_figures) -> None:
     ref, _ = reference
-    while len(stack.live_workers()) < 1:
-        stack.start_worker()
+    stack.ensure_workers(1)
     with stack.client() as c:
         job_id = stack.post_job(c)
         _wait_committed_step(c, job_id)
@@ -360,8 +360,7 @@ def test_postgres_restart_mid_job(stack: Stack, reference, record_figures) -> No
 def test_a_job_whose_message_was_never_sent_still_runs(stack: Stack, reference, record_figures) -> None:
     """The API committed the job and died before sending its message: a worker sends it."""
     ref, _ = reference
-    while len(stack.live_workers()) < 1:
-        stack.start_worker()
+    stack.ensure_workers(1)
     with stack.client() as c:
         template = stack.job_row(stack.post_job(c))  # a real job's row, to copy its tenant and config
         wait_terminal(c, template.id)

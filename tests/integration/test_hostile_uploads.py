@@ -22,11 +22,12 @@ import pytest
 from PIL import Image
 
 from core.paths import default_data_dir
-from tests.integration.conftest import KEYS, REPO_ROOT, Proc, wait_until
+from tests.integration.conftest import KEYS, REPO_ROOT, Proc
 from tests.integration.factories import (
     TINY_CARD,
     dataset_zip,
     pennfudan_names,
+    run_tiny_job,
     tiny_model,
 )
 
@@ -230,25 +231,11 @@ def checkpoint_id(api_url: str, start_worker) -> Any:
     """A real packed checkpoint of alpha's (a job with no fine-tuning), for /detect."""
     worker = start_worker("hostile-worker")
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {KEYS['alpha']}"}, timeout=120) as c:
-        weights, card = tiny_model()
-        model = c.post("/models", files={"weights": ("w.safetensors", weights)}, data={"card": card})
-        dataset = c.post("/datasets", files={"archive": ("d.zip", dataset_zip(4))})
-        assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
-        job = c.post("/jobs", json={"model_id": model.json()["id"], "dataset_id": dataset.json()["id"],
-                                    "target": {"min_compression_ratio": 1.5}, "finetune_iters": 0,
-                                    "batch_size": 2})
-        assert job.status_code == 202, job.text
-
-        def finished() -> dict | None:
-            body = c.get(f"/jobs/{job.json()['id']}").json()
-            assert body["status"] not in ("failed", "cancelled"), body["error"]
-            return body if body["status"] == "succeeded" else None
-
-        # Wait for the whole job, not just step 0: its later steps would otherwise change the
-        # database while the tests below check that a hostile request changed nothing.
-        body = wait_until(finished, 120, "the checkpoint job", interval=0.3)
+        # the whole job, not just step 0: its later steps would otherwise change the database
+        # while the tests below check that a hostile request changed nothing
+        body = run_tiny_job(c, {"target": {"min_compression_ratio": 1.5}, "finetune_iters": 0, "batch_size": 2})
     worker.stop()
-    yield body["steps"][0]["checkpoint_id"]  # type: ignore[index]
+    return body["steps"][0]["checkpoint_id"]
 
 
 @pytest.fixture(scope="module", autouse=True)

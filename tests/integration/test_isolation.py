@@ -24,8 +24,8 @@ from sqlalchemy import JSON, String, Text, select
 
 from core.store import ApiKey, get_sessionmaker
 from core.store.models import Base
-from tests.integration.conftest import KEYS, wait_until
-from tests.integration.factories import dataset_zip, tiny_model
+from tests.integration.conftest import KEYS
+from tests.integration.factories import dataset_zip, run_tiny_job, tiny_model
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 # First path segment -> the kind of alpha's resource whose id fills the route's path parameter.
@@ -55,25 +55,11 @@ def alpha(api_url: str, start_worker) -> Iterator[dict[str, Any]]:
     """One of each of alpha's resources: model, dataset, a succeeded job, its checkpoints, a deployment."""
     worker = start_worker("isolation-worker")
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {KEYS['alpha']}"}, timeout=120) as c:
-        weights, card = tiny_model()
-        model = c.post("/models", files={"weights": ("w.safetensors", weights)}, data={"card": card})
-        dataset = c.post("/datasets", files={"archive": ("d.zip", dataset_zip(4))})
-        assert model.status_code == 201 and dataset.status_code == 201, (model.text, dataset.text)
-        created = c.post("/jobs", json={"model_id": model.json()["id"], "dataset_id": dataset.json()["id"],
-                                        "target": {"min_compression_ratio": 2.0}, "finetune_iters": 1,
-                                        "batch_size": 2})
-        assert created.status_code == 202, created.text
-
-        def finished() -> dict | None:
-            job = c.get(f"/jobs/{created.json()['id']}").json()
-            return job if job["status"] in ("succeeded", "failed", "cancelled") else None
-
-        job: dict = wait_until(finished, 180, "alpha's job", interval=0.3)  # type: ignore[assignment]
-        assert job["status"] == "succeeded", (job["error"], worker.tail())
+        job = run_tiny_job(c, {"target": {"min_compression_ratio": 2.0}, "finetune_iters": 1, "batch_size": 2})
         checkpoint = job["selected_checkpoint_id"]
         r = c.put("/deployment", json={"checkpoint_id": checkpoint})
         assert r.status_code == 200 and r.json()["checkpoint_id"] == checkpoint, r.text
-        ids = {"model": model.json()["id"], "dataset": dataset.json()["id"], "job": job["id"],
+        ids = {"model": job["model_id"], "dataset": job["dataset_id"], "job": job["id"],
                "checkpoint": checkpoint, "checkpoints": [s["checkpoint_id"] for s in job["steps"]]}
         ids["all"] = {ids["model"], ids["dataset"], ids["job"], *ids["checkpoints"]}
         yield ids
