@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import (  # noqa: F401 - fixtures re-used by name
+    api_process,
     api_url,
     fresh_database,
     fresh_redis_db,
