@@ -210,21 +210,35 @@ class Tally:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Reference:
+    outcome: Outcome
+    seconds: float  # the job's run, claim to end
+    step_seconds: list[float]  # each step's own time
+
+
 @pytest.fixture(scope="module")
-def reference(stack: Stack) -> tuple[Outcome, float]:
-    """The job run once with no fault, and how long it ran (claim to end)."""
+def reference(stack: Stack) -> Reference:
+    """The job run once with no fault."""
     worker = stack.start_worker()
     with stack.client() as c:
         job_id = stack.post_job(c)
         wait_terminal(c, job_id)
     row = stack.job_row(job_id)
     assert row.started_at is not None and row.finished_at is not None
-    seconds = (row.finished_at - row.started_at).total_seconds()
     ref = outcome(stack, job_id)
     worker.stop()
     assert ref.status == "succeeded" and ref.step_rows >= 3, (ref, worker.tail())
     assert ref.checksums_ok == ref.step_rows
-    return ref, seconds
+    with get_sessionmaker(stack.pg.url)() as s:
+        step_seconds = list(s.scalars(select(JobStep.step_seconds).where(JobStep.job_id == job_id)
+                                      .order_by(JobStep.index)))
+    return Reference(ref, (row.finished_at - row.started_at).total_seconds(), step_seconds)
+
+
+def committed_steps(stack: Stack, job_id: str) -> int:
+    with get_sessionmaker(stack.pg.url)() as s:
+        return s.scalar(select(func.count()).select_from(JobStep).where(JobStep.job_id == job_id)) or 0
 
 
 def fault_seed() -> int:
@@ -233,11 +247,12 @@ def fault_seed() -> int:
     return seed
 
 
-def test_sigkill_at_random_moments_over_ten_runs(stack: Stack, reference, record_figures) -> None:
-    """Ten runs in which the worker running the job is SIGKILLed at a random moment of the job's
-    run (uniform over the fault-free run's length, from its claim); a job that happens to end
-    before its moment is not a run (at most 20 tries)."""
-    ref, ref_seconds = reference
+def test_sigkill_at_random_moments_over_ten_runs(stack: Stack, reference: Reference, record_figures) -> None:
+    """Ten runs in which the worker running the job is SIGKILLed at a random moment of it: a
+    random point (while it loads, or after a random number of committed steps), then a random
+    part of the next step's fault-free time. A job that ends before its moment is not a run
+    (at most 20 tries)."""
+    ref, last = reference.outcome, len(reference.step_seconds) - 1
     seed = fault_seed()
     rng = random.Random(seed)
     stack.ensure_workers(2)
@@ -248,27 +263,30 @@ def test_sigkill_at_random_moments_over_ten_runs(stack: Stack, reference, record
             for proc in stack.live_workers():  # the last replacement may still be importing torch
                 wait_worker_ready(proc)
             job_id = stack.post_job(c)
+            after = rng.randint(-1, last - 1)  # committed steps before the kill; -1: while it loads
+            delay = rng.uniform(0.0, 0.8 * reference.step_seconds[after + 1] if after >= 0 else 0.5)
             wait_until(lambda: stack.owner_process(job_id) or stack.job_row(job_id).status in TERMINAL, 60,  # noqa: B023
                        "a worker to claim the job")
-            moment = rng.uniform(0.0, ref_seconds)
-            time.sleep(moment)
+            wait_until(lambda: committed_steps(stack, job_id) > after  # noqa: B023
+                       or stack.job_row(job_id).status in TERMINAL, 60, f"step {after}", interval=0.02)  # noqa: B023
+            time.sleep(delay)
             victim = stack.owner_process(job_id)
             if victim is not None:
                 victim.kill9()
                 kills += 1
-                moments.append(round(moment, 2))
+                moments.append({"after_step": after, "delay_s": round(delay, 2)})
                 stack.start_worker(wait=False)  # its replacement
             job = wait_terminal(c, job_id)
             tally.add(outcome(stack, job_id), ref)
             assert job["status"] == "succeeded", (f"try {tries} (seed {seed})", job, stack.live_workers()[0].tail())
     record_figures("faults.sigkill", seed=seed, runs=kills, tries=tries, kills=kills, kills_mid_job=kills,
-                   kill_moments_s=moments, job_run_s=round(ref_seconds, 2), **tally.figures())
+                   kill_moments=moments, **tally.figures())
     tally.assert_clean()
     assert kills == 10, f"only {kills} of {tries} jobs were still running at their kill moment (seed {seed})"
 
 
-def test_worker_kills_while_a_queue_of_jobs_drains(stack: Stack, reference, record_figures) -> None:
-    ref, ref_seconds = reference
+def test_worker_kills_while_a_queue_of_jobs_drains(stack: Stack, reference: Reference, record_figures) -> None:
+    ref, ref_seconds = reference.outcome, reference.seconds
     seed = fault_seed()
     rng = random.Random(seed)
     stack.ensure_workers(3)
@@ -298,8 +316,8 @@ def _wait_committed_step(c: httpx.Client, job_id: str) -> None:
                180, "a committed step")
 
 
-def test_redis_restart_mid_job(stack: Stack, reference, record_figures) -> None:
-    ref, _ = reference
+def test_redis_restart_mid_job(stack: Stack, reference: Reference, record_figures) -> None:
+    ref = reference.outcome
     stack.ensure_workers(1)
     with stack.client() as c:
         job_id = stack.post_job(c)
@@ -331,8 +349,8 @@ def test_redis_restart_mid_job(stack: Stack, reference, record_figures) -> None:
     assert refused_seconds < 30
 
 
-def test_postgres_restart_mid_job(stack: Stack, reference, record_figures) -> None:
-    ref, _ = reference
+def test_postgres_restart_mid_job(stack: Stack, reference: Reference, record_figures) -> None:
+    ref = reference.outcome
     stack.ensure_workers(1)
     with stack.client() as c:
         job_id = stack.post_job(c)
@@ -357,9 +375,9 @@ def test_postgres_restart_mid_job(stack: Stack, reference, record_figures) -> No
     assert healthz == 200 and answer_seconds < 30
 
 
-def test_a_job_whose_message_was_never_sent_still_runs(stack: Stack, reference, record_figures) -> None:
+def test_a_job_whose_message_was_never_sent_still_runs(stack: Stack, reference: Reference, record_figures) -> None:
     """The API committed the job and died before sending its message: a worker sends it."""
-    ref, _ = reference
+    ref = reference.outcome
     stack.ensure_workers(1)
     with stack.client() as c:
         template = stack.job_row(stack.post_job(c))  # a real job's row, to copy its tenant and config
