@@ -16,6 +16,7 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures re-used by nam
     log_dir,
     service_env,
     start_worker,
+    worker,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

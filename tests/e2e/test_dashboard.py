@@ -45,13 +45,6 @@ def upload_model() -> tuple[bytes, str]:
 
 
 @pytest.fixture(scope="module")
-def worker(start_worker):
-    proc = start_worker("e2e-worker")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def api(api_url: str) -> Iterator[httpx.Client]:
     """Direct API access, to compare what the page shows with what the API says."""
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {KEYS['alpha']}"}, timeout=120) as c:

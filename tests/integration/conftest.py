@@ -233,6 +233,14 @@ def start_worker(service_env: dict[str, str], log_dir: Path) -> Iterator[Callabl
         proc.stop()
 
 
+@pytest.fixture(scope="module")
+def worker(start_worker: Callable[..., Proc], request: pytest.FixtureRequest) -> Iterator[Proc]:
+    """One worker for a test module's jobs, stopped after the module (`<module>-worker`)."""
+    proc = start_worker(f"{request.module.__name__.rsplit('.', 1)[-1].removeprefix('test_')}-worker")
+    yield proc
+    proc.stop()
+
+
 @pytest.fixture
 def client(api_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {KEYS['alpha']}"},

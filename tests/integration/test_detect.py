@@ -68,13 +68,6 @@ def val_image() -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def worker(start_worker):
-    proc = start_worker("detect-worker")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def served(api_url: str, worker, database_url: str) -> dict:
     """Alpha uploads the deterministic model, "deploys" it as the demo does (model, no
     checkpoint yet), and runs a job; its step 0 gets deployed as soon as it is committed."""

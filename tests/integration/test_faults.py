@@ -85,6 +85,14 @@ class Stack:
         assert r.status_code == 202, r.text
         return r.json()["id"]
 
+    def running_job(self, client: httpx.Client) -> str:
+        """A new job on a live worker, once it is running with a committed step (mid-job)."""
+        self.ensure_workers(1)
+        job_id = self.post_job(client)
+        wait_until(lambda: (j := client.get(f"/jobs/{job_id}").json())["status"] == "running"
+                   and len(j["steps"]) >= 1, 180, "a committed step")
+        return job_id
+
     def job_row(self, job_id: str) -> Job:
         with get_sessionmaker(self.pg.url)() as s:
             job = s.get(Job, job_id)
@@ -311,17 +319,10 @@ def test_worker_kills_while_a_queue_of_jobs_drains(stack: Stack, reference: Refe
     assert kills >= 4
 
 
-def _wait_committed_step(c: httpx.Client, job_id: str) -> None:
-    wait_until(lambda: (j := c.get(f"/jobs/{job_id}").json())["status"] == "running" and len(j["steps"]) >= 1,
-               180, "a committed step")
-
-
 def test_redis_restart_mid_job(stack: Stack, reference: Reference, record_figures) -> None:
     ref = reference.outcome
-    stack.ensure_workers(1)
     with stack.client() as c:
-        job_id = stack.post_job(c)
-        _wait_committed_step(c, job_id)
+        job_id = stack.running_job(c)
         jobs_before = c.get("/jobs").json()["count"]
         stack.redis.stop()
         try:
@@ -351,10 +352,8 @@ def test_redis_restart_mid_job(stack: Stack, reference: Reference, record_figure
 
 def test_postgres_restart_mid_job(stack: Stack, reference: Reference, record_figures) -> None:
     ref = reference.outcome
-    stack.ensure_workers(1)
     with stack.client() as c:
-        job_id = stack.post_job(c)
-        _wait_committed_step(c, job_id)
+        job_id = stack.running_job(c)
         stack.pg.stop("fast")  # every connection is cut; the worker is mid-step
         try:
             t0 = time.monotonic()

@@ -13,13 +13,6 @@ from tests.integration.factories import dataset_zip, tiny_model
 
 
 @pytest.fixture(scope="module")
-def worker(start_worker):
-    proc = start_worker("jobs-worker")
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def uploads(api_url: str) -> dict[str, str]:
     from tests.integration.conftest import KEYS
 
