@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.pipeline import Method, Order, Target
+from core.config import CheckpointMetrics, Method, Order, PipelineConfig, StepMetrics
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -47,30 +47,19 @@ class DatasetsPublic(BaseModel):
     count: int
 
 
-class JobCreate(BaseModel):
-    """`POST /jobs`. Everything but the ids and the target has a default."""
-
-    model_config = ConfigDict(extra="forbid")
+class JobCreate(PipelineConfig):
+    """`POST /jobs`: which model and dataset, the run's options (`core.config.PipelineConfig`:
+    everything but the target has a default) and what to do when it succeeds."""
 
     model_id: str
     dataset_id: str
-    target: Target
-    method: Method = "layer_priority"
-    order: Order = "inverse_depth"
-    bits: int = Field(default=1, ge=1, le=4)
-    finetune_iters: int = Field(default=200, ge=0, le=100_000)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    batch_size: int | None = Field(default=None, ge=1, le=256, description="Fine-tuning batch size.")
-    learning_rate: float | None = Field(default=None, gt=0.0, le=1.0)
-    num_layers: int | None = Field(
-        default=None, ge=1, le=10_000, description="all_at_once only: binarize exactly this many layers."
-    )
-    min_layer_params: int | None = Field(
-        default=None, ge=0, description="Layers with fewer weights stay float (default 1024; 0 = every layer)."
-    )
     deploy_on_success: bool = Field(
         default=False, description="Deploy the selected checkpoint for this tenant when the job succeeds."
     )
+
+    def pipeline_config(self) -> PipelineConfig:
+        """The run's options alone, as the job row stores them."""
+        return PipelineConfig.model_validate(self.model_dump(include=set(PipelineConfig.model_fields)))
 
 
 class JobCreated(BaseModel):
@@ -87,18 +76,12 @@ class JobProgress(BaseModel):
     updated_at: datetime | None = None
 
 
-class JobStepPublic(BaseModel):
-    index: int
-    layers: list[str]
-    binary_layers: list[str]
-    bits: int
-    compression_ratio: float
-    binary_layer_compression: float | None
-    miss_rate: float
-    ap50: float
-    step_seconds: float
+class JobStepPublic(StepMetrics):
+    """A committed step (`core.config.StepMetrics`) and the checkpoint it produced; its MR-FPPI
+    curve is on the checkpoint (`GET /checkpoints/{id}`), not in every job poll."""
+
+    fppi_curve: list[tuple[float, float]] = Field(default_factory=list, exclude=True)
     checkpoint_id: str
-    checkpoint_bytes: int
 
 
 class JobPublic(BaseModel):
@@ -106,8 +89,8 @@ class JobPublic(BaseModel):
     model_id: str
     dataset_id: str
     target: dict[str, Any]
-    method: str
-    order: str
+    method: Method
+    order: Order
     bits: int
     finetune_iters: int
     seed: int
@@ -130,25 +113,18 @@ class JobsPublic(BaseModel):
     count: int
 
 
-class CheckpointPublic(BaseModel):
+class CheckpointPublic(CheckpointMetrics):
+    """A packed checkpoint: what it is (`core.config.CheckpointMetrics`), where it came from and
+    its file."""
+
     id: str
     job_id: str
     model_id: str
     step: int
     architecture: str
-    binary_layers: list[str]
-    bits: int
-    compression_ratio: float
-    binary_layer_compression: float | None
     size_bytes: int
-    miss_rate: float
-    ap50: float
     sha256: str
     created_at: datetime
-    fppi_curve: list[list[float]] = Field(
-        default_factory=list,
-        description="MR-FPPI curve on the validation split: [false positives per image, miss rate] "
-                    "operating points in decreasing score order (at most 100).")
 
 
 class DeploymentUpdate(BaseModel):

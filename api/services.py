@@ -10,11 +10,11 @@ import logging
 import math
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from api import schemas
+from core.config import PipelineConfig
 from core.settings import Settings
 from core.store import (
     Checkpoint,
@@ -29,7 +29,6 @@ from core.store import (
     session_scope,
     utcnow,
 )
-from core.store.models import Blob
 
 log = logging.getLogger(__name__)
 
@@ -166,25 +165,13 @@ def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Dataset:
 # -- jobs -----------------------------------------------------------------------------------
 def create_job(session: Session, tenant: Tenant, body: schemas.JobCreate) -> Job:
     """Insert a queued job (the caller commits, then enqueues)."""
-    from core.pipeline import PipelineConfig
-
     model = get_model(session, tenant, body.model_id)
     dataset = get_dataset(session, tenant, body.dataset_id)
-    fields: dict[str, Any] = body.model_dump(
-        exclude={"model_id", "dataset_id", "deploy_on_success"}, exclude_none=True
-    )
-    try:
-        config = PipelineConfig.model_validate(fields)
-    except ValidationError as exc:  # cross-field rules (e.g. all_at_once needs a ratio target)
-        raise InvalidUpload("; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )) from None
     job = Job(
         tenant_id=tenant.id,
         model_id=model.id,
         dataset_id=dataset.id,
-        config=config.model_dump(mode="json"),
+        config=body.pipeline_config().model_dump(mode="json"),
         status="queued",
         deploy_on_success=body.deploy_on_success,
     )
@@ -231,26 +218,21 @@ def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
     return job
 
 
-def job_public(session: Session, job: Job) -> schemas.JobPublic:
-    steps = [
-        schemas.JobStepPublic.model_validate(s, from_attributes=True)
-        for s in sorted(job.steps, key=lambda s: s.index)
-    ]
-    selected = None
-    if job.selected_step_index is not None:
-        selected = next((s.checkpoint_id for s in steps if s.index == job.selected_step_index), None)
-    cfg = job.config
+def job_public(job: Job) -> schemas.JobPublic:
+    steps = [schemas.JobStepPublic.model_validate(s, from_attributes=True) for s in job.steps]
+    selected = next((s.checkpoint_id for s in steps if s.index == job.selected_step_index), None)
+    config = PipelineConfig.model_validate(job.config)
     return schemas.JobPublic(
         id=job.id,
         model_id=job.model_id,
         dataset_id=job.dataset_id,
-        target={k: v for k, v in cfg["target"].items() if v is not None},
-        method=cfg["method"],
-        order=cfg["order"],
-        bits=cfg["bits"],
-        finetune_iters=cfg["finetune_iters"],
-        seed=cfg["seed"],
-        config=cfg,
+        target=config.target.public(),
+        method=config.method,
+        order=config.order,
+        bits=config.bits,
+        finetune_iters=config.finetune_iters,
+        seed=config.seed,
+        config=job.config,
         status=job.status,  # type: ignore[arg-type]
         progress=schemas.JobProgress(
             step=job.progress_step,
@@ -277,11 +259,8 @@ def get_checkpoint(session: Session, tenant: Tenant, checkpoint_id: str) -> Chec
     return _owned(session, tenant, Checkpoint, "checkpoint", checkpoint_id)
 
 
-def checkpoint_public(session: Session, row: Checkpoint) -> schemas.CheckpointPublic:
-    sha = session.scalar(select(Blob.sha256).where(Blob.id == row.blob_id)) or ""
-    curve = session.scalar(select(JobStep.fppi_curve).where(JobStep.checkpoint_id == row.id))
-    data = {c: getattr(row, c) for c in schemas.CheckpointPublic.model_fields if c not in {"sha256", "fppi_curve"}}
-    return schemas.CheckpointPublic(**data, sha256=sha, fppi_curve=[list(p) for p in curve or []])
+def checkpoint_public(row: Checkpoint) -> schemas.CheckpointPublic:
+    return schemas.CheckpointPublic.model_validate(row, from_attributes=True)
 
 
 def job_step_count(session: Session, job_id: str) -> int:

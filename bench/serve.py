@@ -87,7 +87,7 @@ def packed_checkpoints(weights: bytes, card_json: str) -> dict[str, dict[str, An
 def store_checkpoints(db_url: str, model_id: str, dataset_id: str,
                       checkpoints: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Insert a finished job with one checkpoint per variant, as a job's steps would be."""
-    from core.pipeline import PipelineConfig, Target
+    from core.config import PipelineConfig, Target
     from core.store import Checkpoint, Job, Model, put_blob, session_scope
 
     ids = {}

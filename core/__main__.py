@@ -52,7 +52,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_binarize(args: argparse.Namespace) -> None:
     from core.checkpoint import load_model
-    from core.pipeline import PipelineConfig, StepOutcome, Target, run
+    from core.config import PipelineConfig, Target
+    from core.pipeline import StepOutcome, run
 
     model, card = load_model(Path(args.model))
     train, val = _records(args.data)

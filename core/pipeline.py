@@ -12,10 +12,9 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 from torch import nn
 
 from core.binary import binarize_module, is_binarized, packed_nbytes
@@ -28,6 +27,7 @@ from core.checkpoint import (
     save_state,
     unpack_checkpoint,
 )
+from core.config import PipelineConfig, StepMetrics, Target
 from core.data import ImageRecord
 from core.priority import (
     LayerInfo,
@@ -44,60 +44,6 @@ from core.train import (
     train_detector,
 )
 
-Method = Literal["layer_priority", "all_at_once"]
-Order = Literal["inverse_depth", "forward", "sensitivity"]
-
-
-class Target(BaseModel):
-    """Where to stop: exactly one of the two fields is set."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_compression_ratio: float | None = Field(default=None, gt=1.0, le=32.0)
-    max_miss_rate_increase: float | None = Field(default=None, ge=0.0, le=1.0)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Target:
-        if (self.min_compression_ratio is None) == (self.max_miss_rate_increase is None):
-            raise ValueError(
-                "target must set exactly one of min_compression_ratio, max_miss_rate_increase"
-            )
-        return self
-
-
-class PipelineConfig(BaseModel):
-    """Everything that defines a binarization run; stored with the job as JSON."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target: Target
-    method: Method = "layer_priority"
-    order: Order = "inverse_depth"
-    bits: int = Field(default=1, ge=1, le=4)
-    finetune_iters: int = Field(default=200, ge=0, le=100_000)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    batch_size: int = Field(default=8, ge=1, le=256)
-    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
-    min_layer_params: int = Field(
-        default=1024, ge=0,
-        description="layers with fewer weights stay float: packing them saves at most a few KB, "
-        "while binarizing a detector's first conv or its 1x1 output heads costs accuracy "
-        "(XNOR-Net keeps first and last layers float for the same reason); 0 = every layer")
-    num_layers: int | None = Field(
-        default=None, ge=1, le=10_000,
-        description="all_at_once only: binarize exactly this many layers (first ones of "
-        "`order`) instead of as many as the target needs")
-
-    @model_validator(mode="after")
-    def _method_fits_target(self) -> PipelineConfig:
-        if self.method == "all_at_once" and self.target.min_compression_ratio is None \
-                and self.num_layers is None:
-            raise ValueError("method all_at_once needs target.min_compression_ratio (or "
-                             "num_layers): a miss-rate budget has no single layer set")
-        if self.method == "layer_priority" and self.num_layers is not None:
-            raise ValueError("num_layers applies to method all_at_once only")
-        return self
-
 
 class Progress(BaseModel):
     """A progress report: the step running and how far the whole run is."""
@@ -111,23 +57,12 @@ class Progress(BaseModel):
     message: str = ""
 
 
-class StepOutcome(BaseModel):
-    """One completed step. `checkpoint` (packed, for serving) and `state` (latent float
-    weights, for resuming) are bytes; everything else is JSON-able metadata."""
+class StepOutcome(StepMetrics):
+    """One completed step: its metrics, plus `checkpoint` (packed, for serving) and `state`
+    (latent float weights, for resuming) as bytes, which stay out of its JSON."""
 
-    index: int
-    layers: list[str]
-    binary_layers: list[str]
-    bits: int
-    compression_ratio: float
-    binary_layer_compression: float | None
-    miss_rate: float
-    ap50: float
-    step_seconds: float
-    checkpoint_bytes: int
     checkpoint: bytes = Field(repr=False, exclude=True)
     state: bytes = Field(repr=False, exclude=True)
-    fppi_curve: list[tuple[float, float]] = Field(default_factory=list)
 
 
 class PipelineResult(BaseModel):

@@ -51,9 +51,9 @@ def zip_pennfudan(root: Path) -> bytes:
 
 def seed_demo(settings: Settings) -> str:
     from core.checkpoint import save_model_bytes
+    from core.config import PipelineConfig, Target
     from core.data import read_pennfudan, split_records
     from core.models.registry import DEFAULT_ARCHITECTURE
-    from core.pipeline import PipelineConfig, Target
     from core.train import train_float_detector
     from worker.device import resolve_device
 

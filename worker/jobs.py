@@ -32,6 +32,7 @@ from core.store import (
     session_scope,
     utcnow,
 )
+from core.store.models import columns_of
 from worker.device import resolve_device
 from worker.lease import Heartbeat, claim, new_worker_id
 
@@ -134,8 +135,9 @@ class _JobExecution:
 
     def _load(self) -> tuple[Any, ...]:
         from core.checkpoint import load_model_bytes
+        from core.config import PipelineConfig, StepMetrics
         from core.data import read_dataset_zip, split_records
-        from core.pipeline import PipelineConfig, StepOutcome
+        from core.pipeline import StepOutcome
 
         with session_scope(self.url) as s:
             job = s.get(Job, self.job_id)
@@ -156,13 +158,10 @@ class _JobExecution:
                 .order_by(JobStep.index)
             ).all()
             for step, checkpoint_blob in rows:
+                metrics = StepMetrics.model_validate(step, from_attributes=True)
                 completed.append(StepOutcome(
-                    index=step.index, layers=step.layers, binary_layers=step.binary_layers, bits=step.bits,
-                    compression_ratio=step.compression_ratio,
-                    binary_layer_compression=step.binary_layer_compression, miss_rate=step.miss_rate,
-                    ap50=step.ap50, step_seconds=step.step_seconds, checkpoint_bytes=step.checkpoint_bytes,
-                    checkpoint=get_blob_bytes(s, checkpoint_blob), state=get_blob_bytes(s, step.state_blob_id),
-                    fppi_curve=[tuple(p) for p in step.fppi_curve],
+                    **dict(metrics), checkpoint=get_blob_bytes(s, checkpoint_blob),
+                    state=get_blob_bytes(s, step.state_blob_id),
                 ))
             self.model_id = model_row.id
             self.architecture = model_row.architecture
@@ -208,25 +207,16 @@ class _JobExecution:
                     raise LeaseLost()
                 checkpoint_blob = put_blob(s, outcome.checkpoint)
                 state_blob = put_blob(s, outcome.state)
+                metrics = outcome.model_dump(mode="json")  # the StepMetrics fields, JSON-able
                 checkpoint = Checkpoint(
-                    tenant_id=job.tenant_id, job_id=job.id, model_id=job.model_id, step=outcome.index,
-                    architecture=self.architecture, binary_layers=list(outcome.binary_layers), bits=outcome.bits,
-                    compression_ratio=outcome.compression_ratio,
-                    binary_layer_compression=outcome.binary_layer_compression, miss_rate=outcome.miss_rate,
-                    ap50=outcome.ap50, size_bytes=len(outcome.checkpoint), blob_id=checkpoint_blob.id,
+                    **columns_of(Checkpoint, metrics), tenant_id=job.tenant_id, job_id=job.id,
+                    model_id=job.model_id, step=outcome.index, architecture=self.architecture,
+                    size_bytes=len(outcome.checkpoint), blob_id=checkpoint_blob.id,
                 )
                 s.add(checkpoint)
                 s.flush()
-                s.add(JobStep(
-                    job_id=job.id, index=outcome.index, layers=list(outcome.layers),
-                    binary_layers=list(outcome.binary_layers), bits=outcome.bits,
-                    compression_ratio=outcome.compression_ratio,
-                    binary_layer_compression=outcome.binary_layer_compression, miss_rate=outcome.miss_rate,
-                    ap50=outcome.ap50, step_seconds=outcome.step_seconds,
-                    checkpoint_bytes=outcome.checkpoint_bytes,
-                    fppi_curve=[list(p) for p in outcome.fppi_curve], checkpoint_id=checkpoint.id,
-                    state_blob_id=state_blob.id, worker=self.owner,
-                ))
+                s.add(JobStep(**columns_of(JobStep, metrics), job_id=job.id, checkpoint_id=checkpoint.id,
+                              state_blob_id=state_blob.id, worker=self.owner))
                 job.progress_step = outcome.index
                 job.progress_updated_at = utcnow()
                 job.progress_message = f"step {outcome.index} committed"

@@ -12,7 +12,7 @@ router = APIRouter(tags=["checkpoints"])
 @router.get("/checkpoints/{checkpoint_id}", response_model=schemas.CheckpointPublic,
             responses={404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."}})
 def get_checkpoint(checkpoint_id: str, session: SessionDep, tenant: TenantDep) -> schemas.CheckpointPublic:
-    return services.checkpoint_public(session, services.get_checkpoint(session, tenant, checkpoint_id))
+    return services.checkpoint_public(services.get_checkpoint(session, tenant, checkpoint_id))
 
 
 @router.get(

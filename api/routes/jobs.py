@@ -44,13 +44,13 @@ def list_jobs(
 ) -> schemas.JobsPublic:
     """This tenant's jobs, newest first."""
     rows, count = services.list_owned(session, tenant, Job, skip, limit)
-    return schemas.JobsPublic(data=[services.job_public(session, j) for j in rows], count=count)
+    return schemas.JobsPublic(data=[services.job_public(j) for j in rows], count=count)
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.JobPublic,
             responses={404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."}})
 def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> schemas.JobPublic:
-    return services.job_public(session, services.get_job(session, tenant, job_id))
+    return services.job_public(services.get_job(session, tenant, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.JobCreated,

@@ -6,6 +6,7 @@ Every user-owned row carries `tenant_id`; the API filters every query by it. Byt
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -36,6 +37,13 @@ NAMING = {
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def columns_of(table: type[Base], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `values` that are columns of `table` (a step record's metrics become
+    the columns of the rows that store them, whichever metrics the record has)."""
+    columns = table.__table__.columns
+    return {key: value for key, value in values.items() if key in columns}
 
 
 def new_id() -> str:
@@ -200,6 +208,19 @@ class Checkpoint(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    blob: Mapped[Blob] = relationship(viewonly=True)
+    job_step: Mapped[JobStep | None] = relationship(viewonly=True, uselist=False)
+
+    @property
+    def sha256(self) -> str:
+        """The checksum of the checkpoint file."""
+        return self.blob.sha256
+
+    @property
+    def fppi_curve(self) -> list[Any]:
+        """The MR-FPPI curve measured for this checkpoint (kept on its job step)."""
+        return self.job_step.fppi_curve if self.job_step is not None else []
 
 
 class JobStep(Base):

@@ -27,6 +27,13 @@ def test_api_never_imports_task_code() -> None:
     assert not {"worker.tasks", "worker.jobs", "worker.demo"} & modules
 
 
+def test_api_idles_without_torch() -> None:
+    """The API process imports torch only when a request needs it (an upload to validate, a
+    checkpoint to serve): job specs and step records come from the torch-free `core.config`."""
+    modules = _modules_after("import api.app, api.run")
+    assert not {m for m in modules if m.split(".")[0] in ("torch", "torchvision")}
+
+
 def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u@h/db")
     monkeypatch.setenv("CELERY_BROKER_URL", "redis://h:6379/0")

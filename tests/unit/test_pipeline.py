@@ -5,13 +5,12 @@ import pytest
 import torch
 
 from core.checkpoint import ModelCard, unpack_checkpoint
+from core.config import PipelineConfig, Target
 from core.data import read_pennfudan, split_records
 from core.paths import default_data_dir
 from core.pipeline import (
     Cancelled,
-    PipelineConfig,
     StepOutcome,
-    Target,
     plan_steps,
     run,
     select_step,
