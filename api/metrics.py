@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from core.settings import Settings
 from core.store import Job, get_sessionmaker
-from core.store.models import JOB_STATUSES
+from core.store.jobs import JobStatus
 
 
 class _JobsCollector(Collector):
@@ -31,7 +31,7 @@ class _JobsCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily("flexbin_jobs", "Jobs by status (all tenants)", labels=["status"])
-        counts = dict.fromkeys(JOB_STATUSES, 0)
+        counts: dict[str, int] = dict.fromkeys(JobStatus, 0)
         try:
             with get_sessionmaker(self.settings.database_url)() as s:
                 for status, n in s.execute(select(Job.status, func.count()).group_by(Job.status)):

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.config import CheckpointMetrics, Method, Order, PipelineConfig, StepMetrics
-
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+from core.store.jobs import JobStatus
 
 
 class ArchitecturePublic(BaseModel):

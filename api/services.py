@@ -10,7 +10,7 @@ import logging
 import math
 from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import schemas
@@ -24,10 +24,11 @@ from core.store import (
     JobStep,
     Model,
     Tenant,
+    deployments,
     get_blob_bytes,
+    jobs,
     put_blob,
     session_scope,
-    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -164,20 +165,16 @@ def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Dataset:
 
 # -- jobs -----------------------------------------------------------------------------------
 def create_job(session: Session, tenant: Tenant, body: schemas.JobCreate) -> Job:
-    """Insert a queued job (the caller commits, then enqueues)."""
+    """Insert a queued job on the tenant's model and dataset (the caller commits, then enqueues)."""
     model = get_model(session, tenant, body.model_id)
     dataset = get_dataset(session, tenant, body.dataset_id)
-    job = Job(
-        tenant_id=tenant.id,
-        model_id=model.id,
-        dataset_id=dataset.id,
-        config=body.pipeline_config().model_dump(mode="json"),
-        status="queued",
-        deploy_on_success=body.deploy_on_success,
-    )
-    session.add(job)
-    session.flush()
-    return job
+    return jobs.create_job(session, tenant_id=tenant.id, model_id=model.id, dataset_id=dataset.id,
+                           config=body.pipeline_config(), deploy_on_success=body.deploy_on_success)
+
+
+def withdraw_job(session: Session, job: Job) -> None:
+    """The job's message could not be sent: delete it (the client retries)."""
+    jobs.withdraw_unsent(session, job)
 
 
 def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
@@ -196,26 +193,12 @@ def list_owned(session: Session, tenant: Tenant, table: type[T], skip: int, limi
 
 
 def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
-    """A queued job is cancelled at once; a running one gets a flag its worker polls."""
-    job = get_job(session, tenant, job_id)
-    now = utcnow()
-    done = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status == "queued", Job.lease_owner.is_(None))
-        .values(status="cancelled", cancel_requested=True, finished_at=now, progress_message="cancelled")
-    ).rowcount
-    if not done:
-        flagged = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status.in_(("queued", "running")))
-            .values(cancel_requested=True, progress_message="cancel requested")
-        ).rowcount
-        if not flagged:
-            session.refresh(job)
-            raise Conflict(f"job {job.id} already {job.status}")
-    session.flush()
-    session.refresh(job)
-    return job
+    """A queued job is cancelled at once; a running one gets a flag its worker polls (409 once
+    it has ended)."""
+    try:
+        return jobs.request_cancel(session, get_job(session, tenant, job_id))
+    except jobs.JobEnded as exc:
+        raise Conflict(str(exc)) from None
 
 
 def job_public(job: Job) -> schemas.JobPublic:
@@ -274,21 +257,13 @@ def get_deployment(session: Session, tenant: Tenant) -> Deployment | None:
 
 def set_deployment(session: Session, tenant: Tenant, checkpoint_id: str) -> Deployment:
     checkpoint = get_checkpoint(session, tenant, checkpoint_id)
-    row = session.get(Deployment, tenant.id)
-    if row is None:
-        row = Deployment(tenant_id=tenant.id)
-        session.add(row)
-    row.checkpoint_id = checkpoint.id
-    row.model_id = checkpoint.model_id
-    row.updated_at = utcnow()
-    session.flush()
-    return row
+    return deployments.deploy(session, tenant.id, checkpoint_id=checkpoint.id, model_id=checkpoint.model_id)
 
 
 def deployed_checkpoint_ids(database_url: str) -> list[str]:
     """Every tenant's deployed checkpoint (what the serving runtime keeps warm)."""
     with session_scope(database_url) as s:
-        return sorted(set(s.scalars(select(Deployment.checkpoint_id).where(Deployment.checkpoint_id.is_not(None)))))
+        return deployments.deployed_checkpoint_ids(s)
 
 
 # -- detection ------------------------------------------------------------------------------

@@ -65,12 +65,13 @@ def send_job(app: Celery, settings: Settings, job_id: str) -> None:
     """Hand job `job_id` to the broker and record that it was sent (`jobs.enqueued_at`).
     Raises when the broker cannot be reached within the publish retries. When only the record
     fails, the job is sent again later (a duplicate message is harmless)."""
-    from core.store import TRANSIENT_DB_ERRORS
-    from core.store.dispatch import mark_enqueued
+    from core.store import TRANSIENT_DB_ERRORS, session_scope
+    from core.store.jobs import mark_enqueued
 
     app.send_task("binarize.run", args=[job_id], queue=BINARIZE_QUEUE)
     try:
-        mark_enqueued(settings.database_url, job_id)
+        with session_scope(settings.database_url) as s:
+            mark_enqueued(s, job_id)
     except TRANSIENT_DB_ERRORS:
         log.warning("job %s: sent, but the database was unavailable to record it", job_id)
 

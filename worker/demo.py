@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from core.settings import Settings
-from core.store import Dataset, Deployment, Job, Model, put_blob, session_scope, utcnow
+from core.store import Dataset, Model, deployments, jobs, put_blob, session_scope
 from core.store.tenants import ensure_tenant
 from worker.jobs import SHUTTING_DOWN
 
@@ -110,13 +110,9 @@ def seed_demo(settings: Settings) -> str:
         )
         s.add_all([model_row, dataset_row])
         s.flush()
-        job = Job(tenant_id=tenant.id, model_id=model_row.id, dataset_id=dataset_row.id,
-                  config=config.model_dump(mode="json"), status="queued", deploy_on_success=True)
-        s.add(job)
-        deployment = s.get(Deployment, tenant.id) or Deployment(tenant_id=tenant.id)
-        deployment.model_id, deployment.checkpoint_id, deployment.updated_at = model_row.id, None, utcnow()
-        s.add(deployment)
-        s.flush()
+        job = jobs.create_job(s, tenant_id=tenant.id, model_id=model_row.id, dataset_id=dataset_row.id,
+                              config=config, deploy_on_success=True)
+        deployments.deploy(s, tenant.id, checkpoint_id=None, model_id=model_row.id)
         job_id = job.id
     from worker.celery_app import celery_app, send_job
 

@@ -1,9 +1,11 @@
 """Run one binarization job: load from the store, call `core.pipeline.run`, write back.
 
-Each finished step is committed in ONE transaction (checkpoint blob + resume-state blob +
-checkpoint row + job_steps row + progress), conditioned on this worker still owning the
-job's lease; `job_steps` is unique on (job_id, index). A redelivered or requeued job
-resumes from its committed steps, so no step is computed into the database twice.
+Every write goes through the job lifecycle (`core.store.jobs`): claim, commit each step,
+progress, finish, hand back. Each finished step is committed in ONE transaction (checkpoint
+blob + resume-state blob + checkpoint row + job_steps row + progress), conditioned on this
+worker still owning the job's lease; `job_steps` is unique on (job_id, index). A redelivered
+or requeued job resumes from its committed steps, so no step is computed into the database
+twice.
 """
 from __future__ import annotations
 
@@ -11,32 +13,32 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from core.settings import Settings
 from core.store import (
     TRANSIENT_DB_ERRORS,
-    Checkpoint,
     Dataset,
-    Deployment,
     Job,
-    JobStep,
     Model,
     get_blob_bytes,
-    put_blob,
-    retry_transient,
+    jobs,
+    run_in_transaction,
     session_scope,
-    utcnow,
 )
-from core.store.models import columns_of
+from core.store.jobs import JobStatus, LeaseLost
 from worker.device import resolve_device
-from worker.lease import Heartbeat, claim, new_worker_id
+from worker.lease import Heartbeat, new_worker_id
+
+if TYPE_CHECKING:
+    from core.pipeline import PipelineResult, Progress, StepOutcome
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SHUTTING_DOWN = threading.Event()
 """Set on the worker's warm shutdown (SIGTERM): a running job hands itself back to the queue
@@ -46,32 +48,20 @@ at its next fine-tuning iteration instead of holding the shutdown up until it en
 PROGRESS_LOG_SECONDS = 15.0
 
 
-class LeaseLost(Exception):
-    """Another worker owns the job now; stop without writing anything."""
-
-
 @dataclass(frozen=True)
 class JobRun:
+    """How a delivery of the task ended: a job status, or "busy" (another live worker owns
+    the job: retry after `retry_after` seconds), "lease-lost" or "requeued"."""
+
     status: str
     retry_after: float | None = None
 
 
-def _deploy_float_step(session: Any, job: Job, checkpoint_id: str) -> None:
-    """Serve step 0 (the float model, packed) while the job runs, when the tenant's deployment
-    names this job's model but no checkpoint yet (the demo: "/detect serves the float model
-    until its job ends"). A deployment that already names a checkpoint is left alone."""
-    deployment = session.get(Deployment, job.tenant_id)
-    if deployment is not None and deployment.checkpoint_id is None and deployment.model_id == job.model_id:
-        deployment.checkpoint_id = checkpoint_id
-        deployment.updated_at = utcnow()
-        log.info("job %s: deployed step 0 (float model) checkpoint %s until the job ends", job.id, checkpoint_id)
-
-
 def run_job(job_id: str, settings: Settings) -> JobRun:
-    url = settings.database_url
     owner = new_worker_id()
-    got = retry_transient(lambda: claim(url, job_id, owner, settings.job_lease_seconds),
-                          what=f"job {job_id}: claim", within=settings.database_retry_seconds)
+    got = run_in_transaction(settings.database_url,
+                             lambda s: jobs.claim(s, job_id, owner, settings.job_lease_seconds),
+                             what=f"job {job_id}: claim", within=settings.database_retry_seconds)
     if got.state == "done":
         log.info("job %s: nothing to do (%s)", job_id, got.status)
         return JobRun(got.status)
@@ -79,7 +69,7 @@ def run_job(job_id: str, settings: Settings) -> JobRun:
         log.info("job %s: owned by a live worker; retry in %.0fs", job_id, got.retry_after)
         return JobRun("busy", retry_after=got.retry_after)
     log.info("job %s: claimed by %s", job_id, owner)
-    with Heartbeat(url, job_id, owner, settings.job_lease_seconds) as heartbeat:
+    with Heartbeat(settings.database_url, job_id, owner, settings.job_lease_seconds) as heartbeat:
         return _JobExecution(job_id, owner, settings, heartbeat).execute()
 
 
@@ -91,9 +81,12 @@ class _JobExecution:
         self._last_logged = 0.0
         self._last_poll = 0.0
         self._cancel = False
-        self.tenant_id = ""
-        self._retry_within = settings.database_retry_seconds
         self._db_warned = 0.0
+
+    def _transaction(self, work: Callable[[Session], T], what: str) -> T:
+        """One unit of work, retried with backoff while the database is away."""
+        return run_in_transaction(self.url, work, what=f"job {self.job_id}: {what}",
+                                  within=self.settings.database_retry_seconds)
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self) -> JobRun:
@@ -102,17 +95,17 @@ class _JobExecution:
         try:
             if self._cancel_requested(force=True):
                 raise Cancelled("cancelled before start")
-            inputs = retry_transient(self._load, what=f"job {self.job_id}: load", within=self._retry_within)
-            result = self._run_pipeline(*inputs)
+            inputs = self._transaction(self._load, "load")
+            result = self._run_pipeline(*self._prepare(*inputs))
         except Cancelled:
             if self.heartbeat.lost.is_set():
                 return JobRun("lease-lost")
             if SHUTTING_DOWN.is_set() and not self._cancel:
                 self._hand_back()
                 return JobRun("requeued")
-            self._finish("cancelled", message="cancelled")
+            self._finish(JobStatus.CANCELLED)
             log.info("job %s: cancelled", self.job_id)
-            return JobRun("cancelled")
+            return JobRun(JobStatus.CANCELLED)
         except LeaseLost:
             log.warning("job %s: lease lost; leaving it to its new owner", self.job_id)
             return JobRun("lease-lost")
@@ -127,44 +120,35 @@ class _JobExecution:
             # Bad user data reads as the core message; anything else also names its type.
             error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             log.exception("job %s: failed", self.job_id)
-            self._finish("failed", error=error[:4000], message="failed")
-            return JobRun("failed")
-        self._finish("succeeded", selected=result.selected_index, message="done")
+            self._finish(JobStatus.FAILED, error=error[:4000])
+            return JobRun(JobStatus.FAILED)
+        self._finish(JobStatus.SUCCEEDED, selected=result.selected_index)
         log.info("job %s: succeeded, selected step %d", self.job_id, result.selected_index)
-        return JobRun("succeeded")
+        return JobRun(JobStatus.SUCCEEDED)
 
-    def _load(self) -> tuple[Any, ...]:
-        from core.checkpoint import load_model_bytes
-        from core.config import PipelineConfig, StepMetrics
-        from core.data import read_dataset_zip, split_records
+    def _load(self, s: Session) -> tuple[bytes, str, bytes, dict[str, Any], list[StepOutcome]]:
+        """The job's inputs as stored: weights, card, dataset zip, config, committed steps."""
         from core.pipeline import StepOutcome
 
-        with session_scope(self.url) as s:
-            job = s.get(Job, self.job_id)
-            assert job is not None
-            self.tenant_id = job.tenant_id
-            model_row = s.get(Model, job.model_id)
-            dataset_row = s.get(Dataset, job.dataset_id)
-            assert model_row is not None and dataset_row is not None
-            weights = get_blob_bytes(s, model_row.weights_blob_id)
-            card_json = json.dumps(model_row.card)
-            archive = get_blob_bytes(s, dataset_row.archive_blob_id)
-            config = PipelineConfig.model_validate(job.config)
-            completed = []
-            rows = s.execute(
-                select(JobStep, Checkpoint.blob_id)
-                .join(Checkpoint, Checkpoint.id == JobStep.checkpoint_id)
-                .where(JobStep.job_id == self.job_id)
-                .order_by(JobStep.index)
-            ).all()
-            for step, checkpoint_blob in rows:
-                metrics = StepMetrics.model_validate(step, from_attributes=True)
-                completed.append(StepOutcome(
-                    **dict(metrics), checkpoint=get_blob_bytes(s, checkpoint_blob),
-                    state=get_blob_bytes(s, step.state_blob_id),
-                ))
-            self.model_id = model_row.id
-            self.architecture = model_row.architecture
+        job = s.get(Job, self.job_id)
+        assert job is not None
+        model_row = s.get(Model, job.model_id)
+        dataset_row = s.get(Dataset, job.dataset_id)
+        assert model_row is not None and dataset_row is not None
+        completed = [
+            StepOutcome(**dict(metrics), checkpoint=get_blob_bytes(s, checkpoint_blob),
+                        state=get_blob_bytes(s, state_blob))
+            for metrics, checkpoint_blob, state_blob in jobs.completed_steps(s, self.job_id)
+        ]
+        return (get_blob_bytes(s, model_row.weights_blob_id), json.dumps(model_row.card),
+                get_blob_bytes(s, dataset_row.archive_blob_id), job.config, completed)
+
+    def _prepare(self, weights: bytes, card_json: str, archive: bytes, config: dict[str, Any],
+                 completed: list[StepOutcome]) -> tuple[Any, ...]:
+        from core.checkpoint import load_model_bytes
+        from core.config import PipelineConfig
+        from core.data import read_dataset_zip, split_records
+
         if completed:
             log.info("job %s: resuming after step %d", self.job_id, completed[-1].index)
         model, card = load_model_bytes(weights, card_json)
@@ -172,9 +156,10 @@ class _JobExecution:
         train, val = split_records(records)
         if not train or not val:
             raise ValueError(f"dataset of {len(records)} images is too small to split into train and validation")
-        return model, card, train, val, config, completed
+        return model, card, train, val, PipelineConfig.model_validate(config), completed
 
-    def _run_pipeline(self, model: Any, card: Any, train: Any, val: Any, config: Any, completed: Any) -> Any:
+    def _run_pipeline(self, model: Any, card: Any, train: Any, val: Any, config: Any,
+                      completed: Any) -> PipelineResult:
         from core import pipeline
 
         device = resolve_device(self.settings.device)
@@ -186,66 +171,27 @@ class _JobExecution:
         )
 
     # -- callbacks --------------------------------------------------------------------------
-    def _owned(self) -> Any:
-        return (Job.id == self.job_id) & (Job.lease_owner == self.owner) & (Job.status == "running")
-
-    def _on_step(self, outcome: Any) -> None:
+    def _on_step(self, outcome: StepOutcome) -> None:
         """Commit the step, its checkpoint and its resume state in one transaction, retried
         with backoff while the database is away."""
-        retry_transient(lambda: self._commit_step(outcome), what=f"job {self.job_id}: commit step {outcome.index}",
-                        within=self._retry_within)
+        self._transaction(
+            lambda s: jobs.commit_step(s, self.job_id, self.owner, outcome, outcome.checkpoint, outcome.state),
+            f"commit step {outcome.index}")
         log.info(
             "job %s: step %d committed (ratio %.2f, MR %.3f, AP50 %.3f, %.1fs)", self.job_id, outcome.index,
             outcome.compression_ratio, outcome.miss_rate, outcome.ap50, outcome.step_seconds,
         )
 
-    def _commit_step(self, outcome: Any) -> None:
-        try:
-            with session_scope(self.url) as s:
-                job = s.scalars(select(Job).where(self._owned()).with_for_update()).one_or_none()
-                if job is None:
-                    raise LeaseLost()
-                checkpoint_blob = put_blob(s, outcome.checkpoint)
-                state_blob = put_blob(s, outcome.state)
-                metrics = outcome.model_dump(mode="json")  # the StepMetrics fields, JSON-able
-                checkpoint = Checkpoint(
-                    **columns_of(Checkpoint, metrics), tenant_id=job.tenant_id, job_id=job.id,
-                    model_id=job.model_id, step=outcome.index, architecture=self.architecture,
-                    size_bytes=len(outcome.checkpoint), blob_id=checkpoint_blob.id,
-                )
-                s.add(checkpoint)
-                s.flush()
-                s.add(JobStep(**columns_of(JobStep, metrics), job_id=job.id, checkpoint_id=checkpoint.id,
-                              state_blob_id=state_blob.id, worker=self.owner))
-                job.progress_step = outcome.index
-                job.progress_updated_at = utcnow()
-                job.progress_message = f"step {outcome.index} committed"
-                if outcome.index == 0:
-                    _deploy_float_step(s, job, checkpoint.id)
-        except IntegrityError as exc:  # (job_id, index) exists: committed already
-            if self._step_writer(outcome.index) == self.owner:
-                return  # by us: a retry whose first commit went through before the connection dropped
-            raise LeaseLost() from exc
-
-    def _step_writer(self, index: int) -> str | None:
-        with session_scope(self.url) as s:
-            return s.scalar(select(JobStep.worker).where(JobStep.job_id == self.job_id, JobStep.index == index))
-
-    def _on_progress(self, progress: Any) -> None:
+    def _on_progress(self, progress: Progress) -> None:
         now = time.monotonic()
         if now - self._last_progress < self.settings.progress_interval_seconds and progress.percent < 100:
             return
         self._last_progress = now
         try:
             with session_scope(self.url) as s:
-                updated = s.execute(
-                    update(Job).where(self._owned()).values(
-                        progress_step=progress.step, progress_total_steps=progress.total_steps,
-                        progress_percent=min(float(progress.percent), 99.9),
-                        progress_eta_seconds=progress.eta_seconds,
-                        progress_message=progress.message or None, progress_updated_at=utcnow(),
-                    )
-                ).rowcount
+                updated = jobs.report_progress(
+                    s, self.job_id, self.owner, step=progress.step, total_steps=progress.total_steps,
+                    percent=progress.percent, eta_seconds=progress.eta_seconds, message=progress.message)
         except TRANSIENT_DB_ERRORS as exc:  # progress is best effort: keep training, report later
             self._warn_db_unavailable("progress update skipped", exc)
             return
@@ -264,7 +210,7 @@ class _JobExecution:
         self._last_poll = now
         try:
             with session_scope(self.url) as s:
-                self._cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+                self._cancel = jobs.cancel_requested(s, self.job_id)
         except TRANSIENT_DB_ERRORS as exc:  # keep the last answer until the database is back
             self._warn_db_unavailable("cancel check skipped", exc)
         return self._cancel
@@ -281,11 +227,8 @@ class _JobExecution:
     def _hand_back(self) -> None:
         """Put the job back in the queue (committed steps stay) and enqueue it again."""
         with session_scope(self.url) as s:
-            done = s.execute(update(Job).where(self._owned()).values(
-                status="queued", lease_owner=None, lease_expires_at=None, enqueued_at=None,
-                progress_updated_at=utcnow(), progress_message="worker shut down; requeued",
-            )).rowcount
-        if done:
+            handed_back = jobs.hand_back(s, self.job_id, self.owner)
+        if handed_back:
             from worker.celery_app import celery_app, send_job
 
             try:
@@ -295,32 +238,8 @@ class _JobExecution:
             log.info("job %s: worker shutting down; job handed back to the queue", self.job_id)
 
     # -- the end ----------------------------------------------------------------------------
-    def _finish(self, status: str, *, selected: int | None = None, error: str | None = None,
-                message: str | None = None) -> None:
-        values: dict[str, Any] = {
-            "status": status, "finished_at": utcnow(), "lease_owner": None, "lease_expires_at": None,
-            "progress_message": message, "progress_updated_at": utcnow(), "error": error,
-        }
-        if status == "succeeded":
-            values.update(selected_step_index=selected, progress_percent=100.0, progress_eta_seconds=0.0)
-        retry_transient(lambda: self._write_finish(status, selected, values), what=f"job {self.job_id}: finish",
-                        within=self._retry_within)
-
-    def _write_finish(self, status: str, selected: int | None, values: dict[str, Any]) -> None:
-        with session_scope(self.url) as s:
-            done = s.execute(update(Job).where(self._owned()).values(**values)).rowcount
-            if not done:
-                log.warning("job %s: lease lost before it could be marked %s", self.job_id, status)
-                return
-            job = s.get(Job, self.job_id)
-            assert job is not None
-            if status == "succeeded" and job.deploy_on_success and selected is not None:
-                checkpoint_id = s.scalar(
-                    select(JobStep.checkpoint_id).where(JobStep.job_id == job.id, JobStep.index == selected)
-                )
-                deployment = s.get(Deployment, job.tenant_id) or Deployment(tenant_id=job.tenant_id)
-                deployment.checkpoint_id = checkpoint_id
-                deployment.model_id = job.model_id
-                deployment.updated_at = utcnow()
-                s.add(deployment)
-                log.info("job %s: deployed checkpoint %s", job.id, checkpoint_id)
+    def _finish(self, status: JobStatus, *, selected: int | None = None, error: str | None = None) -> None:
+        ended = self._transaction(
+            lambda s: jobs.finish(s, self.job_id, self.owner, status, selected=selected, error=error), "finish")
+        if not ended:
+            log.warning("job %s: lease lost before it could be marked %s", self.job_id, status)

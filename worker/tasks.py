@@ -53,17 +53,21 @@ _stop = threading.Event()
 
 def _recover_loop() -> None:
     """Requeue jobs whose worker died, and send every queued job that has no message."""
-    from core.store.dispatch import unsent_jobs
+    from core.store import session_scope
+    from core.store.jobs import requeue_orphans, unsent_jobs
     from worker.celery_app import send_job
-    from worker.lease import requeue_orphans
 
     settings = get_settings()
     interval = max(1.0, settings.job_lease_seconds / 2)
     while True:
         try:
-            for job_id in requeue_orphans(settings.database_url):
+            with session_scope(settings.database_url) as s:
+                requeued = requeue_orphans(s)
+            for job_id in requeued:
                 log.warning("job %s: its worker stopped renewing the lease; requeued", job_id)
-            for job_id in unsent_jobs(settings.database_url, settings.stranded_job_seconds):
+            with session_scope(settings.database_url) as s:
+                unsent = unsent_jobs(s, settings.stranded_job_seconds)
+            for job_id in unsent:
                 send_job(celery_app, settings, job_id)
                 log.warning("job %s: queued with no message in the broker; sent it", job_id)
         except Exception:

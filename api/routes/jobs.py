@@ -28,11 +28,11 @@ def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
         # The broker stayed unreachable through the publish retries: the job was never
         # queued, so it does not exist (the client retries), rather than a failed row.
         log.warning("job %s: could not reach the broker (%s); job not created", job.id, type(exc).__name__)
-        session.delete(job)
+        services.withdraw_job(session, job)
         session.commit()
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="the job queue is unavailable; retry later",
                             headers={"Retry-After": "5"}) from exc
-    return schemas.JobCreated(id=job.id, status="queued")
+    return schemas.JobCreated(id=job.id, status=job.status)  # type: ignore[arg-type]
 
 
 @router.get("/jobs", response_model=schemas.JobsPublic)

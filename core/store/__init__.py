@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from core.store.blobs import BlobCorrupted, get_blob_bytes, put_blob
 from core.store.models import (
-    TERMINAL_STATUSES,
     ApiKey,
     Base,
     Blob,
@@ -21,12 +20,12 @@ from core.store.session import (
     get_engine,
     get_sessionmaker,
     retry_transient,
+    run_in_transaction,
     session_scope,
     wait_for_database,
 )
 
 __all__ = [
-    "TERMINAL_STATUSES",
     "TRANSIENT_DB_ERRORS",
     "ApiKey",
     "Base",
@@ -44,6 +43,7 @@ __all__ = [
     "get_sessionmaker",
     "put_blob",
     "retry_transient",
+    "run_in_transaction",
     "session_scope",
     "utcnow",
     "wait_for_database",

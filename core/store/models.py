@@ -35,10 +35,6 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-
-
 def columns_of(table: type[Base], values: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of `values` that are columns of `table` (a step record's metrics become
     the columns of the rows that store them, whichever metrics the record has)."""
@@ -143,11 +139,10 @@ class Dataset(Base):
 
 
 class Job(Base):
-    """A binarization run. `config` is the `core.pipeline.PipelineConfig` as JSON.
+    """A binarization run. `config` is the `core.config.PipelineConfig` as JSON.
 
-    A worker owns a running job through a lease (`lease_owner`, `lease_expires_at`) it
-    renews while alive; a job whose lease expired is requeued and resumes from its
-    committed steps.
+    Written only through `core.store.jobs` (the lifecycle: statuses, the lease a worker holds
+    while it runs the job, progress, cancel, the end).
     """
 
     __tablename__ = "jobs"
@@ -157,7 +152,7 @@ class Job(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"), index=True)
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"), index=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # a core.store.jobs.JobStatus
     deploy_on_success: Mapped[bool] = mapped_column(Boolean, default=False)
 
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
@@ -176,7 +171,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # When the job's message was last handed to the broker; NULL while `queued` means no
     # message is known to exist (the API died between commit and send, or the job was just
-    # requeued): workers send those (core.store.dispatch).
+    # requeued): workers send those (core.store.jobs.unsent_jobs).
     enqueued_at: Mapped[datetime | None] = mapped_column()
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

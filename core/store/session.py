@@ -72,6 +72,17 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
+def run_in_transaction(url: str, work: Callable[[Session], T], *, what: str, within: float) -> T:
+    """`work(session)` as one transaction, retried whole with `retry_transient` while the
+    database is unreachable (so `work` must be idempotent: a retry re-runs all of it)."""
+
+    def attempt() -> T:
+        with session_scope(url) as session:
+            return work(session)
+
+    return retry_transient(attempt, what=what, within=within)
+
+
 def wait_for_database(url: str, timeout: float = 60.0) -> None:
     """Block until `SELECT 1` succeeds (containers start in any order)."""
 

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from core.config import PipelineConfig
 from core.store import (
     Blob,
     Checkpoint,
@@ -31,6 +32,7 @@ from core.store import (
     get_sessionmaker,
     session_scope,
 )
+from core.store.jobs import create_job
 from core.store.migrate import upgrade_head
 from tests.integration.conftest import (
     KEYS,
@@ -381,12 +383,10 @@ def test_a_job_whose_message_was_never_sent_still_runs(stack: Stack, reference: 
     with stack.client() as c:
         template = stack.job_row(stack.post_job(c))  # a real job's row, to copy its tenant and config
         wait_terminal(c, template.id)
-        with session_scope(stack.pg.url) as s:
-            stranded = Job(tenant_id=template.tenant_id, model_id=template.model_id,
-                           dataset_id=template.dataset_id, config=template.config, status="queued")
-            s.add(stranded)
-            s.flush()
-            job_id = stranded.id
+        with session_scope(stack.pg.url) as s:  # what POST /jobs commits before it sends the message
+            job_id = create_job(s, tenant_id=template.tenant_id, model_id=template.model_id,
+                                dataset_id=template.dataset_id,
+                                config=PipelineConfig.model_validate(template.config)).id
         job = wait_terminal(c, job_id, timeout=120)
     tally = Tally()
     tally.add(outcome(stack, job_id), ref)

@@ -19,7 +19,7 @@ from core.store import (
     utcnow,
 )
 from core.store import session as store_session
-from core.store.dispatch import mark_enqueued, unsent_jobs
+from core.store.jobs import mark_enqueued, unsent_jobs
 from core.store.migrate import upgrade_head
 
 
@@ -96,10 +96,12 @@ def test_unsent_jobs_are_new_ones_past_the_grace_and_requeued_ones_at_once(db_ur
     stranded = _job(db_url, age_seconds=120)  # the API died between commit and send
     requeued = _job(db_url, age_seconds=1, attempts=1)  # its worker died; requeue_orphans cleared it
     sent = _job(db_url, age_seconds=120)
-    mark_enqueued(db_url, sent)
+    with session_scope(db_url) as s:
+        mark_enqueued(s, sent)
     _job(db_url, age_seconds=120, status="running")
     _job(db_url, age_seconds=120, status="succeeded")
-    assert unsent_jobs(db_url, older_than_seconds=60) == [stranded, requeued]
-    assert fresh not in unsent_jobs(db_url, older_than_seconds=60)
-    mark_enqueued(db_url, stranded)
-    assert unsent_jobs(db_url, older_than_seconds=60) == [requeued]
+    with session_scope(db_url) as s:
+        assert unsent_jobs(s, older_than_seconds=60) == [stranded, requeued]
+        assert fresh not in unsent_jobs(s, older_than_seconds=60)
+        mark_enqueued(s, stranded)
+        assert unsent_jobs(s, older_than_seconds=60) == [requeued]
