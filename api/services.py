@@ -1,11 +1,14 @@
-"""What the routes do: validate uploads with `core`, read and write the store, scoped by tenant.
+"""What the routes do, scoped by tenant: look rows up, call the store (uploads through
+`core.store.catalog`, jobs through `core.store.jobs`, deployments through
+`core.store.deployments`) and turn what goes wrong into the errors `api/errors.py` answers
+with a status (`NotFound` 404, `Conflict` 409, `TooLarge` 413, `UnsupportedMediaType` 415,
+`InvalidUpload` 422).
 
 Routes stay thin; every function here takes the tenant and filters by it, so a foreign id
 is indistinguishable from an unknown one (`NotFound` -> 404).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import Any, TypeVar
@@ -24,12 +27,13 @@ from core.store import (
     JobStep,
     Model,
     Tenant,
+    catalog,
     deployments,
     get_blob_bytes,
     jobs,
-    put_blob,
     session_scope,
 )
+from core.store.catalog import InvalidUpload, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +44,6 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """The request does not fit the resource's current state (409)."""
-
-
-class TooLarge(ValueError):
-    """An upload over its configured limit (413)."""
-
-
-class InvalidUpload(ValueError):
-    """An upload that `core` rejected; the message names the problem (422)."""
 
 
 class UnsupportedMediaType(ValueError):
@@ -86,36 +82,9 @@ def read_upload(upload: Any, limit: int, field: str) -> bytes:
 # -- models ---------------------------------------------------------------------------------
 def create_model(session: Session, tenant: Tenant, settings: Settings, weights: bytes, card_json: str,
                  name: str | None = None) -> Model:
-    """Validate (strict load into the declared architecture + one forward pass), then store."""
-    from core.checkpoint import check_forward, load_model_bytes
-
-    if len(weights) > settings.max_model_bytes:
-        raise TooLarge(f"weights: {len(weights)} bytes, over the limit of {settings.max_model_bytes}")
-    if len(card_json.encode()) > settings.max_card_bytes:
-        raise TooLarge(f"card: over the limit of {settings.max_card_bytes} bytes")
-    if not weights:
-        raise InvalidUpload("weights: empty file")
-    try:
-        model, card = load_model_bytes(weights, card_json)
-        check_forward(model, card)
-    except ValueError as exc:  # CheckpointError and friends name the problem
-        raise InvalidUpload(str(exc)) from None
-    num_params = sum(p.numel() for p in model.parameters())
-    card_data = json.loads(card.model_dump_json())
-    blob = put_blob(session, weights)
-    row = Model(
-        tenant_id=tenant.id,
-        name=name,
-        architecture=card.architecture,
-        num_classes=card.num_classes,
-        num_params=num_params,
-        size_bytes=len(weights),
-        card=card_data,
-        weights_blob_id=blob.id,
-    )
-    session.add(row)
-    session.flush()
-    log.info("tenant %s: model %s (%s, %d params) stored", tenant.name, row.id, row.architecture, num_params)
+    """Validate and store the tenant's float detector (`core.store.catalog.store_model`)."""
+    row = catalog.store_model(session, tenant.id, settings, weights, card_json, name=name)
+    log.info("tenant %s: model %s (%s, %d params) stored", tenant.name, row.id, row.architecture, row.num_params)
     return row
 
 
@@ -130,32 +99,10 @@ def model_public(row: Model) -> schemas.ModelPublic:
 # -- datasets -------------------------------------------------------------------------------
 def create_dataset(session: Session, tenant: Tenant, settings: Settings, archive: bytes,
                    name: str | None = None) -> Dataset:
-    """Parse the whole zip (layout, every image decodes, every box inside its image), then store."""
-    from core.data import read_dataset_zip
-
-    if len(archive) > settings.max_dataset_bytes:
-        raise TooLarge(f"archive: {len(archive)} bytes, over the limit of {settings.max_dataset_bytes}")
-    if not archive:
-        raise InvalidUpload("archive: empty file")
-    try:
-        records = read_dataset_zip(archive, **settings.dataset_zip_limits())
-    except ValueError as exc:
-        raise InvalidUpload(str(exc)) from None
-    if not records:
-        raise InvalidUpload("archive: the dataset holds no images")
-    num_boxes = sum(int(r.boxes.shape[0]) for r in records)
-    blob = put_blob(session, archive)
-    row = Dataset(
-        tenant_id=tenant.id,
-        name=name,
-        num_images=len(records),
-        num_boxes=num_boxes,
-        size_bytes=len(archive),
-        archive_blob_id=blob.id,
-    )
-    session.add(row)
-    session.flush()
-    log.info("tenant %s: dataset %s (%d images, %d boxes) stored", tenant.name, row.id, len(records), num_boxes)
+    """Validate and store the tenant's dataset zip (`core.store.catalog.store_dataset`)."""
+    row = catalog.store_dataset(session, tenant.id, settings, archive, name=name)
+    log.info("tenant %s: dataset %s (%d images, %d boxes) stored", tenant.name, row.id, row.num_images,
+             row.num_boxes)
     return row
 
 

@@ -1,8 +1,10 @@
 """The demo seeded on an empty database (shared/API.md, `make run`).
 
 Trains FlexBin's default detector on the Penn-Fudan images at `FLEXBIN_DEMO_DATA`, stores it
-and the dataset for the demo tenant, deploys the float model, and queues a layer-priority
-binarization job that deploys its selected checkpoint when it succeeds. `/detect` serves
+and the dataset for the demo tenant through the same functions a user's uploads go through
+(`core.store.catalog`: validated, then stored), deploys the float model, and queues a
+layer-priority binarization job (`core.store.jobs.create_job`, as `POST /jobs`) that deploys
+its selected checkpoint when it succeeds. `/detect` serves
 packed checkpoints only, so "deploys the float model" means: the deployment names the model
 with no checkpoint (409 on `/detect`) until the job commits step 0 (the float model, packed),
 which `worker.jobs` then deploys at once; the selected checkpoint replaces it at the end.
@@ -11,7 +13,6 @@ Runs as the `demo.seed` task, so the API process never trains.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 import zipfile
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from core.settings import Settings
-from core.store import Dataset, Model, deployments, jobs, put_blob, session_scope
+from core.store import Model, catalog, deployments, jobs, session_scope
 from core.store.tenants import ensure_tenant
 from worker.jobs import SHUTTING_DOWN
 
@@ -94,22 +95,10 @@ def seed_demo(settings: Settings) -> str:
         method="layer_priority", order="inverse_depth", bits=1,
         finetune_iters=settings.demo_finetune_iters, seed=0,
     )
-    with session_scope(settings.database_url) as s:
+    with session_scope(settings.database_url) as s:  # what POST /models, /datasets and /jobs do
         tenant = ensure_tenant(s, tenant_name)
-        weights_blob = put_blob(s, weights)
-        archive_blob = put_blob(s, archive)
-        model_row = Model(
-            tenant_id=tenant.id, name=DEMO_MODEL_NAME, architecture=card.architecture,
-            num_classes=card.num_classes, num_params=sum(p.numel() for p in model.parameters()),
-            size_bytes=len(weights), card=json.loads(card_json), weights_blob_id=weights_blob.id,
-        )
-        dataset_row = Dataset(
-            tenant_id=tenant.id, name=DEMO_DATASET_NAME, num_images=len(records),
-            num_boxes=sum(int(r.boxes.shape[0]) for r in records), size_bytes=len(archive),
-            archive_blob_id=archive_blob.id,
-        )
-        s.add_all([model_row, dataset_row])
-        s.flush()
+        model_row = catalog.store_model(s, tenant.id, settings, weights, card_json, name=DEMO_MODEL_NAME)
+        dataset_row = catalog.store_dataset(s, tenant.id, settings, archive, name=DEMO_DATASET_NAME)
         job = jobs.create_job(s, tenant_id=tenant.id, model_id=model_row.id, dataset_id=dataset_row.id,
                               config=config, deploy_on_success=True)
         deployments.deploy(s, tenant.id, checkpoint_id=None, model_id=model_row.id)
