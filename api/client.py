@@ -2,20 +2,21 @@
 
     python -m api.client detect --url http://127.0.0.1:8000 --key dev FOLDER --out detections.json
 
-or from Python: `detect_folder("http://127.0.0.1:8000", "dev", "photos/")`. Only httpx is needed.
+or from Python: `detect_folder("http://127.0.0.1:8000", "dev", "photos/")`. Only httpx and
+tenacity are needed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
 IMAGE_SUFFIXES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 RATE_LIMIT_RETRIES = 5  # a 429 (the key's rate limit) is retried after its Retry-After, this often
@@ -33,15 +34,20 @@ def image_files(folder: Path | str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def _wait_retry_after(state: RetryCallState) -> float:
+    """What the 429's `Retry-After` asks for (whole seconds, at most 60; 1 when it says nothing usable)."""
+    retry_after = state.outcome.result().headers.get("Retry-After", "1") if state.outcome else "1"
+    return min(60, int(retry_after)) if retry_after.isdigit() else 1
+
+
 def _post(client: httpx.Client, paths: Sequence[Path], form: dict[str, str]) -> dict[str, Any]:
     files = [("images", (p.name, p.read_bytes(), IMAGE_SUFFIXES[p.suffix.lower()])) for p in paths]
-    r = client.post("/detect", files=files, data=form)
-    for _ in range(RATE_LIMIT_RETRIES):
-        if r.status_code != 429:
-            break
-        retry_after = r.headers.get("Retry-After", "1")
-        time.sleep(min(60, int(retry_after)) if retry_after.isdigit() else 1)
-        r = client.post("/detect", files=files, data=form)
+    over_the_rate_limit = Retrying(
+        retry=retry_if_result(lambda r: r.status_code == 429), wait=_wait_retry_after,
+        stop=stop_after_attempt(1 + RATE_LIMIT_RETRIES),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    r = over_the_rate_limit(client.post, "/detect", files=files, data=form)
     if r.status_code != 200:
         try:
             detail = r.json().get("detail", r.text)

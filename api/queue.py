@@ -1,36 +1,31 @@
-"""Enqueue work by task name with ids only; the API never imports the task code."""
+"""Enqueue work by task name with ids only (`core.queue`); the API never imports `worker/`."""
 from __future__ import annotations
 
 import threading
 
 from celery import Celery
 
+from core import queue
 from core.settings import Settings
-
-DEMO_TASK = "demo.seed"
-
 
 _apps: dict[str, Celery] = {}
 _lock = threading.Lock()
 
 
 def _celery(settings: Settings) -> Celery:
-    from worker.celery_app import make_celery  # configuration only: no torch, no tasks
-
+    """One sending app per broker URL, built on first use (configuration only: no tasks)."""
     with _lock:
         if settings.celery_broker_url not in _apps:
-            _apps[settings.celery_broker_url] = make_celery(settings)
+            _apps[settings.celery_broker_url] = queue.make_celery(settings)
         return _apps[settings.celery_broker_url]
 
 
 def enqueue_job(settings: Settings, job_id: str) -> None:
-    from worker.celery_app import send_job
-
-    send_job(_celery(settings), settings, job_id)
+    queue.send_job(_celery(settings), settings, job_id)
 
 
 def enqueue_demo(settings: Settings) -> None:
-    _celery(settings).send_task(DEMO_TASK, args=[], queue="binarize")
+    queue.send_demo(_celery(settings))
 
 
 def broker_ok(settings: Settings, timeout: float = 2.0) -> tuple[bool, str]:

@@ -103,7 +103,8 @@ def seed_demo(settings: Settings) -> str:
                               config=config, deploy_on_success=True)
         deployments.deploy(s, tenant.id, checkpoint_id=None, model_id=model_row.id)
         job_id = job.id
-    from worker.celery_app import celery_app, send_job
+    from core.queue import send_job
+    from worker.celery_app import celery_app
 
     send_job(celery_app, settings, job_id)
     log.info("demo: model %s deployed (float); binarization job %s queued", model_row.id, job_id)

@@ -229,7 +229,8 @@ class _JobExecution:
         with session_scope(self.url) as s:
             handed_back = jobs.hand_back(s, self.job_id, self.owner)
         if handed_back:
-            from worker.celery_app import celery_app, send_job
+            from core.queue import send_job
+            from worker.celery_app import celery_app
 
             try:
                 send_job(celery_app, self.settings, self.job_id)

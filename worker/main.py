@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    from worker.celery_app import BINARIZE_QUEUE, celery_app
+    from core.queue import BINARIZE_QUEUE
+    from worker.celery_app import celery_app
 
     args = [
         "worker", "-Q", BINARIZE_QUEUE, "--pool", "solo", "--concurrency", "1",

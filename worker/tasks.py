@@ -8,34 +8,39 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
+from core.queue import BINARIZE_QUEUE, BINARIZE_TASK, DEMO_TASK, send_job
 from core.settings import get_settings
-from worker.celery_app import BINARIZE_QUEUE, celery_app
+from core.store import TRANSIENT_DB_ERRORS
+from worker.celery_app import celery_app
 
 log = logging.getLogger(__name__)
 
 
+DATABASE_RETRY_COUNTDOWN = 10  # seconds between task retries while the database stays away
+
+
 @celery_app.task(
-    name="binarize.run", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None,
-    queue=BINARIZE_QUEUE,
+    name=BINARIZE_TASK, bind=True, acks_late=True, reject_on_worker_lost=True, queue=BINARIZE_QUEUE,
+    # The database stayed away longer than the worker's own retries: Celery tries the job
+    # again later, for as long as it takes (it resumes from its committed steps), instead of
+    # dropping its message.
+    autoretry_for=TRANSIENT_DB_ERRORS, retry_kwargs={"countdown": DATABASE_RETRY_COUNTDOWN}, max_retries=None,
 )
 def binarize_run(self: Task, job_id: str) -> str:
     """Run (or resume) job `job_id`; a job owned by a live worker is retried after its lease."""
-    from core.store import TRANSIENT_DB_ERRORS
     from worker.jobs import run_job
 
     try:
         outcome = run_job(job_id, get_settings())
-    except TRANSIENT_DB_ERRORS as exc:
-        # The database stayed away longer than the worker's retries: try the job again later
-        # (it resumes from its committed steps) instead of dropping its message.
-        log.warning("job %s: database unavailable; retrying the task in 10s", job_id)
-        raise self.retry(countdown=10) from exc
+    except TRANSIENT_DB_ERRORS:
+        log.warning("job %s: database unavailable; retrying the task in %ds", job_id, DATABASE_RETRY_COUNTDOWN)
+        raise
     if outcome.retry_after is not None:
         raise self.retry(countdown=outcome.retry_after)
     return outcome.status
 
 
-@celery_app.task(name="demo.seed", acks_late=True, reject_on_worker_lost=True, queue=BINARIZE_QUEUE)
+@celery_app.task(name=DEMO_TASK, acks_late=True, reject_on_worker_lost=True, queue=BINARIZE_QUEUE)
 def demo_seed() -> str:
     """Train the demo detector, store it with the Penn-Fudan dataset, start its job."""
     from worker.demo import DemoInterrupted, seed_demo
@@ -55,7 +60,6 @@ def _recover_loop() -> None:
     """Requeue jobs whose worker died, and send every queued job that has no message."""
     from core.store import session_scope
     from core.store.jobs import requeue_orphans, unsent_jobs
-    from worker.celery_app import send_job
 
     settings = get_settings()
     interval = max(1.0, settings.job_lease_seconds / 2)

@@ -1,11 +1,11 @@
 """Engines and sessions. One engine per URL per process; SQLite gets WAL + a busy timeout so
 the API and a worker process can share the embedded database. PostgreSQL connections have a
 connect timeout, a statement timeout and TCP keepalives (a vanished server is noticed), and
-`retry_transient` retries an idempotent unit of work with backoff while the database is away."""
+`retry_transient` retries an idempotent unit of work with backoff (tenacity) while the database
+is away."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -15,6 +15,13 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_before_delay,
+    wait_exponential,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -96,16 +103,18 @@ def wait_for_database(url: str, timeout: float = 60.0) -> None:
 def retry_transient(work: Callable[[], T], *, what: str, within: float) -> T:
     """Run `work` (one whole, idempotent unit: a transaction, a read), retrying it with
     exponential backoff (0.25 s doubling to 5 s) while the database is unreachable, for at
-    most `within` seconds; then the last error propagates."""
-    deadline = time.monotonic() + within
-    delay = 0.25
-    while True:
-        try:
-            return work()
-        except TRANSIENT_DB_ERRORS as exc:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("%s: database unavailable (%s); retrying in %.2fs", what,
-                        str(exc).splitlines()[0][:200], delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    most `within` seconds; then the last error propagates. Other errors propagate at once."""
+    retrying = Retrying(
+        retry=retry_if_exception_type(TRANSIENT_DB_ERRORS),
+        wait=wait_exponential(multiplier=0.25, max=5.0),
+        stop=stop_before_delay(within),
+        before_sleep=lambda state: _log_retry(what, state),
+        reraise=True,
+    )
+    return retrying(work)
+
+
+def _log_retry(what: str, state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    log.warning("%s: database unavailable (%s); retrying in %.2fs", what, str(exc).splitlines()[0][:200],
+                state.upcoming_sleep)

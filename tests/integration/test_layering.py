@@ -1,5 +1,6 @@
-"""Layering rules of the service: workers never import FastAPI, the API never imports task
-code, settings parse the documented environment."""
+"""Layering rules of the service: workers never import FastAPI, the API never imports the
+worker (it speaks the queue contract, `core.queue`) nor, at start, torch; settings parse the
+documented environment."""
 from __future__ import annotations
 
 import subprocess
@@ -22,9 +23,21 @@ def test_worker_never_imports_fastapi() -> None:
     assert not {m for m in modules if m.split(".")[0] in ("fastapi", "starlette", "uvicorn", "api")}
 
 
-def test_api_never_imports_task_code() -> None:
-    modules = _modules_after("import api.app, api.run")
-    assert not {"worker.tasks", "worker.jobs", "worker.demo"} & modules
+def test_api_never_imports_the_worker() -> None:
+    """The API enqueues through the queue contract (`core.queue`), never through `worker/`."""
+    modules = _modules_after("import api.app, api.run, api.queue")
+    assert "core.queue" in modules
+    assert not {m for m in modules if m.split(".")[0] == "worker"}
+
+
+def test_the_queue_contract_builds_nothing_at_import() -> None:
+    """`core.queue` is names and a factory: importing it builds no FlexBin Celery app (Celery's
+    own lazy default app aside) and loads no task code."""
+    code = ("import gc, celery, core.queue; "
+            "print(sum(isinstance(o, celery.Celery) and o.main == 'flexbin' for o in gc.get_objects()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
+    assert not {m for m in _modules_after("import core.queue") if m.split(".")[0] in ("worker", "torch")}
 
 
 def test_api_idles_without_torch() -> None:

@@ -4,6 +4,7 @@ waits out a 429."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -116,8 +117,24 @@ def test_detect_client_waits_out_a_429(tmp_path: Path, monkeypatch: pytest.Monke
     answers = iter([httpx.Response(429, json={"detail": "rate limit"}, headers={"Retry-After": "3"}),
                     httpx.Response(200, json={"checkpoint_id": "c", "results": []})])
     slept: list[float] = []
-    monkeypatch.setattr(detect_client.time, "sleep", slept.append)
+    monkeypatch.setattr(time, "sleep", slept.append)
     transport = httpx.MockTransport(lambda request: next(answers))
     with httpx.Client(base_url="http://api", transport=transport) as c:
         assert detect_client._post(c, [tmp_path / "a.png"], {})["checkpoint_id"] == "c"
     assert slept == [3]
+
+
+def test_detect_client_gives_up_after_its_retries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.png").write_bytes(b"png")
+    calls: list[int] = []
+
+    def always_429(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(429, json={"detail": "rate limit"}, headers={"Retry-After": "soon"})
+
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    with httpx.Client(base_url="http://api", transport=httpx.MockTransport(always_429)) as c, \
+            pytest.raises(detect_client.DetectError, match="HTTP 429: rate limit"):
+        detect_client._post(c, [tmp_path / "a.png"], {})
+    assert len(calls) == 1 + detect_client.RATE_LIMIT_RETRIES and slept == [1] * detect_client.RATE_LIMIT_RETRIES

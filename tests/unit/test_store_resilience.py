@@ -2,6 +2,7 @@
 `unsent_jobs` finds the queued jobs that have no message in the broker."""
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,7 +19,6 @@ from core.store import (
     session_scope,
     utcnow,
 )
-from core.store import session as store_session
 from core.store.jobs import mark_enqueued, unsent_jobs
 from core.store.migrate import upgrade_head
 
@@ -37,7 +37,7 @@ def _outage(times: int) -> tuple[list[int], object]:
 
 def test_retry_transient_backs_off_until_the_database_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr(store_session.time, "sleep", sleeps.append)
+    monkeypatch.setattr(time, "sleep", sleeps.append)
     calls, work = _outage(times=4)
     assert retry_transient(work, what="test", within=60) == "done"  # type: ignore[arg-type]
     assert len(calls) == 5
@@ -46,8 +46,8 @@ def test_retry_transient_backs_off_until_the_database_answers(monkeypatch: pytes
 
 def test_retry_transient_gives_up_after_its_window(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [0.0]
-    monkeypatch.setattr(store_session.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
-    monkeypatch.setattr(store_session.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
     calls, work = _outage(times=1000)
     with pytest.raises(OperationalError):
         retry_transient(work, what="test", within=10)  # type: ignore[arg-type]
