@@ -3,8 +3,9 @@
 Three byte formats, all safetensors:
 - *float model* (`weights.safetensors` + `card.json`): the model's state_dict as uploaded.
 - *packed checkpoint*: what serving runs. Float tensors as they are; each binarized weight
-  W ≈ Σ α_i B_i stored bit-packed as `<key>::bits` (uint8, 1 bit per weight and base) and
-  `<key>::scales` (float32 [k, C_out]); the card travels in the safetensors metadata.
+  stored by its quantizer (`<key>::<part>`; `sign` and `kbit` store W ≈ Σ α_i B_i as
+  `<key>::bits`, uint8, 1 bit per weight and base, and `<key>::scales`, float32 [k, C_out]);
+  the card, which names each binarized layer's quantizer, travels in the safetensors metadata.
 - *resume state*: the latent real weights of a run in progress (binarized layers keep
   real weights under the straight-through estimator), for resuming a pipeline step.
 """
@@ -29,12 +30,12 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from core.binary import (
+    WeightQuantizer,
     binarize_module,
-    binary_approx,
-    binary_bits,
-    is_binarized,
-    pack_approx,
-    unpack_approx,
+    latent_weight,
+    weight_quantizer,
+    weight_quantizer_from_config,
+    weight_quantizer_of,
 )
 from core.models import build_model
 from core.models.registry import ARCHITECTURES, resolve_kwargs
@@ -42,7 +43,7 @@ from core.models.registry import ARCHITECTURES, resolve_kwargs
 # One metadata key: safetensors writes several in no fixed order, and we want equal
 # checkpoints to be equal bytes (a resumed run reproduces an uninterrupted one exactly).
 META_KEY = "flexbin"
-_BITS, _SCALES = "::bits", "::scales"
+_PART = "::"  # <weight key>::<part> holds one tensor of a binarized weight's packed form
 MAX_INPUT_SIZE = 4096  # pixels, longer side
 
 
@@ -65,6 +66,10 @@ class ModelCard(BaseModel):
     builder_kwargs: dict[str, Any] = Field(default_factory=dict)
     input_size: int = 320
     binary_layers: dict[str, int] = Field(default_factory=dict, description="layer -> bits")
+    weight_quantizers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="layer -> the config of the quantizer that binarized it (`core.binary.quantizers`); "
+        "a card without it (older checkpoints) means the default quantizer of the layer's bits")
     metrics: dict[str, float] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
 
@@ -107,6 +112,18 @@ class ModelCard(BaseModel):
 
     def build(self) -> nn.Module:
         return build_model(self.architecture, num_classes=self.num_classes, **self.builder_kwargs)
+
+    def layer_quantizer(self, layer: str) -> WeightQuantizer:
+        """The quantizer that binarized `layer` (CheckpointError for a layer the card does not
+        list as binary, or a quantizer config that does not build)."""
+        try:
+            if layer in self.weight_quantizers:
+                return weight_quantizer_from_config(self.weight_quantizers[layer])
+            return weight_quantizer(self.binary_layers[layer])
+        except KeyError:
+            raise CheckpointError(f"card: layer {layer!r} is packed but not listed in binary_layers") from None
+        except ValueError as exc:
+            raise CheckpointError(f"card: layer {layer!r}: {exc}") from None
 
 
 # -- float models ------------------------------------------------------------------
@@ -206,8 +223,16 @@ def _metadata(data: bytes) -> dict[str, str]:
 
 
 # -- packed (binary) checkpoints ---------------------------------------------------
-def binarized_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if is_binarized(m)}
+def binarized_modules(model: nn.Module) -> dict[str, WeightQuantizer]:
+    """Each binarized layer's name and its weight quantizer."""
+    return {name: q for name, m in model.named_modules() if (q := weight_quantizer_of(m)) is not None}
+
+
+def _layer_records(model: nn.Module) -> dict[str, Any]:
+    """How a (partly) binarized model is binarized, as the card records it."""
+    binary = binarized_modules(model)
+    return {"binary_layers": {name: q.bits for name, q in binary.items()},
+            "weight_quantizers": {name: q.to_config() for name, q in binary.items()}}
 
 
 def pack_checkpoint(model: nn.Module, card: ModelCard) -> bytes:
@@ -217,8 +242,8 @@ def pack_checkpoint(model: nn.Module, card: ModelCard) -> bytes:
     re-approximated from the latent weights exactly as the straight-through forward pass
     does, so the packed checkpoint serves the values that were fine-tuned and evaluated.
     """
-    tensors, shapes, layers = _packed_tensors(model)
-    card = card.model_copy(update={"binary_layers": layers})
+    tensors, shapes = _packed_tensors(model)
+    card = card.model_copy(update=_layer_records(model))
     meta = {"card": card.model_dump(mode="json"), "packed_shapes": shapes}
     return st_save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
@@ -230,21 +255,21 @@ def compression_ratio(model: nn.Module) -> float:
     return float_checkpoint_nbytes(model) / len(st_save(_packed_tensors(model)[0]))
 
 
-def _packed_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, list[int]], dict[str, int]]:
+def _packed_tensors(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, list[int]]]:
     binary = binarized_modules(model)
-    layers = {name: int(binary_bits(m)) for name, m in binary.items()}
+    modules = dict(model.named_modules())
     tensors: dict[str, Tensor] = {}
     shapes: dict[str, list[int]] = {}
     for key, value in _plain_state(model).items():
         layer = key.removesuffix(".weight")
         if key.endswith(".weight") and layer in binary:
-            packed = pack_approx(binary_approx(binary[layer]))  # exactly what the STE forward computes
-            tensors[key + _BITS] = packed["bits"]
-            tensors[key + _SCALES] = packed["scales"]
+            # re-fitted from the latent weight exactly as the STE forward computes it
+            for part, tensor in binary[layer].pack(latent_weight(modules[layer])).items():
+                tensors[key + _PART + part] = tensor
             shapes[key] = list(value.shape)
         else:
             tensors[key] = value.float() if value.is_floating_point() else value
-    return tensors, shapes, layers
+    return tensors, shapes
 
 
 def unpack_checkpoint(data: bytes) -> tuple[nn.Module, ModelCard]:
@@ -260,12 +285,14 @@ def unpack_checkpoint(data: bytes) -> tuple[nn.Module, ModelCard]:
     tensors = _read_safetensors(data, "checkpoint")
     state: dict[str, Tensor] = {k: v for k, v in tensors.items() if "::" not in k}
     for key, shape in shapes.items():
+        layer = key.removesuffix(".weight")
+        parts = {k.removeprefix(key + _PART): v for k, v in tensors.items() if k.startswith(key + _PART)}
         try:
-            approx = unpack_approx({"bits": tensors[key + _BITS], "scales": tensors[key + _SCALES]},
-                                   tuple(shape))
-        except KeyError as exc:
-            raise CheckpointError(f"checkpoint lacks packed tensor {exc}") from None
-        state[key] = approx.reconstruct()
+            state[key] = card.layer_quantizer(layer).unpack(parts, tuple(shape))
+        except (KeyError, ValueError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointError(f"checkpoint: packed weight {key!r}: {exc}") from None
     model = card.build()
     load_state_strict(model, state)
     model.eval()
@@ -279,8 +306,9 @@ def _plain_state(model: nn.Module) -> dict[str, Tensor]:
         if ".parametrizations." in key:
             continue  # latent weights; the binarized value is read from the module below
         state[key] = value.detach().cpu().contiguous()
-    for name, module in binarized_modules(model).items():
-        state[f"{name}.weight" if name else "weight"] = module.weight.detach().cpu().contiguous()
+    modules = dict(model.named_modules())
+    for name in binarized_modules(model):
+        state[f"{name}.weight" if name else "weight"] = modules[name].weight.detach().cpu().contiguous()
     return state
 
 
@@ -292,27 +320,29 @@ def float_checkpoint_nbytes(model: nn.Module) -> int:
 
 # -- resume state ------------------------------------------------------------------
 def save_state(model: nn.Module) -> bytes:
-    """Latent weights + which layers are binarized (with bits), for resuming a run."""
-    layers = {name: int(binary_bits(m)) for name, m in binarized_modules(model).items()}
+    """Latent weights + which layers are binarized (with their bits and quantizers), for
+    resuming a run."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return st_save(state, metadata={"binary_layers": json.dumps(layers)})
+    return st_save(state, metadata={k: json.dumps(v, sort_keys=True) for k, v in _layer_records(model).items()})
 
 
 def load_state(card: ModelCard, data: bytes) -> nn.Module:
     """Rebuild a model in training form (binarized layers parametrized) from `save_state`."""
-    layers: dict[str, int] = json.loads(_metadata(data).get("binary_layers", "{}"))
+    meta = _metadata(data)
+    layers = card.model_copy(update={k: json.loads(meta.get(k, "{}"))
+                                     for k in ("binary_layers", "weight_quantizers")})
     model = card.build()
     modules = dict(model.named_modules())
-    for name, bits in layers.items():
+    for name in layers.binary_layers:
         if name not in modules:
             raise CheckpointError(f"resume state names unknown layer {name!r}")
-        binarize_module(modules[name], bits)
+        binarize_module(modules[name], layers.layer_quantizer(name))
     load_state_strict(model, _read_safetensors(data, "resume state"))
     return model
 
 
 __all__ = [
-    "CheckpointError", "ModelCard", "check_forward", "compression_ratio", "float_checkpoint_nbytes",
+    "CheckpointError", "ModelCard", "binarized_modules", "check_forward", "compression_ratio", "float_checkpoint_nbytes",
     "load_model", "load_model_bytes", "load_state", "load_state_strict", "pack_checkpoint",
     "save_model", "save_model_bytes", "save_state", "unpack_checkpoint",
 ]

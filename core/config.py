@@ -19,6 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Method = Literal["layer_priority", "all_at_once"]
 Order = Literal["inverse_depth", "forward", "sensitivity"]
+WeightQuantizerName = Literal["sign", "kbit"]
+"""The registered weight quantizers (`core.binary.quantizers`; a test keeps the two equal)."""
+
+
+def default_weight_quantizer(bits: int) -> WeightQuantizerName:
+    """The weight quantizer a job gets for `bits` when it names none: `sign` for 1, `kbit` above."""
+    return "sign" if bits == 1 else "kbit"
 
 
 class Target(BaseModel):
@@ -53,7 +60,12 @@ class PipelineConfig(BaseModel):
     target: Target
     method: Method = "layer_priority"
     order: Order = "inverse_depth"
-    bits: int = Field(default=1, ge=1, le=4)
+    bits: int = Field(default=1, ge=1, le=4, description="Bits per binarized weight.")
+    weight_quantizer: WeightQuantizerName | None = Field(
+        default=None,
+        description="How each layer's weights are binarized (a registered weight quantizer): `sign` "
+        "(1 bit, per-channel α = mean|W|) or `kbit` (`bits` binary bases, alternating fit). Default: "
+        "sign for bits 1, kbit for more.")
     finetune_iters: int = Field(default=200, ge=0, le=100_000)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     batch_size: int = Field(default=8, ge=1, le=256, description="Fine-tuning batch size.")
@@ -74,6 +86,14 @@ class PipelineConfig(BaseModel):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
         return data
+
+    @model_validator(mode="after")
+    def _quantizer_fits_bits(self) -> PipelineConfig:
+        if self.weight_quantizer is None:
+            self.weight_quantizer = default_weight_quantizer(self.bits)
+        elif self.weight_quantizer == "sign" and self.bits != 1:
+            raise ValueError(f"weight_quantizer sign has 1 bit per weight, not bits={self.bits} (kbit has k)")
+        return self
 
     @model_validator(mode="after")
     def _method_fits_target(self) -> PipelineConfig:

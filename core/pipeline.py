@@ -17,9 +17,10 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from core.binary import binarize_module, is_binarized, packed_nbytes
+from core.binary import WeightQuantizer, binarize_module, weight_quantizer
 from core.checkpoint import (
     ModelCard,
+    binarized_modules,
     compression_ratio,
     float_checkpoint_nbytes,
     load_state,
@@ -104,7 +105,7 @@ def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
     float_bytes = float_checkpoint_nbytes(model)
     ratios, saved = [], 0
     for layer in layers:
-        saved += saved_bytes(layer, config.bits)
+        saved += saved_bytes(layer, layer_quantizer(config))
         ratios.append(float_bytes / (float_bytes - saved))
     needed = len(layers)
     if config.target.min_compression_ratio is not None:
@@ -114,6 +115,11 @@ def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
         count = min(config.num_layers or needed, len(layers))
         return _Plan([[layer.name for layer in layers[:count]]], [count * config.finetune_iters], 1)
     return _Plan([[layer.name] for layer in layers], [config.finetune_iters] * len(layers), needed)
+
+
+def layer_quantizer(config: PipelineConfig) -> WeightQuantizer:
+    """A new instance of the weight quantizer the config names (one per binarized layer)."""
+    return weight_quantizer(config.bits, config.weight_quantizer)
 
 
 def eligible_layers(model: nn.Module, card: ModelCard, config: PipelineConfig) -> list[LayerInfo]:
@@ -196,7 +202,7 @@ def run(
         index = len(steps)
         new_layers = plan.steps[index - 1]
         for name in new_layers:
-            binarize_module(modules[name], config.bits)
+            binarize_module(modules[name], layer_quantizer(config))
         started = time.monotonic()
         stop = _StopFlag(should_stop)
         train_detector(
@@ -232,7 +238,8 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
     started = time.monotonic()
     served, _ = unpack_checkpoint(pack_checkpoint(model, card))
     metrics = evaluate_model(served, val_records, cache=cache, device=device)
-    layers = {name: m for name, m in model.named_modules() if is_binarized(m)}
+    modules = dict(model.named_modules())
+    binary = binarized_modules(model)  # layer -> its weight quantizer
     provenance = {**card.provenance, "flexbin": {
         "method": config.method, "order": config.order, "step": index, "seed": config.seed,
         "finetune_iters": config.finetune_iters, "source_architecture": card.architecture}}
@@ -240,10 +247,10 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
     packed = pack_checkpoint(model, card.model_copy(update={
         "provenance": provenance,
         "metrics": {"miss_rate": metrics.miss_rate, "ap50": metrics.ap50, "compression_ratio": ratio}}))
-    binary_float = sum(4 * m.weight.numel() for m in layers.values())
-    binary_packed = sum(packed_nbytes(tuple(m.weight.shape), config.bits) for m in layers.values())
+    binary_float = sum(4 * modules[name].weight.numel() for name in binary)
+    binary_packed = sum(q.packed_nbytes(tuple(modules[name].weight.shape)) for name, q in binary.items())
     return StepOutcome(
-        index=index, layers=new_layers, binary_layers=list(layers), bits=config.bits,
+        index=index, layers=new_layers, binary_layers=list(binary), bits=config.bits,
         compression_ratio=ratio,
         binary_layer_compression=binary_float / binary_packed if binary_packed else None,
         miss_rate=metrics.miss_rate, ap50=metrics.ap50,
@@ -261,7 +268,7 @@ def _sensitivity(model: nn.Module, card: ModelCard, records: Sequence[ImageRecor
         for i in range(0, len(chosen), config.batch_size)
     ]
     layers = eligible_layers(model, card, config)
-    return measure_sensitivity(model, layers, lambda m: detection_loss(m, batches, device), config.bits)
+    return measure_sensitivity(model, layers, lambda m: detection_loss(m, batches, device), layer_quantizer(config))
 
 
 class _ProgressTracker:

@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from core.binary import (
+    WeightQuantizer,
     binarize_module,
     latent_weight,
-    packed_nbytes,
     strip_binarization,
+    weight_quantizer_from_config,
 )
 
 BINARIZABLE = (nn.Conv2d, nn.Linear)
@@ -74,9 +75,9 @@ def discover_layers(model: nn.Module, input_size: int = 320) -> list[LayerInfo]:
     ]
 
 
-def saved_bytes(layer: LayerInfo, bits: int) -> int:
-    """Bytes saved by storing this layer's weight packed instead of as float32."""
-    return 4 * layer.num_params - packed_nbytes(layer.shape, bits)
+def saved_bytes(layer: LayerInfo, quantizer: WeightQuantizer) -> int:
+    """Bytes saved by storing this layer's weight packed by `quantizer` instead of as float32."""
+    return 4 * layer.num_params - quantizer.packed_nbytes(layer.shape)
 
 
 def order_layers(layers: Sequence[LayerInfo], order: str,
@@ -96,9 +97,10 @@ def measure_sensitivity(
     model: nn.Module,
     layers: Sequence[LayerInfo],
     loss_fn: Callable[[nn.Module], float],
-    bits: int,
+    quantizer: WeightQuantizer,
 ) -> dict[str, float]:
-    """Loss increase per saved megabit when only that layer is binarized, no fine-tuning.
+    """Loss increase per saved megabit when only that layer is binarized (by a fresh copy of
+    `quantizer`), no fine-tuning.
 
     loss_fn(model) evaluates the detection loss on fixed batches (deterministic).
     Negative increases are clamped to 0 so free layers rank first by depth.
@@ -109,10 +111,10 @@ def measure_sensitivity(
     for layer in layers:
         module = modules[layer.name]
         original = module.weight.detach().clone()
-        binarize_module(module, bits)
+        binarize_module(module, weight_quantizer_from_config(quantizer.to_config()))
         increase = loss_fn(model) - base
         strip_binarization(module)
         with torch.no_grad():
             module.weight.copy_(original)
-        result[layer.name] = max(increase, 0.0) / (8 * saved_bytes(layer, bits) / 1e6)
+        result[layer.name] = max(increase, 0.0) / (8 * saved_bytes(layer, quantizer) / 1e6)
     return result

@@ -1,10 +1,20 @@
 """Binary weight approximation, STE fine-tuning and 1-bit packing (Zhuang et al. 2017,
-arXiv 1709.04344): `approximate` fits `W ≈ Σ α_i B_i` per output channel, `binarize_module`
-makes a Conv2d / Linear train through that approximation, `pack_approx` stores it.
+arXiv 1709.04344): `approximate` fits `W ≈ Σ α_i B_i` per output channel, the registered
+quantizers (`sign`, `kbit`; `quantizers.py`) wrap that maths with a name and a config,
+`binarize_module` makes a Conv2d / Linear train through one, `pack_approx` stores it.
 """
 from __future__ import annotations
 
-from core.binary.approx import MAX_BITS, BinaryApprox, approximate
+from core.binary.approx import MAX_BITS, BinaryApprox, approximate, check_bits
+from core.binary.modules import (
+    binarize_module,
+    binary_approx,
+    binary_bits,
+    is_binarized,
+    latent_weight,
+    strip_binarization,
+    weight_quantizer_of,
+)
 from core.binary.packing import (
     pack_approx,
     pack_signs,
@@ -12,32 +22,44 @@ from core.binary.packing import (
     unpack_approx,
     unpack_signs,
 )
-from core.binary.ste import (
-    BinaryWeight,
-    binarize_module,
-    binarize_ste,
-    binary_approx,
-    binary_bits,
-    is_binarized,
-    latent_weight,
-    strip_binarization,
+from core.binary.quantizers import (
+    QUANTIZERS,
+    KBitQuantizer,
+    Quantizer,
+    SignQuantizer,
+    WeightQuantizer,
+    quantizer_from_config,
+    register_quantizer,
+    weight_quantizer,
+    weight_quantizer_from_config,
 )
+from core.binary.ste import binarize_ste
 
 __all__ = [
     "MAX_BITS",
+    "QUANTIZERS",
     "BinaryApprox",
-    "BinaryWeight",
+    "KBitQuantizer",
+    "Quantizer",
+    "SignQuantizer",
+    "WeightQuantizer",
     "approximate",
     "binarize_module",
     "binarize_ste",
     "binary_approx",
     "binary_bits",
+    "check_bits",
     "is_binarized",
     "latent_weight",
     "pack_approx",
     "pack_signs",
     "packed_nbytes",
+    "quantizer_from_config",
+    "register_quantizer",
     "strip_binarization",
     "unpack_approx",
     "unpack_signs",
+    "weight_quantizer",
+    "weight_quantizer_from_config",
+    "weight_quantizer_of",
 ]

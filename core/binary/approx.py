@@ -73,6 +73,20 @@ class BinaryApprox:
         return flat.reshape(self.shape)
 
 
+def check_bits(bits: object) -> int:
+    """`bits` when it is a whole number of binary bases in [1, MAX_BITS]; ValueError otherwise."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be an integer in [1, {MAX_BITS}], got {bits!r}")
+    return bits
+
+
+def check_iterations(iterations: object) -> int:
+    """`iterations` when it is a non-negative integer; ValueError otherwise."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    return iterations
+
+
 def approximate(weight: Tensor, bits: int = 1, *, iterations: int = 20) -> BinaryApprox:
     """Fit a `bits`-bit binary approximation to `weight`, per output channel (dim 0).
 
@@ -80,10 +94,8 @@ def approximate(weight: Tensor, bits: int = 1, *, iterations: int = 20) -> Binar
     early once the bases stop changing); it is ignored for bits = 1, which is exact.
     Works on the weight's device; the computation is float32 (float64 for the k×k solves).
     """
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer in [1, {MAX_BITS}], got {bits!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
-        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    check_bits(bits)
+    check_iterations(iterations)
     if not isinstance(weight, Tensor) or not weight.is_floating_point():
         raise ValueError(f"weight must be a floating-point tensor, got {_describe(weight)}")
     if weight.dim() < 2:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from core.binary.approx import MAX_BITS, BinaryApprox
+from core.binary.approx import BinaryApprox, check_bits
 
 
 def pack_signs(bases: Tensor) -> Tensor:
@@ -56,11 +56,10 @@ def unpack_approx(
         raise ValueError(f"packed approximation lacks {', '.join(sorted(missing))}")
     shape = tuple(int(s) for s in shape)
     scales = tensors["scales"]
-    if (scales.dtype != torch.float32 or scales.dim() != 2 or len(shape) < 2
-            or scales.shape[1] != shape[0] or not 1 <= scales.shape[0] <= MAX_BITS):
-        raise ValueError(f"scales must be float32 [k <= {MAX_BITS}, C_out = {shape[:1]}] for "
-                         f"weight shape {shape}, got {scales.dtype} {tuple(scales.shape)}")
-    k = scales.shape[0]
+    if scales.dtype != torch.float32 or scales.dim() != 2 or len(shape) < 2 or scales.shape[1] != shape[0]:
+        raise ValueError(f"scales must be float32 [k, C_out = {shape[:1]}] for weight shape {shape}, "
+                         f"got {scales.dtype} {tuple(scales.shape)}")
+    k = check_bits(int(scales.shape[0]))
     bases = unpack_signs(tensors["bits"], (k, *shape)).to(torch.int8)
     return BinaryApprox(scales.clone(), bases, float("nan"))
 
@@ -71,6 +70,5 @@ def packed_nbytes(shape: torch.Size | Sequence[int], bits: int) -> int:
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2:
         raise ValueError(f"weight shape must be at least 2-D, got {shape}")
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer in [1, {MAX_BITS}], got {bits!r}")
+    check_bits(bits)
     return (bits * math.prod(shape) + 7) // 8 + 4 * bits * shape[0]

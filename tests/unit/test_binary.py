@@ -11,7 +11,7 @@ from torch import nn
 
 from core.binary import (
     BinaryApprox,
-    BinaryWeight,
+    KBitQuantizer,
     approximate,
     binarize_module,
     binarize_ste,
@@ -213,8 +213,8 @@ def test_binarize_module_rejections_and_plain_modules() -> None:
     binarize_module(lin, 2)
     with pytest.raises(ValueError, match="already binarized"):
         binarize_module(lin, 1)
-    with pytest.raises(ValueError):
-        BinaryWeight(0)
+    with pytest.raises(ValueError, match="bits must be an integer"):
+        KBitQuantizer(0)
 
 
 def test_strip_binarization_leaves_binarized_weight() -> None:
