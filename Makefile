@@ -4,13 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test lint bench bench-tradeoff bench-jobs bench-serve bench-reliability clean
+.PHONY: install run worker test lint typecheck bench bench-tradeoff bench-jobs bench-serve bench-reliability clean
 
-$(STAMP): requirements.txt
+# Dependencies are declared once, in pyproject.toml: a change there reinstalls.
+$(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch/torchvision are pinned and come from this machine's disk (pip only).
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,7 +25,11 @@ worker: install
 lint: install
 	$(PY) -m ruff check core api worker bench tests migrations
 
-test: install lint
+# mypy on core/ (strict), api/ and worker/ (pyproject.toml [tool.mypy]); fails on any error.
+typecheck: install
+	$(PY) -m mypy
+
+test: install lint typecheck
 	$(PY) -m pytest -q tests
 
 bench: bench-tradeoff bench-jobs bench-serve bench-reliability
@@ -42,4 +47,4 @@ bench-reliability: install
 	$(PY) bench/reliability.py
 
 clean:
-	rm -rf var .pytest_cache
+	rm -rf var .pytest_cache .mypy_cache

@@ -163,7 +163,7 @@ def job_public(job: Job) -> schemas.JobPublic:
         finetune_iters=config.finetune_iters,
         seed=config.seed,
         config=job.config,
-        status=job.status,  # type: ignore[arg-type]
+        status=job.status,
         progress=schemas.JobProgress(
             step=job.progress_step,
             total_steps=job.progress_total_steps,

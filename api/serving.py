@@ -232,7 +232,7 @@ class ServingRuntime:
         task.add_done_callback(self._background_done)
 
     def _background_done(self, task: asyncio.Future[Any]) -> None:
-        self._background.discard(task)  # type: ignore[arg-type]
+        self._background.discard(task)
         if not task.cancelled():
             task.exception()  # logged in _load; do not warn "exception never retrieved"
 

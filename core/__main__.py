@@ -11,19 +11,28 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from core.paths import default_data_dir
 
+if TYPE_CHECKING:
+    from torch import nn
 
-def _records(data: Path):
+    from core.checkpoint import ModelCard
+    from core.data import ImageRecord
+    from core.pipeline import Progress
+    from core.train import IterationReport
+
+
+def _records(data: Path) -> tuple[list[ImageRecord], list[ImageRecord]]:
     from core.data import read_dataset_dir, split_records
 
     return split_records(read_dataset_dir(data))
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> tuple[nn.Module, ModelCard]:
     from core.checkpoint import load_model, unpack_checkpoint
 
     if args.checkpoint:
@@ -38,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     train, val = _records(args.data)
     bar = tqdm(total=args.iterations, desc="train", unit="it")
 
-    def on_iteration(report) -> None:
+    def on_iteration(report: IterationReport) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{report.loss:.3f}")
 
@@ -81,7 +90,7 @@ def cmd_binarize(args: argparse.Namespace) -> None:
         tqdm.write(f"step {step.index:2d} {','.join(step.layers) or '(float)':>20} "
                    f"ratio {step.compression_ratio:6.2f}x  MR^-2 {step.miss_rate:.3f}  AP50 {step.ap50:.3f}")
 
-    def on_progress(p) -> None:
+    def on_progress(p: Progress) -> None:
         bar.n = p.percent
         bar.set_postfix_str(f"step {p.step}/{p.total_steps}")
         bar.refresh()

@@ -77,6 +77,7 @@ def evaluate_detections(predictions: Sequence[Mapping[str, torch.Tensor]],
         taken = torch.zeros(len(gt), dtype=torch.bool)
         hits = np.zeros(len(boxes), dtype=bool)
         for k in range(len(boxes) if iou is not None else 0):
+            assert iou is not None
             row = iou[k].masked_fill(taken, -1.0)
             j = int(row.argmax())
             if row[j] >= iou_threshold:

@@ -9,6 +9,7 @@ step and fine-tunes with the same total iteration budget.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -209,7 +210,7 @@ def run(
             model, train_records, iterations=plan.iterations[index - 1],
             batch_size=config.batch_size, learning_rate=config.learning_rate,
             seed=config.seed * 1000 + index, cache=cache, device=device,
-            on_iteration=lambda it, index=index: progress.iteration(index, it),
+            on_iteration=functools.partial(progress.iteration, index),
             should_stop=stop)
         if stop.requested:
             raise Cancelled(f"cancelled during step {index}")

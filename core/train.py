@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +22,9 @@ from core.data import (
     train_transforms,
 )
 from core.metrics import DetectionMetrics, evaluate_detections
+
+if TYPE_CHECKING:
+    from core.checkpoint import ModelCard
 
 
 @dataclass(frozen=True)
@@ -162,8 +166,15 @@ def detection_loss(model: nn.Module, batches: Sequence[tuple[list[Tensor], list[
     return total / max(1, len(batches))
 
 
+class Recipe(TypedDict):
+    iterations: int
+    batch_size: int
+    learning_rate: float
+    warmup: int
+
+
 # Recipe for FlexBin's default detector on Penn-Fudan (bench/tradeoff.py measures it).
-DEFAULT_RECIPE = {"iterations": 1500, "batch_size": 8, "learning_rate": 2e-3, "warmup": 50}
+DEFAULT_RECIPE: Recipe = {"iterations": 1500, "batch_size": 8, "learning_rate": 2e-3, "warmup": 50}
 
 
 def train_float_detector(
@@ -171,14 +182,14 @@ def train_float_detector(
     val_records: Sequence[ImageRecord],
     *,
     architecture: str = "flexbin_pednet",
-    builder_kwargs: dict | None = None,
+    builder_kwargs: dict[str, Any] | None = None,
     iterations: int = DEFAULT_RECIPE["iterations"],
     batch_size: int = DEFAULT_RECIPE["batch_size"],
     learning_rate: float = DEFAULT_RECIPE["learning_rate"],
     seed: int = 0,
     on_iteration: OnIteration | None = None,
     device: str = "cpu",
-):
+) -> tuple[nn.Module, ModelCard]:
     """Train a detector from scratch; returns (model, card with val metrics + provenance)."""
     from core.checkpoint import ModelCard
 

@@ -32,7 +32,7 @@ def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
         session.commit()
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="the job queue is unavailable; retry later",
                             headers={"Retry-After": "5"}) from exc
-    return schemas.JobCreated(id=job.id, status=job.status)  # type: ignore[arg-type]
+    return schemas.JobCreated(id=job.id, status=job.status)
 
 
 @router.get("/jobs", response_model=schemas.JobsPublic)
@@ -61,4 +61,4 @@ def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> schemas.J
     iteration (its status turns `cancelled`; committed steps stay)."""
     job = services.cancel_job(session, tenant, job_id)
     session.commit()
-    return schemas.JobCreated(id=job.id, status=job.status)  # type: ignore[arg-type]
+    return schemas.JobCreated(id=job.id, status=job.status)

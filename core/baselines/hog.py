@@ -38,7 +38,7 @@ class HogPeopleDetector:
         self.scale, self.hit_threshold, self.nms_iou = scale, hit_threshold, nms_iou
         cv2.setNumThreads(num_threads or len(os.sched_getaffinity(0)))
         self.hog = cv2.HOGDescriptor()
-        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), dtype=np.float32))
 
     def detect(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """One FloatTensor[3, H, W] image -> one prediction dict (see class docstring)."""

@@ -9,6 +9,8 @@ binarized value, the latent real weight that is trained lives at
 """
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -33,11 +35,16 @@ def binarize_module(module: nn.Module, quantizer: WeightQuantizer | int) -> None
     parametrize.register_parametrization(module, "weight", quantizer)
 
 
+def _weight_parametrizations(module: nn.Module) -> parametrize.ParametrizationList:
+    parametrizations = cast(nn.ModuleDict, module.parametrizations)
+    return cast(parametrize.ParametrizationList, parametrizations["weight"])
+
+
 def weight_quantizer_of(module: nn.Module) -> WeightQuantizer | None:
     """The quantizer a binarized module's weight goes through; None when it is not binarized."""
     if not parametrize.is_parametrized(module, "weight"):
         return None
-    return next((p for p in module.parametrizations.weight if isinstance(p, WeightQuantizer)), None)
+    return next((p for p in _weight_parametrizations(module) if isinstance(p, WeightQuantizer)), None)
 
 
 def is_binarized(module: nn.Module) -> bool:
@@ -55,10 +62,8 @@ def latent_weight(module: nn.Module) -> Tensor:
     """The real weight that is trained: the parametrization's `original` when the weight is
     parametrized, else `module.weight`."""
     if parametrize.is_parametrized(module, "weight"):
-        original: Tensor = module.parametrizations.weight.original
-        return original
-    weight: Tensor = module.weight
-    return weight
+        return _weight_parametrizations(module).original
+    return cast(Tensor, module.weight)
 
 
 def binary_approx(module: nn.Module) -> BinaryApprox:
@@ -75,6 +80,6 @@ def strip_binarization(module: nn.Module) -> None:
     Parameter (the latent Parameter object, its data replaced)."""
     if not is_binarized(module):
         raise ValueError(f"{type(module).__name__} is not binarized")
-    if len(module.parametrizations.weight) != 1:
+    if len(_weight_parametrizations(module)) != 1:
         raise ValueError("weight has parametrizations besides its quantizer; remove them first")
     parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)

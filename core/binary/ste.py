@@ -63,4 +63,5 @@ def binarize_ste(weight: Tensor, bits: int, *, iterations: int = STE_ITERATIONS)
     check_iterations(iterations)
     if weight.dim() < 2:
         raise ValueError(f"weight must be at least 2-D, got shape {tuple(weight.shape)}")
-    return _BinarizeSTE.apply(weight, bits, iterations)
+    quantized: Tensor = _BinarizeSTE.apply(weight, bits, iterations)
+    return quantized

@@ -316,10 +316,11 @@ def read_dataset_zip(data: bytes, *, max_files: int = 10_000, max_uncompressed_b
         annotations: dict[str, bytes] = {}
         for rel, full_name in files.items():
             folder, _, base = rel.partition("/")
-            target, suffix = {"PNGImages": (images, ".png"),
-                              "Annotation": (annotations, ".txt")}.get(folder, (None, ""))
-            if target is None:
+            folders: dict[str, tuple[dict[str, Any], str]] = {"PNGImages": (images, ".png"),
+                                                              "Annotation": (annotations, ".txt")}
+            if folder not in folders:
                 continue
+            target, suffix = folders[folder]
             if "/" in base or PurePosixPath(base).suffix.lower() != suffix:
                 raise DataError(f"{where}: unexpected file {full_name}, {folder}/ holds only "
                                 f"{suffix} files")

@@ -37,6 +37,9 @@ class PedNet(nn.Module):
     image's pixels, "scores": FloatTensor[N], "labels": Int64Tensor[N]}], best first.
     """
 
+    mean: Tensor  # ImageNet normalisation, [3, 1, 1] buffers
+    std: Tensor
+
     def __init__(
         self,
         *,
@@ -76,6 +79,7 @@ class PedNet(nn.Module):
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1), persistent=False)
         # Start the heatmap at a low prior so the focal loss is stable from scratch.
+        assert self.heatmap.bias is not None
         nn.init.constant_(self.heatmap.bias, -math.log((1 - 0.01) / 0.01))
 
     # -- input -----------------------------------------------------------------
@@ -100,7 +104,8 @@ class PedNet(nn.Module):
         x = self.neck(self.features(x))
         return self.heatmap(x), self.regression(x)
 
-    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+    def forward(self, images: list[Tensor],
+                targets: list[dict[str, Tensor]] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         x, scales = self._batch(images)
         logits, regression = self._heads(x)
         if self.training:
@@ -121,8 +126,8 @@ class PedNet(nn.Module):
         cells: list[tuple[int, int, int]] = []  # (image, y, x) of regression positives
         reg_targets: list[list[float]] = []
         gt_boxes: list[list[float]] = []
-        for i, (target, scale) in enumerate(zip(targets, scales)):
-            boxes = target["boxes"].to(logits) * scale / STRIDE
+        for i, (image_target, scale) in enumerate(zip(targets, scales)):
+            boxes = image_target["boxes"].to(logits) * scale / STRIDE
             for x1, y1, x2, y2 in boxes.tolist():
                 bw, bh = max(x2 - x1, 1e-3), max(y2 - y1, 1e-3)
                 cx, cy = (x1 + x2) / 2, (y1 + y2) / 2

@@ -32,16 +32,18 @@ class ArchitectureSpec:
 
 def _fasterrcnn(*, num_classes: int, min_size: int, max_size: int, box_score_thresh: float,
                 box_detections_per_img: int) -> nn.Module:
-    return fasterrcnn_mobilenet_v3_large_320_fpn(
+    model: nn.Module = fasterrcnn_mobilenet_v3_large_320_fpn(
         weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size,
         max_size=max_size, box_score_thresh=box_score_thresh,
         box_detections_per_img=box_detections_per_img)
+    return model
 
 
 def _ssdlite(*, num_classes: int, score_thresh: float, detections_per_img: int) -> nn.Module:
-    return ssdlite320_mobilenet_v3_large(
+    model: nn.Module = ssdlite320_mobilenet_v3_large(
         weights=None, weights_backbone=None, num_classes=num_classes,
         score_thresh=score_thresh, detections_per_img=detections_per_img)
+    return model
 
 
 ARCHITECTURES: dict[str, ArchitectureSpec] = {

@@ -37,6 +37,7 @@ from core.config import PipelineConfig, StepMetrics
 from core.store.blobs import put_blob
 from core.store.deployments import deploy, serve_float_step
 from core.store.models import Checkpoint, Job, JobStep, Model, columns_of, utcnow
+from core.store.session import rows_changed
 
 log = logging.getLogger(__name__)
 
@@ -136,18 +137,17 @@ def withdraw_unsent(session: Session, job: Job) -> None:
 def request_cancel(session: Session, job: Job) -> Job:
     """A queued job no worker holds is cancelled at once; a queued or running one gets the
     flag its worker polls. JobEnded when it has already ended."""
-    now = utcnow()
-    done = session.execute(
+    cancel_now = (
         update(Job).where(Job.id == job.id, _in(CANCEL_QUEUED), Job.lease_owner.is_(None))
-        .values(status=CANCEL_QUEUED.target, cancel_requested=True, finished_at=now,
+        .values(status=CANCEL_QUEUED.target, cancel_requested=True, finished_at=utcnow(),
                 progress_message=str(CANCEL_QUEUED.target))
-    ).rowcount
-    if not done:
-        flagged = session.execute(
+    )
+    if not rows_changed(session, cancel_now):
+        flag = (
             update(Job).where(Job.id == job.id, _in(REQUEST_CANCEL))
             .values(cancel_requested=True, progress_message="cancel requested")
-        ).rowcount
-        if not flagged:
+        )
+        if not rows_changed(session, flag):
             session.refresh(job)
             raise JobEnded(f"job {job.id} already {job.status}")
     session.flush()
@@ -178,14 +178,14 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Cl
     """Take the job's lease: a queued job, or a running one whose lease expired (or that this
     `owner` already holds: a retried claim whose first commit did go through)."""
     now = utcnow()
-    claimed = session.execute(
+    take = (
         update(Job)
         .where(Job.id == job_id, _in(CLAIM),
                or_(Job.lease_owner.is_(None), Job.lease_expires_at < now, Job.lease_owner == owner))
         .values(status=CLAIM.target, lease_owner=owner, lease_expires_at=now + timedelta(seconds=lease_seconds),
                 attempts=Job.attempts + 1, progress_updated_at=now, progress_message="starting")
-    ).rowcount
-    if claimed:
+    )
+    if rows_changed(session, take):
         job = session.get(Job, job_id)
         assert job is not None
         if job.started_at is None:
@@ -200,10 +200,9 @@ def claim(session: Session, job_id: str, owner: str, lease_seconds: float) -> Cl
 
 def renew_lease(session: Session, job_id: str, owner: str, lease_seconds: float) -> bool:
     """Push the lease's expiry on; False when `owner` no longer holds it."""
-    return bool(session.execute(
-        update(Job).where(_owned(job_id, owner, RENEW_LEASE))
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
-    ).rowcount)
+    renew = (update(Job).where(_owned(job_id, owner, RENEW_LEASE))
+             .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds)))
+    return rows_changed(session, renew) > 0
 
 
 def cancel_requested(session: Session, job_id: str) -> bool:
@@ -250,21 +249,21 @@ def commit_step(session: Session, job_id: str, owner: str, step: StepMetrics, ch
 def report_progress(session: Session, job_id: str, owner: str, *, step: int, total_steps: int | None,
                     percent: float, eta_seconds: float | None, message: str | None) -> bool:
     """Write the running job's progress; False when `owner` no longer holds the lease."""
-    return bool(session.execute(
-        update(Job).where(_owned(job_id, owner, PROGRESS)).values(
-            progress_step=step, progress_total_steps=total_steps, progress_percent=min(float(percent), 99.9),
-            progress_eta_seconds=eta_seconds, progress_message=message or None, progress_updated_at=utcnow(),
-        )
-    ).rowcount)
+    write = update(Job).where(_owned(job_id, owner, PROGRESS)).values(
+        progress_step=step, progress_total_steps=total_steps, progress_percent=min(float(percent), 99.9),
+        progress_eta_seconds=eta_seconds, progress_message=message or None, progress_updated_at=utcnow(),
+    )
+    return rows_changed(session, write) > 0
 
 
 def hand_back(session: Session, job_id: str, owner: str) -> bool:
     """Put the running job back in the queue with no message (its committed steps stay; the
     caller sends it again). False when `owner` no longer holds the lease."""
-    return bool(session.execute(update(Job).where(_owned(job_id, owner, HAND_BACK)).values(
+    requeue = update(Job).where(_owned(job_id, owner, HAND_BACK)).values(
         status=HAND_BACK.target, lease_owner=None, lease_expires_at=None, enqueued_at=None,
         progress_updated_at=utcnow(), progress_message="worker shut down; requeued",
-    )).rowcount)
+    )
+    return rows_changed(session, requeue) > 0
 
 
 def finish(session: Session, job_id: str, owner: str, status: JobStatus, *, selected: int | None = None,
@@ -281,7 +280,7 @@ def finish(session: Session, job_id: str, owner: str, status: JobStatus, *, sele
     }
     if transition is SUCCEED:
         values.update(selected_step_index=selected, progress_percent=100.0, progress_eta_seconds=0.0)
-    if not session.execute(update(Job).where(_owned(job_id, owner, transition)).values(**values)).rowcount:
+    if not rows_changed(session, update(Job).where(_owned(job_id, owner, transition)).values(**values)):
         return False
     job = session.get(Job, job_id)
     assert job is not None
@@ -309,7 +308,7 @@ def requeue_orphans(session: Session, grace_seconds: float = 0.0) -> list[str]:
             else {"status": REQUEUE_ORPHAN.target, "lease_owner": None, "lease_expires_at": None,
                   "enqueued_at": None, "progress_message": "worker lost; requeued"}
         )
-        done = session.execute(update(Job).where(Job.id == job_id, expired).values(**values)).rowcount
+        done = rows_changed(session, update(Job).where(Job.id == job_id, expired).values(**values))
         if done and not gave_up:
             requeued.append(job_id)
         elif done:

@@ -8,6 +8,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from core.store.models import ApiKey, Tenant
+from core.store.session import rows_changed
 
 
 def hash_key(key: str) -> str:
@@ -45,9 +46,9 @@ def sync_api_keys(session: Session, pairs: list[tuple[str, str]]) -> int:
     for tenant_name, key in pairs:
         ensure_api_key(session, tenant_name, key)
     keep = {hash_key(key) for _, key in pairs}
-    result = session.execute(delete(ApiKey).where(ApiKey.key_hash.not_in(keep)))
+    revoked = rows_changed(session, delete(ApiKey).where(ApiKey.key_hash.not_in(keep)))
     session.flush()
-    return int(result.rowcount or 0)
+    return revoked
 
 
 def tenant_for_key(session: Session, key: str) -> Tenant | None:
