@@ -23,7 +23,7 @@ worker: install
 	$(PY) -m worker.main
 
 lint: install
-	$(PY) -m ruff check core api worker bench tests migrations
+	$(PY) -m ruff check core api worker bench tests testkit migrations
 
 # mypy on core/ (strict), api/ and worker/ (pyproject.toml [tool.mypy]); fails on any error.
 typecheck: install

@@ -1,7 +1,7 @@
 """What the benchmarks share: the service stack on this machine (a fresh PostgreSQL database, a
 Redis DB, the API and worker processes, the same ones the integration tests use), and small
-helpers. The process and database helpers live in tests/integration/conftest.py and the test
-inputs in tests/integration/factories.py; this module re-exports them so each is written once.
+helpers. The process and database helpers and the tiny inputs live in `testkit` (stack,
+factories, servers); this module re-exports them so each is written once.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.integration.conftest import (
+from testkit.factories import dataset_zip, tiny_model
+from testkit.servers import free_port
+from testkit.stack import (
     Proc,
     fresh_database,
     fresh_redis_db,
@@ -26,8 +28,6 @@ from tests.integration.conftest import (
     wait_until,
     wait_worker_ready,
 )
-from tests.integration.factories import dataset_zip, tiny_model
-from tests.integration.servers import free_port
 
 RESULTS = ROOT / "bench" / "results"
 KEY = "bench-key"  # tenant "bench"

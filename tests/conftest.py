@@ -1,4 +1,5 @@
-"""Fixtures shared by every test package (integration fixtures: tests/integration/conftest.py)."""
+"""Fixtures shared by every test package (the service stack's: testkit/fixtures.py, imported by
+the integration and e2e conftests)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from core.paths import REPO_ROOT
+
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 

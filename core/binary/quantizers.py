@@ -14,7 +14,7 @@ Its `kind` says what it quantizes:
 
 `{"name": "kbit", "bits": 2, "iterations": 3}` is a config; `quantizer_from_config` builds it
 and `quantizer.to_config()` gives it back. A new quantizer is a subclass decorated with
-`@register_quantizer`; the contract test (tests/unit/test_quantizers.py) runs over every one.
+`@register_quantizer`; the contract test (tests/core/binary/test_quantizers.py) runs over every one.
 """
 from __future__ import annotations
 

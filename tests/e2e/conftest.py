@@ -1,5 +1,6 @@
-"""E2E fixtures: the integration services (real API + Celery worker on PostgreSQL + Redis),
-in their own database and Redis DB, and headless Chromium driven by Playwright."""
+"""E2E fixtures: the service stack (testkit/fixtures.py: real API + Celery worker on
+PostgreSQL + Redis) in a database and Redis DB of its own, and headless Chromium driven by
+Playwright."""
 from __future__ import annotations
 
 import os
@@ -8,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (  # noqa: F401 - fixtures re-used by name
+from core.paths import REPO_ROOT
+from testkit.fixtures import (  # the service stack, a stack of this package's own
     api_process,
     api_url,
-    fresh_database,
-    fresh_redis_db,
+    broker_url,
+    database_url,
     log_dir,
     service_env,
     start_worker,
     worker,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "tests" / "artifacts"
 CHROMIUM = os.environ.get("FLEXBIN_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -27,17 +28,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    """Overrides the integration one: a database of its own (`flexbin_e2e_<pid>`)."""
-    with fresh_database(f"flexbin_e2e_{os.getpid()}") as url:
-        yield url
+def database_name() -> str:
+    """A database of its own (`flexbin_e2e_<pid>`)."""
+    return f"flexbin_e2e_{os.getpid()}"
 
 
 @pytest.fixture(scope="session")
-def broker_url() -> Iterator[str]:
-    """Overrides the integration one: another Redis DB, so neither suite's workers take the other's jobs."""
-    with fresh_redis_db(1 + (os.getpid() + 7) % 15) as url:
-        yield url
+def redis_db_index() -> int:
+    """Another Redis DB than the integration tests', so neither suite's workers take the other's jobs."""
+    return 1 + (os.getpid() + 7) % 15
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from core.paths import default_data_dir
-from tests.integration.conftest import KEYS, wait_until
-from tests.integration.factories import dataset_zip, tiny_model
+from testkit.factories import dataset_zip, tiny_model
+from testkit.stack import KEYS, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 

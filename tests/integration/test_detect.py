@@ -16,15 +16,15 @@ from PIL import Image
 from core.paths import default_data_dir
 from core.store import Deployment, get_sessionmaker
 from core.store.tenants import ensure_tenant
-from tests.integration.conftest import (
+from testkit.factories import dataset_zip
+from testkit.servers import free_port
+from testkit.stack import (
     KEYS,
     MAX_DETECT_BYTES,
     MAX_DETECT_IMAGES,
     Proc,
     wait_until,
 )
-from tests.integration.factories import dataset_zip
-from tests.integration.servers import free_port
 
 # A PedNet whose prediction does not depend on the image: every convolution weight is zero, so
 # the heatmap and the box regression are their biases at every cell of the (fixed-size) input

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 
 from core.paths import default_data_dir
-from tests.integration.conftest import Proc, wait_until
-from tests.integration.servers import free_port
+from testkit.servers import free_port
+from testkit.stack import Proc, wait_until
 
 
 def test_embedded_default_seeds_and_runs_the_demo(tmp_path: Path) -> None:

@@ -34,7 +34,9 @@ from core.store import (
 )
 from core.store.jobs import create_job
 from core.store.migrate import upgrade_head
-from tests.integration.conftest import (
+from testkit.factories import dataset_zip, tiny_model
+from testkit.servers import PrivatePostgres, PrivateRedis
+from testkit.stack import (
     KEYS,
     Proc,
     service_environment,
@@ -43,8 +45,6 @@ from tests.integration.conftest import (
     wait_until,
     wait_worker_ready,
 )
-from tests.integration.factories import dataset_zip, tiny_model
-from tests.integration.servers import PrivatePostgres, PrivateRedis
 
 JOB = {"target": {"min_compression_ratio": 4.0}, "finetune_iters": 20, "batch_size": 2, "seed": 11}
 TERMINAL = {"succeeded", "failed", "cancelled"}

@@ -28,8 +28,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.integration.conftest import KEYS
-from tests.integration.factories import dataset_zip, tiny_model
+from testkit.factories import dataset_zip, tiny_model
+from testkit.stack import KEYS
 
 EXAMPLES = 60  # per operation and mode: ~1,300 requests in all
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

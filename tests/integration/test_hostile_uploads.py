@@ -21,15 +21,15 @@ import httpx
 import pytest
 from PIL import Image
 
-from core.paths import default_data_dir
-from tests.integration.conftest import KEYS, REPO_ROOT, Proc
-from tests.integration.factories import (
+from core.paths import REPO_ROOT, default_data_dir
+from testkit.factories import (
     TINY_CARD,
     dataset_zip,
     pennfudan_names,
     run_tiny_job,
     tiny_model,
 )
+from testkit.stack import KEYS, Proc
 
 MARK = f"flexbin-hostile-{uuid.uuid4().hex[:8]}"  # the name traversal entries try to write
 # What the tests below saw, reported by test_hostile_figures (last in this module) to

@@ -24,8 +24,8 @@ from sqlalchemy import JSON, String, Text, select
 
 from core.store import ApiKey, get_sessionmaker
 from core.store.models import Base
-from tests.integration.conftest import KEYS
-from tests.integration.factories import dataset_zip, run_tiny_job, tiny_model
+from testkit.factories import dataset_zip, run_tiny_job, tiny_model
+from testkit.stack import KEYS
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
 # First path segment -> the kind of alpha's resource whose id fills the route's path parameter.

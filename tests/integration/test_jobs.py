@@ -8,13 +8,13 @@ import pytest
 from sqlalchemy import func, select
 
 from core.store import Checkpoint, JobStep, get_sessionmaker
-from tests.integration.conftest import wait_until
-from tests.integration.factories import dataset_zip, tiny_model
+from testkit.factories import dataset_zip, tiny_model
+from testkit.stack import wait_until
 
 
 @pytest.fixture(scope="module")
 def uploads(api_url: str) -> dict[str, str]:
-    from tests.integration.conftest import KEYS
+    from testkit.stack import KEYS
 
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {KEYS['alpha']}"}, timeout=120) as c:
         weights, card = tiny_model()

@@ -16,7 +16,7 @@ from sqlalchemy import inspect
 from core.store import get_engine
 from core.store.migrate import alembic_config, upgrade_head
 from core.store.models import Base
-from tests.integration.conftest import PG_ADMIN
+from testkit.stack import PG_ADMIN
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

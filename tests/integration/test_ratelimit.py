@@ -21,8 +21,8 @@ import httpx
 import pytest
 import redis
 
-from tests.integration.conftest import Proc, fresh_database, wait_until
-from tests.integration.servers import free_port
+from testkit.servers import free_port
+from testkit.stack import Proc, fresh_database, wait_until
 
 pytestmark = pytest.mark.timeout(300)  # four API processes start; well under a minute when idle
 LIMIT = "5/minute"

@@ -7,8 +7,8 @@ import time
 from sqlalchemy import select
 
 from core.store import Checkpoint, Job, JobStep, get_sessionmaker
-from tests.integration.conftest import wait_until
-from tests.integration.factories import dataset_zip, tiny_model
+from testkit.factories import dataset_zip, tiny_model
+from testkit.stack import wait_until
 
 
 def test_sigkill_mid_job_resumes_without_duplicate_steps(client, start_worker, database_url) -> None:

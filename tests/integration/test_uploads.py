@@ -9,13 +9,13 @@ import zipfile
 import httpx
 import pytest
 
-from tests.integration.conftest import MAX_DATASET_BYTES, MAX_MODEL_BYTES
-from tests.integration.factories import (
+from testkit.factories import (
     TINY_CARD,
     dataset_zip,
     pennfudan_names,
     tiny_model,
 )
+from testkit.stack import MAX_DATASET_BYTES, MAX_MODEL_BYTES
 
 
 def post_model(client: httpx.Client, weights: bytes, card: str) -> httpx.Response:

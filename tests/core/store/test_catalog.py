@@ -13,7 +13,7 @@ from core.store import Blob, Dataset, Model, session_scope
 from core.store.catalog import InvalidUpload, TooLarge, store_dataset, store_model
 from core.store.migrate import upgrade_head
 from core.store.tenants import ensure_tenant
-from tests.integration.factories import TINY_CARD, dataset_zip, tiny_model
+from testkit.factories import TINY_CARD, dataset_zip, tiny_model
 
 
 @pytest.fixture

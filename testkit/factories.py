@@ -1,4 +1,5 @@
-"""Tiny inputs for the integration tests: a small PedNet and a few Penn-Fudan images."""
+"""Tiny inputs for tests and benchmarks: a small untrained PedNet and a few Penn-Fudan images,
+and the uploads + job that use them."""
 from __future__ import annotations
 
 import io
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.paths import default_data_dir
+from testkit.stack import wait_until
 
 TINY_CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 64, "width": 4}
 
@@ -57,8 +59,6 @@ def upload_tiny(client: Any, images: int = 4, *, seed: int = 0) -> dict[str, str
 def run_tiny_job(client: Any, job: dict[str, Any], images: int = 4, timeout: float = 180) -> dict[str, Any]:
     """Upload a tiny model and dataset, run `job` on them (a worker must be up) and return the
     job once it has ended; fails unless it succeeded."""
-    from tests.integration.conftest import wait_until
-
     created = client.post("/jobs", json={**upload_tiny(client, images), **job})
     assert created.status_code == 202, created.text
 

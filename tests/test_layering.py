@@ -1,15 +1,27 @@
-"""Layering rules of the service: workers never import FastAPI, the API never imports the
-worker (it speaks the queue contract, `core.queue`) nor, at start, torch; settings parse the
-documented environment."""
+"""The layering, each layer talking only to the one below it: `core` imports no HTTP or Celery
+code (its ML library none of the service's frameworks), workers never import FastAPI, the API
+never imports the worker (it speaks the queue contract, `core.queue`) nor, until a request
+needs it, torch."""
 from __future__ import annotations
 
 import subprocess
 import sys
 
-import pytest
-
 from core.paths import REPO_ROOT
-from core.settings import Settings
+
+ML_MODULES = ["core.pipeline", "core.checkpoint", "core.train", "core.priority", "core.binary",
+              "core.data", "core.metrics", "core.models", "core.baselines.hog", "core.__main__", "core.config"]
+
+
+def test_ml_library_imports_no_service_framework() -> None:
+    modules = _modules_after(f"import importlib; [importlib.import_module(m) for m in {ML_MODULES!r}]")
+    bad = {m.split(".")[0] for m in modules} & {"fastapi", "starlette", "celery", "kombu", "sqlalchemy", "uvicorn"}
+    assert not bad
+
+
+def test_the_job_spec_needs_no_torch() -> None:
+    """`core.config` (job options, step records) is pydantic only."""
+    assert not {m for m in _modules_after("import core.config") if m.split(".")[0] in ("torch", "sqlalchemy")}
 
 
 def _modules_after(imports: str) -> set[str]:
@@ -45,26 +57,3 @@ def test_api_idles_without_torch() -> None:
     checkpoint to serve): job specs and step records come from the torch-free `core.config`."""
     modules = _modules_after("import api.app, api.run")
     assert not {m for m in modules if m.split(".")[0] in ("torch", "torchvision")}
-
-
-def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u@h/db")
-    monkeypatch.setenv("CELERY_BROKER_URL", "redis://h:6379/0")
-    monkeypatch.setenv("FLEXBIN_API_KEYS", " acme:k1 , globex:k2,")
-    monkeypatch.setenv("FLEXBIN_PORT", "9000")
-    s = Settings()
-    assert (s.database_url, s.celery_broker_url, s.port) == ("postgresql+psycopg://u@h/db", "redis://h:6379/0", 9000)
-    assert s.parsed_api_keys() == [("acme", "k1"), ("globex", "k2")] and s.demo_tenant() == "acme"
-    assert not s.embedded and not s.run_embedded_worker and not s.is_sqlite
-    monkeypatch.setenv("FLEXBIN_API_KEYS", "no-colon-here")
-    with pytest.raises(ValueError, match="tenant:key"):
-        Settings().parsed_api_keys()
-
-
-def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("DATABASE_URL", "CELERY_BROKER_URL", "FLEXBIN_API_KEYS", "FLEXBIN_EMBEDDED_WORKER"):
-        monkeypatch.delenv(var, raising=False)
-    s = Settings()
-    assert s.database_url == f"sqlite:///{REPO_ROOT}/var/flexbin.db"
-    assert s.celery_broker_url == f"sqla+sqlite:///{REPO_ROOT}/var/broker.db"
-    assert s.embedded and s.run_embedded_worker and s.demo_tenant() == "dev"

@@ -1,8 +1,8 @@
 """The README stays true: every setting is documented, and the two commands are there."""
 from __future__ import annotations
 
+from core.paths import REPO_ROOT
 from core.settings import Settings
-from tests.conftest import REPO_ROOT
 
 
 def _env_name(name: str) -> str:
