@@ -8,7 +8,7 @@ import logging
 from sqlalchemy import func, select
 
 from core.settings import DEV_KEY, DEV_TENANT, Settings
-from core.store import Dataset, Job, Model, session_scope
+from core.store import Dataset, DetectorModel, Job, session_scope
 from core.store.migrate import upgrade_head
 from core.store.tenants import ensure_api_key, sync_api_keys
 
@@ -39,7 +39,7 @@ def bootstrap(settings: Settings) -> None:
 
 def database_is_empty(settings: Settings) -> bool:
     with session_scope(settings.database_url) as s:
-        return not any(s.scalar(select(func.count()).select_from(t)) for t in (Model, Dataset, Job))
+        return not any(s.scalar(select(func.count()).select_from(t)) for t in (DetectorModel, Dataset, Job))
 
 
 def maybe_seed_demo(settings: Settings) -> None:

@@ -66,6 +66,15 @@ class JobCreated(BaseModel):
     status: JobStatus
 
 
+class JobCancelPublic(BaseModel):
+    """`POST /jobs/{id}/cancel`: a queued job is `cancelled` at once; a running one is still
+    `running`, with `cancel_requested`, until its worker stops it (within one iteration)."""
+
+    id: str
+    status: JobStatus
+    cancel_requested: bool = Field(description="The job's worker has been told to stop (always true here).")
+
+
 class JobProgress(BaseModel):
     step: int
     total_steps: int | None

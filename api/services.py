@@ -23,9 +23,8 @@ from core.store import (
     Checkpoint,
     Dataset,
     Deployment,
+    DetectorModel,
     Job,
-    JobStep,
-    Model,
     Tenant,
     catalog,
     deployments,
@@ -81,18 +80,18 @@ def read_upload(upload: Any, limit: int, field: str) -> bytes:
 
 # -- models ---------------------------------------------------------------------------------
 def create_model(session: Session, tenant: Tenant, settings: Settings, weights: bytes, card_json: str,
-                 name: str | None = None) -> Model:
+                 name: str | None = None) -> DetectorModel:
     """Validate and store the tenant's float detector (`core.store.catalog.store_model`)."""
     row = catalog.store_model(session, tenant.id, settings, weights, card_json, name=name)
     log.info("tenant %s: model %s (%s, %d params) stored", tenant.name, row.id, row.architecture, row.num_params)
     return row
 
 
-def get_model(session: Session, tenant: Tenant, model_id: str) -> Model:
-    return _owned(session, tenant, Model, "model", model_id)
+def get_model(session: Session, tenant: Tenant, model_id: str) -> DetectorModel:
+    return _owned(session, tenant, DetectorModel, "model", model_id)
 
 
-def model_public(row: Model) -> schemas.ModelPublic:
+def model_public(row: DetectorModel) -> schemas.ModelPublic:
     return schemas.ModelPublic.model_validate(row, from_attributes=True)
 
 
@@ -129,7 +128,7 @@ def get_job(session: Session, tenant: Tenant, job_id: str) -> Job:
 
 
 def list_owned(session: Session, tenant: Tenant, table: type[T], skip: int, limit: int) -> tuple[list[T], int]:
-    """One page of the tenant's rows of `table` (Model, Dataset, Job), newest first, and the total."""
+    """One page of the tenant's rows of `table` (DetectorModel, Dataset, Job), newest first, and the total."""
     owned = table.tenant_id == tenant.id  # type: ignore[attr-defined]
     count = session.scalar(select(func.count()).select_from(table).where(owned)) or 0
     rows = session.scalars(
@@ -191,10 +190,6 @@ def get_checkpoint(session: Session, tenant: Tenant, checkpoint_id: str) -> Chec
 
 def checkpoint_public(row: Checkpoint) -> schemas.CheckpointPublic:
     return schemas.CheckpointPublic.model_validate(row, from_attributes=True)
-
-
-def job_step_count(session: Session, job_id: str) -> int:
-    return int(session.scalar(select(func.count()).select_from(JobStep).where(JobStep.job_id == job_id)) or 0)
 
 
 # -- deployment -----------------------------------------------------------------------------

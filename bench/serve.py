@@ -88,12 +88,12 @@ def store_checkpoints(db_url: str, model_id: str, dataset_id: str,
                       checkpoints: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Insert a finished job with one checkpoint per variant, as a job's steps would be."""
     from core.config import PipelineConfig, Target
-    from core.store import Checkpoint, Job, Model, put_blob, session_scope
+    from core.store import Checkpoint, DetectorModel, Job, put_blob, session_scope
     from core.store.jobs import JobStatus
 
     ids = {}
     with session_scope(db_url) as s:
-        model = s.get(Model, model_id)
+        model = s.get(DetectorModel, model_id)
         job = Job(tenant_id=model.tenant_id, model_id=model_id, dataset_id=dataset_id, status=JobStatus.SUCCEEDED,
                   config=PipelineConfig(target=Target(min_compression_ratio=2.0)).model_dump(mode="json"))
         s.add(job)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from core.settings import Settings
-from core.store import Model, catalog, deployments, jobs, session_scope
+from core.store import DetectorModel, catalog, deployments, jobs, session_scope
 from core.store.tenants import ensure_tenant
 from worker.jobs import SHUTTING_DOWN
 
@@ -61,7 +61,9 @@ def seed_demo(settings: Settings) -> str:
     tenant_name = settings.demo_tenant()
     with session_scope(settings.database_url) as s:
         tenant = ensure_tenant(s, tenant_name)
-        if s.scalar(select(Model.id).where(Model.tenant_id == tenant.id, Model.name == DEMO_MODEL_NAME)):
+        seeded = select(DetectorModel.id).where(DetectorModel.tenant_id == tenant.id,
+                                                DetectorModel.name == DEMO_MODEL_NAME)
+        if s.scalar(seeded):
             log.info("demo: already seeded for tenant %s", tenant_name)
             return "exists"
     root = settings.demo_data

@@ -23,8 +23,8 @@ from core.settings import Settings
 from core.store import (
     TRANSIENT_DB_ERRORS,
     Dataset,
+    DetectorModel,
     Job,
-    Model,
     get_blob_bytes,
     jobs,
     run_in_transaction,
@@ -132,7 +132,7 @@ class _JobExecution:
 
         job = s.get(Job, self.job_id)
         assert job is not None
-        model_row = s.get(Model, job.model_id)
+        model_row = s.get(DetectorModel, job.model_id)
         dataset_row = s.get(Dataset, job.dataset_id)
         assert model_row is not None and dataset_row is not None
         completed = [

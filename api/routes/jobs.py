@@ -53,12 +53,12 @@ def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> schemas.JobP
     return services.job_public(services.get_job(session, tenant, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.JobCreated,
+@router.post("/jobs/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=schemas.JobCancelPublic,
              responses={404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."},
                         409: {"model": schemas.Message, "description": "The job has already ended."}})
-def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> schemas.JobCreated:
+def cancel_job(job_id: str, session: SessionDep, tenant: TenantDep) -> schemas.JobCancelPublic:
     """A queued job is cancelled at once; a running one stops within one fine-tuning
     iteration (its status turns `cancelled`; committed steps stay)."""
     job = services.cancel_job(session, tenant, job_id)
     session.commit()
-    return schemas.JobCreated(id=job.id, status=job.status)
+    return schemas.JobCancelPublic.model_validate(job, from_attributes=True)

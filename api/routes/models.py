@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 
 from api import schemas, services
 from api.deps import Limit, SessionDep, SettingsDep, Skip, TenantDep
-from core.store import Model
+from core.store import DetectorModel
 
 router = APIRouter(tags=["models"])
 
@@ -51,5 +51,5 @@ def list_models(
     limit: Limit = 100,
 ) -> schemas.ModelsPublic:
     """This tenant's models, newest first."""
-    rows, count = services.list_owned(session, tenant, Model, skip, limit)
+    rows, count = services.list_owned(session, tenant, DetectorModel, skip, limit)
     return schemas.ModelsPublic(data=[services.model_public(m) for m in rows], count=count)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from core.settings import Settings
 from core.store.blobs import put_blob
-from core.store.models import Dataset, Model
+from core.store.models import Dataset, DetectorModel
 
 
 class TooLarge(ValueError):
@@ -26,7 +26,7 @@ class InvalidUpload(ValueError):
 
 
 def store_model(session: Session, tenant_id: str, settings: Settings, weights: bytes, card_json: str,
-                name: str | None = None) -> Model:
+                name: str | None = None) -> DetectorModel:
     """Validate a float detector (safetensors weights + JSON card), then store it for the tenant."""
     from core.checkpoint import check_forward, load_model_bytes
 
@@ -42,7 +42,7 @@ def store_model(session: Session, tenant_id: str, settings: Settings, weights: b
     except ValueError as exc:  # CheckpointError and friends name the problem
         raise InvalidUpload(str(exc)) from None
     num_params = sum(p.numel() for p in model.parameters())
-    row = Model(
+    row = DetectorModel(
         tenant_id=tenant_id,
         name=name,
         architecture=card.architecture,

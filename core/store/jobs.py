@@ -36,7 +36,14 @@ from sqlalchemy.orm import Session
 from core.config import PipelineConfig, StepMetrics
 from core.store.blobs import put_blob
 from core.store.deployments import deploy, serve_float_step
-from core.store.models import Checkpoint, Job, JobStep, Model, columns_of, utcnow
+from core.store.models import (
+    Checkpoint,
+    DetectorModel,
+    Job,
+    JobStep,
+    columns_of,
+    utcnow,
+)
 from core.store.session import rows_changed
 
 log = logging.getLogger(__name__)
@@ -225,7 +232,7 @@ def commit_step(session: Session, job_id: str, owner: str, step: StepMetrics, ch
         if writer == owner:
             return None
         raise LeaseLost()
-    architecture = session.scalar(select(Model.architecture).where(Model.id == job.model_id))
+    architecture = session.scalar(select(DetectorModel.architecture).where(DetectorModel.id == job.model_id))
     metrics = step.model_dump(mode="json")
     row = Checkpoint(**columns_of(Checkpoint, metrics), tenant_id=job.tenant_id, job_id=job.id,
                      model_id=job.model_id, step=step.index, architecture=architecture,

@@ -106,7 +106,7 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Model(Base):
+class DetectorModel(Base):
     """An uploaded (or demo-trained) float detector: safetensors weights + model card."""
 
     __tablename__ = "models"

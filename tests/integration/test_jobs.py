@@ -111,10 +111,10 @@ def test_cancel_queued_and_running_jobs(client, worker, uploads) -> None:
     assert later["progress"]["total_steps"] and later["progress"]["eta_seconds"] is not None
 
     r = client.post(f"/jobs/{queued}/cancel")
-    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    assert r.status_code == 202 and r.json() == {"id": queued, "status": "cancelled", "cancel_requested": True}
 
     r = client.post(f"/jobs/{running}/cancel")
-    assert r.status_code == 202
+    assert r.status_code == 202 and r.json()["status"] in ("running", "cancelled") and r.json()["cancel_requested"]
     t0 = time.monotonic()
     job = wait_status(client, running, {"cancelled", "failed", "succeeded"}, 30)
     assert job["status"] == "cancelled", job

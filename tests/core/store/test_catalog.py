@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from core.settings import Settings
-from core.store import Blob, Dataset, Model, session_scope
+from core.store import Blob, Dataset, DetectorModel, session_scope
 from core.store.catalog import InvalidUpload, TooLarge, store_dataset, store_model
 from core.store.migrate import upgrade_head
 from core.store.tenants import ensure_tenant
@@ -25,7 +25,7 @@ def url(tmp_path: Path) -> str:
 
 def _rows(url: str) -> tuple[int, int, int]:
     with session_scope(url) as s:
-        return tuple(s.scalar(select(func.count()).select_from(t)) or 0 for t in (Model, Dataset, Blob))  # type: ignore[return-value]
+        return tuple(s.scalar(select(func.count()).select_from(t)) or 0 for t in (DetectorModel, Dataset, Blob))  # type: ignore[return-value]
 
 
 def test_a_valid_model_and_dataset_are_stored_with_what_core_read(url: str) -> None:

@@ -32,7 +32,7 @@ from core.store.jobs import (
     Transition,
 )
 from core.store.migrate import upgrade_head
-from core.store.models import Dataset, Model
+from core.store.models import Dataset, DetectorModel
 
 Q, R, S, F, C = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.FAILED,
                  JobStatus.CANCELLED)
@@ -63,7 +63,7 @@ def job_in(url: str) -> Iterator[Callable[..., str]]:
             s.add(tenant)
             s.flush()
             blob = put_blob(s, b"weights")
-            model = Model(tenant_id=tenant.id, architecture="flexbin_pednet", num_classes=2, card={},
+            model = DetectorModel(tenant_id=tenant.id, architecture="flexbin_pednet", num_classes=2, card={},
                           num_params=1, size_bytes=1, weights_blob_id=blob.id)
             dataset = Dataset(tenant_id=tenant.id, num_images=1, num_boxes=1, size_bytes=1, archive_blob_id=blob.id)
             s.add_all([model, dataset])

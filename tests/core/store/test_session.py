@@ -11,8 +11,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from core.store import (
     Dataset,
+    DetectorModel,
     Job,
-    Model,
     Tenant,
     put_blob,
     retry_transient,
@@ -79,7 +79,7 @@ def _job(url: str, *, age_seconds: float, attempts: int = 0, status: str = "queu
         s.add(tenant)
         s.flush()
         blob = put_blob(s, b"x")
-        model = Model(tenant_id=tenant.id, architecture="a", num_classes=2, card={}, num_params=1, size_bytes=1,
+        model = DetectorModel(tenant_id=tenant.id, architecture="a", num_classes=2, card={}, num_params=1, size_bytes=1,
                       weights_blob_id=blob.id)
         dataset = Dataset(tenant_id=tenant.id, num_images=1, num_boxes=1, size_bytes=1, archive_blob_id=blob.id)
         s.add_all([model, dataset])
