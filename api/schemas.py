@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from core.config import CheckpointMetrics, Method, Order, PipelineConfig, StepMetrics
 from core.store.jobs import JobStatus
@@ -75,13 +75,19 @@ class JobCancelPublic(BaseModel):
     cancel_requested: bool = Field(description="The job's worker has been told to stop (always true here).")
 
 
+def _progress_column(name: str) -> AliasChoices:
+    return AliasChoices(name, f"progress_{name}")  # the jobs row's progress_<name> column
+
+
 class JobProgress(BaseModel):
-    step: int
-    total_steps: int | None
-    percent: float
-    eta_seconds: float | None
-    message: str | None = None
-    updated_at: datetime | None = None
+    """How far a job is; read from the jobs row's `progress_*` columns."""
+
+    step: int = Field(validation_alias=_progress_column("step"))
+    total_steps: int | None = Field(validation_alias=_progress_column("total_steps"))
+    percent: float = Field(validation_alias=_progress_column("percent"))
+    eta_seconds: float | None = Field(validation_alias=_progress_column("eta_seconds"))
+    message: str | None = Field(default=None, validation_alias=_progress_column("message"))
+    updated_at: datetime | None = Field(default=None, validation_alias=_progress_column("updated_at"))
 
 
 class JobStepPublic(StepMetrics):

@@ -148,39 +148,18 @@ def cancel_job(session: Session, tenant: Tenant, job_id: str) -> Job:
 
 
 def job_public(job: Job) -> schemas.JobPublic:
-    steps = [schemas.JobStepPublic.model_validate(s, from_attributes=True) for s in job.steps]
-    selected = next((s.checkpoint_id for s in steps if s.index == job.selected_step_index), None)
+    """The job as `GET /jobs/{id}` shows it: its row's columns, the main options of its config,
+    its progress, its steps and the selected step's checkpoint."""
     config = PipelineConfig.model_validate(job.config)
-    return schemas.JobPublic(
-        id=job.id,
-        model_id=job.model_id,
-        dataset_id=job.dataset_id,
-        target=config.target.public(),
-        method=config.method,
-        order=config.order,
-        bits=config.bits,
-        finetune_iters=config.finetune_iters,
-        seed=config.seed,
-        config=job.config,
-        status=job.status,
-        progress=schemas.JobProgress(
-            step=job.progress_step,
-            total_steps=job.progress_total_steps,
-            percent=job.progress_percent,
-            eta_seconds=job.progress_eta_seconds,
-            message=job.progress_message,
-            updated_at=job.progress_updated_at,
-        ),
-        steps=steps,
-        selected_checkpoint_id=selected,
-        error=job.error,
-        cancel_requested=job.cancel_requested,
-        deploy_on_success=job.deploy_on_success,
-        attempts=job.attempts,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-    )
+    steps = [schemas.JobStepPublic.model_validate(s, from_attributes=True) for s in job.steps]
+    return schemas.JobPublic.model_validate({
+        **{name: getattr(job, name) for name in schemas.JobPublic.model_fields if name in Job.__table__.columns},
+        **config.model_dump(include={"method", "order", "bits", "finetune_iters", "seed"}),
+        "target": config.target.public(),
+        "progress": schemas.JobProgress.model_validate(job, from_attributes=True),
+        "steps": steps,
+        "selected_checkpoint_id": next((s.checkpoint_id for s in steps if s.index == job.selected_step_index), None),
+    })
 
 
 # -- checkpoints ----------------------------------------------------------------------------
