@@ -7,17 +7,14 @@ import time
 from sqlalchemy import select
 
 from core.store import Checkpoint, Job, JobStep, get_sessionmaker
-from testkit.factories import dataset_zip, tiny_model
+from testkit.factories import upload_tiny
 from testkit.stack import wait_until
 
 
 def test_sigkill_mid_job_resumes_without_duplicate_steps(client, start_worker, database_url) -> None:
-    weights, card = tiny_model(seed=3)
-    model_id = client.post("/models", files={"weights": ("w.safetensors", weights)}, data={"card": card}).json()["id"]
-    dataset_id = client.post("/datasets", files={"archive": ("d.zip", dataset_zip(8))}).json()["id"]
+    uploads = upload_tiny(client, 8, seed=3)
     first = start_worker("doomed-worker")
-    r = client.post("/jobs", json={"model_id": model_id, "dataset_id": dataset_id,
-                                   "target": {"min_compression_ratio": 4.0}, "finetune_iters": 30,
+    r = client.post("/jobs", json={**uploads, "target": {"min_compression_ratio": 4.0}, "finetune_iters": 30,
                                    "batch_size": 2})
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
@@ -62,12 +59,9 @@ def test_sigkill_mid_job_resumes_without_duplicate_steps(client, start_worker, d
 
 
 def test_sigterm_hands_the_running_job_back(client, start_worker, database_url) -> None:
-    weights, card = tiny_model(seed=4)
-    model_id = client.post("/models", files={"weights": ("w.safetensors", weights)}, data={"card": card}).json()["id"]
-    dataset_id = client.post("/datasets", files={"archive": ("d.zip", dataset_zip(8))}).json()["id"]
+    uploads = upload_tiny(client, 8, seed=4)
     first = start_worker("stopping-worker")
-    job_id = client.post("/jobs", json={"model_id": model_id, "dataset_id": dataset_id,
-                                        "target": {"min_compression_ratio": 4.0}, "finetune_iters": 200,
+    job_id = client.post("/jobs", json={**uploads, "target": {"min_compression_ratio": 4.0}, "finetune_iters": 200,
                                         "batch_size": 2}).json()["id"]
     wait_until(lambda: len(client.get(f"/jobs/{job_id}").json()["steps"]) >= 1, 120, "a committed step")
     t0 = time.monotonic()
