@@ -183,7 +183,19 @@ class Job(Base):
     )
 
 
-class Checkpoint(Base):
+class CheckpointMetricColumns:
+    """The columns of `core.config.CheckpointMetrics` (but its MR-FPPI curve, kept on the job
+    step only), shared by a checkpoint and the job step that produced it."""
+
+    binary_layers: Mapped[list[Any]] = mapped_column(JSON)
+    bits: Mapped[int] = mapped_column(Integer)
+    compression_ratio: Mapped[float] = mapped_column(Float)
+    binary_layer_compression: Mapped[float | None] = mapped_column(Float)
+    miss_rate: Mapped[float] = mapped_column(Float)
+    ap50: Mapped[float] = mapped_column(Float)
+
+
+class Checkpoint(CheckpointMetricColumns, Base):
     """A packed checkpoint produced by one job step (`GET /checkpoints/{id}/download`)."""
 
     __tablename__ = "checkpoints"
@@ -194,12 +206,6 @@ class Checkpoint(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
     step: Mapped[int] = mapped_column(Integer)
     architecture: Mapped[str] = mapped_column(String(100))
-    binary_layers: Mapped[list[Any]] = mapped_column(JSON)
-    bits: Mapped[int] = mapped_column(Integer)
-    compression_ratio: Mapped[float] = mapped_column(Float)
-    binary_layer_compression: Mapped[float | None] = mapped_column(Float)
-    miss_rate: Mapped[float] = mapped_column(Float)
-    ap50: Mapped[float] = mapped_column(Float)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -218,7 +224,7 @@ class Checkpoint(Base):
         return self.job_step.fppi_curve if self.job_step is not None else []
 
 
-class JobStep(Base):
+class JobStep(CheckpointMetricColumns, Base):
     """One committed pipeline step; (job_id, index) is unique, so a step is never stored twice."""
 
     __tablename__ = "job_steps"
@@ -228,12 +234,6 @@ class JobStep(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     index: Mapped[int] = mapped_column(Integer)
     layers: Mapped[list[Any]] = mapped_column(JSON)
-    binary_layers: Mapped[list[Any]] = mapped_column(JSON)
-    bits: Mapped[int] = mapped_column(Integer)
-    compression_ratio: Mapped[float] = mapped_column(Float)
-    binary_layer_compression: Mapped[float | None] = mapped_column(Float)
-    miss_rate: Mapped[float] = mapped_column(Float)
-    ap50: Mapped[float] = mapped_column(Float)
     step_seconds: Mapped[float] = mapped_column(Float)
     checkpoint_bytes: Mapped[int] = mapped_column(BigInteger)
     fppi_curve: Mapped[list[Any]] = mapped_column(JSON)
