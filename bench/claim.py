@@ -580,7 +580,8 @@ def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: 
             f"per iteration per process, {workers} processes (evaluation and start-up not included)")
         return None
     work.mkdir(parents=True, exist_ok=True)
-    (work / "design.json").write_text(design.model_dump_json(indent=1))
+    if not (work / "design.json").exists():
+        (work / "design.json").write_text(design.model_dump_json(indent=1))
 
     started = time.monotonic()
     fresh = not any(_done(u, work) for u in units)
