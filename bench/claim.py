@@ -328,6 +328,29 @@ def analyse(design: StudyDesign, records: list[ImageRecord], work: Path) -> dict
                      for (f, s, arm), (meta, _) in runs.items()]}
 
 
+def project_half_width(primary: dict[str, Any], design: StudyDesign) -> dict[str, Any]:
+    """A rough extrapolation (not part of the pre-registration): what would bring the primary
+    half-width to the margin. Treats the interval's variance as an image part (the width
+    with the trained networks fixed), which only more images shrink, plus a run-to-run part
+    that falls as 1/seeds."""
+    total = primary["half_width"] ** 2
+    images = ((primary["ci95_runs_fixed"][1] - primary["ci95_runs_fixed"][0]) / 2) ** 2
+    runs = max(total - images, 0.0)
+    goal = design.margin ** 2
+    if total <= goal:
+        return {"seeds_needed": design.seeds, "images_factor": 1.0,
+                "text": "The goal is met with this design."}
+    if images >= goal:
+        factor = images / goal
+        return {"seeds_needed": None, "images_factor": round(factor, 2),
+                "text": (f"More seeds cannot reach the goal: the image part alone is wider; it would take "
+                         f"about {factor:.1f}x as many evaluation images (and seeds to match).")}
+    seeds = int(np.ceil(design.seeds * runs / (goal - images)))
+    return {"seeds_needed": seeds, "images_factor": 1.0,
+            "text": (f"Rough projection: about {seeds} seeds per fold would reach it "
+                     f"({seeds / design.seeds:.1f}x this study's runs).")}
+
+
 def _mean_dicts(dicts: list[dict[str, float]]) -> dict[str, float]:
     if not dicts or not dicts[0]:
         return {}
@@ -364,7 +387,8 @@ def write_report(report: dict[str, Any], out: Path, name: str) -> None:
     lines += ["", (f"Primary half-width {primary['half_width']:.4f} (goal <= {d['margin']}: "
                    f"{'met' if report['goals']['primary half-width <= margin'] else 'missed'}); with the trained "
                    f"networks held fixed (images resampled, seeds not) the interval would be "
-                   f"[{primary['ci95_runs_fixed'][0]:+.4f}, {primary['ci95_runs_fixed'][1]:+.4f}]."),
+                   f"[{primary['ci95_runs_fixed'][0]:+.4f}, {primary['ci95_runs_fixed'][1]:+.4f}]. "
+                   f"{report['projection']['text']}"),
               "", "## MR^-2 at the compared points (pooled over folds and seeds, 95 % interval)", "",
               "| arm | checkpoint | layers | compression | iterations | MR^-2 | 95 % interval |",
               "|---|---|---|---|---|---|---|"]
@@ -601,6 +625,7 @@ def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: 
                 for k in iterations[PRIMARY_ORDER]),
     }
     report = {
+        "projection": project_half_width(primary, design),
         "quick": quick, "design": design.model_dump(mode="json"), "design_hash": digest,
         "work": str(work), "workers": workers, "threads": threads, "fresh_start": fresh,
         "planned_iterations": {arm: {str(k): v for k, v in its.items()} for arm, its in iterations.items()},
