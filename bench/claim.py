@@ -450,7 +450,7 @@ def plot_forest(report: dict[str, Any], path: Path) -> None:
 
     rows = report["analysis"]["comparisons"]
     margin = report["design"]["margin"]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.5))
     ys = np.arange(len(rows))[::-1]
     ax.axvspan(-margin, margin, color="tab:green", alpha=0.12, label=f"equivalence band ±{margin}")
     ax.axvline(0, color="black", lw=0.8)
@@ -463,12 +463,13 @@ def plot_forest(report: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("MR^-2 difference A - B (negative: A misses less), 95 % paired bootstrap interval")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def plot_curves(report: dict[str, Any], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -498,13 +499,15 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
         ax.errorbar(xs, ys, yerr=err, fmt="s" if arm in (BASELINE, CONTROL) else "o", ls="--" if arm == BASELINE else "",
                     color=colours[arm], capsize=3, label=f"{arm}: consolidated" + (" (float, same iterations)" if arm == CONTROL else ""))
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("whole-model compression ratio (float control: the point whose iterations it matches)")
     ax.set_ylabel("MR^-2, pooled over folds and seeds (lower is better)")
     ax.set_title("Trade-off with 95 % bootstrap intervals")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
