@@ -70,8 +70,8 @@ class StudyDesign(BaseModel):
     evaluated_folds: tuple[int, ...] | None = Field(default=None, description="None: all folds")
     seeds: int = Field(default=2, ge=1)
     float_iterations: int = Field(default=DEFAULT_RECIPE["iterations"], ge=1)
-    finetune_iters: int = Field(default=25, ge=1)
-    consolidation_iters: int = Field(default=50, ge=1)
+    finetune_iters: int = Field(default=20, ge=1)
+    consolidation_iters: int = Field(default=40, ge=1)
     batch_size: int = Field(default=8, ge=1)
     bits: int = Field(default=1, ge=1, le=4)
     activation_bits: int | None = Field(default=None, description="binary activations of "
