@@ -69,7 +69,7 @@ class StudyDesign(BaseModel):
     folds: int = Field(default=4, ge=2)
     evaluated_folds: tuple[int, ...] | None = Field(default=None, description="None: all folds")
     seeds: int = Field(default=2, ge=1)
-    float_iterations: int = Field(default=DEFAULT_RECIPE["iterations"], ge=1)
+    float_iterations: int = Field(default=int(DEFAULT_RECIPE["iterations"]), ge=1)
     finetune_iters: int = Field(default=20, ge=1)
     consolidation_iters: int = Field(default=40, ge=1)
     batch_size: int = Field(default=8, ge=1)
@@ -135,9 +135,11 @@ def pipeline_config(design: StudyDesign, arm: str, *, learning_rate: float, seed
             raise StudyUnavailable("binary activations need the pipeline's activation_bits option "
                                    "(issue 11, OpenVINO), which this build does not have yet")
         kwargs["activation_bits"] = design.activation_bits
+    # validated by pydantic: only ORDERS reach `order`
+    kwargs["order"] = arm if arm in ORDERS else PRIMARY_ORDER
     if arm == BASELINE:
-        return PipelineConfig(method="all_at_once", order=PRIMARY_ORDER, num_layers=num_layers, **kwargs)
-    return PipelineConfig(method="layer_priority", order=arm if arm in ORDERS else PRIMARY_ORDER, **kwargs)
+        return PipelineConfig(method="all_at_once", num_layers=num_layers, **kwargs)
+    return PipelineConfig(method="layer_priority", **kwargs)
 
 
 def matched_points(model: nn.Module, card: ModelCard, design: StudyDesign) -> dict[int, int]:
@@ -288,11 +290,11 @@ def run_arm(design: StudyDesign, arm: str, float_model: nn.Module, card: ModelCa
             baseline = pipeline_config(design, arm, learning_rate=learning_rate, seed=seed, num_layers=k)
             outcomes: list[StepOutcome] = []
             run(float_model, card, train_records, eval_records, baseline, on_step=outcomes.append, device=device)
-            step = outcomes[-1]
-            at_bin = errors(binarized(float_model, step.binary_layers)) if at_binarization_measurable else {}
-            evaluate(f"consolidated{k}", served_of(step), step.binary_layers, step.compression_ratio,
+            last = outcomes[-1]
+            at_bin = errors(binarized(float_model, last.binary_layers)) if at_binarization_measurable else {}
+            evaluate(f"consolidated{k}", served_of(last), last.binary_layers, last.compression_ratio,
                      iterations[k], at_bin)
-            order = step.layers
+            order = last.layers
     else:  # the float control: layer priority's segments and seeds, nothing binarized
         net = copy.deepcopy(float_model)
         for step in range(1, max(wanted) + 1):
