@@ -115,7 +115,7 @@ def tune_unit(design_json: str, data: str, work: str, fold: int, arm: str, lr: f
     model, card = load_model(_float_dir(Path(work), fold))
     result = run_arm(design, arm, model, card, inner_train, inner_val, learning_rate=lr, seed=0,
                      deepest_only=True, evaluate_steps=False, measure_drift=False)
-    out = Path(work) / f"fold{fold}" / "tune" / f"{arm}_lr{lr:g}.json"
+    out = _tune_path(Path(work), fold, arm, lr)
     out.parent.mkdir(parents=True, exist_ok=True)
     final = result.evaluations[-1]
     tmp = out.with_suffix(".tmp")
