@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test lint typecheck bench bench-tradeoff bench-jobs bench-serve bench-reliability clean
+.PHONY: install run worker test lint typecheck bench bench-tradeoff bench-jobs bench-serve bench-reliability bench-claim clean
 
 # Dependencies are declared once, in pyproject.toml: a change there reinstalls.
 $(STAMP): pyproject.toml
@@ -45,6 +45,10 @@ bench-serve: install
 
 bench-reliability: install
 	$(PY) bench/reliability.py
+
+# The pre-registered layer-priority vs all-at-once study (~2 h on 2 idle cores; resumes).
+bench-claim: install
+	$(PY) bench/claim.py
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache

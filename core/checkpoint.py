@@ -323,14 +323,18 @@ def save_state(model: nn.Module) -> bytes:
     """Latent weights + which layers are binarized (with their bits and quantizers), for
     resuming a run."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return st_save(state, metadata={k: json.dumps(v, sort_keys=True) for k, v in _layer_records(model).items()})
+    # One metadata key, as in packed checkpoints: safetensors orders several keys at random, and
+    # a resumed run must reproduce an uninterrupted one byte for byte.
+    return st_save(state, metadata={META_KEY: json.dumps(_layer_records(model), sort_keys=True)})
 
 
 def load_state(card: ModelCard, data: bytes) -> nn.Module:
     """Rebuild a model in training form (binarized layers parametrized) from `save_state`."""
     meta = _metadata(data)
-    layers = card.model_copy(update={k: json.loads(meta.get(k, "{}"))
-                                     for k in ("binary_layers", "weight_quantizers")})
+    # States written before the single metadata key kept each record under its own key.
+    records = json.loads(meta[META_KEY]) if META_KEY in meta else {
+        k: json.loads(meta.get(k, "{}")) for k in ("binary_layers", "weight_quantizers")}
+    layers = card.model_copy(update=records)
     model = card.build()
     modules = dict(model.named_modules())
     for name in layers.binary_layers:

@@ -79,6 +79,13 @@ class PipelineConfig(BaseModel):
         default=None, ge=1, le=10_000,
         description="all_at_once only: binarize exactly this many layers (the first ones of "
         "`order`) instead of as many as the target needs.")
+    consolidation_iters: int = Field(
+        default=0, ge=0, le=100_000,
+        description="0 = off. Otherwise each step's checkpoint comes from a copy of the network "
+        "fine-tuned this many more iterations (fresh AdamW, one cosine schedule) on the step's "
+        "layer set; the next step continues from the unconsolidated network, so layer priority "
+        "at step k and all-at-once over the same k layers get equal iterations and an equal "
+        "final anneal (the claim study's fair setting).")
 
     @model_validator(mode="before")
     @classmethod

@@ -68,21 +68,8 @@ def evaluate_detections(predictions: Sequence[Mapping[str, torch.Tensor]],
         raise ValueError("no ground-truth boxes: miss rate and AP are undefined")
     scores, is_tp = [], []
     for i, (pred, gt) in enumerate(zip(predictions, gts, strict=True)):
-        boxes = _boxes(pred["boxes"], f"predictions[{i}].boxes")
-        score = torch.as_tensor(pred["scores"]).detach().float().cpu().reshape(-1)
-        if len(score) != len(boxes):
-            raise ValueError(f"predictions[{i}]: {len(boxes)} boxes but {len(score)} scores")
-        order = torch.sort(score, descending=True, stable=True).indices
-        iou = box_iou(boxes[order], gt) if len(gt) and len(boxes) else None
-        taken = torch.zeros(len(gt), dtype=torch.bool)
-        hits = np.zeros(len(boxes), dtype=bool)
-        for k in range(len(boxes) if iou is not None else 0):
-            assert iou is not None
-            row = iou[k].masked_fill(taken, -1.0)
-            j = int(row.argmax())
-            if row[j] >= iou_threshold:
-                taken[j] = hits[k] = True
-        scores.append(score[order].numpy())
+        score, hits = match_image(pred, gt, iou_threshold=iou_threshold, what=f"predictions[{i}]")
+        scores.append(score)
         is_tp.append(hits)
     all_scores = np.concatenate(scores) if scores else np.zeros(0)
     tp = np.concatenate(is_tp) if is_tp else np.zeros(0, dtype=bool)
@@ -95,10 +82,7 @@ def evaluate_detections(predictions: Sequence[Mapping[str, torch.Tensor]],
                                 num_images=n_img, num_ground_truth=num_gt, num_detections=0)
     cum_tp, cum_fp = np.cumsum(tp), np.cumsum(~tp)
     fppi, recall = cum_fp / n_img, cum_tp / num_gt
-    # Caltech compRoc: prepend (-inf, 0) and take the last point with fppi <= ref
-    last = np.searchsorted(fppi, REFERENCE_FPPI, side="right") - 1
-    rec_at_ref = np.where(last >= 0, recall[np.maximum(last, 0)], 0.0)
-    miss_rate = float(np.exp(np.mean(np.log(np.maximum(1e-10, 1.0 - rec_at_ref)))))
+    miss_rate = float(log_average_miss_rate(fppi, recall))
     # VOC / COCO all-point AP: monotone precision envelope integrated over recall steps
     precision = cum_tp / (cum_tp + cum_fp)
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
@@ -107,3 +91,51 @@ def evaluate_detections(predictions: Sequence[Mapping[str, torch.Tensor]],
     curve = [(float(fppi[k]), float(1.0 - recall[k])) for k in keep]
     return DetectionMetrics(miss_rate=miss_rate, ap50=ap, fppi_curve=curve, num_images=n_img,
                             num_ground_truth=num_gt, num_detections=n_det)
+
+
+def match_image(prediction: Mapping[str, torch.Tensor], ground_truth: torch.Tensor, *,
+                iou_threshold: float = 0.5, what: str = "prediction") -> tuple[np.ndarray, np.ndarray]:
+    """One image's detections in decreasing score order (stable for ties) and whether each
+    is a true positive: `(scores float32[N], hits bool[N])`.
+
+    `prediction`: {"boxes": FloatTensor[N,4] x1y1x2y2, "scores": FloatTensor[N]};
+    `ground_truth`: FloatTensor[M,4] x1y1x2y2. A detection takes the still unmatched ground
+    truth with the highest IoU >= threshold, else it is a false positive. Matching never
+    looks at other images, so the per-image results can be pooled over any multiset of
+    images (`evaluate_detections`, the claim study's bootstrap).
+    """
+    gt = _boxes(ground_truth, "ground truth")
+    boxes = _boxes(prediction["boxes"], f"{what}.boxes")
+    score = torch.as_tensor(prediction["scores"]).detach().float().cpu().reshape(-1)
+    if len(score) != len(boxes):
+        raise ValueError(f"{what}: {len(boxes)} boxes but {len(score)} scores")
+    order = torch.sort(score, descending=True, stable=True).indices
+    iou = box_iou(boxes[order], gt) if len(gt) and len(boxes) else None
+    taken = torch.zeros(len(gt), dtype=torch.bool)
+    hits = np.zeros(len(boxes), dtype=bool)
+    for k in range(len(boxes) if iou is not None else 0):
+        assert iou is not None
+        row = iou[k].masked_fill(taken, -1.0)
+        j = int(row.argmax())
+        if row[j] >= iou_threshold:
+            taken[j] = hits[k] = True
+    return score[order].numpy(), hits
+
+
+def log_average_miss_rate(fppi: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """MR^-2 from operating points in decreasing score order: `fppi`, `recall` float[..., D],
+    non-decreasing along the last axis; returns float[...] (a 0-d array for 1-D input).
+
+    Caltech compRoc: at each reference FPPI, the recall of the last operating point whose
+    FPPI is <= the reference (0 when there is none); MR^-2 is the geometric mean of the miss
+    rates, each clamped below at 1e-10. Leading axes are independent curves (the claim
+    study evaluates thousands of bootstrap resamples at once).
+    """
+    fppi, recall = np.asarray(fppi, dtype=np.float64), np.asarray(recall, dtype=np.float64)
+    log_miss = np.zeros(fppi.shape[:-1])
+    for reference in REFERENCE_FPPI:
+        last = (fppi <= reference).sum(axis=-1) - 1  # fppi is sorted: the count is the index + 1
+        at_ref = np.take_along_axis(recall, np.maximum(last, 0)[..., None], axis=-1)[..., 0]
+        at_ref = np.where(last >= 0, at_ref, 0.0)
+        log_miss += np.log(np.maximum(1e-10, 1.0 - at_ref))
+    return np.exp(log_miss / len(REFERENCE_FPPI))

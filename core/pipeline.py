@@ -5,6 +5,13 @@ One *step* binarizes the next layer in the chosen order, fine-tunes the whole ne
 compression ratio and hands a packed checkpoint to `on_step`. Step 0 is the float model.
 The all-at-once baseline (XNOR-Net / BWN style) binarizes the same set of layers in one
 step and fine-tunes with the same total iteration budget.
+
+`consolidation_iters` (default 0: off) makes the two methods' optimizer treatment equal at
+every step: the reported checkpoint of a step is a copy of the network fine-tuned for that
+many more iterations with one fresh AdamW and one cosine schedule, while the run continues
+from the unconsolidated network. A layer-priority step k and an all-at-once run over the same
+k layers then both end with the same final anneal and the same total iterations
+(`training_iterations`). The claim study (`core/study/`, `bench/claim.py`) uses it.
 """
 from __future__ import annotations
 
@@ -123,6 +130,32 @@ def layer_quantizer(config: PipelineConfig) -> WeightQuantizer:
     return weight_quantizer(config.bits, config.weight_quantizer)
 
 
+def training_iterations(plan: _Plan, config: PipelineConfig, step: int) -> int:
+    """Fine-tuning iterations behind step `step`'s checkpoint (0 for the float step 0): every
+    step up to it, plus its consolidation."""
+    if step == 0:
+        return 0
+    return sum(plan.iterations[:step]) + config.consolidation_iters
+
+
+def consolidate(model: nn.Module, train_records: Sequence[ImageRecord], config: PipelineConfig, *,
+                num_binary_layers: int, cache: ImageCache | None = None, device: str = "cpu",
+                on_iteration: Callable[[IterationReport], None] | None = None,
+                should_stop: ShouldStop | None = None) -> None:
+    """Fine-tune `model` in place for `config.consolidation_iters` iterations (fresh AdamW, one
+    cosine schedule, `config.learning_rate`).
+
+    The sampling seed depends on the run's seed and the number of binarized layers only, so
+    layer priority at step k, all-at-once over k layers and the study's float control at
+    the same budget consolidate on the same batches (common random numbers).
+    """
+    train_detector(
+        model, train_records, iterations=config.consolidation_iters,
+        batch_size=config.batch_size, learning_rate=config.learning_rate,
+        seed=config.seed * 1000 + 500 + num_binary_layers, cache=cache, device=device,
+        on_iteration=on_iteration, should_stop=should_stop)
+
+
 def eligible_layers(model: nn.Module, card: ModelCard, config: PipelineConfig) -> list[LayerInfo]:
     """The Conv2d / Linear layers a run may binarize (see `min_layer_params`)."""
     return [layer for layer in discover_layers(model, card.input_size)
@@ -214,8 +247,17 @@ def run(
             should_stop=stop)
         if stop.requested:
             raise Cancelled(f"cancelled during step {index}")
-        report(_measure(model, card, config, index, new_layers, time.monotonic() - started,
-                        val_records, cache, device))
+        served = model
+        if config.consolidation_iters:
+            served = copy.deepcopy(model)
+            consolidate(served, train_records, config, num_binary_layers=sum(map(len, plan.steps[:index])),
+                        cache=cache, device=device, should_stop=stop,
+                        on_iteration=functools.partial(progress.iteration, index,
+                                                       offset=plan.iterations[index - 1]))
+            if stop.requested:
+                raise Cancelled(f"cancelled during step {index}")
+        report(_measure(served, card, config, index, new_layers, time.monotonic() - started,
+                        val_records, cache, device, chain=model))
         progress.step_done(index)
     progress.finish(len(steps) - 1)
     selected, met = select_step(steps, config.target)
@@ -234,8 +276,11 @@ class _StopFlag:
 
 def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: int,
              new_layers: list[str], seconds: float, val_records: Sequence[ImageRecord],
-             cache: ImageCache, device: str) -> StepOutcome:
-    """Pack the model, evaluate what the packed checkpoint serves, and describe the step."""
+             cache: ImageCache, device: str, chain: nn.Module | None = None) -> StepOutcome:
+    """Pack the model, evaluate what the packed checkpoint serves, and describe the step.
+
+    `chain`: the network the run continues from when it is not `model` (consolidation);
+    its latent weights are the step's resume state."""
     started = time.monotonic()
     served, _ = unpack_checkpoint(pack_checkpoint(model, card))
     metrics = evaluate_model(served, val_records, cache=cache, device=device)
@@ -244,6 +289,8 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
     provenance = {**card.provenance, "flexbin": {
         "method": config.method, "order": config.order, "step": index, "seed": config.seed,
         "finetune_iters": config.finetune_iters, "source_architecture": card.architecture}}
+    if config.consolidation_iters:
+        provenance["flexbin"]["consolidation_iters"] = config.consolidation_iters
     ratio = compression_ratio(model)
     packed = pack_checkpoint(model, card.model_copy(update={
         "provenance": provenance,
@@ -256,7 +303,8 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
         binary_layer_compression=binary_float / binary_packed if binary_packed else None,
         miss_rate=metrics.miss_rate, ap50=metrics.ap50,
         step_seconds=seconds + time.monotonic() - started, checkpoint_bytes=len(packed),
-        checkpoint=packed, state=save_state(model), fppi_curve=metrics.fppi_curve)
+        checkpoint=packed, state=save_state(chain if chain is not None else model),
+        fppi_curve=metrics.fppi_curve)
 
 
 def _sensitivity(model: nn.Module, card: ModelCard, records: Sequence[ImageRecord],
@@ -280,19 +328,22 @@ class _ProgressTracker:
         self.on_progress = on_progress
         self.total_steps = plan.expected_steps + 1
         # Work units: fine-tuning iterations, plus one iteration's worth per evaluation.
-        self.work = [1] + [n + 1 for n in plan.iterations]
+        self.work = [1] + [n + config.consolidation_iters + 1 for n in plan.iterations]
         self.total = sum(self.work[: self.total_steps])
         self.done = sum(self.work[: min(done_steps, self.total_steps)])
         self.started = time.monotonic()
         self.done_at_start = self.done
         self.last = 0.0
 
-    def iteration(self, step: int, it: IterationReport) -> None:
+    def iteration(self, step: int, it: IterationReport, offset: int = 0) -> None:
+        """`offset`: iterations of the step already done before this loop (consolidation)."""
         now = time.monotonic()
         if self.on_progress is None or (now - self.last < PROGRESS_INTERVAL_S and it.iteration < it.total):
             return
         self.last = now
-        self._emit(step, it.iteration, it.total, self.done + it.iteration, f"fine-tuning {it.iteration}/{it.total}")
+        what = "consolidating" if offset else "fine-tuning"
+        self._emit(step, it.iteration, it.total, self.done + offset + it.iteration,
+                   f"{what} {it.iteration}/{it.total}")
 
     def step_done(self, step: int) -> None:
         self.done += self.work[step] if step < len(self.work) else 0

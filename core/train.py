@@ -134,13 +134,20 @@ def predict(model: nn.Module, images: Sequence[Tensor], *, batch_size: int = 8,
     return out
 
 
-def evaluate_model(model: nn.Module, records: Sequence[ImageRecord], *, cache: ImageCache | None = None,
-                   device: str = "cpu") -> DetectionMetrics:
-    """MR^-2, AP@0.5 and the MR-FPPI curve of `model` on `records`."""
+def predict_records(model: nn.Module, records: Sequence[ImageRecord], *, cache: ImageCache | None = None,
+                    device: str = "cpu") -> list[dict[str, Tensor]]:
+    """`predict` on each record's image as evaluation sees it, in record order."""
     cache = cache or ImageCache()
     transform = eval_transforms()
     images = [transform(cache.image(r)) if transform else cache.image(r) for r in records]
-    return evaluate_detections(predict(model, images, device=device), [r.boxes for r in records])
+    return predict(model, images, device=device)
+
+
+def evaluate_model(model: nn.Module, records: Sequence[ImageRecord], *, cache: ImageCache | None = None,
+                   device: str = "cpu") -> DetectionMetrics:
+    """MR^-2, AP@0.5 and the MR-FPPI curve of `model` on `records`."""
+    return evaluate_detections(predict_records(model, records, cache=cache, device=device),
+                               [r.boxes for r in records])
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from core.data.readers import (
     read_pennfudan,
 )
 from core.data.records import DataError, ImageRecord, image_size, load_image
-from core.data.split import split_records
+from core.data.split import kfold_records, split_records
 from core.data.transforms import (
     DetectionDataset,
     collate_detection,
@@ -22,6 +22,6 @@ from core.data.transforms import (
 
 __all__ = [
     "DataError", "DetectionDataset", "ImageRecord", "collate_detection", "eval_transforms",
-    "image_size", "load_image", "read_coco", "read_dataset_dir", "read_dataset_zip",
+    "image_size", "kfold_records", "load_image", "read_coco", "read_dataset_dir", "read_dataset_zip",
     "read_pennfudan", "split_records", "train_transforms",
 ]

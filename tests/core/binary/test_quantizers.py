@@ -180,8 +180,8 @@ def test_a_checkpoint_whose_card_has_only_bits_still_loads(tiny: tuple[nn.Module
         assert torch.equal(dict(served.named_modules())[name].weight, modules[name].weight.detach())
     # and an old resume state (bits only) resumes with the default quantizers
     state = save_state(model)
-    state_meta = json.loads(state[8:8 + int.from_bytes(state[:8], "little")])["__metadata__"]
-    old_state = save(load(state), metadata={"binary_layers": state_meta["binary_layers"]})
+    state_meta = json.loads(json.loads(state[8:8 + int.from_bytes(state[:8], "little")])["__metadata__"][META_KEY])
+    old_state = save(load(state), metadata={"binary_layers": json.dumps(state_meta["binary_layers"])})
     restored = dict(load_state(card, old_state).named_modules())
     assert isinstance(weight_quantizer_of(restored["neck.0"]), SignQuantizer)
     assert weight_quantizer_of(restored["features.6.0"]).to_config() == weight_quantizer(3).to_config()  # type: ignore[union-attr]
