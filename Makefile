@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test lint bench bench-tradeoff bench-jobs bench-serve bench-reliability clean
+.PHONY: install run worker test lint bench bench-tradeoff bench-jobs bench-serve bench-reliability compose-check clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,7 @@ worker: install
 
 lint: install
 	$(PY) -m ruff check core api worker bench tests migrations
+	$(VENV)/bin/hadolint Dockerfile docker/local/*.Dockerfile
 
 test: install lint
 	$(PY) -m pytest -q tests
@@ -40,6 +41,11 @@ bench-serve: install
 
 bench-reliability: install
 	$(PY) bench/reliability.py
+
+# docker-compose.yml built and run for real, with a backup/restore drill (root; installs Docker
+# from Debian when missing; ~GBs of disk): bench/results/compose.{json,md}. Not part of `make test`.
+compose-check: install
+	PY=$(PY) tools/compose_check.sh
 
 clean:
 	rm -rf var .pytest_cache
