@@ -57,6 +57,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 debian_mirror() {  # the Debian mirror this machine's apt is configured with
+  # shellcheck disable=SC2016  # $(REPO_URI) is apt's own field syntax
   apt-get indextargets --format '$(REPO_URI)' 'Release: bookworm' 'Identifier: Packages' | head -n1
 }
 
@@ -79,6 +80,7 @@ install_tools() {
     say "installing ${plugins[*]} from Debian trixie"
     local apt_dir="$CHECK_DIR/apt-trixie"
     mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
+    chown _apt "$apt_dir/debs" 2>/dev/null || true  # apt downloads as _apt
     echo "deb $(debian_mirror) trixie main" > "$apt_dir/sources.list"
     local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
                 -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
