@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -122,9 +123,9 @@ class Stack:
 
     def save_logs(self, phase: str) -> None:
         """Its containers' logs into <log dir>/<project>.<phase>.log (`down` removes them)."""
-        if not self.container_ids():
-            return
         try:
+            if not self.container_ids():
+                return
             self.compose("logs", "--no-color", "--timestamps", stdout=self.log_dir / f"{self.project}.{phase}.log",
                          timeout=120)
         except (CheckFailed, subprocess.SubprocessError, OSError):
@@ -293,7 +294,7 @@ def run_check(args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> d
             original_hashes = download_hashes(client, all_checkpoints)
             original_b = main.job_checkpoints(job_b_id)
         main.save_logs("second-up")
-        main.down()  # its volumes stay until the end (the restore must not need them)
+        main.down()  # the restore starts from the dump alone; these volumes go at the end
 
         # -- restore into a fresh database ---------------------------------------------------
         print("restore drill ...", flush=True)
@@ -530,7 +531,12 @@ def main() -> None:
         for project in (PROJECT, RESTORE_PROJECT):
             Stack(project, env, log_dir).down(volumes=True)
         return
-    result = run_check(args, env, log_dir)
+    # a stop signal unwinds through run_check's `finally`, which removes the projects
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    try:
+        result = run_check(args, env, log_dir)
+    except CheckFailed as exc:
+        sys.exit(f"compose check FAILED: {exc}\n(logs in {log_dir})")
     result["table"] = table_rows(result)
     result["environment"] = {**machine(), **docker_versions(), "images": {
         "base": env.get("FLEXBIN_BASE_IMAGE", "python:3.11-slim"),
