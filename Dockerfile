@@ -13,8 +13,13 @@ FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/flexbin PATH=/opt/flexbin/bin:$PATH
 # A virtualenv gives the same layout on the official image and on a Debian base, whose
-# python3 refuses pip installs into the system (PEP 668).
-RUN python3 -m venv /opt/flexbin
+# python3 refuses pip installs into the system (PEP 668). The service user owns only /app/var,
+# where the embedded SQLite default (`docker run` with no DATABASE_URL) keeps its files: the
+# code stays root's.
+RUN python3 -m venv /opt/flexbin \
+    && groupadd --system --gid 10001 flexbin \
+    && useradd --system --uid 10001 --gid flexbin --create-home flexbin \
+    && mkdir -p /app/var && chown flexbin:flexbin /app/var
 
 # ---- Python dependencies: the one install step --------------------------------------------
 # The runtime part of requirements.txt: everything but the test, lint and e2e packages.
@@ -34,11 +39,6 @@ COPY migrations migrations
 COPY core core
 COPY worker worker
 COPY api api
-# The code stays root's and read-only to the service user; var/ is where the embedded
-# SQLite default (`docker run` with no DATABASE_URL) keeps its files.
-RUN groupadd --system --gid 10001 flexbin \
-    && useradd --system --uid 10001 --gid flexbin --create-home flexbin \
-    && mkdir var && chown flexbin:flexbin var
 USER 10001:10001
 
 # Inside the container's own network namespace the API listens on every interface.
