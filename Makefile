@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test lint typecheck bench bench-tradeoff bench-jobs bench-serve bench-reliability bench-claim clean
+.PHONY: install run worker test lint typecheck bench bench-tradeoff bench-jobs bench-serve bench-reliability bench-claim compose-check clean
 
 # Dependencies are declared once, in pyproject.toml: a change there reinstalls.
 $(STAMP): pyproject.toml
@@ -24,6 +24,7 @@ worker: install
 
 lint: install
 	$(PY) -m ruff check core api worker bench tests testkit migrations
+	$(VENV)/bin/hadolint Dockerfile docker/local/*.Dockerfile
 
 # mypy on core/ (strict), api/ and worker/ (pyproject.toml [tool.mypy]); fails on any error.
 typecheck: install
@@ -49,6 +50,11 @@ bench-reliability: install
 # The pre-registered layer-priority vs all-at-once study (~2 h on 2 idle cores; resumes).
 bench-claim: install
 	$(PY) bench/claim.py
+
+# docker-compose.yml built and run for real, with a backup/restore drill (root; installs Docker
+# from Debian when missing; ~GBs of disk): bench/results/compose.{json,md}. Not part of `make test`.
+compose-check: install
+	PY=$(PY) tools/compose_check.sh
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache

@@ -25,17 +25,18 @@ def tiny_model(card: dict | None = None, *, seed: int = 0) -> tuple[bytes, str]:
     return save_model_bytes(parsed.build(), parsed)[0], json.dumps(card or TINY_CARD)
 
 
-def pennfudan_names(n: int) -> list[str]:
-    root = default_data_dir()
+def pennfudan_names(n: int, root: Path | None = None) -> list[str]:
+    root = root or default_data_dir()
     return sorted(p.stem for p in (root / "PNGImages").glob("*.png"))[:n]
 
 
 def dataset_zip(n: int = 8, *, extra: dict[str, bytes] | None = None,
-                replace: dict[str, bytes] | None = None) -> bytes:
-    """A Penn-Fudan-layout zip of the first `n` images; `extra` adds entries, `replace` swaps some."""
-    root: Path = default_data_dir()
+                replace: dict[str, bytes] | None = None, root: Path | None = None) -> bytes:
+    """A Penn-Fudan-layout zip of the first `n` images under `root` (default: the demo data);
+    `extra` adds entries, `replace` swaps some."""
+    root = root or default_data_dir()
     entries: dict[str, bytes] = {}
-    for stem in pennfudan_names(n):
+    for stem in pennfudan_names(n, root):
         entries[f"PNGImages/{stem}.png"] = (root / "PNGImages" / f"{stem}.png").read_bytes()
         entries[f"Annotation/{stem}.txt"] = (root / "Annotation" / f"{stem}.txt").read_bytes()
     entries.update(replace or {})
