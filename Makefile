@@ -22,7 +22,7 @@ worker: install
 	$(PY) -m worker.main
 
 lint: install
-	$(PY) -m ruff check core api worker bench tests migrations
+	$(PY) -m ruff check core api worker bench tests migrations tools
 
 test: install lint
 	$(PY) -m pytest -q tests

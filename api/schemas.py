@@ -68,6 +68,14 @@ class JobCreate(BaseModel):
     min_layer_params: int | None = Field(
         default=None, ge=0, description="Layers with fewer weights stay float (default 1024; 0 = every layer)."
     )
+    layers_per_step: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="layer_priority: consecutive layers binarized per step, then one fine-tuning (default 1, "
+                    "the paper's); every step still shows on the trade-off curve.",
+    )
+    binarize_depthwise: bool | None = Field(
+        default=None, description="Also binarize depthwise / grouped convs (groups > 1); default false: they stay float."
+    )
     deploy_on_success: bool = Field(
         default=False, description="Deploy the selected checkpoint for this tenant when the job succeeds."
     )
