@@ -114,7 +114,7 @@ class _Conv(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.conv(x))
+        return F.relu(self.conv(x), inplace=True)
 
 
 class _Separable(nn.Module):
@@ -126,7 +126,7 @@ class _Separable(nn.Module):
         self.sep = nn.Conv2d(c_in, c_out, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.relu(self.sep(F.relu(self.dw(x))))
+        return F.relu(self.sep(F.relu(self.dw(x), inplace=True)), inplace=True)
 
 
 class _Head(nn.Module):

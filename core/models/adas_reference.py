@@ -53,3 +53,29 @@ class OpenVinoReference:
                 results.append({"boxes": boxes[order].float(), "scores": scores[order].float(),
                                 "labels": torch.from_numpy(rows[:, 1].astype(np.int64))[order]})
         return results
+
+
+def unmatched_top_detections(reference: dict[str, Tensor], candidate: dict[str, Tensor], *,
+                             min_score: float, min_iou: float = 0.95,
+                             max_score_diff: float = 0.01) -> list[str]:
+    """The reference detections scoring >= `min_score` that `candidate` lacks, described.
+
+    Each such detection (best first) must find a still unused candidate detection with IoU
+    >= `min_iou` and a score within `max_score_diff`; an empty list means all of them do.
+    """
+    from torchvision.ops import box_iou
+
+    missing = []
+    used: set[int] = set()
+    iou = box_iou(reference["boxes"], candidate["boxes"]) if len(candidate["boxes"]) else None
+    for i in torch.nonzero(reference["scores"] >= min_score).flatten().tolist():
+        score = float(reference["scores"][i])
+        ok = [] if iou is None else [
+            j for j in torch.argsort(iou[i], descending=True).tolist()
+            if j not in used and iou[i, j] >= min_iou and abs(float(candidate["scores"][j]) - score) <= max_score_diff]
+        if ok:
+            used.add(ok[0])
+        else:
+            best = 0.0 if iou is None else float(iou[i].max())
+            missing.append(f"box {reference['boxes'][i].tolist()} score {score:.4f} (best IoU {best:.3f})")
+    return missing

@@ -8,9 +8,10 @@ licence and a NOTICE saying where the weights come from and how they were conver
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import nn
@@ -74,11 +75,13 @@ def _read_pinned(path: Path, expected: str) -> bytes:
     return data
 
 
-def load_pretrained(name: str) -> tuple[nn.Module, ModelCard]:
+def load_pretrained(name: str, **builder_kwargs: Any) -> tuple[nn.Module, ModelCard]:
     """The pretrained float model `name` and its card, after checking both files' sha256.
 
-    Raises PretrainedWeightsError for an unknown name, a missing file or a sha256 that
-    differs from the pinned one.
+    `builder_kwargs` override the card's (validated like an uploaded card's), e.g.
+    `input_height=192, input_width=336` for pedestrian_adas_0002 at half resolution: its
+    weights do not depend on the input size. Raises PretrainedWeightsError for an unknown
+    name, a missing file or a sha256 that differs from the pinned one.
     """
     from core.checkpoint import load_model_bytes  # core.checkpoint imports core.models
 
@@ -87,4 +90,6 @@ def load_pretrained(name: str) -> tuple[nn.Module, ModelCard]:
         raise PretrainedWeightsError(f"no pretrained weights named {name!r}; known: {sorted(PRETRAINED)}")
     weights = _read_pinned(spec.directory / "weights.safetensors", spec.weights_sha256)
     card = _read_pinned(spec.directory / "card.json", spec.card_sha256)
+    if builder_kwargs:
+        card = json.dumps({**json.loads(card), **builder_kwargs}).encode()
     return load_model_bytes(weights, card)
