@@ -1,7 +1,8 @@
 """The demo seeded on an empty database (shared/API.md, `make run`).
 
-Trains FlexBin's default detector on the Penn-Fudan images at `FLEXBIN_DEMO_DATA`, stores it
-and the dataset for the demo tenant, deploys the float model, and queues a layer-priority
+Gets the demo's float detector (`core.demo`: Intel's pretrained pedestrian-detection-adas-0002
+by default, or FlexBin's PedNet trained on the Penn-Fudan images at `FLEXBIN_DEMO_DATA`), stores
+it and the dataset for the demo tenant, deploys the float model, and queues a layer-priority
 binarization job that deploys its selected checkpoint when it succeeds. `/detect` serves
 packed checkpoints only, so "deploys the float model" means: the deployment names the model
 with no checkpoint (409 on `/detect`) until the job commits step 0 (the float model, packed),
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL_NAME = "demo: flexbin_pednet trained on Penn-Fudan"
 DEMO_DATASET_NAME = "demo: PennFudanPed"
 
 
@@ -52,23 +52,22 @@ def zip_pennfudan(root: Path) -> bytes:
 def seed_demo(settings: Settings) -> str:
     from core.checkpoint import save_model_bytes
     from core.data import read_pennfudan, split_records
-    from core.models.registry import DEFAULT_ARCHITECTURE
-    from core.pipeline import PipelineConfig, Target
-    from core.train import train_float_detector
+    from core.demo import DEMO_MODEL_NAMES, demo_float_model, demo_pipeline_config
     from worker.device import resolve_device
 
     tenant_name = settings.demo_tenant()
     with session_scope(settings.database_url) as s:
         tenant = ensure_tenant(s, tenant_name)
-        if s.scalar(select(Model.id).where(Model.tenant_id == tenant.id, Model.name == DEMO_MODEL_NAME)):
+        if s.scalar(select(Model.id).where(Model.tenant_id == tenant.id,
+                                           Model.name.in_(list(DEMO_MODEL_NAMES.values())))):
             log.info("demo: already seeded for tenant %s", tenant_name)
             return "exists"
     root = settings.demo_data
     records = read_pennfudan(root)
     train, val = split_records(records)
     device = resolve_device(settings.device)
-    log.info("demo: training %s on %d Penn-Fudan images for %d iterations on %s", DEFAULT_ARCHITECTURE,
-             len(train), settings.demo_train_iters, device)
+    log.info("demo: preparing %s on %s (%d train / %d val Penn-Fudan images)", settings.demo_model, device,
+             len(train), len(val))
     started = time.monotonic()
     last = [0.0]
 
@@ -82,24 +81,19 @@ def seed_demo(settings: Settings) -> str:
             log.info("demo: training iteration %d/%d, loss %.3f, about %.0fs left", it.iteration, it.total,
                      it.loss, eta)
 
-    model, card = train_float_detector(train, val, architecture=DEFAULT_ARCHITECTURE,
-                                       iterations=settings.demo_train_iters, seed=0, on_iteration=report,
-                                       device=device)
+    model, card = demo_float_model(settings, train, val, on_iteration=report, device=device)
     model.to("cpu").eval()
-    log.info("demo: trained in %.0fs (validation: %s)", time.monotonic() - started, card.metrics)
+    log.info("demo: %s ready in %.0fs (validation: %s)", card.architecture, time.monotonic() - started,
+             card.metrics)
     weights, card_json = save_model_bytes(model, card)
     archive = zip_pennfudan(root)
-    config = PipelineConfig(
-        target=Target(min_compression_ratio=settings.demo_min_compression_ratio),
-        method="layer_priority", order="inverse_depth", bits=1,
-        finetune_iters=settings.demo_finetune_iters, seed=0,
-    )
+    config = demo_pipeline_config(settings)
     with session_scope(settings.database_url) as s:
         tenant = ensure_tenant(s, tenant_name)
         weights_blob = put_blob(s, weights)
         archive_blob = put_blob(s, archive)
         model_row = Model(
-            tenant_id=tenant.id, name=DEMO_MODEL_NAME, architecture=card.architecture,
+            tenant_id=tenant.id, name=DEMO_MODEL_NAMES[settings.demo_model], architecture=card.architecture,
             num_classes=card.num_classes, num_params=sum(p.numel() for p in model.parameters()),
             size_bytes=len(weights), card=json.loads(card_json), weights_blob_id=weights_blob.id,
         )

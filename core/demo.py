@@ -1,0 +1,92 @@
+"""What `make run` binarizes on an empty database: the demo's float detector and its job.
+
+`FLEXBIN_DEMO_MODEL` chooses the detector:
+- `pedestrian_adas_0002` (default): Intel's pretrained pedestrian SSD from the weights that
+  ship with FlexBin, run and fine-tuned at `ADAS_DEMO` (192x336, a quarter of the IR's
+  384x672 pixels: a quarter of the fine-tuning cost, and on the Penn-Fudan validation split
+  the pretrained model scores about as well there as at full size), two layers per step;
+- `pednet`: FlexBin's own detector, trained from scratch on the training split for
+  `FLEXBIN_DEMO_TRAIN_ITERS` iterations.
+Either way the job is the paper's: layer priority, deepest first, 1 bit, until the whole
+model is `FLEXBIN_DEMO_MIN_COMPRESSION_RATIO` times smaller, `FLEXBIN_DEMO_FINETUNE_ITERS`
+iterations per step. Sized to end within 30 minutes on 2 CPU cores (README, "The demo").
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core.settings import DemoModel, Settings
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from core.checkpoint import ModelCard
+    from core.data import ImageRecord
+    from core.pipeline import PipelineConfig
+    from core.train import OnIteration
+
+ADAS = "pedestrian_adas_0002"
+
+
+@dataclass(frozen=True)
+class AdasDemoRecipe:
+    """How the demo binarizes pedestrian_adas_0002 (see the module docstring for why)."""
+
+    input_height: int = 192
+    input_width: int = 336
+    layers_per_step: int = 2
+    # Fine-tuning a pretrained detector: 10x below the from-scratch default, which degrades
+    # the float model on the validation split (bench/results/pretrained.md).
+    learning_rate: float = 1e-4
+
+
+ADAS_DEMO = AdasDemoRecipe()
+
+DEMO_MODEL_NAMES: dict[DemoModel, str] = {
+    ADAS: "demo: pedestrian_adas_0002 (Intel, pretrained)",
+    "pednet": "demo: flexbin_pednet trained on Penn-Fudan",
+}
+
+
+def demo_float_model(
+    settings: Settings,
+    train: Sequence[ImageRecord],
+    val: Sequence[ImageRecord],
+    *,
+    on_iteration: OnIteration | None = None,
+    device: str = "cpu",
+) -> tuple[nn.Module, ModelCard]:
+    """The demo's float detector (eval mode, on `device`) and its card, with its MR^-2 and
+    AP@0.5 on `val` in `card.metrics`. PedNet is trained here on `train` (minutes, reported
+    through `on_iteration`); pedestrian_adas_0002 is loaded from the bundled weights."""
+    from core.train import evaluate_model, train_float_detector
+
+    if settings.demo_model == "pednet":
+        return train_float_detector(train, val, architecture="flexbin_pednet", iterations=settings.demo_train_iters,
+                                    seed=0, on_iteration=on_iteration, device=device)
+    from core.models import load_pretrained
+
+    started = time.monotonic()
+    model, card = load_pretrained(ADAS, input_height=ADAS_DEMO.input_height, input_width=ADAS_DEMO.input_width)
+    metrics = evaluate_model(model, val, device=device)
+    card = card.model_copy(update={
+        "metrics": {"miss_rate": metrics.miss_rate, "ap50": metrics.ap50},
+        "provenance": {**card.provenance, "demo": {"val_images": len(val),
+                                                    "seconds": round(time.monotonic() - started, 1)}}})
+    return model.eval(), card
+
+
+def demo_pipeline_config(settings: Settings) -> PipelineConfig:
+    """The demo job's configuration for `settings.demo_model`."""
+    from core.pipeline import PipelineConfig, Target
+
+    common = {"target": Target(min_compression_ratio=settings.demo_min_compression_ratio),
+              "method": "layer_priority", "order": "inverse_depth", "bits": 1,
+              "finetune_iters": settings.demo_finetune_iters, "seed": 0}
+    if settings.demo_model == "pednet":
+        return PipelineConfig(**common)
+    return PipelineConfig(**common, layers_per_step=ADAS_DEMO.layers_per_step,
+                          learning_rate=ADAS_DEMO.learning_rate)
