@@ -5,7 +5,12 @@ import pytest
 from pydantic import ValidationError
 
 from core.data import read_pennfudan, split_records
-from core.demo import ADAS_DEMO, DEMO_MODEL_NAMES, demo_float_model, demo_pipeline_config
+from core.demo import (
+    ADAS_DEMO,
+    DEMO_MODEL_NAMES,
+    demo_float_model,
+    demo_pipeline_config,
+)
 from core.paths import default_data_dir
 from core.pipeline import plan_steps
 from core.settings import Settings
