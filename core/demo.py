@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from core.pipeline import PipelineConfig
     from core.train import OnIteration
 
-ADAS = "pedestrian_adas_0002"
+ADAS: DemoModel = "pedestrian_adas_0002"
 
 
 @dataclass(frozen=True)
@@ -83,10 +83,10 @@ def demo_pipeline_config(settings: Settings) -> PipelineConfig:
     """The demo job's configuration for `settings.demo_model`."""
     from core.pipeline import PipelineConfig, Target
 
-    common = {"target": Target(min_compression_ratio=settings.demo_min_compression_ratio),
-              "method": "layer_priority", "order": "inverse_depth", "bits": 1,
-              "finetune_iters": settings.demo_finetune_iters, "seed": 0}
+    config = PipelineConfig(target=Target(min_compression_ratio=settings.demo_min_compression_ratio),
+                            method="layer_priority", order="inverse_depth", bits=1,
+                            finetune_iters=settings.demo_finetune_iters, seed=0)
     if settings.demo_model == "pednet":
-        return PipelineConfig(**common)
-    return PipelineConfig(**common, layers_per_step=ADAS_DEMO.layers_per_step,
-                          learning_rate=ADAS_DEMO.learning_rate)
+        return config
+    return config.model_copy(update={"layers_per_step": ADAS_DEMO.layers_per_step,
+                                     "learning_rate": ADAS_DEMO.learning_rate})
