@@ -98,7 +98,7 @@ class PipelineConfig(BaseModel):
     binarize_depthwise: bool = Field(
         default=False,
         description="also binarize depthwise / grouped convolutions (groups > 1): they hold few "
-        "weights (2.3 % of pedestrian_adas_0002's) and lose much accuracy at 1 bit (3x3 = 9 weights "
+        "weights (2.4 % of pedestrian_adas_0002's) and lose much accuracy at 1 bit (3x3 = 9 weights "
         "share one scale per channel), so by default they stay float like the first conv")
 
     @model_validator(mode="after")

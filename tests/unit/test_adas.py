@@ -141,7 +141,7 @@ def test_discovery_finds_dense_convs_and_keeps_depthwise_float_by_default(pretra
     assert 0.02 < sum(layer.num_params for layer in depthwise) / total < 0.03
     with_depthwise = eligible_layers(model, card, config.model_copy(update={"binarize_depthwise": True,
                                                                             "min_layer_params": 0}))
-    assert len(with_depthwise) == 59 - 1 + 1  # every conv: 41 dense + 17 depthwise + the stem
+    assert len(with_depthwise) == 59  # every conv: 41 dense + 17 depthwise + the 3x3 stem
     assert {layer.name for layer in depthwise} <= {layer.name for layer in with_depthwise}
 
 
