@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     # Sized for well under 30 minutes on 2 idle CPU cores. pednet: about 0.3 s per training
     # iteration at batch 8 (bench/results/tradeoff.md), so ~8 min of training and ~7 steps x 60
     # iterations of fine-tuning to reach 8x. pedestrian_adas_0002 (core/demo.py): no training;
-    # 19 steps x 60 iterations at 192x336 to reach 8x, about 9 min in a timed run on a busy machine.
+    # 37 steps x 60 iterations at 192x336 to reach 8x: 18 min in a timed run on a busy machine.
     demo_train_iters: int = Field(default=1500, ge=1, description="Training iterations of the demo PedNet.")
     demo_finetune_iters: int = Field(default=60, ge=0, description="Fine-tuning iterations per demo step.")
     demo_min_compression_ratio: float = Field(default=8.0, gt=1.0, description="The demo job's target.")
