@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test lint typecheck bench bench-tradeoff bench-jobs bench-serve bench-reliability bench-claim compose-check clean
+.PHONY: install run worker test lint typecheck bench bench-tradeoff bench-jobs bench-serve bench-reliability bench-pretrained bench-claim compose-check clean
 
 # Dependencies are declared once, in pyproject.toml: a change there reinstalls.
 $(STAMP): pyproject.toml
@@ -23,7 +23,7 @@ worker: install
 	$(PY) -m worker.main
 
 lint: install
-	$(PY) -m ruff check core api worker bench tests testkit migrations
+	$(PY) -m ruff check core api worker bench tests testkit migrations tools
 	$(VENV)/bin/hadolint Dockerfile docker/local/*.Dockerfile
 
 # mypy on core/ (strict), api/ and worker/ (pyproject.toml [tool.mypy]); fails on any error.
@@ -33,7 +33,7 @@ typecheck: install
 test: install lint typecheck
 	$(PY) -m pytest -q tests
 
-bench: bench-tradeoff bench-jobs bench-serve bench-reliability
+bench: bench-tradeoff bench-jobs bench-serve bench-reliability bench-pretrained
 
 bench-tradeoff: install
 	$(PY) bench/tradeoff.py
@@ -46,6 +46,9 @@ bench-serve: install
 
 bench-reliability: install
 	$(PY) bench/reliability.py
+
+bench-pretrained: install
+	$(PY) bench/pretrained.py
 
 # The pre-registered layer-priority vs all-at-once study (~2 h on 2 idle cores; resumes).
 bench-claim: install

@@ -54,5 +54,5 @@ def maybe_seed_demo(settings: Settings) -> None:
     from api import queue
 
     queue.enqueue_demo(settings)
-    log.info("demo: database is empty; queued the demo (training, then a binarization job) for tenant %r",
-             settings.demo_tenant())
+    log.info("demo: database is empty; queued the demo (%s, then a binarization job) for tenant %r",
+             settings.demo_model, settings.demo_tenant())

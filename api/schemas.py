@@ -10,10 +10,21 @@ from core.config import CheckpointMetrics, Method, Order, PipelineConfig, StepMe
 from core.store.jobs import JobStatus
 
 
+class PretrainedWeightsPublic(BaseModel):
+    name: str = Field(description="Name of the bundled weights (`core.models.load_pretrained`).")
+    origin: str = Field(description="Where the weights come from and how they were converted.")
+    license: str = Field(description="SPDX licence identifier of the weights.")
+    sha256: str = Field(description="sha256 of the bundled weights.safetensors, checked at every load.")
+
+
 class ArchitecturePublic(BaseModel):
     name: str
     description: str
     default_kwargs: dict[str, Any]
+    input_size: int = Field(description="Side of the square dummy image uploads are checked with (pixels); "
+                                        "the network's own input size is in default_kwargs where it has one.")
+    pretrained: PretrainedWeightsPublic | None = Field(
+        default=None, description="Weights that ship with FlexBin for this architecture; null: upload your own.")
 
 
 class ModelPublic(BaseModel):

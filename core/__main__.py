@@ -69,7 +69,9 @@ def cmd_binarize(args: argparse.Namespace) -> None:
     target = (Target(min_compression_ratio=args.min_compression_ratio) if args.min_compression_ratio
               else Target(max_miss_rate_increase=args.max_miss_rate_increase))
     config = PipelineConfig(target=target, method=args.method, order=args.order, bits=args.bits,
-                            finetune_iters=args.finetune_iters, seed=args.seed)
+                            finetune_iters=args.finetune_iters, seed=args.seed,
+                            layers_per_step=args.layers_per_step, binarize_depthwise=args.binarize_depthwise,
+                            **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     completed = []
@@ -164,6 +166,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--order", choices=["inverse_depth", "forward", "sensitivity"], default="inverse_depth")
     p.add_argument("--bits", type=int, default=1)
     p.add_argument("--finetune-iters", type=int, default=200)
+    p.add_argument("--learning-rate", type=float, help="fine-tuning learning rate (default: the pipeline's)")
+    p.add_argument("--layers-per-step", type=int, default=1, help="consecutive layers binarized per step")
+    p.add_argument("--binarize-depthwise", action="store_true", help="also binarize depthwise (grouped) convs")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_binarize)
 

@@ -13,3 +13,13 @@ def default_data_dir() -> Path:
     if env:
         return Path(env).expanduser().resolve()
     return (REPO_ROOT.parent / "shared" / "data" / "PennFudanPed").resolve()
+
+
+def shared_models_dir() -> Path:
+    """Reference model files (e.g. the OpenVINO IRs pretrained weights were converted from):
+    `$FLEXBIN_SHARED_MODELS`, else `../shared/models`. Only tools, tests and benchmarks read
+    it; FlexBin itself runs without it."""
+    env = os.environ.get("FLEXBIN_SHARED_MODELS")
+    if env:
+        return Path(env).expanduser().resolve()
+    return (REPO_ROOT.parent / "shared" / "models").resolve()

@@ -1,8 +1,9 @@
 """The layer-priority binarization pipeline (Zhuang et al. 2017, arXiv 1709.04344).
 
-One *step* binarizes the next layer in the chosen order, fine-tunes the whole network for
-`finetune_iters` iterations, evaluates MR^-2 / AP@0.5 on the validation split, measures the
-compression ratio and hands a packed checkpoint to `on_step`. Step 0 is the float model.
+One *step* binarizes the next layer in the chosen order (or the next `layers_per_step`
+layers), fine-tunes the whole network for `finetune_iters` iterations, evaluates MR^-2 /
+AP@0.5 on the validation split, measures the compression ratio and hands a packed
+checkpoint to `on_step`. Step 0 is the float model.
 The all-at-once baseline (XNOR-Net / BWN style) binarizes the same set of layers in one
 step and fine-tunes with the same total iteration budget.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -109,7 +111,8 @@ def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
     layers = order_layers(eligible_layers(model, card, config), config.order, sensitivity)
     if not layers:
         raise ValueError("the model has no binarizable (Conv2d / Linear) layer with at least "
-                         f"{config.min_layer_params} weights")
+                         f"{config.min_layer_params} weights"
+                         + ("" if config.binarize_depthwise else " (depthwise convs excluded)"))
     float_bytes = float_checkpoint_nbytes(model)
     ratios, saved = [], 0
     for layer in layers:
@@ -119,10 +122,14 @@ def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
     if config.target.min_compression_ratio is not None:
         needed = next((i + 1 for i, r in enumerate(ratios)
                        if r >= config.target.min_compression_ratio), len(layers))
+    group = config.layers_per_step
     if config.method == "all_at_once":
         count = min(config.num_layers or needed, len(layers))
-        return _Plan([[layer.name for layer in layers[:count]]], [count * config.finetune_iters], 1)
-    return _Plan([[layer.name] for layer in layers], [config.finetune_iters] * len(layers), needed)
+        # The budget of the layer-priority steps that binarize the same layers.
+        return _Plan([[layer.name for layer in layers[:count]]],
+                     [math.ceil(count / group) * config.finetune_iters], 1)
+    steps = [[layer.name for layer in layers[i:i + group]] for i in range(0, len(layers), group)]
+    return _Plan(steps, [config.finetune_iters] * len(steps), math.ceil(needed / group))
 
 
 def layer_quantizer(config: PipelineConfig) -> WeightQuantizer:
@@ -157,9 +164,11 @@ def consolidate(model: nn.Module, train_records: Sequence[ImageRecord], config: 
 
 
 def eligible_layers(model: nn.Module, card: ModelCard, config: PipelineConfig) -> list[LayerInfo]:
-    """The Conv2d / Linear layers a run may binarize (see `min_layer_params`)."""
+    """The Conv2d / Linear layers a run may binarize (see `min_layer_params` and
+    `binarize_depthwise`)."""
     return [layer for layer in discover_layers(model, card.input_size)
-            if layer.num_params >= config.min_layer_params]
+            if layer.num_params >= config.min_layer_params
+            and (config.binarize_depthwise or layer.groups == 1)]
 
 
 def _target_reached(steps: Sequence[StepOutcome], target: Target) -> bool:

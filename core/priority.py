@@ -37,6 +37,7 @@ class LayerInfo:
     kind: str
     depth: int  # 0 = first executed
     shape: tuple[int, ...]
+    groups: int = 1  # Conv2d groups: > 1 for depthwise / grouped convolutions
 
     @property
     def num_params(self) -> int:
@@ -70,7 +71,8 @@ def discover_layers(model: nn.Module, input_size: int = 320) -> list[LayerInfo]:
         model.train(was_training)
     modules = dict(model.named_modules())
     return [
-        LayerInfo(name, type(modules[name]).__name__, depth, tuple(latent_weight(modules[name]).shape))
+        LayerInfo(name, type(modules[name]).__name__, depth, tuple(latent_weight(modules[name]).shape),
+                  getattr(modules[name], "groups", 1))
         for name, depth in sorted(first_call.items(), key=lambda item: item[1])
     ]
 

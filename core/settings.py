@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
@@ -20,6 +21,8 @@ DEFAULT_DATABASE_URL = "sqlite:///var/flexbin.db"
 DEFAULT_BROKER_URL = "sqla+sqlite:///var/broker.db"
 DEV_TENANT = "dev"
 DEV_KEY = "dev"
+# The detectors the demo can binarize (core/demo.py): Intel's pretrained SSD or FlexBin's own.
+DemoModel = Literal["pedestrian_adas_0002", "pednet"]
 
 
 class Settings(BaseSettings):
@@ -47,10 +50,16 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, ge=0, description="CPU threads per worker process (0: torch's default).")
     demo_data: Path = Field(default_factory=default_data_dir, description="Penn-Fudan root for the demo.")
     demo: bool = Field(default=True, description="Seed the demo on an empty database.")
-    # Sized for well under 30 minutes on 2 idle CPU cores: about 0.3 s per training
-    # iteration of the default detector at batch 8 (bench/results/tradeoff.md), so ~8 min of
-    # training and ~7 steps x 60 iterations of fine-tuning to reach 8x.
-    demo_train_iters: int = Field(default=1500, ge=1, description="Training iterations of the demo detector.")
+    demo_model: DemoModel = Field(
+        default="pedestrian_adas_0002",
+        description="What the demo binarizes: Intel's pretrained pedestrian-detection-adas-0002 (bundled "
+        "weights) or `pednet`, FlexBin's own detector trained from scratch (core/demo.py).",
+    )
+    # Sized for well under 30 minutes on 2 idle CPU cores. pednet: about 0.3 s per training
+    # iteration at batch 8 (bench/results/tradeoff.md), so ~8 min of training and ~7 steps x 60
+    # iterations of fine-tuning to reach 8x. pedestrian_adas_0002 (core/demo.py): no training;
+    # 37 steps x 60 iterations at 192x336 to reach 8x: 18 min in a timed run on a busy machine.
+    demo_train_iters: int = Field(default=1500, ge=1, description="Training iterations of the demo PedNet.")
     demo_finetune_iters: int = Field(default=60, ge=0, description="Fine-tuning iterations per demo step.")
     demo_min_compression_ratio: float = Field(default=8.0, gt=1.0, description="The demo job's target.")
     embedded_worker: bool | None = Field(

@@ -25,7 +25,7 @@ from testkit.servers import free_port
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 KEYS = {"alpha": "key-alpha", "beta": "key-beta"}
-MAX_MODEL_BYTES = 2_000_000
+MAX_MODEL_BYTES = 3_000_000  # holds the bundled pedestrian_adas_0002 weights (2.3 MB)
 MAX_DATASET_BYTES = 20_000_000
 MAX_DETECT_IMAGES = 4
 MAX_DETECT_BYTES = 6_000_000

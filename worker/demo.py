@@ -1,7 +1,8 @@
 """The demo seeded on an empty database (shared/API.md, `make run`).
 
-Trains FlexBin's default detector on the Penn-Fudan images at `FLEXBIN_DEMO_DATA`, stores it
-and the dataset for the demo tenant through the same functions a user's uploads go through
+Gets the demo's float detector (`core.demo`: Intel's pretrained pedestrian-detection-adas-0002
+by default, or FlexBin's PedNet trained on the Penn-Fudan images at `FLEXBIN_DEMO_DATA`), stores
+it and the dataset for the demo tenant through the same functions a user's uploads go through
 (`core.store.catalog`: validated, then stored), deploys the float model, and queues a
 layer-priority binarization job (`core.store.jobs.create_job`, as `POST /jobs`) that deploys
 its selected checkpoint when it succeeds. `/detect` serves
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEMO_MODEL_NAME = "demo: flexbin_pednet trained on Penn-Fudan"
 DEMO_DATASET_NAME = "demo: PennFudanPed"
 
 
@@ -52,17 +52,15 @@ def zip_pennfudan(root: Path) -> bytes:
 
 def seed_demo(settings: Settings) -> str:
     from core.checkpoint import save_model_bytes
-    from core.config import PipelineConfig, Target
     from core.data import read_pennfudan, split_records
-    from core.models.registry import DEFAULT_ARCHITECTURE
-    from core.train import train_float_detector
+    from core.demo import DEMO_MODEL_NAMES, demo_float_model, demo_pipeline_config
     from worker.device import resolve_device
 
     tenant_name = settings.demo_tenant()
     with session_scope(settings.database_url) as s:
         tenant = ensure_tenant(s, tenant_name)
         seeded = select(DetectorModel.id).where(DetectorModel.tenant_id == tenant.id,
-                                                DetectorModel.name == DEMO_MODEL_NAME)
+                                                DetectorModel.name.in_(list(DEMO_MODEL_NAMES.values())))
         if s.scalar(seeded):
             log.info("demo: already seeded for tenant %s", tenant_name)
             return "exists"
@@ -70,8 +68,8 @@ def seed_demo(settings: Settings) -> str:
     records = read_pennfudan(root)
     train, val = split_records(records)
     device = resolve_device(settings.device)
-    log.info("demo: training %s on %d Penn-Fudan images for %d iterations on %s", DEFAULT_ARCHITECTURE,
-             len(train), settings.demo_train_iters, device)
+    log.info("demo: preparing %s on %s (%d train / %d val Penn-Fudan images)", settings.demo_model, device,
+             len(train), len(val))
     started = time.monotonic()
     last = [0.0]
 
@@ -85,21 +83,17 @@ def seed_demo(settings: Settings) -> str:
             log.info("demo: training iteration %d/%d, loss %.3f, about %.0fs left", it.iteration, it.total,
                      it.loss, eta)
 
-    model, card = train_float_detector(train, val, architecture=DEFAULT_ARCHITECTURE,
-                                       iterations=settings.demo_train_iters, seed=0, on_iteration=report,
-                                       device=device)
+    model, card = demo_float_model(settings, train, val, on_iteration=report, device=device)
     model.to("cpu").eval()
-    log.info("demo: trained in %.0fs (validation: %s)", time.monotonic() - started, card.metrics)
+    log.info("demo: %s ready in %.0fs (validation: %s)", card.architecture, time.monotonic() - started,
+             card.metrics)
     weights, card_json = save_model_bytes(model, card)
     archive = zip_pennfudan(root)
-    config = PipelineConfig(
-        target=Target(min_compression_ratio=settings.demo_min_compression_ratio),
-        method="layer_priority", order="inverse_depth", bits=1,
-        finetune_iters=settings.demo_finetune_iters, seed=0,
-    )
+    config = demo_pipeline_config(settings)
     with session_scope(settings.database_url) as s:  # what POST /models, /datasets and /jobs do
         tenant = ensure_tenant(s, tenant_name)
-        model_row = catalog.store_model(s, tenant.id, settings, weights, card_json, name=DEMO_MODEL_NAME)
+        model_row = catalog.store_model(s, tenant.id, settings, weights, card_json,
+                                        name=DEMO_MODEL_NAMES[settings.demo_model])
         dataset_row = catalog.store_dataset(s, tenant.id, settings, archive, name=DEMO_DATASET_NAME)
         job = jobs.create_job(s, tenant_id=tenant.id, model_id=model_row.id, dataset_id=dataset_row.id,
                               config=config, deploy_on_success=True)

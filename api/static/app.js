@@ -725,7 +725,8 @@ async function openUpload() {
     const archs = await api("/architectures");
     archsLoaded = true;
     $("#arch-table tbody").replaceChildren(...archs.map((a) => h("tr", {},
-      h("td", {}, h("code", {}, a.name)), h("td", {}, a.description),
+      h("td", {}, h("code", {}, a.name)),
+      h("td", {}, a.description, a.pretrained ? ` Bundled weights: ${a.pretrained.license}, ${a.pretrained.origin}.` : ""),
       h("td", {}, h("code", { class: "kwargs" }, JSON.stringify(a.default_kwargs))))));
   } catch { /* optional */ }
 }

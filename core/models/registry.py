@@ -16,6 +16,7 @@ from torchvision.models.detection import (
     ssdlite320_mobilenet_v3_large,
 )
 
+from core.models.adas import PedestrianAdas
 from core.models.pednet import PedNet
 
 DEFAULT_ARCHITECTURE = "flexbin_pednet"
@@ -72,6 +73,16 @@ ARCHITECTURES: dict[str, ArchitectureSpec] = {
             _ssdlite,
             {"score_thresh": 0.01, "detections_per_img": 100},
         ),
+        ArchitectureSpec(
+            "pedestrian_adas_0002",
+            "Intel's pedestrian-detection-adas-0002 (Open Model Zoo): SSD on a channel-reduced "
+            "MobileNet v1, 1.17 M parameters, input 384x672 (images resized plainly); pretrained "
+            "weights converted from the OpenVINO IR ship with FlexBin (Apache-2.0).",
+            PedestrianAdas,
+            {"input_height": 384, "input_width": 672, "score_thresh": 0.01, "nms_thresh": 0.45,
+             "detections_per_img": 200},
+            input_size=672,
+        ),
     )
 }
 
@@ -83,6 +94,7 @@ KWARG_RANGES: dict[str, tuple[float, float]] = {
     "input_size": (16, 4096), "min_size": (16, 4096), "max_size": (16, 4096), "width": (1, 256),
     "score_thresh": (0.0, 1.0), "box_score_thresh": (0.0, 1.0), "nms_thresh": (0.0, 1.0),
     "detections_per_img": (1, 1000), "box_detections_per_img": (1, 1000),
+    "input_height": (64, 1536), "input_width": (64, 1536),
 }
 
 

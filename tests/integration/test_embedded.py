@@ -24,7 +24,7 @@ def test_embedded_default_seeds_and_runs_the_demo(tmp_path: Path) -> None:
         FLEXBIN_DEMO_DATA=str(default_data_dir()),
         FLEXBIN_DEMO_TRAIN_ITERS="2",
         FLEXBIN_DEMO_FINETUNE_ITERS="1",
-        FLEXBIN_DEMO_MIN_COMPRESSION_RATIO="2.0",
+        FLEXBIN_DEMO_MIN_COMPRESSION_RATIO="1.05",  # the default demo model (pretrained SSD): 5 steps
         FLEXBIN_DEVICE="cpu",
         PYTHONUNBUFFERED="1",
     )
@@ -49,7 +49,10 @@ def test_embedded_default_seeds_and_runs_the_demo(tmp_path: Path) -> None:
 
             job = wait_until(demo_job, 400, "the demo job to finish", interval=1.0)
             assert job["status"] == "succeeded", (job, api.tail())  # type: ignore[index]
-            assert job["target"] == {"min_compression_ratio": 2.0}  # type: ignore[index]
+            assert job["target"] == {"min_compression_ratio": 1.05}  # type: ignore[index]
+            assert job["config"]["learning_rate"] == 1e-4  # type: ignore[index]
+            model = client.get(f"/models/{job['model_id']}").json()  # type: ignore[index]
+            assert model["architecture"] == "pedestrian_adas_0002" and model["card"]["input_height"] == 192
             deployment = client.get("/deployment").json()
             assert deployment["checkpoint_id"] == job["selected_checkpoint_id"]  # type: ignore[index]
             assert deployment["model_id"] == job["model_id"]  # type: ignore[index]

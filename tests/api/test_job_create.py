@@ -1,0 +1,18 @@
+"""POST /jobs (api.schemas.JobCreate) can set everything a pipeline run takes."""
+from __future__ import annotations
+
+from api.schemas import JobCreate
+from core.config import PipelineConfig
+
+
+def test_every_pipeline_option_can_be_set_through_post_jobs() -> None:
+    assert set(PipelineConfig.model_fields) <= set(JobCreate.model_fields)
+    body = JobCreate(model_id="m", dataset_id="d", target={"min_compression_ratio": 8.0}, layers_per_step=4,
+                     binarize_depthwise=True)
+    config = PipelineConfig.model_validate(
+        body.model_dump(exclude={"model_id", "dataset_id", "deploy_on_success"}, exclude_none=True))
+    assert config.layers_per_step == 4 and config.binarize_depthwise
+    defaults = JobCreate(model_id="m", dataset_id="d", target={"min_compression_ratio": 8.0})
+    config = PipelineConfig.model_validate(
+        defaults.model_dump(exclude={"model_id", "dataset_id", "deploy_on_success"}, exclude_none=True))
+    assert config.layers_per_step == 1 and not config.binarize_depthwise
