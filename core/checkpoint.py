@@ -29,6 +29,9 @@ from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from core.binary import (
+    BinaryActivation,
+    activation_quantizers,
+    binarize_input,
     binarize_module,
     binary_approx,
     binary_bits,
@@ -65,6 +68,10 @@ class ModelCard(BaseModel):
     builder_kwargs: dict[str, Any] = Field(default_factory=dict)
     input_size: int = 320
     binary_layers: dict[str, int] = Field(default_factory=dict, description="layer -> bits")
+    activation_quantizers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="layer -> quantizer config of the layers whose *inputs* are "
+        'binary too ({"name": "rsign", "channels": C}: core.binary.activation); their thresholds are '
+        "saved as <layer>.input_binarizer.threshold")
     metrics: dict[str, float] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
 
@@ -218,7 +225,7 @@ def pack_checkpoint(model: nn.Module, card: ModelCard) -> bytes:
     does, so the packed checkpoint serves the values that were fine-tuned and evaluated.
     """
     tensors, shapes, layers = _packed_tensors(model)
-    card = card.model_copy(update={"binary_layers": layers})
+    card = card.model_copy(update={"binary_layers": layers, "activation_quantizers": activation_quantizers(model)})
     meta = {"card": card.model_dump(mode="json"), "packed_shapes": shapes}
     return st_save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
@@ -267,9 +274,23 @@ def unpack_checkpoint(data: bytes) -> tuple[nn.Module, ModelCard]:
             raise CheckpointError(f"checkpoint lacks packed tensor {exc}") from None
         state[key] = approx.reconstruct()
     model = card.build()
+    _attach_activation_quantizers(model, card.activation_quantizers, "checkpoint")
     load_state_strict(model, state)
     model.eval()
     return model, card
+
+
+def _attach_activation_quantizers(model: nn.Module, quantizers: dict[str, dict[str, Any]], what: str) -> None:
+    """Give the layers named in a card / resume state their input binarizers back (before
+    loading the thresholds); CheckpointError for an unknown layer or quantizer."""
+    modules = dict(model.named_modules())
+    for name, config in quantizers.items():
+        if name not in modules:
+            raise CheckpointError(f"{what} binarizes the inputs of unknown layer {name!r}")
+        try:
+            binarize_input(modules[name], BinaryActivation.from_config(config))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{what}: layer {name!r}: {exc}") from None
 
 
 def _plain_state(model: nn.Module) -> dict[str, Tensor]:
@@ -295,18 +316,24 @@ def save_state(model: nn.Module) -> bytes:
     """Latent weights + which layers are binarized (with bits), for resuming a run."""
     layers = {name: int(binary_bits(m)) for name, m in binarized_modules(model).items()}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return st_save(state, metadata={"binary_layers": json.dumps(layers)})
+    metadata = {"binary_layers": json.dumps(layers)}
+    quantizers = activation_quantizers(model)
+    if quantizers:  # absent when empty: weights-only states stay byte-identical to older ones
+        metadata["activation_quantizers"] = json.dumps(quantizers, sort_keys=True)
+    return st_save(state, metadata=metadata)
 
 
 def load_state(card: ModelCard, data: bytes) -> nn.Module:
     """Rebuild a model in training form (binarized layers parametrized) from `save_state`."""
-    layers: dict[str, int] = json.loads(_metadata(data).get("binary_layers", "{}"))
+    meta = _metadata(data)
+    layers: dict[str, int] = json.loads(meta.get("binary_layers", "{}"))
     model = card.build()
     modules = dict(model.named_modules())
     for name, bits in layers.items():
         if name not in modules:
             raise CheckpointError(f"resume state names unknown layer {name!r}")
         binarize_module(modules[name], bits)
+    _attach_activation_quantizers(model, json.loads(meta.get("activation_quantizers", "{}")), "resume state")
     load_state_strict(model, _read_safetensors(data, "resume state"))
     return model
 
