@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.pipeline import Method, Order, Target
+from core.config import Method, Order, Target
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -70,6 +70,10 @@ class JobCreate(BaseModel):
     )
     deploy_on_success: bool = Field(
         default=False, description="Deploy the selected checkpoint for this tenant when the job succeeds."
+    )
+    activation_bits: int = Field(
+        default=32, description="32: binarize weights only; 1: binarized layers also take binary inputs "
+        "(real 1-bit convolutions once exported to OpenVINO; needs bits 1). Anything else: 422."
     )
 
 

@@ -166,7 +166,7 @@ def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Dataset:
 # -- jobs -----------------------------------------------------------------------------------
 def create_job(session: Session, tenant: Tenant, body: schemas.JobCreate) -> Job:
     """Insert a queued job (the caller commits, then enqueues)."""
-    from core.pipeline import PipelineConfig
+    from core.config import PipelineConfig
 
     model = get_model(session, tenant, body.model_id)
     dataset = get_dataset(session, tenant, body.dataset_id)

@@ -1,24 +1,33 @@
 """The layer-priority binarization pipeline (Zhuang et al. 2017, arXiv 1709.04344).
 
-One *step* binarizes the next layer in the chosen order, fine-tunes the whole network for
-`finetune_iters` iterations, evaluates MR^-2 / AP@0.5 on the validation split, measures the
-compression ratio and hands a packed checkpoint to `on_step`. Step 0 is the float model.
+One *step* binarizes the next layer in the chosen order (its weights; with `activation_bits`
+1 also its inputs, where the layer can run as a 1-bit convolution), fine-tunes the whole
+network for `finetune_iters` iterations, evaluates MR^-2 / AP@0.5 on the validation split,
+measures the compression ratio and the exported OpenVINO model's CPU latency, and hands a
+packed checkpoint (and its OpenVINO IR zip) to `on_step`. Step 0 is the float model.
 The all-at-once baseline (XNOR-Net / BWN style) binarizes the same set of layers in one
 step and fine-tunes with the same total iteration budget.
 """
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 from torch import nn
 
-from core.binary import binarize_module, is_binarized, packed_nbytes
+from core.binary import (
+    activation_quantizers,
+    binarize_input,
+    binarize_module,
+    is_binarized,
+    packed_nbytes,
+    supports_binary_input,
+)
 from core.checkpoint import (
     ModelCard,
     compression_ratio,
@@ -28,6 +37,9 @@ from core.checkpoint import (
     save_state,
     unpack_checkpoint,
 )
+
+# Method / Order / Target / PipelineConfig live in the torch-free core.config; re-exported here.
+from core.config import Method, Order, PipelineConfig, Target  # noqa: F401
 from core.data import ImageRecord
 from core.priority import (
     LayerInfo,
@@ -43,60 +55,6 @@ from core.train import (
     evaluate_model,
     train_detector,
 )
-
-Method = Literal["layer_priority", "all_at_once"]
-Order = Literal["inverse_depth", "forward", "sensitivity"]
-
-
-class Target(BaseModel):
-    """Where to stop: exactly one of the two fields is set."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    min_compression_ratio: float | None = Field(default=None, gt=1.0, le=32.0)
-    max_miss_rate_increase: float | None = Field(default=None, ge=0.0, le=1.0)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Target:
-        if (self.min_compression_ratio is None) == (self.max_miss_rate_increase is None):
-            raise ValueError(
-                "target must set exactly one of min_compression_ratio, max_miss_rate_increase"
-            )
-        return self
-
-
-class PipelineConfig(BaseModel):
-    """Everything that defines a binarization run; stored with the job as JSON."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target: Target
-    method: Method = "layer_priority"
-    order: Order = "inverse_depth"
-    bits: int = Field(default=1, ge=1, le=4)
-    finetune_iters: int = Field(default=200, ge=0, le=100_000)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    batch_size: int = Field(default=8, ge=1, le=256)
-    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
-    min_layer_params: int = Field(
-        default=1024, ge=0,
-        description="layers with fewer weights stay float: packing them saves at most a few KB, "
-        "while binarizing a detector's first conv or its 1x1 output heads costs accuracy "
-        "(XNOR-Net keeps first and last layers float for the same reason); 0 = every layer")
-    num_layers: int | None = Field(
-        default=None, ge=1, le=10_000,
-        description="all_at_once only: binarize exactly this many layers (first ones of "
-        "`order`) instead of as many as the target needs")
-
-    @model_validator(mode="after")
-    def _method_fits_target(self) -> PipelineConfig:
-        if self.method == "all_at_once" and self.target.min_compression_ratio is None \
-                and self.num_layers is None:
-            raise ValueError("method all_at_once needs target.min_compression_ratio (or "
-                             "num_layers): a miss-rate budget has no single layer set")
-        if self.method == "layer_priority" and self.num_layers is not None:
-            raise ValueError("num_layers applies to method all_at_once only")
-        return self
 
 
 class Progress(BaseModel):
@@ -128,6 +86,14 @@ class StepOutcome(BaseModel):
     checkpoint: bytes = Field(repr=False, exclude=True)
     state: bytes = Field(repr=False, exclude=True)
     fppi_curve: list[tuple[float, float]] = Field(default_factory=list)
+    binary_input_layers: list[str] = Field(default_factory=list, description="layers with binary inputs too")
+    latency_ms: float | None = Field(
+        default=None, description="median forward ms of the exported OpenVINO model, 1 thread, on this CPU")
+    layer_precision: dict[str, dict[str, str | None]] = Field(
+        default_factory=dict, description="layer -> {precision: what the checkpoint holds, runs_as: what "
+        "OpenVINO's compiled model runs} (core.export.openvino.layer_report)")
+    openvino: bytes | None = Field(default=None, repr=False, exclude=True,
+                                   description="the OpenVINO IR zip of the checkpoint (None if the export failed)")
 
 
 class PipelineResult(BaseModel):
@@ -143,6 +109,9 @@ ShouldStop = Callable[[], bool]
 
 class Cancelled(Exception):
     """Raised inside `run` when `should_stop()` answered True."""
+
+
+log = logging.getLogger(__name__)
 
 
 # -- the run -------------------------------------------------------------------------
@@ -222,6 +191,7 @@ def run(
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
     device: str = "cpu",
+    export_openvino: bool = True,
 ) -> PipelineResult:
     """Run (or resume) a binarization job.
 
@@ -234,6 +204,8 @@ def run(
     on_progress: called about every second while a step runs.
     should_stop: polled every fine-tuning iteration; True raises `Cancelled` before the
       step in progress is reported.
+    export_openvino: export every step's checkpoint to OpenVINO IR and measure its latency
+      (about 1-3 s per step); a failed export is logged and leaves those fields empty.
     """
     model = copy.deepcopy(model)  # the caller's float model stays as it was
     cache = ImageCache()
@@ -254,7 +226,7 @@ def run(
     if steps:
         model = load_state(card, steps[-1].state)
     else:
-        report(_measure(model, card, config, 0, [], 0.0, val_records, cache, device))
+        report(_measure(model, card, config, 0, [], 0.0, val_records, cache, device, export_openvino))
         progress.step_done(0)
     modules = dict(model.named_modules())
     while len(steps) <= len(plan.steps) and not (len(steps) > 1 and _target_reached(steps, config.target)):
@@ -262,6 +234,8 @@ def run(
         new_layers = plan.steps[index - 1]
         for name in new_layers:
             binarize_module(modules[name], config.bits)
+            if config.activation_bits == 1 and supports_binary_input(modules[name]):
+                binarize_input(modules[name])
         started = time.monotonic()
         stop = _StopFlag(should_stop)
         train_detector(
@@ -273,7 +247,7 @@ def run(
         if stop.requested:
             raise Cancelled(f"cancelled during step {index}")
         report(_measure(model, card, config, index, new_layers, time.monotonic() - started,
-                        val_records, cache, device))
+                        val_records, cache, device, export_openvino))
         progress.step_done(index)
     progress.finish(len(steps) - 1)
     selected, met = select_step(steps, config.target)
@@ -292,8 +266,9 @@ class _StopFlag:
 
 def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: int,
              new_layers: list[str], seconds: float, val_records: Sequence[ImageRecord],
-             cache: ImageCache, device: str) -> StepOutcome:
-    """Pack the model, evaluate what the packed checkpoint serves, and describe the step."""
+             cache: ImageCache, device: str, export_openvino: bool = True) -> StepOutcome:
+    """Pack the model, evaluate what the packed checkpoint serves, export it to OpenVINO and
+    time it, and describe the step."""
     started = time.monotonic()
     served, _ = unpack_checkpoint(pack_checkpoint(model, card))
     metrics = evaluate_model(served, val_records, cache=cache, device=device)
@@ -307,13 +282,43 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
         "metrics": {"miss_rate": metrics.miss_rate, "ap50": metrics.ap50, "compression_ratio": ratio}}))
     binary_float = sum(4 * m.weight.numel() for m in layers.values())
     binary_packed = sum(packed_nbytes(tuple(m.weight.shape), config.bits) for m in layers.values())
+    exported = _export(packed, index) if export_openvino else None
     return StepOutcome(
         index=index, layers=new_layers, binary_layers=list(layers), bits=config.bits,
         compression_ratio=ratio,
         binary_layer_compression=binary_float / binary_packed if binary_packed else None,
         miss_rate=metrics.miss_rate, ap50=metrics.ap50,
         step_seconds=seconds + time.monotonic() - started, checkpoint_bytes=len(packed),
-        checkpoint=packed, state=save_state(model), fppi_curve=metrics.fppi_curve)
+        checkpoint=packed, state=save_state(model), fppi_curve=metrics.fppi_curve,
+        binary_input_layers=sorted(activation_quantizers(model)),
+        latency_ms=exported.latency_ms if exported else None,
+        layer_precision=exported.layers if exported else {},
+        openvino=exported.zip if exported else None)
+
+
+@dataclass
+class _Exported:
+    zip: bytes
+    latency_ms: float
+    layers: dict[str, dict[str, str | None]]
+
+
+def _export(packed: bytes, index: int) -> _Exported | None:
+    """The checkpoint's OpenVINO IR zip, its median forward time (1 thread, the export's static
+    input shape) and its per-layer precision; None (logged) when OpenVINO cannot export it."""
+    try:
+        from core.export.openvino import (
+            export_checkpoint,
+            layer_report,
+            measure_latency,
+        )
+
+        export = export_checkpoint(packed)
+        latency, runs_as = measure_latency(export, threads=1)
+        return _Exported(export.zip_bytes(), latency, layer_report(export, runs_as))
+    except Exception:  # a step is still a result without its speed figure
+        log.exception("step %d: OpenVINO export failed; no latency recorded", index)
+        return None
 
 
 def _sensitivity(model: nn.Module, card: ModelCard, records: Sequence[ImageRecord],
