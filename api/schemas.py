@@ -103,6 +103,9 @@ class JobStepPublic(BaseModel):
     step_seconds: float
     checkpoint_id: str
     checkpoint_bytes: int
+    latency_ms: float | None = Field(
+        default=None, description="Median forward time of the step's exported OpenVINO model on the worker's CPU "
+        "(1 thread, the export's fixed input size), in ms; null when it was not exported.")
 
 
 class JobPublic(BaseModel):
@@ -134,6 +137,15 @@ class JobsPublic(BaseModel):
     count: int
 
 
+class LayerPrecision(BaseModel):
+    precision: Literal["float", "binary_weights", "binary_weights_activations"] = Field(
+        description="What the checkpoint holds: float weights, 1-bit weights (float inputs), or 1-bit weights "
+                    "and 1-bit inputs.")
+    runs_as: Literal["float", "int8", "binary_weights", "binary_weights_activations"] | None = Field(
+        default=None, description="How OpenVINO's compiled model runs the layer on the worker's CPU: a float, an "
+                                  "int8 or a 1-bit (binary_weights_activations) convolution; null if not measured.")
+
+
 class CheckpointPublic(BaseModel):
     id: str
     job_id: str
@@ -153,6 +165,15 @@ class CheckpointPublic(BaseModel):
         default_factory=list,
         description="MR-FPPI curve on the validation split: [false positives per image, miss rate] "
                     "operating points in decreasing score order (at most 100).")
+    latency_ms: float | None = Field(
+        default=None, description="Median forward time of the exported OpenVINO model on the worker's CPU "
+                                  "(1 thread, fixed input size), in ms; null when it was not exported.")
+    serving_backend: Literal["openvino", "torch"] = Field(
+        description="What /detect runs this checkpoint with in this API process (openvino unless configured "
+                    "otherwise or the checkpoint has no OpenVINO export).")
+    openvino: bool = Field(description="Whether `download?format=openvino` serves a stored IR zip.")
+    layer_precision: dict[str, LayerPrecision] = Field(
+        default_factory=dict, description="Per Conv2d / Linear layer: its precision and how OpenVINO runs it.")
 
 
 class DeploymentUpdate(BaseModel):

@@ -162,7 +162,7 @@ class _JobExecution:
                     binary_layer_compression=step.binary_layer_compression, miss_rate=step.miss_rate,
                     ap50=step.ap50, step_seconds=step.step_seconds, checkpoint_bytes=step.checkpoint_bytes,
                     checkpoint=get_blob_bytes(s, checkpoint_blob), state=get_blob_bytes(s, step.state_blob_id),
-                    fppi_curve=[tuple(p) for p in step.fppi_curve],
+                    fppi_curve=[tuple(p) for p in step.fppi_curve], latency_ms=step.latency_ms,
                 ))
             self.model_id = model_row.id
             self.architecture = model_row.architecture
@@ -183,7 +183,7 @@ class _JobExecution:
         return pipeline.run(
             model, card, train, val, config,
             completed=completed, on_step=self._on_step, on_progress=self._on_progress,
-            should_stop=self._should_stop, device=device,
+            should_stop=self._should_stop, device=device, export_openvino=self.settings.export_openvino,
         )
 
     # -- callbacks --------------------------------------------------------------------------
@@ -208,12 +208,15 @@ class _JobExecution:
                     raise LeaseLost()
                 checkpoint_blob = put_blob(s, outcome.checkpoint)
                 state_blob = put_blob(s, outcome.state)
+                openvino_blob = put_blob(s, outcome.openvino) if outcome.openvino else None
                 checkpoint = Checkpoint(
                     tenant_id=job.tenant_id, job_id=job.id, model_id=job.model_id, step=outcome.index,
                     architecture=self.architecture, binary_layers=list(outcome.binary_layers), bits=outcome.bits,
                     compression_ratio=outcome.compression_ratio,
                     binary_layer_compression=outcome.binary_layer_compression, miss_rate=outcome.miss_rate,
                     ap50=outcome.ap50, size_bytes=len(outcome.checkpoint), blob_id=checkpoint_blob.id,
+                    openvino_blob_id=openvino_blob.id if openvino_blob else None, latency_ms=outcome.latency_ms,
+                    layer_precision=outcome.layer_precision or None,
                 )
                 s.add(checkpoint)
                 s.flush()
@@ -225,7 +228,7 @@ class _JobExecution:
                     ap50=outcome.ap50, step_seconds=outcome.step_seconds,
                     checkpoint_bytes=outcome.checkpoint_bytes,
                     fppi_curve=[list(p) for p in outcome.fppi_curve], checkpoint_id=checkpoint.id,
-                    state_blob_id=state_blob.id, worker=self.owner,
+                    state_blob_id=state_blob.id, worker=self.owner, latency_ms=outcome.latency_ms,
                 ))
                 job.progress_step = outcome.index
                 job.progress_updated_at = utcnow()

@@ -200,6 +200,10 @@ class Checkpoint(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # OpenVINO export (migration 0003; NULL for older checkpoints and failed exports)
+    openvino_blob_id: Mapped[str | None] = mapped_column(ForeignKey("blobs.id"))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    layer_precision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class JobStep(Base):
@@ -225,6 +229,7 @@ class JobStep(Base):
     state_blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"))
     worker: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    latency_ms: Mapped[float | None] = mapped_column(Float)  # migration 0003
 
     job: Mapped[Job] = relationship(back_populates="steps")
 
