@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test lint bench bench-tradeoff bench-jobs bench-serve bench-reliability clean
+.PHONY: install run worker test lint bench bench-tradeoff bench-jobs bench-serve bench-reliability bench-speed clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,7 +27,7 @@ lint: install
 test: install lint
 	$(PY) -m pytest -q tests
 
-bench: bench-tradeoff bench-jobs bench-serve bench-reliability
+bench: bench-tradeoff bench-jobs bench-serve bench-reliability bench-speed
 
 bench-tradeoff: install
 	$(PY) bench/tradeoff.py
@@ -40,6 +40,9 @@ bench-serve: install
 
 bench-reliability: install
 	$(PY) bench/reliability.py
+
+bench-speed: install
+	$(PY) bench/speed.py
 
 clean:
 	rm -rf var .pytest_cache
