@@ -299,8 +299,8 @@ def checkpoint_openvino_zip(session: Session, row: Checkpoint) -> bytes:
 
     try:
         data = export_checkpoint(get_blob_bytes(session, row.blob_id)).zip_bytes()
-    except ValueError as exc:  # CheckpointError, ExportError: the message names the problem
-        raise InvalidUpload(f"checkpoint {row.id} cannot be exported to OpenVINO: {exc}") from None
+    except (ValueError, RuntimeError) as exc:  # CheckpointError, ExportError, OpenVINO's conversion errors
+        raise InvalidUpload(f"checkpoint {row.id} cannot be exported to OpenVINO: {exc}"[:2000]) from None
     row.openvino_blob_id = put_blob(session, data).id
     session.flush()
     return data

@@ -196,8 +196,9 @@ class _JobExecution:
         retry_transient(lambda: self._commit_step(outcome), what=f"job {self.job_id}: commit step {outcome.index}",
                         within=self._retry_within)
         log.info(
-            "job %s: step %d committed (ratio %.2f, MR %.3f, AP50 %.3f, %.1fs)", self.job_id, outcome.index,
+            "job %s: step %d committed (ratio %.2f, MR %.3f, AP50 %.3f, %.1fs, latency %s)", self.job_id, outcome.index,
             outcome.compression_ratio, outcome.miss_rate, outcome.ap50, outcome.step_seconds,
+            "n/a" if outcome.latency_ms is None else f"{outcome.latency_ms:.2f} ms",
         )
 
     def _commit_step(self, outcome: Any) -> None:

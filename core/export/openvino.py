@@ -73,7 +73,9 @@ log = logging.getLogger(__name__)
 EXPORT_FORMAT = 1
 INPUT_NAME = "image"
 RUNTIME_FILENAME = "flexbin_detect.py"
-LAYER_NODE_PREFIX = "flexbin:"  # friendly name of every exported Conv2d: "flexbin:<layer>"
+LAYER_NODE_PREFIX = "flexbin:"
+"""Friendly name of every exported Conv2d node: `flexbin:<layer>#<k>` for the k-th call of the
+layer (an FPN head runs once per level; OpenVINO would otherwise suffix duplicate names itself)."""
 GENERIC_PAD_VALUE = (0.0, 0.0, 0.0)
 
 # What a layer is (the checkpoint), and how the compiled model runs it (`runtime_layer_precision`).
@@ -227,7 +229,8 @@ def _is_batchnorm(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _fold(unit: _Unit, bn: nn.Module) -> None:
+def _fold(unit: _Unit, bn: Any) -> None:
+    """Fold an eval-mode BatchNorm2d / FrozenBatchNorm2d (`bn`) into the unit's conv."""
     conv = unit.module
     eps = getattr(bn, "eps", 1e-5)
     gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
@@ -252,7 +255,8 @@ class _ThresholdExport(nn.Module):
         self.register_buffer("threshold", threshold.float().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x > self.threshold.view(1, -1, 1, 1)).to(x.dtype)
+        threshold = self.get_buffer("threshold")
+        return (x > threshold.view(1, -1, 1, 1)).to(x.dtype)
 
 
 # -- per-architecture graph boundaries -------------------------------------------------
@@ -261,7 +265,7 @@ class _CenterNetExport(nn.Module):
 
     def __init__(self, model: PedNet) -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # Any: PedNet's mean / std buffers read as Tensor | Module to mypy
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         x = (image - self.model.mean) / self.model.std
@@ -291,7 +295,7 @@ def _adapter(model: nn.Module, card: ModelCard) -> tuple[nn.Module, dict[str, An
             "format": EXPORT_FORMAT,
             "input": {"name": INPUT_NAME, "shape": [1, 3, size, size], "layout": "NCHW", "range": [0.0, 1.0],
                       "color": "RGB", "resize": "longer_side", "size": size, "canvas": STRIDE,
-                      "pad_value": [float(v) for v in model.mean.flatten()], "max_batch": None},
+                      "pad_value": [float(v) for v in model.get_buffer("mean").flatten()], "max_batch": None},
             "outputs": ["heatmap", "regression"],
             "postprocess": {"kind": "centernet", "stride": STRIDE, "score_thresh": model.score_thresh,
                             "nms_thresh": model.nms_thresh, "detections_per_img": model.detections_per_img},
@@ -364,17 +368,18 @@ def _rewrite_convolutions(ov_model: Any, units: dict[str, _Unit], binary_inputs:
             raise ExportError(f"binary-activation layer {name!r} was not found in the traced graph")
     for name, nodes in convs.items():
         unit = units.get(name)
-        for node in nodes:
-            node.set_friendly_name(LAYER_NODE_PREFIX + name)
+        for k, node in enumerate(nodes):
+            node_name = f"{LAYER_NODE_PREFIX}{name}#{k}"
+            node.set_friendly_name(node_name)
             if unit is None or unit.signs is None or node.get_type_name() != "Convolution":
                 continue
             if name in binary_inputs:
-                _to_binary_convolution(name, node, unit)
+                _to_binary_convolution(name, node_name, node, unit)
             else:
                 _to_int8_weights(node, unit, ranges.get(name))
 
 
-def _constant(array: np.ndarray) -> Any:
+def _constant(array: np.ndarray | np.generic) -> Any:
     import openvino.opset13 as ops
 
     return ops.constant(np.ascontiguousarray(array))
@@ -395,7 +400,7 @@ def _to_int8_weights(node: Any, unit: _Unit, input_range: tuple[float, float] | 
         node.input(0).replace_source_output(fq.output(0))
 
 
-def _to_binary_convolution(name: str, node: Any, unit: _Unit) -> None:
+def _to_binary_convolution(name: str, node_name: str, node: Any, unit: _Unit) -> None:
     """Replace `conv(Convert(x > τ), scale·B)` by `(BinaryConvolution(FQ01(x; τ), B) + ΣB)·½·scale`."""
     import openvino as ov
     import openvino.opset1 as op1
@@ -418,7 +423,7 @@ def _to_binary_convolution(name: str, node: Any, unit: _Unit) -> None:
     tau = threshold.get_data().astype(np.float32).reshape(1, -1, 1, 1)
     t = _constant(tau)
     fq = ops.fake_quantize(x, t, t, _constant(np.float32(0.0)), _constant(np.float32(1.0)), 2)
-    fq.set_friendly_name(f"{LAYER_NODE_PREFIX}{name}/binarize")
+    fq.set_friendly_name(f"{node_name}/binarize")
     signs = unit.signs.numpy()
     packed = ov.Tensor(ov.Type.u1, ov.Shape(list(signs.shape)))
     packed.data[:] = np.packbits((signs > 0).reshape(-1), bitorder="little")
@@ -428,7 +433,7 @@ def _to_binary_convolution(name: str, node: Any, unit: _Unit) -> None:
     dilations = list(node.get_attributes()["dilations"])
     binary = op1.binary_convolution(fq, ov.op.Constant(packed), strides, pads_begin, pads_end, dilations,
                                     "xnor-popcount", -1.0)
-    binary.set_friendly_name(LAYER_NODE_PREFIX + name)
+    binary.set_friendly_name(node_name)
     sum_signs = signs.reshape(signs.shape[0], -1).sum(axis=1).astype(np.float32).reshape(1, -1, 1, 1)
     half_scale = (0.5 * unit.scale.numpy().astype(np.float32)).reshape(1, -1, 1, 1)
     out = ops.multiply(ops.add(binary, _constant(sum_signs)), _constant(half_scale))
@@ -440,7 +445,8 @@ def _to_binary_convolution(name: str, node: Any, unit: _Unit) -> None:
 def runtime_layer_precision(compiled: Any) -> dict[str, str]:
     """How the compiled model runs each exported Conv2d: `binary_weights_activations` (a 1-bit
     BinaryConvolution), `int8` (an int8 convolution) or `float`, read from the runtime graph
-    (`originalLayersNames` of every executed node holds the `flexbin:<layer>` names it fused)."""
+    (`originalLayersNames` of every executed node holds the `flexbin:<layer>#<k>` names it
+    fused); a layer called several times counts as 1-bit only if every call is."""
     found: dict[str, str] = {}
     for node in compiled.get_runtime_model().get_ordered_ops():
         info = node.get_rt_info()
@@ -451,13 +457,16 @@ def runtime_layer_precision(compiled: Any) -> dict[str, str]:
         for original in info["originalLayersNames"].astype(str).split(","):
             if not original.startswith(LAYER_NODE_PREFIX) or original.endswith("/binarize"):
                 continue
-            layer = original[len(LAYER_NODE_PREFIX):]
+            layer = original[len(LAYER_NODE_PREFIX):].rsplit("#", 1)[0]
             if kind == "BinaryConvolution" and precision == "u1":
-                found[layer] = BINARY_WEIGHTS_ACTIVATIONS
+                runs_as = BINARY_WEIGHTS_ACTIVATIONS
             elif precision in ("i8", "u8"):
-                found.setdefault(layer, INT8)
+                runs_as = INT8
             else:
-                found.setdefault(layer, FLOAT)
+                runs_as = FLOAT
+            # the least reduced precision of its calls: a fallback anywhere must show
+            order = (BINARY_WEIGHTS_ACTIVATIONS, INT8, FLOAT)
+            found[layer] = max(found.get(layer, runs_as), runs_as, key=order.index)
     return found
 
 

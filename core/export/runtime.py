@@ -248,8 +248,13 @@ class Detector:
 
     def infer(self, canvases: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs by name for a float32 [N, 3, H, W] batch (`canvas_batch`)."""
-        result = self.compiled(canvases.shape)(canvases)
-        return {out.get_any_name(): np.asarray(value) for out, value in result.items()}
+        compiled = self.compiled(canvases.shape)
+        result = compiled(canvases)
+        names = self.spec["outputs"]
+        # By the spec's names; a port whose tensor lost its name in the IR round trip (seen on the
+        # torchvision graphs) by position: OpenVINO keeps the order of a model's results.
+        return {next((n for n in names if n in out.get_names()), names[i]): np.asarray(result[out])
+                for i, out in enumerate(compiled.outputs)}
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections for RGB float32 [3, H, W] images in [0, 1] of any sizes."""

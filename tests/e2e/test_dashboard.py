@@ -26,6 +26,7 @@ from tests.integration.conftest import KEYS, wait_until
 from tests.integration.factories import dataset_zip, tiny_model
 
 pytestmark = pytest.mark.timeout(300)
+WORKER_ENV = {"FLEXBIN_EXPORT_OPENVINO": "true"}  # each step's latency: the table column and the plot's x axis
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DOCS_PAGES = {"jobs", "job", "upload", "tryit"}  # the screenshots the README shows

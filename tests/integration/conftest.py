@@ -150,6 +150,9 @@ def service_environment(database_url: str, broker_url: str) -> dict[str, str]:
         # beta); test_ratelimit.py starts its own API processes with low limits
         FLEXBIN_RATE_LIMIT="100000/minute",
         FLEXBIN_RATE_LIMIT_DETECT="100000/minute",
+        # ~1 s per job step that tests of the job machinery do not need; the modules that test
+        # OpenVINO export and serving turn it on for their worker (WORKER_ENV)
+        FLEXBIN_EXPORT_OPENVINO="false",
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
     )
@@ -222,8 +225,8 @@ def start_worker(service_env: dict[str, str], log_dir: Path) -> Iterator[Callabl
     """Start a real Celery worker process; all are stopped at the end of the session."""
     started: list[Proc] = []
 
-    def start(name: str | None = None) -> Proc:
-        proc = start_worker_process(name or f"worker{len(started)}", service_env, log_dir)
+    def start(name: str | None = None, **extra_env: str) -> Proc:
+        proc = start_worker_process(name or f"worker{len(started)}", {**service_env, **extra_env}, log_dir)
         started.append(proc)
         wait_worker_ready(proc)
         return proc
@@ -235,8 +238,10 @@ def start_worker(service_env: dict[str, str], log_dir: Path) -> Iterator[Callabl
 
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., Proc], request: pytest.FixtureRequest) -> Iterator[Proc]:
-    """One worker for a test module's jobs, stopped after the module (`<module>-worker`)."""
-    proc = start_worker(f"{request.module.__name__.rsplit('.', 1)[-1].removeprefix('test_')}-worker")
+    """One worker for a test module's jobs, stopped after the module (`<module>-worker`); a module's
+    `WORKER_ENV` dict adds to its environment (e.g. `FLEXBIN_EXPORT_OPENVINO`)."""
+    proc = start_worker(f"{request.module.__name__.rsplit('.', 1)[-1].removeprefix('test_')}-worker",
+                        **getattr(request.module, "WORKER_ENV", {}))
     yield proc
     proc.stop()
 

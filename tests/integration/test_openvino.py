@@ -15,6 +15,8 @@ import pytest
 from core.paths import default_data_dir
 from tests.integration.factories import run_tiny_job, upload_tiny
 
+WORKER_ENV = {"FLEXBIN_EXPORT_OPENVINO": "true"}  # checkpoints with an OpenVINO IR: /detect serves them on OpenVINO
+
 
 @pytest.fixture(scope="module")
 def binary_job(api_url: str, worker) -> dict:
@@ -95,3 +97,19 @@ def test_bad_activation_bits_answer_422(client: httpx.Client, body: dict, field:
     ids = upload_tiny(client, 4)
     r = client.post("/jobs", json={**ids, "target": {"min_compression_ratio": 2.0}, **body})
     assert r.status_code == 422 and field in r.json()["detail"], r.text
+
+
+def test_a_checkpoint_without_a_stored_ir_is_exported_on_download(client: httpx.Client, binary_job: dict,
+                                                                   database_url: str) -> None:
+    """Checkpoints made before exports existed (no IR row): the download exports and keeps one."""
+    from core.store import Checkpoint, get_sessionmaker
+
+    checkpoint_id = binary_job["steps"][0]["checkpoint_id"]
+    with get_sessionmaker(database_url)() as s:
+        s.get(Checkpoint, checkpoint_id).openvino_blob_id = None
+        s.commit()
+    before = client.get(f"/checkpoints/{checkpoint_id}").json()
+    assert before["openvino"] is False and before["serving_backend"] == "torch"
+    r = client.get(f"/checkpoints/{checkpoint_id}/download", params={"format": "openvino"})
+    assert r.status_code == 200 and r.content[:4] == b"PK\x03\x04"
+    assert client.get(f"/checkpoints/{checkpoint_id}").json()["openvino"] is True

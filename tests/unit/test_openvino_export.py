@@ -76,7 +76,7 @@ def test_a_binary_activation_layer_runs_as_a_1bit_convolution() -> None:
     for node in compiled.get_runtime_model().get_ordered_ops():
         info = {k: v.astype(str) for k, v in node.get_rt_info().items()}
         for original in info["originalLayersNames"].split(","):
-            if original == LAYER_NODE_PREFIX + "features.6.0":
+            if original == LAYER_NODE_PREFIX + "features.6.0#0":
                 runtime_nodes[info["layerType"]] = info["runtimePrecision"]
     assert runtime_nodes == {"BinaryConvolution": "u1"}
     assert runtime_layer_precision(compiled)["features.6.0"] == BINARY_WEIGHTS_ACTIVATIONS

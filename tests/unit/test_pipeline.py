@@ -104,6 +104,9 @@ def test_binary_activations_run_as_1bit_kernels_and_every_step_has_its_latency(s
 
     detections = Detector.from_zip(steps[-1].openvino).detect([torch.rand(3, 50, 64).numpy()])
     assert len(detections) == 1 and detections[0].boxes.shape[1:] == (4,)
+    # a resumed run restores the thresholds and reproduces the same checkpoints
+    again = run(model, card, train, val, config, completed=steps[:2], export_openvino=False).steps
+    assert [s.checkpoint for s in again] == [s.checkpoint for s in steps]
 
 
 def test_activation_bits_is_1_or_32_and_needs_1bit_weights() -> None:
