@@ -24,7 +24,8 @@ What it does, on one machine, on the same Penn-Fudan validation images:
 4. End-to-end `POST /detect` p50 at 1 client over loopback HTTP for each variant (the torch one
    from an API with `FLEXBIN_SERVING_BACKEND=torch`, the others from the default OpenVINO
    backend; uploads go to the torch one, whose validation needs torch anyway), and each API
-   process's RSS after start-up and idle after serving (its checkpoints loaded).
+   process's RSS after start-up, idle with the one checkpoint it served loaded (torch float;
+   the 1-bit one), and with all five OpenVINO variants loaded.
 5. Intel's own IRs of pedestrian-detection-adas-0002 (`--intel-ir`, FP16 and FP16-INT8) when
    present: forward ms and MR^-2 / AP on the same images, for reference and for the
    pretrained-detector goal (computed only when the benchmarked architecture is that detector).
@@ -177,7 +178,7 @@ def ov_metrics(export: Any, val: list, cache: Any) -> dict[str, float]:
     images = [cache.image(r).numpy() for r in val]
     for start in range(0, len(images), 8):
         preds += [{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)}
-                  for d in detector.detect(images[start:start + 8])]
+                  for d in detector.detect(images[start:start + 8], together=True)]
     m = evaluate_detections(preds, [r.boxes for r in val])
     return {"miss_rate": round(m.miss_rate, 4), "ap50": round(m.ap50, 4)}
 
@@ -301,15 +302,21 @@ def serve(variants: dict[str, dict[str, Any]], card_json: str, weights: bytes, v
             m.raise_for_status()
             d.raise_for_status()
             ids = store_variants(db_url, m.json()["id"], d.json()["id"], variants)
-        for name in variants:
+        # the 1-bit checkpoint first: each process's idle RSS with the one checkpoint it serves
+        # loaded, as a deployment runs; then the others (several loaded, their shapes compiled)
+        order = ["torch_float", "ov_binary_activations", *[n for n in variants if n not in
+                                                           ("torch_float", "ov_binary_activations")]]
+        for name in order:
             backend = "torch" if name == "torch_float" else "openvino"
             cell = detect_p50(apis[backend][1], ids[name], images, seconds)
             out["cells"][name] = {**cell, "backend": backend}
             log(f"  /detect {name}: p50 {cell['p50_ms']} ms ({cell['requests']} requests, {cell['errors']} errors)")
-        time.sleep(3)
+            if name in ("torch_float", "ov_binary_activations"):
+                time.sleep(2)
+                out["api"][backend]["idle_rss_mib"] = rss_mib(apis[backend][0].pid)
+        time.sleep(2)
         for backend, (proc, _) in apis.items():
-            # idle: its checkpoints loaded and warmed, no request in flight
-            out["api"][backend].update(idle_rss_mib=rss_mib(proc.pid), peak_rss_mib=rss_mib(proc.pid, "VmHWM"))
+            out["api"][backend].update(all_loaded_rss_mib=rss_mib(proc.pid), peak_rss_mib=rss_mib(proc.pid, "VmHWM"))
     finally:
         for proc, _ in apis.values():
             proc.stop()
@@ -457,9 +464,10 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
         {"goal": "/detect p50 of the 1-bit checkpoint >= 1.5x faster than torch float", "value": round(detect, 3),
          "met": detect >= 1.5, "why": "PNG decoding, HTTP and pre/post-processing are the same for both and do "
                                       "not get faster with the network"},
-        {"goal": "API idle RSS with the OpenVINO backend <= 400 MiB", "value": api["openvino"]["idle_rss_mib"],
-         "met": api["openvino"]["idle_rss_mib"] <= 400,
-         "why": f"torch backend: {api['torch']['idle_rss_mib']} MiB idle"},
+        {"goal": "API idle RSS with the OpenVINO backend <= 400 MiB (the 1-bit checkpoint served)",
+         "value": api["openvino"]["idle_rss_mib"], "met": api["openvino"]["idle_rss_mib"] <= 400,
+         "why": f"torch backend: {api['torch']['idle_rss_mib']} MiB idle serving torch float; OpenVINO with all "
+                f"{len(VARIANTS) - 1} of its checkpoints loaded: {api['openvino']['all_loaded_rss_mib']} MiB"},
     ]
     intel = result["intel"].get("FP16-INT8")
     if intel and "adas" in result["config"]["architecture"]:
@@ -518,10 +526,11 @@ def markdown(result: dict[str, Any]) -> str:
             str(rows[n]["layers"].get(layer, {}).get("runs_as")) for n in VARIANTS[1:]) + " |")
     api = result["api"]
     lines += ["", "## API process memory (RSS)", "",
-              "| backend | after start-up MiB | idle after serving (checkpoints loaded) MiB | peak MiB |",
-              "|---|---:|---:|---:|"]
+              "| backend | after start-up MiB | idle, one checkpoint served MiB | all its checkpoints loaded MiB | peak MiB |",
+              "|---|---:|---:|---:|---:|"]
     for backend, m in api.items():
-        lines.append(f"| {backend} | {m['started_rss_mib']} | {m['idle_rss_mib']} | {m['peak_rss_mib']} |")
+        lines.append(f"| {backend} | {m['started_rss_mib']} | {m['idle_rss_mib']} | {m['all_loaded_rss_mib']} | "
+                     f"{m['peak_rss_mib']} |")
     lines += ["", "## The jobs' steps (latency: the step's exported model, 1 thread, measured by the worker code)", ""]
     for job, data in result["jobs"].items():
         lines += [f"{job} (selected step {data['selected']}):", "",

@@ -15,7 +15,8 @@ The zip's `card.json` has an `export` section that says how to feed the model:
   does) so its longer side is S; `resize: "stretch"`: to S x S. The images are placed top-left
   on one canvas padded bottom/right with `pad_value`: S x S (`canvas: "fixed"`), or the
   smallest multiple of `canvas` (an int) holding the batch, as PedNet pads its batches; reshape
-  the model to that shape. The network normalises inside the graph.
+  the model to that shape (`Detector` runs one image at a time on its own canvas by default).
+  The network normalises inside the graph.
 - `postprocess.kind == "centernet"` (FlexBin's PedNet): outputs `heatmap` [N, 1, H/16, W/16]
   (pedestrian-centre probability, already 0 where a 3x3 max-pool says a cell is not a local
   peak) and `regression` [N, 4, H/16, W/16] (dx, dy, log w, log h per cell, in stride units).
@@ -256,11 +257,16 @@ class Detector:
         return {next((n for n in names if n in out.get_names()), names[i]): np.asarray(result[out])
                 for i, out in enumerate(compiled.outputs)}
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
-        """Detections for RGB float32 [3, H, W] images in [0, 1] of any sizes."""
+    def detect(self, images: Sequence[np.ndarray], *, together: bool = False) -> list[Detections]:
+        """Detections for RGB float32 [3, H, W] images in [0, 1] of any sizes.
+
+        together=False: one image per inference, each on its own canvas, so an image's detections
+        never depend on the images it arrives with (PyTorch's PedNet run on that image alone),
+        and the compiled shapes are only the canvases that occur. together=True: one batch on a
+        common canvas, as PyTorch runs a list of images (`core.train.evaluate_model`)."""
         prepared = [prepare(image, self.spec) for image in images]
         post = self.spec["postprocess"]
-        step = self.max_batch or len(prepared) or 1
+        step = (self.max_batch or len(prepared) or 1) if together else 1
         out: list[Detections] = []
         for start in range(0, len(prepared), step):
             chunk = prepared[start:start + step]

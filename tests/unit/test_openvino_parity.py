@@ -71,7 +71,7 @@ def test_exported_checkpoints_detect_what_torch_detects(data: dict, kind: str) -
     for start in range(0, len(images), 8):  # evaluate_model's batches: the same canvases
         chunk = [im.numpy() for im in images[start:start + 8]]
         ov_preds += [{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)}
-                     for d in detector.detect(chunk)]
+                     for d in detector.detect(chunk, together=True)]
 
     torch_metrics = evaluate_detections(torch_preds, truth)
     ov_metrics = evaluate_detections(ov_preds, truth)
