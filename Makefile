@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker test lint typecheck bench bench-tradeoff bench-jobs bench-serve bench-reliability bench-pretrained bench-claim compose-check clean
+.PHONY: install run worker test lint typecheck bench bench-tradeoff bench-jobs bench-serve bench-reliability bench-pretrained bench-speed bench-claim compose-check clean
 
 # Dependencies are declared once, in pyproject.toml: a change there reinstalls.
 $(STAMP): pyproject.toml
@@ -33,7 +33,7 @@ typecheck: install
 test: install lint typecheck
 	$(PY) -m pytest -q tests
 
-bench: bench-tradeoff bench-jobs bench-serve bench-reliability bench-pretrained
+bench: bench-tradeoff bench-jobs bench-serve bench-reliability bench-pretrained bench-speed
 
 bench-tradeoff: install
 	$(PY) bench/tradeoff.py
@@ -46,6 +46,9 @@ bench-serve: install
 
 bench-reliability: install
 	$(PY) bench/reliability.py
+
+bench-speed: install
+	$(PY) bench/speed.py
 
 bench-pretrained: install
 	$(PY) bench/pretrained.py

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from core.config import CheckpointMetrics, Method, Order, PipelineConfig, StepMetrics
 from core.store.jobs import JobStatus
@@ -138,6 +138,15 @@ class JobsPublic(BaseModel):
     count: int
 
 
+class LayerPrecision(BaseModel):
+    precision: Literal["float", "binary_weights", "binary_weights_activations"] = Field(
+        description="What the checkpoint holds: float weights, 1-bit weights (float inputs), or 1-bit weights "
+                    "and 1-bit inputs.")
+    runs_as: Literal["float", "int8", "binary_weights", "binary_weights_activations"] | None = Field(
+        default=None, description="How OpenVINO's compiled model runs the layer on the worker's CPU: a float, an "
+                                  "int8 or a 1-bit (binary_weights_activations) convolution; null if not measured.")
+
+
 class CheckpointPublic(CheckpointMetrics):
     """A packed checkpoint: what it is (`core.config.CheckpointMetrics`), where it came from and
     its file."""
@@ -150,6 +159,17 @@ class CheckpointPublic(CheckpointMetrics):
     size_bytes: int
     sha256: str
     created_at: datetime
+    openvino: bool = Field(description="Whether `download?format=openvino` serves a stored IR zip.")
+    serving_backend: Literal["openvino", "torch"] = Field(
+        default="torch", description="What /detect runs this checkpoint with in this API process (openvino unless "
+                                     "configured otherwise or the checkpoint has no OpenVINO export).")
+    layer_precision: dict[str, LayerPrecision] = Field(
+        default_factory=dict, description="Per Conv2d / Linear layer: its precision and how OpenVINO runs it.")
+
+    @field_validator("layer_precision", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value  # checkpoints made before exports existed
 
 
 class DeploymentUpdate(BaseModel):

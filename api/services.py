@@ -30,6 +30,7 @@ from core.store import (
     deployments,
     get_blob_bytes,
     jobs,
+    put_blob,
     session_scope,
 )
 from core.store.catalog import InvalidUpload, TooLarge
@@ -167,8 +168,28 @@ def get_checkpoint(session: Session, tenant: Tenant, checkpoint_id: str) -> Chec
     return _owned(session, tenant, Checkpoint, "checkpoint", checkpoint_id)
 
 
-def checkpoint_public(row: Checkpoint) -> schemas.CheckpointPublic:
-    return schemas.CheckpointPublic.model_validate(row, from_attributes=True)
+def checkpoint_public(row: Checkpoint, settings: Settings) -> schemas.CheckpointPublic:
+    public = schemas.CheckpointPublic.model_validate(row, from_attributes=True)
+    if settings.serving_backend == "openvino" and public.openvino:
+        public.serving_backend = "openvino"
+    return public
+
+
+def checkpoint_openvino_zip(session: Session, row: Checkpoint) -> bytes:
+    """The checkpoint's OpenVINO IR zip: the one its worker stored, else exported now (and
+    stored) for checkpoints made before exports existed; 422 when it cannot be exported."""
+    if row.openvino_blob_id is not None:
+        return get_blob_bytes(session, row.openvino_blob_id)
+    # imports torch: only for checkpoints made before exports existed
+    from core.export.openvino import export_checkpoint
+
+    try:
+        data = export_checkpoint(get_blob_bytes(session, row.blob_id)).zip_bytes()
+    except (ValueError, RuntimeError) as exc:  # CheckpointError, ExportError, OpenVINO's conversion errors
+        raise InvalidUpload(f"checkpoint {row.id} cannot be exported to OpenVINO: {exc}"[:2000]) from None
+    row.openvino_blob_id = put_blob(session, data).id
+    session.flush()
+    return data
 
 
 # -- deployment -----------------------------------------------------------------------------
@@ -208,12 +229,16 @@ def detect_target(session: Session, tenant: Tenant, checkpoint_id: str | None) -
     return row.id, row.model_id
 
 
-def checkpoint_bytes(database_url: str, checkpoint_id: str) -> bytes:
-    """The packed checkpoint file of any tenant (the serving runtime's loader; callers scope)."""
+def checkpoint_bytes(database_url: str, checkpoint_id: str, kind: str = "checkpoint") -> bytes | None:
+    """A checkpoint's stored bytes, any tenant (the serving runtime's loader; callers scope):
+    `kind` "checkpoint" (the packed safetensors file) or "openvino" (its IR zip; None when it
+    has none)."""
     with session_scope(database_url) as s:
         row = s.get(Checkpoint, checkpoint_id)
         if row is None:
             raise NotFound(f"checkpoint {checkpoint_id} not found")
+        if kind == "openvino":
+            return None if row.openvino_blob_id is None else get_blob_bytes(s, row.openvino_blob_id)
         return get_blob_bytes(s, row.blob_id)
 
 
@@ -238,9 +263,11 @@ def check_detect_image(data: bytes, filename: str, content_type: str | None) -> 
 
 
 def decode_detect_image(data: bytes, filename: str, max_pixels: int) -> Any:
-    """FloatTensor[3, H, W] (RGB in [0, 1], EXIF orientation applied) of an uploaded image;
-    413 over `max_pixels`, 422 when it does not decode (the message names the file)."""
-    from core.data import DataError, image_size, load_image
+    """float32 numpy [3, H, W] (RGB in [0, 1], EXIF orientation applied) of an uploaded image;
+    413 over `max_pixels`, 422 when it does not decode (the message names the file). No torch:
+    the OpenVINO serving backend runs without it."""
+    from core.images import DataError, image_size
+    from core.images import decode_image as load_image
 
     try:
         width, height = image_size(data, name=filename, max_pixels=1 << 62)

@@ -1,9 +1,16 @@
-"""The serving runtime behind `POST /detect`: a model cache bounded by bytes and a micro-batcher.
+"""The serving runtime behind `POST /detect`: backends, a model cache bounded by bytes and a micro-batcher.
 
-- **Model cache** (LRU): checkpoint id -> inference model, unpacked from the *packed*
-  checkpoint in the store (`core.checkpoint.unpack_checkpoint`: the binary layers' weights
-  are rebuilt from their sign bits and scales). The budget is the bytes of the unpacked
-  tensors (`FLEXBIN_SERVING_CACHE_MAX_BYTES`); the least recently used model goes first,
+- **Backends** (`FLEXBIN_SERVING_BACKEND`), one class each behind the same `load` / `predict`:
+  `OpenVinoBackend` (default) runs the checkpoint's OpenVINO IR, exported by the worker at its
+  step (`core.export`; binary-activation layers as 1-bit convolutions), with the torch-free
+  numpy pre/post-processing of `core.export.runtime`, compiled once per input shape (at most
+  `FLEXBIN_SERVING_COMPILED_SHAPES` per checkpoint). A checkpoint without an IR (made before
+  exports existed, or its export failed) falls back to `TorchBackend`, which unpacks the
+  packed checkpoint (`core.checkpoint.unpack_checkpoint`: the binary layers' weights rebuilt
+  from their sign bits and scales) and runs PyTorch. torch is imported only by the torch
+  backend, so an OpenVINO-only API process never loads it.
+- **Model cache** (LRU): checkpoint id -> loaded model. The budget is the bytes of its weights
+  (`FLEXBIN_SERVING_CACHE_MAX_BYTES`); the least recently used model goes first,
   but a model in use by a batch stays alive until that batch ends (the batch holds it).
   Concurrent requests for a model being loaded wait on the same load.
 - **Micro-batcher**, one per checkpoint: each request's images are queued; a batch leaves
@@ -29,13 +36,15 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
 
 from api.metrics import Metrics
 from core.settings import Settings
 
 if TYPE_CHECKING:
-    from torch import Tensor, nn
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +60,126 @@ class Prediction:
     scores: list[float]
 
 
+Image = np.ndarray
+"""An RGB image, float32 numpy [3, H, W] in [0, 1] (`api.services.decode_detect_image`)."""
+
+Fetch = Callable[[str, str], "bytes | None"]
+"""`fetch(checkpoint_id, kind)`: the stored bytes of a checkpoint, `kind` "checkpoint" (packed
+safetensors) or "openvino" (its IR zip, None when it has none). Blocking."""
+
+
+class Runner(Protocol):
+    """One loaded checkpoint, ready to predict."""
+
+    backend: str
+    architecture: str
+    nbytes: int  # what it holds in memory, for the cache budget
+
+    def predict(self, images: Sequence[Image]) -> list[Prediction]:
+        """Detections for a batch of images of any sizes (runs on the inference thread)."""
+        ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def load(self, checkpoint_id: str, fetch: Fetch) -> Runner:
+        """Load a checkpoint (blocking; runs in a worker thread); ValueError / LookupError /
+        RuntimeError when it cannot be served."""
+        ...
+
+
+class TorchRunner:
+    backend = "torch"
+
+    def __init__(self, model: nn.Module, architecture: str, threads: int) -> None:
+        self.model, self.architecture, self.threads = model, architecture, threads
+        self.nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+    def predict(self, images: Sequence[Image]) -> list[Prediction]:
+        """One forward pass over the batch (torchvision detection API)."""
+        import torch
+
+        torch.set_num_threads(self.threads)  # per thread for some torch backends: set where it runs
+        with torch.inference_mode():
+            raw = self.model([torch.from_numpy(np.ascontiguousarray(im)) for im in images])
+        out = []
+        for pred in raw:
+            order = pred["scores"].argsort(descending=True)
+            out.append(Prediction(boxes=pred["boxes"][order].tolist(), scores=pred["scores"][order].tolist()))
+        return out
+
+
+class TorchBackend:
+    """PyTorch on the unpacked packed checkpoint (binary layers rebuilt as float weights)."""
+
+    name = "torch"
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+
+    def load(self, checkpoint_id: str, fetch: Fetch) -> Runner:
+        from core.checkpoint import unpack_checkpoint
+
+        data = fetch(checkpoint_id, "checkpoint")
+        if data is None:
+            raise LookupError(f"checkpoint {checkpoint_id} has no stored file")
+        model, card = unpack_checkpoint(data)
+        return TorchRunner(model.eval(), card.architecture, self.threads)
+
+
+class OpenVinoRunner:
+    backend = "openvino"
+
+    def __init__(self, detector: Any, weights_bytes: int) -> None:
+        self.detector = detector
+        self.architecture = str(detector.card.get("architecture", "?"))
+        self.nbytes = weights_bytes
+
+    def predict(self, images: Sequence[Image]) -> list[Prediction]:
+        return [Prediction(boxes=d.boxes.tolist(), scores=d.scores.tolist()) for d in self.detector.detect(images)]
+
+
+class OpenVinoBackend:
+    """The checkpoint's OpenVINO IR zip on the CPU plugin (`core.export.runtime.Detector`: numpy
+    pre/post-processing, compiled per input shape); checkpoints without one go to `fallback`."""
+
+    name = "openvino"
+
+    def __init__(self, threads: int, compiled_shapes: int, fallback: Backend) -> None:
+        self.threads, self.compiled_shapes, self.fallback = threads, compiled_shapes, fallback
+
+    def load(self, checkpoint_id: str, fetch: Fetch) -> Runner:
+        from core.export.runtime import Detector
+
+        data = fetch(checkpoint_id, "openvino")
+        if data is None:
+            log.warning("serving: checkpoint %s has no OpenVINO export; serving it with %s", checkpoint_id,
+                        self.fallback.name)
+            return self.fallback.load(checkpoint_id, fetch)
+        detector = Detector.from_zip(data, threads=self.threads, max_compiled=self.compiled_shapes)
+        return OpenVinoRunner(detector, len(data))
+
+
+def make_backend(settings: Settings, threads: int) -> Backend:
+    torch_backend = TorchBackend(threads)
+    if settings.serving_backend == "torch":
+        return torch_backend
+    return OpenVinoBackend(threads, settings.serving_compiled_shapes, torch_backend)
+
+
 @dataclass
 class LoadedModel:
     checkpoint_id: str
     architecture: str
-    model: nn.Module
+    runner: Runner
     nbytes: int
     load_seconds: float
 
 
 @dataclass
 class _Item:
-    image: Tensor
+    image: Image
     future: asyncio.Future[Prediction]
     enqueued: float
 
@@ -76,39 +193,18 @@ class _Batcher:
 
 
 def torch_threads(settings: Settings) -> int:
-    """Intra-op threads for inference. Default: half the usable CPUs. On a busy 2-core machine
-    one thread ran PedNet at 16 ms per image and two threads at 50-100 ms (threads waiting on
-    each other at every op), so oversubscribing costs far more than it gains."""
+    """Intra-op threads for inference (torch or OpenVINO). Default: half the usable CPUs. On a
+    busy 2-core machine one thread ran PedNet at 16 ms per image and two threads at 50-100 ms
+    (threads waiting on each other at every op), so oversubscribing costs far more than it gains."""
     return settings.serving_torch_threads or max(1, len(os.sched_getaffinity(0)) // 2)
 
 
-def _unpack(data: bytes) -> tuple[nn.Module, str, int]:
-    from core.checkpoint import unpack_checkpoint
-
-    model, card = unpack_checkpoint(data)
-    model.eval()
-    nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    return model, card.architecture, nbytes
+def _predict(runner: Runner, images: Sequence[Image]) -> list[Prediction]:
+    return runner.predict(images)
 
 
-def _forward(model: nn.Module, images: Sequence[Tensor]) -> list[Prediction]:
-    """One forward pass over a list of images of any sizes (torchvision detection API)."""
-    import torch
-
-    with torch.inference_mode():
-        raw = model(list(images))
-    out = []
-    for pred in raw:
-        order = pred["scores"].argsort(descending=True)
-        out.append(Prediction(boxes=pred["boxes"][order].tolist(), scores=pred["scores"][order].tolist()))
-    return out
-
-
-def _warm_up(model: nn.Module) -> None:
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    _forward(model, [torch.rand(WARMUP_SIZE, generator=generator)])
+def _warm_up(runner: Runner) -> None:
+    runner.predict([np.random.default_rng(0).random(WARMUP_SIZE, dtype=np.float32)])
 
 
 class ServingError(RuntimeError):
@@ -123,13 +219,13 @@ class ServingRuntime:
     """Model cache + per-checkpoint micro-batchers; create it in the app, `start()` in the
     lifespan (inside the event loop), `stop()` at shutdown.
 
-    `fetch(checkpoint_id) -> bytes` reads a packed checkpoint from the store, and
+    `fetch(checkpoint_id, kind)` reads a checkpoint's bytes from the store (`Fetch`), and
     `deployed() -> list[str]` lists the deployed checkpoint ids; both are blocking and run
-    in worker threads.
+    in worker threads. `backend` defaults to the configured one (`make_backend`).
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics, *, fetch: Callable[[str], bytes],
-                 deployed: Callable[[], list[str]]) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, *, fetch: Fetch,
+                 deployed: Callable[[], list[str]], backend: Backend | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self._fetch = fetch
@@ -137,6 +233,7 @@ class ServingRuntime:
         self.max_batch_size = settings.serving_max_batch_size
         self.max_wait = settings.serving_max_wait_ms / 1000.0
         self.threads = torch_threads(settings)
+        self.backend = backend or make_backend(settings, self.threads)
         self._executor: ThreadPoolExecutor | None = None
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._cache_bytes = 0
@@ -148,22 +245,14 @@ class ServingRuntime:
         self._refresher: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
-    def _init_inference_thread(self) -> None:
-        import torch
-
-        torch.set_num_threads(self.threads)
-
     async def start(self) -> None:
-        import torch
-
         # Deliberate thread counts (see torch_threads); one inference thread, so concurrent
         # batches queue instead of oversubscribing the cores.
-        torch.set_num_threads(self.threads)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference",
-                                            initializer=self._init_inference_thread)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._refresher = asyncio.create_task(self._refresh_loop(), name="serving-refresh")
-        log.info("serving: %d torch threads, max batch %d, max wait %.0f ms, model cache %d MiB",
-                 self.threads, self.max_batch_size, self.max_wait * 1000, self.settings.serving_cache_max_bytes >> 20)
+        log.info("serving: %s backend, %d inference threads, max batch %d, max wait %.0f ms, model cache %d MiB",
+                 self.backend.name, self.threads, self.max_batch_size, self.max_wait * 1000,
+                 self.settings.serving_cache_max_bytes >> 20)
 
     async def stop(self) -> None:
         tasks = [t for t in (self._refresher, *self._background, *(b.task for b in self._batchers.values())) if t]
@@ -194,21 +283,21 @@ class ServingRuntime:
     async def _load(self, checkpoint_id: str) -> LoadedModel:
         started = time.perf_counter()
         try:
-            data = await asyncio.to_thread(self._fetch, checkpoint_id)
-            model, architecture, nbytes = await asyncio.to_thread(_unpack, data)
-            await asyncio.get_running_loop().run_in_executor(self._executor, _warm_up, model)
+            runner = await asyncio.to_thread(self.backend.load, checkpoint_id, self._fetch)
+            await asyncio.get_running_loop().run_in_executor(self._executor, _warm_up, runner)
         except (ValueError, LookupError, RuntimeError) as exc:  # CheckpointError is a ValueError
             self._failed[checkpoint_id] = f"{type(exc).__name__}: {exc}"[:300]
             log.error("serving: checkpoint %s cannot be served: %s", checkpoint_id, exc)
             raise ServingError(f"checkpoint {checkpoint_id} cannot be served: {exc}") from None
-        loaded = LoadedModel(checkpoint_id, architecture, model, nbytes, time.perf_counter() - started)
+        loaded = LoadedModel(checkpoint_id, runner.architecture, runner, runner.nbytes,
+                             time.perf_counter() - started)
         self._cache[checkpoint_id] = loaded
-        self._cache_bytes += nbytes
+        self._cache_bytes += loaded.nbytes
         self._warmed.add(checkpoint_id)
         self._failed.pop(checkpoint_id, None)
         self._evict(keep=checkpoint_id)
-        log.info("serving: loaded and warmed checkpoint %s (%s, %.1f MiB unpacked) in %.2fs", checkpoint_id,
-                 architecture, nbytes / 2**20, loaded.load_seconds)
+        log.info("serving: loaded and warmed checkpoint %s (%s on %s, %.1f MiB) in %.2fs", checkpoint_id,
+                 loaded.architecture, runner.backend, loaded.nbytes / 2**20, loaded.load_seconds)
         return loaded
 
     def _evict(self, keep: str) -> None:
@@ -262,8 +351,8 @@ class ServingRuntime:
         return False, f"loading {len(missing)} deployed checkpoint(s)"
 
     # -- micro-batching -----------------------------------------------------------------
-    async def detect(self, checkpoint_id: str, images: Sequence[Tensor]) -> list[Prediction]:
-        """Predictions for `images` (FloatTensor[3, H, W] RGB in [0, 1]) from one checkpoint."""
+    async def detect(self, checkpoint_id: str, images: Sequence[Image]) -> list[Prediction]:
+        """Predictions for `images` (float32 numpy [3, H, W] RGB in [0, 1]) from one checkpoint."""
         await self.model(checkpoint_id)  # a checkpoint that cannot load fails here, before queueing
         loop = asyncio.get_running_loop()
         batcher = self._batchers.get(checkpoint_id)
@@ -308,7 +397,7 @@ class ServingRuntime:
         try:
             loaded = await self.model(checkpoint_id, count=False)  # held until the batch ends, even if evicted
             started = time.perf_counter()
-            preds = await loop.run_in_executor(self._executor, _forward, loaded.model,
+            preds = await loop.run_in_executor(self._executor, _predict, loaded.runner,
                                                [item.image for item in batch])
             self.metrics.inference_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(batch))

@@ -1,9 +1,11 @@
-"""FlexBin command line: `python -m core {train,binarize,evaluate,detect} ...`.
+"""FlexBin command line: `python -m core {train,binarize,evaluate,detect,export} ...`.
 
     python -m core train --out var/models/pednet
     python -m core binarize --model var/models/pednet --out var/runs/r1 --min-compression-ratio 8
+    python -m core binarize ... --activation-bits 1        # binary inputs too: 1-bit kernels
     python -m core evaluate --checkpoint var/runs/r1/step_05.safetensors
     python -m core detect --checkpoint var/runs/r1/step_05.safetensors img1.png img2.jpg
+    python -m core export --checkpoint var/runs/r1/step_05.safetensors --out step05_openvino.zip
 """
 from __future__ import annotations
 
@@ -71,6 +73,7 @@ def cmd_binarize(args: argparse.Namespace) -> None:
     config = PipelineConfig(target=target, method=args.method, order=args.order, bits=args.bits,
                             finetune_iters=args.finetune_iters, seed=args.seed,
                             layers_per_step=args.layers_per_step, binarize_depthwise=args.binarize_depthwise,
+                            activation_bits=args.activation_bits,
                             **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -88,9 +91,12 @@ def cmd_binarize(args: argparse.Namespace) -> None:
         stem = out / f"step_{step.index:02d}"
         stem.with_suffix(".safetensors").write_bytes(step.checkpoint)
         stem.with_suffix(".state").write_bytes(step.state)
+        if step.openvino:
+            (out / f"{stem.name}_openvino.zip").write_bytes(step.openvino)
         stem.with_suffix(".json").write_text(step.model_dump_json(indent=2))  # last: marks it done
+        latency = "" if step.latency_ms is None else f"  {step.latency_ms:.2f} ms (OpenVINO, 1 thread)"
         tqdm.write(f"step {step.index:2d} {','.join(step.layers) or '(float)':>20} "
-                   f"ratio {step.compression_ratio:6.2f}x  MR^-2 {step.miss_rate:.3f}  AP50 {step.ap50:.3f}")
+                   f"ratio {step.compression_ratio:6.2f}x  MR^-2 {step.miss_rate:.3f}  AP50 {step.ap50:.3f}{latency}")
 
     def on_progress(p: Progress) -> None:
         bar.n = p.percent
@@ -137,6 +143,29 @@ def cmd_detect(args: argparse.Namespace) -> None:
         print(text)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from core.checkpoint import load_model, pack_checkpoint
+    from core.export.openvino import export_checkpoint, layer_report, measure_latency
+
+    if args.checkpoint:
+        data = Path(args.checkpoint).read_bytes()
+    else:
+        model, card = load_model(Path(args.model))
+        data = pack_checkpoint(model, card)
+    calibration = None
+    if args.calibrate:
+        from core.train import ImageCache
+
+        train, _ = _records(args.data)
+        cache = ImageCache()
+        calibration = [cache.image(r).numpy() for r in sorted(train, key=lambda r: r.name)[: args.calibrate]]
+    export = export_checkpoint(data, calibration=calibration)
+    Path(args.out).write_bytes(export.zip_bytes())
+    latency, runs_as = measure_latency(export, threads=1)
+    print(json.dumps({"out": str(args.out), "latency_ms_1_thread": round(latency, 3),
+                      "layers": layer_report(export, runs_as)}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,7 +199,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers-per-step", type=int, default=1, help="consecutive layers binarized per step")
     p.add_argument("--binarize-depthwise", action="store_true", help="also binarize depthwise (grouped) convs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--activation-bits", type=int, default=32, choices=[1, 32],
+                   help="1: binarized layers take binary inputs too (1-bit kernels once exported)")
     p.set_defaults(func=cmd_binarize)
+
+    p = sub.add_parser("export", help="export a checkpoint to an OpenVINO IR zip (runs with plain OpenVINO)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="packed checkpoint (.safetensors)")
+    source.add_argument("--model", help="float model folder")
+    p.add_argument("--out", type=Path, required=True, help="the zip to write")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="8-bit inputs for 1-bit weight-only layers, calibrated on N training images (int8 kernels)")
+    data_arg(p)
+    p.set_defaults(func=cmd_export)
 
     for name, func, text in (("evaluate", cmd_evaluate, "MR^-2 and AP@0.5 on the val split"),
                              ("detect", cmd_detect, "detect pedestrians in image files")):

@@ -31,6 +31,9 @@ from torch import Tensor, nn
 
 from core.binary import (
     WeightQuantizer,
+    activation_quantizer_from_config,
+    activation_quantizers,
+    binarize_input,
     binarize_module,
     latent_weight,
     weight_quantizer,
@@ -70,6 +73,10 @@ class ModelCard(BaseModel):
         default_factory=dict,
         description="layer -> the config of the quantizer that binarized it (`core.binary.quantizers`); "
         "a card without it (older checkpoints) means the default quantizer of the layer's bits")
+    activation_quantizers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="layer -> quantizer config of the layers whose *inputs* are "
+        'binary too ({"name": "rsign", "channels": C}: core.binary.activation); their thresholds are '
+        "saved as <layer>.input_binarizer.threshold")
     metrics: dict[str, float] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
 
@@ -232,7 +239,8 @@ def _layer_records(model: nn.Module) -> dict[str, Any]:
     """How a (partly) binarized model is binarized, as the card records it."""
     binary = binarized_modules(model)
     return {"binary_layers": {name: q.bits for name, q in binary.items()},
-            "weight_quantizers": {name: q.to_config() for name, q in binary.items()}}
+            "weight_quantizers": {name: q.to_config() for name, q in binary.items()},
+            "activation_quantizers": activation_quantizers(model)}
 
 
 def pack_checkpoint(model: nn.Module, card: ModelCard) -> bytes:
@@ -294,9 +302,23 @@ def unpack_checkpoint(data: bytes) -> tuple[nn.Module, ModelCard]:
                 raise
             raise CheckpointError(f"checkpoint: packed weight {key!r}: {exc}") from None
     model = card.build()
+    _attach_activation_quantizers(model, card.activation_quantizers, "checkpoint")
     load_state_strict(model, state)
     model.eval()
     return model, card
+
+
+def _attach_activation_quantizers(model: nn.Module, quantizers: dict[str, dict[str, Any]], what: str) -> None:
+    """Give the layers named in a card / resume state their input binarizers back (before
+    loading the thresholds); CheckpointError for an unknown layer or quantizer."""
+    modules = dict(model.named_modules())
+    for name, config in quantizers.items():
+        if name not in modules:
+            raise CheckpointError(f"{what} binarizes the inputs of unknown layer {name!r}")
+        try:
+            binarize_input(modules[name], activation_quantizer_from_config(config))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{what}: layer {name!r}: {exc}") from None
 
 
 def _plain_state(model: nn.Module) -> dict[str, Tensor]:
@@ -333,7 +355,7 @@ def load_state(card: ModelCard, data: bytes) -> nn.Module:
     meta = _metadata(data)
     # States written before the single metadata key kept each record under its own key.
     records = json.loads(meta[META_KEY]) if META_KEY in meta else {
-        k: json.loads(meta.get(k, "{}")) for k in ("binary_layers", "weight_quantizers")}
+        k: json.loads(meta.get(k, "{}")) for k in ("binary_layers", "weight_quantizers", "activation_quantizers")}
     layers = card.model_copy(update=records)
     model = card.build()
     modules = dict(model.named_modules())
@@ -341,6 +363,7 @@ def load_state(card: ModelCard, data: bytes) -> nn.Module:
         if name not in modules:
             raise CheckpointError(f"resume state names unknown layer {name!r}")
         binarize_module(modules[name], layers.layer_quantizer(name))
+    _attach_activation_quantizers(model, layers.activation_quantizers, "resume state")
     load_state_strict(model, _read_safetensors(data, "resume state"))
     return model
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Method = Literal["layer_priority", "all_at_once"]
 Order = Literal["inverse_depth", "forward", "sensitivity"]
+ACTIVATION_BITS = (1, 32)
+"""Bits of a binarized layer's inputs: 32 = float (weights-only binarization), 1 = binary."""
 WeightQuantizerName = Literal["sign", "kbit"]
 """The registered weight quantizers (`core.binary.quantizers`; a test keeps the two equal)."""
 
@@ -97,6 +99,12 @@ class PipelineConfig(BaseModel):
         "layer set; the next step continues from the unconsolidated network, so layer priority "
         "at step k and all-at-once over the same k layers get equal iterations and an equal "
         "final anneal (the claim study's fair setting).")
+    activation_bits: int = Field(
+        default=32,
+        description="32: binarize weights only (inputs stay float); 1: every binarized layer that can also "
+        "takes binary inputs H(x - τ) with a learnable threshold (core.binary.activation), so it runs as a "
+        "1-bit XNOR-popcount convolution once exported (dense Conv2d with a multiple of 8 input channels; "
+        "other layers keep float inputs).")
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +121,13 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"weight_quantizer sign has 1 bit per weight, not bits={self.bits} (kbit has k)")
         return self
 
+    @field_validator("activation_bits")
+    @classmethod
+    def _activation_bits(cls, value: int) -> int:
+        if value not in ACTIVATION_BITS:
+            raise ValueError(f"activation_bits must be 1 (binary inputs) or 32 (float inputs), got {value}")
+        return value
+
     @model_validator(mode="after")
     def _method_fits_target(self) -> PipelineConfig:
         if self.method == "all_at_once" and self.target.min_compression_ratio is None \
@@ -121,6 +136,8 @@ class PipelineConfig(BaseModel):
                              "num_layers): a miss-rate budget has no single layer set")
         if self.method == "layer_priority" and self.num_layers is not None:
             raise ValueError("num_layers applies to method all_at_once only")
+        if self.activation_bits == 1 and self.bits != 1:
+            raise ValueError("activation_bits 1 needs bits 1: a 1-bit convolution takes 1-bit weights")
         return self
 
 
@@ -140,6 +157,9 @@ class CheckpointMetrics(BaseModel):
         default_factory=list,
         description="MR-FPPI curve on the validation split: [false positives per image, miss rate] "
                     "operating points in decreasing score order (at most 100).")
+    latency_ms: float | None = Field(
+        default=None, description="Median forward time of the exported OpenVINO model on the worker's CPU "
+        "(1 thread, the export's fixed input size), in ms; null when it was not exported.")
 
 
 class StepMetrics(CheckpointMetrics):

@@ -1,9 +1,11 @@
 """The layer-priority binarization pipeline (Zhuang et al. 2017, arXiv 1709.04344).
 
 One *step* binarizes the next layer in the chosen order (or the next `layers_per_step`
-layers), fine-tunes the whole network for `finetune_iters` iterations, evaluates MR^-2 /
-AP@0.5 on the validation split, measures the compression ratio and hands a packed
-checkpoint to `on_step`. Step 0 is the float model.
+layers) — its weights, and with `activation_bits` 1 also its inputs where the layer can run as
+a 1-bit convolution — fine-tunes the whole network for `finetune_iters` iterations, evaluates
+MR^-2 / AP@0.5 on the validation split, measures the compression ratio and the exported
+OpenVINO model's CPU latency, and hands a packed checkpoint (and its OpenVINO IR zip) to
+`on_step`. Step 0 is the float model.
 The all-at-once baseline (XNOR-Net / BWN style) binarizes the same set of layers in one
 step and fine-tunes with the same total iteration budget.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +30,14 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from core.binary import WeightQuantizer, binarize_module, weight_quantizer
+from core.binary import (
+    WeightQuantizer,
+    activation_quantizers,
+    binarize_input,
+    binarize_module,
+    supports_binary_input,
+    weight_quantizer,
+)
 from core.checkpoint import (
     ModelCard,
     binarized_modules,
@@ -74,6 +84,12 @@ class StepOutcome(StepMetrics):
 
     checkpoint: bytes = Field(repr=False, exclude=True)
     state: bytes = Field(repr=False, exclude=True)
+    binary_input_layers: list[str] = Field(default_factory=list, description="layers with binary inputs too")
+    layer_precision: dict[str, dict[str, str | None]] = Field(
+        default_factory=dict, description="layer -> {precision: what the checkpoint holds, runs_as: what "
+        "OpenVINO's compiled model runs} (core.export.openvino.layer_report)")
+    openvino: bytes | None = Field(default=None, repr=False, exclude=True,
+                                   description="the OpenVINO IR zip of the checkpoint (None if not exported)")
 
 
 class PipelineResult(BaseModel):
@@ -89,6 +105,9 @@ ShouldStop = Callable[[], bool]
 
 class Cancelled(Exception):
     """Raised inside `run` when `should_stop()` answered True."""
+
+
+log = logging.getLogger(__name__)
 
 
 # -- the run -------------------------------------------------------------------------
@@ -206,6 +225,7 @@ def run(
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
     device: str = "cpu",
+    export_openvino: bool = True,
 ) -> PipelineResult:
     """Run (or resume) a binarization job.
 
@@ -218,6 +238,8 @@ def run(
     on_progress: called about every second while a step runs.
     should_stop: polled every fine-tuning iteration; True raises `Cancelled` before the
       step in progress is reported.
+    export_openvino: export every step's checkpoint to OpenVINO IR and measure its latency
+      (about 1-3 s per step); a failed export is logged and leaves those fields empty.
     """
     model = copy.deepcopy(model)  # the caller's float model stays as it was
     cache = ImageCache()
@@ -238,7 +260,8 @@ def run(
     if steps:
         model = load_state(card, steps[-1].state)
     else:
-        report(_measure(model, card, config, 0, [], 0.0, val_records, cache, device))
+        report(_measure(model, card, config, 0, [], 0.0, val_records, cache, device,
+                        export_openvino=export_openvino))
         progress.step_done(0)
     modules = dict(model.named_modules())
     while len(steps) <= len(plan.steps) and not (len(steps) > 1 and _target_reached(steps, config.target)):
@@ -246,6 +269,8 @@ def run(
         new_layers = plan.steps[index - 1]
         for name in new_layers:
             binarize_module(modules[name], layer_quantizer(config))
+            if config.activation_bits == 1 and supports_binary_input(modules[name]):
+                binarize_input(modules[name])
         started = time.monotonic()
         stop = _StopFlag(should_stop)
         train_detector(
@@ -266,7 +291,7 @@ def run(
             if stop.requested:
                 raise Cancelled(f"cancelled during step {index}")
         report(_measure(served, card, config, index, new_layers, time.monotonic() - started,
-                        val_records, cache, device, chain=model))
+                        val_records, cache, device, chain=model, export_openvino=export_openvino))
         progress.step_done(index)
     progress.finish(len(steps) - 1)
     selected, met = select_step(steps, config.target)
@@ -285,8 +310,10 @@ class _StopFlag:
 
 def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: int,
              new_layers: list[str], seconds: float, val_records: Sequence[ImageRecord],
-             cache: ImageCache, device: str, chain: nn.Module | None = None) -> StepOutcome:
-    """Pack the model, evaluate what the packed checkpoint serves, and describe the step.
+             cache: ImageCache, device: str, chain: nn.Module | None = None,
+             export_openvino: bool = True) -> StepOutcome:
+    """Pack the model, evaluate what the packed checkpoint serves, export it to OpenVINO and
+    time it, and describe the step.
 
     `chain`: the network the run continues from when it is not `model` (consolidation);
     its latent weights are the step's resume state."""
@@ -306,6 +333,7 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
         "metrics": {"miss_rate": metrics.miss_rate, "ap50": metrics.ap50, "compression_ratio": ratio}}))
     binary_float = sum(4 * modules[name].weight.numel() for name in binary)
     binary_packed = sum(q.packed_nbytes(tuple(modules[name].weight.shape)) for name, q in binary.items())
+    exported = _export(packed, index) if export_openvino else None
     return StepOutcome(
         index=index, layers=new_layers, binary_layers=list(binary), bits=config.bits,
         compression_ratio=ratio,
@@ -313,7 +341,35 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
         miss_rate=metrics.miss_rate, ap50=metrics.ap50,
         step_seconds=seconds + time.monotonic() - started, checkpoint_bytes=len(packed),
         checkpoint=packed, state=save_state(chain if chain is not None else model),
-        fppi_curve=metrics.fppi_curve)
+        fppi_curve=metrics.fppi_curve, binary_input_layers=sorted(activation_quantizers(model)),
+        latency_ms=exported.latency_ms if exported else None,
+        layer_precision=exported.layers if exported else {},
+        openvino=exported.zip if exported else None)
+
+
+@dataclass
+class _Exported:
+    zip: bytes
+    latency_ms: float
+    layers: dict[str, dict[str, str | None]]
+
+
+def _export(packed: bytes, index: int) -> _Exported | None:
+    """The checkpoint's OpenVINO IR zip, its median forward time (1 thread, the export's static
+    input shape) and its per-layer precision; None (logged) when OpenVINO cannot export it."""
+    try:
+        from core.export.openvino import (
+            export_checkpoint,
+            layer_report,
+            measure_latency,
+        )
+
+        export = export_checkpoint(packed)
+        latency, runs_as = measure_latency(export, threads=1)
+        return _Exported(export.zip_bytes(), latency, layer_report(export, runs_as))
+    except Exception:  # a step is still a result without its speed figure
+        log.exception("step %d: OpenVINO export failed; no latency recorded", index)
+        return None
 
 
 def _sensitivity(model: nn.Module, card: ModelCard, records: Sequence[ImageRecord],

@@ -123,6 +123,18 @@ class Settings(BaseSettings):
     serving_refresh_seconds: float = Field(
         default=2.0, gt=0, description="How often the API looks for new deployments to load and warm up."
     )
+    serving_backend: Literal["openvino", "torch"] = Field(
+        default="openvino", description="What runs /detect: the checkpoint's OpenVINO IR (made by the worker "
+        "at each step; a checkpoint without one falls back to torch) or PyTorch (the unpacked checkpoint)."
+    )
+    serving_compiled_shapes: int = Field(
+        default=8, ge=1, description="OpenVINO backend: compiled input shapes kept per checkpoint (LRU; "
+        "1-bit convolutions need static shapes, so each batch shape compiles once)."
+    )
+    export_openvino: bool = Field(
+        default=True, description="Workers export every step's checkpoint to OpenVINO IR and time its forward "
+        "pass (latency_ms; about 1-3 s per step). Off: no IR, no latency, /detect serves those with torch."
+    )
 
     # Job execution.
     job_lease_seconds: float = Field(

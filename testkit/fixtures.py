@@ -76,8 +76,8 @@ def start_worker(service_env: dict[str, str], log_dir: Path) -> Iterator[Callabl
     """Start a real Celery worker process; all are stopped at the end of the session."""
     started: list[Proc] = []
 
-    def start(name: str | None = None) -> Proc:
-        proc = start_worker_process(name or f"worker{len(started)}", service_env, log_dir)
+    def start(name: str | None = None, **extra_env: str) -> Proc:
+        proc = start_worker_process(name or f"worker{len(started)}", {**service_env, **extra_env}, log_dir)
         started.append(proc)
         wait_worker_ready(proc)
         return proc
@@ -89,7 +89,9 @@ def start_worker(service_env: dict[str, str], log_dir: Path) -> Iterator[Callabl
 
 @pytest.fixture(scope="module")
 def worker(start_worker: Callable[..., Proc], request: pytest.FixtureRequest) -> Iterator[Proc]:
-    """One worker for a test module's jobs, stopped after the module (`<module>-worker`)."""
-    proc = start_worker(f"{request.module.__name__.rsplit('.', 1)[-1].removeprefix('test_')}-worker")
+    """One worker for a test module's jobs, stopped after the module (`<module>-worker`); a module's
+    `WORKER_ENV` dict adds to its environment (e.g. `FLEXBIN_EXPORT_OPENVINO`)."""
+    proc = start_worker(f"{request.module.__name__.rsplit('.', 1)[-1].removeprefix('test_')}-worker",
+                        **getattr(request.module, "WORKER_ENV", {}))
     yield proc
     proc.stop()

@@ -126,6 +126,9 @@ def service_environment(database_url: str, broker_url: str) -> dict[str, str]:
         # beta); test_ratelimit.py starts its own API processes with low limits
         FLEXBIN_RATE_LIMIT="100000/minute",
         FLEXBIN_RATE_LIMIT_DETECT="100000/minute",
+        # ~1 s per job step that tests of the job machinery do not need; the modules that test
+        # OpenVINO export and serving turn it on for their worker (WORKER_ENV)
+        FLEXBIN_EXPORT_OPENVINO="false",
         OMP_NUM_THREADS="1",
         PYTHONUNBUFFERED="1",
     )

@@ -167,7 +167,7 @@ class _JobExecution:
         return pipeline.run(
             model, card, train, val, config,
             completed=completed, on_step=self._on_step, on_progress=self._on_progress,
-            should_stop=self._should_stop, device=device,
+            should_stop=self._should_stop, device=device, export_openvino=self.settings.export_openvino,
         )
 
     # -- callbacks --------------------------------------------------------------------------
@@ -175,11 +175,13 @@ class _JobExecution:
         """Commit the step, its checkpoint and its resume state in one transaction, retried
         with backoff while the database is away."""
         self._transaction(
-            lambda s: jobs.commit_step(s, self.job_id, self.owner, outcome, outcome.checkpoint, outcome.state),
+            lambda s: jobs.commit_step(s, self.job_id, self.owner, outcome, outcome.checkpoint, outcome.state,
+                                      openvino=outcome.openvino),
             f"commit step {outcome.index}")
         log.info(
-            "job %s: step %d committed (ratio %.2f, MR %.3f, AP50 %.3f, %.1fs)", self.job_id, outcome.index,
+            "job %s: step %d committed (ratio %.2f, MR %.3f, AP50 %.3f, %.1fs, latency %s)", self.job_id, outcome.index,
             outcome.compression_ratio, outcome.miss_rate, outcome.ap50, outcome.step_seconds,
+            "n/a" if outcome.latency_ms is None else f"{outcome.latency_ms:.2f} ms",
         )
 
     def _on_progress(self, progress: Progress) -> None:

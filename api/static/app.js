@@ -52,6 +52,7 @@ function toast(message) {
 const short = (id) => (id ? String(id).slice(0, 8) : "—");
 const fmt = (x, digits = 3) => (x == null || Number.isNaN(x) ? "—" : Number(x).toFixed(digits));
 function fmtRatio(x) { return x == null ? "—" : `×${Number(x).toFixed(x >= 10 ? 1 : 2)}`; }
+function fmtMs(x) { return x == null ? "—" : `${Number(x).toFixed(x >= 10 ? 1 : 2)} ms`; }
 function fmtDuration(sec) {
   if (sec == null || !Number.isFinite(sec)) return "—";
   sec = Math.max(0, Math.round(sec));
@@ -492,12 +493,15 @@ function renderSteps(job) {
       h("td", {}, fmtRatio(st.compression_ratio)),
       h("td", {}, fmt(st.miss_rate)),
       h("td", {}, fmt(st.ap50)),
+      h("td", { class: "latency" }, fmtMs(st.latency_ms)),
       h("td", {}, fmtDuration(st.step_seconds)),
       h("td", {}, h("code", { title: `${ck}\n${fmtBytes(st.checkpoint_bytes)}` }, short(ck)), " ", badges),
       h("td", { class: "actions" },
         h("button", { class: "small ghost", onclick: () => chooseCheckpoint(ck) }, "Curve"),
         h("button", { class: "small", "data-action": "deploy", onclick: () => deploy(ck) }, "Deploy"),
         h("button", { class: "small ghost", "data-action": "download", onclick: () => download(ck) }, "Download"),
+        h("button", { class: "small ghost", "data-action": "download-openvino", title: "OpenVINO IR zip: runs with plain OpenVINO",
+          onclick: () => download(ck, "openvino") }, "OpenVINO"),
         h("a", { class: "button small ghost", href: `#/tryit/${ck}` }, "Try it")));
   }));
 }
@@ -513,9 +517,10 @@ async function deploy(checkpointId) {
   } catch (e) { toast(e.message); }
 }
 
-async function download(checkpointId) {
+async function download(checkpointId, format = "safetensors") {
   try {
-    const res = await api(`/checkpoints/${checkpointId}/download`, { raw: true });
+    const query = format === "safetensors" ? "" : `?format=${format}`;
+    const res = await api(`/checkpoints/${checkpointId}/download${query}`, { raw: true });
     const blob = await res.blob();
     const cd = res.headers.get("Content-Disposition") || "";
     const name = /filename="?([^";]+)"?/.exec(cd)?.[1] || `flexbin-${checkpointId}.safetensors`;
@@ -598,30 +603,52 @@ function legendItem(color, text, { dashed = false, ring = false } = {}) {
   return h("span", { class: "item" }, sw, text);
 }
 
+// The trade-off plot's x axis: compression ratio (default) or the measured OpenVINO latency.
+let tradeoffX = "compression_ratio";
+for (const b of document.querySelectorAll("#tradeoff-x button")) {
+  b.addEventListener("click", () => {
+    tradeoffX = b.dataset.x;
+    for (const o of document.querySelectorAll("#tradeoff-x button")) {
+      const on = o === b;
+      o.classList.toggle("on", on);
+      o.classList.toggle("ghost", !on);
+      o.setAttribute("aria-pressed", String(on));
+    }
+    if (currentJob) renderTradeoff(currentJob, othersCache && othersCache.jobId === currentJob.id ? othersCache.jobs : []);
+  });
+}
+
 function renderTradeoff(job, others) {
   const svg = $("#tradeoff");
   svg.replaceChildren();
   const legend = $("#tradeoff-legend");
+  const byLatency = tradeoffX === "latency_ms";
+  $("#tradeoff-title").textContent = `Trade-off: MR⁻² vs ${byLatency ? "latency (OpenVINO, 1 thread)" : "compression ratio"}`;
+  const xOf = (p) => p[tradeoffX];
   const series = [{ job, color: PALETTE[0], mine: true },
-    ...others.slice(0, PALETTE.length - 1).map((j, i) => ({ job: j, color: PALETTE[i + 1], mine: false }))];
-  const pts = series.flatMap((sr) => sr.job.steps);
+    ...others.slice(0, PALETTE.length - 1).map((j, i) => ({ job: j, color: PALETTE[i + 1], mine: false }))]
+    .map((sr) => ({ ...sr, steps: sr.job.steps.filter((p) => xOf(p) != null && xOf(p) > 0) }));
+  const pts = series.flatMap((sr) => sr.steps);
   const target = job.target || {};
   const float = job.steps.find((st) => st.index === 0);
   const mrBudget = target.max_miss_rate_increase != null && float ? float.miss_rate + target.max_miss_rate_increase : null;
-  const xs = pts.map((p) => p.compression_ratio).concat(target.min_compression_ratio ?? [], 1);
+  const ratioTarget = byLatency ? null : target.min_compression_ratio;
+  const xs = pts.map(xOf).concat(ratioTarget ?? [], byLatency ? [] : 1);
   const ys = pts.map((p) => p.miss_rate).concat(mrBudget ?? []);
-  const xMax = Math.max(2, ...xs) * 1.15;
+  const xMin = byLatency ? Math.min(1, ...xs) / 1.15 : 1;
+  const xMax = Math.max(byLatency ? xMin * 10 : 2, ...xs) * 1.15;
   const yMax = Math.min(1.1, Math.max(0.1, ...ys) * 1.08 + 0.03);
   const { w, h: ht, left, right, top, bottom } = PLOT;
-  const x = logScale(1, xMax, left, w - right);
+  const x = logScale(xMin, xMax, left, w - right);
   const y = linScale(0, yMax, ht - bottom, top);
   const yStep = yMax > 0.5 ? 0.2 : yMax > 0.2 ? 0.1 : 0.05;
   const yTicks = [];
   for (let v = 0; v <= yMax + 1e-9; v += yStep) yTicks.push(+v.toFixed(2));
-  axes(svg, x, y, niceLogTicks(1, xMax, true), yTicks, "compression ratio (log)", "MR⁻² (lower is better)");
+  axes(svg, x, y, niceLogTicks(xMin, xMax, true), yTicks,
+    byLatency ? "latency, ms (log; lower is faster)" : "compression ratio (log)", "MR⁻² (lower is better)");
 
   const items = [];
-  if (target.min_compression_ratio != null) {
+  if (ratioTarget != null) {
     const px = x(target.min_compression_ratio);
     svg.append(s("line", { x1: px, x2: px, y1: top, y2: ht - bottom, class: "target" }),
       s("text", { x: px - 4, y: ht - bottom - 6, "text-anchor": "end", class: "annot" },
@@ -637,29 +664,30 @@ function renderTradeoff(job, others) {
   }
   // others first, this job on top
   for (const sr of series.slice().reverse()) {
-    const steps = sr.job.steps.slice().sort((a, b) => a.index - b.index);
+    const steps = sr.steps.slice().sort((a, b) => a.index - b.index);
     const g = s("g", { class: sr.mine ? "series mine" : "series other", "data-job-id": sr.job.id });
     if (steps.length > 1) {
       g.append(s("polyline", {
-        points: steps.map((p) => `${x(p.compression_ratio)},${y(p.miss_rate)}`).join(" "),
+        points: steps.map((p) => `${x(xOf(p))},${y(p.miss_rate)}`).join(" "),
         stroke: sr.color, class: "line",
       }));
     }
     for (const p of steps) {
       const c = s("circle", {
-        cx: x(p.compression_ratio), cy: y(p.miss_rate), r: sr.mine ? 5 : 3.5, fill: sr.color,
+        cx: x(xOf(p)), cy: y(p.miss_rate), r: sr.mine ? 5 : 3.5, fill: sr.color,
         class: `pt ${sr.mine ? "pt-this" : "pt-other"}${p.checkpoint_id === chosenCheckpoint ? " chosen" : ""}`,
         "data-checkpoint-id": p.checkpoint_id,
       }, s("title", {}, `${sr.mine ? "this job" : `job ${short(sr.job.id)}`} · step ${p.index}\n`
-        + `ratio ${fmtRatio(p.compression_ratio)} · MR⁻² ${fmt(p.miss_rate)} · AP@0.5 ${fmt(p.ap50)}`));
+        + `ratio ${fmtRatio(p.compression_ratio)} · latency ${fmtMs(p.latency_ms)} · MR⁻² ${fmt(p.miss_rate)}`
+        + ` · AP@0.5 ${fmt(p.ap50)}`));
       if (sr.mine) c.addEventListener("click", () => chooseCheckpoint(p.checkpoint_id));
       g.append(c);
     }
     svg.append(g);
   }
-  const sel = job.steps.find((st) => st.checkpoint_id === job.selected_checkpoint_id);
+  const sel = series[0].steps.find((st) => st.checkpoint_id === job.selected_checkpoint_id);
   if (sel) {
-    const sx = x(sel.compression_ratio), sy = y(sel.miss_rate);
+    const sx = x(xOf(sel)), sy = y(sel.miss_rate);
     const leftSide = sx > w - right - 70;
     svg.append(s("circle", { cx: sx, cy: sy, r: 10, class: "selected-ring" }),
       s("text", { x: sx + (leftSide ? -14 : 14), y: sy + 18, "text-anchor": leftSide ? "end" : "start", class: "annot" },
@@ -675,7 +703,8 @@ function renderTradeoff(job, others) {
   }
   legend.replaceChildren(...items);
   if (!pts.length) {
-    svg.append(s("text", { x: w / 2, y: ht / 2, "text-anchor": "middle", class: "empty" }, "waiting for the first step…"));
+    svg.append(s("text", { x: w / 2, y: ht / 2, "text-anchor": "middle", class: "empty" },
+      byLatency && job.steps.length ? "no latency measured (no OpenVINO export)" : "waiting for the first step…"));
   }
 }
 

@@ -217,8 +217,8 @@ def cancel_requested(session: Session, job_id: str) -> bool:
 
 
 def commit_step(session: Session, job_id: str, owner: str, step: StepMetrics, checkpoint: bytes,
-                state: bytes) -> str | None:
-    """Store a finished step: its packed checkpoint and resume state (blobs), the checkpoint
+                state: bytes, *, openvino: bytes | None = None) -> str | None:
+    """Store a finished step: its packed checkpoint, resume state and OpenVINO IR zip (blobs), the checkpoint
     row, the `job_steps` row and the job's progress, in the caller's transaction, while
     `owner` holds the lease (LeaseLost otherwise). Returns the checkpoint id, or None when this
     owner had already committed the step (a retry whose first commit went through before the
@@ -236,7 +236,8 @@ def commit_step(session: Session, job_id: str, owner: str, step: StepMetrics, ch
     metrics = step.model_dump(mode="json")
     row = Checkpoint(**columns_of(Checkpoint, metrics), tenant_id=job.tenant_id, job_id=job.id,
                      model_id=job.model_id, step=step.index, architecture=architecture,
-                     size_bytes=len(checkpoint), blob_id=put_blob(session, checkpoint).id)
+                     size_bytes=len(checkpoint), blob_id=put_blob(session, checkpoint).id,
+                     openvino_blob_id=put_blob(session, openvino).id if openvino else None)
     session.add(row)
     session.flush()
     session.add(JobStep(**columns_of(JobStep, metrics), job_id=job.id, checkpoint_id=row.id,

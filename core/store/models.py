@@ -193,6 +193,7 @@ class CheckpointMetricColumns:
     binary_layer_compression: Mapped[float | None] = mapped_column(Float)
     miss_rate: Mapped[float] = mapped_column(Float)
     ap50: Mapped[float] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float)  # migration 0003
 
 
 class Checkpoint(CheckpointMetricColumns, Base):
@@ -209,14 +210,22 @@ class Checkpoint(CheckpointMetricColumns, Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     blob_id: Mapped[str] = mapped_column(ForeignKey("blobs.id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # OpenVINO export (migration 0003; NULL for older checkpoints and failed exports)
+    openvino_blob_id: Mapped[str | None] = mapped_column(ForeignKey("blobs.id"))
+    layer_precision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
-    blob: Mapped[Blob] = relationship(viewonly=True)
+    blob: Mapped[Blob] = relationship(viewonly=True, foreign_keys=[blob_id])
     job_step: Mapped[JobStep | None] = relationship(viewonly=True, uselist=False)
 
     @property
     def sha256(self) -> str:
         """The checksum of the checkpoint file."""
         return self.blob.sha256
+
+    @property
+    def openvino(self) -> bool:
+        """Whether an OpenVINO IR zip of the checkpoint is stored."""
+        return self.openvino_blob_id is not None
 
     @property
     def fppi_curve(self) -> list[Any]:

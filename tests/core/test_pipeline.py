@@ -36,7 +36,8 @@ def test_inverse_depth_run_reaches_target_and_resumes_identically(setup) -> None
     model, card, train, val = setup
     seen: list[StepOutcome] = []
     progress = []
-    result = run(model, card, train, val, _config(), on_step=seen.append, on_progress=progress.append)
+    result = run(model, card, train, val, _config(), on_step=seen.append, on_progress=progress.append,
+                 export_openvino=False)  # the export is tested once, below
     assert [s.index for s in seen] == list(range(len(seen))) and seen == result.steps
     assert seen[0].layers == [] and seen[0].compression_ratio == 1.0
     deepest_first = [layer.name for layer in order_layers(discover_layers(model, 64), "inverse_depth")]
@@ -52,7 +53,8 @@ def test_inverse_depth_run_reaches_target_and_resumes_identically(setup) -> None
 
     # An interrupted run resumes after its last committed step and repeats none.
     resumed: list[StepOutcome] = []
-    again = run(model, card, train, val, _config(), completed=seen[:2], on_step=resumed.append)
+    again = run(model, card, train, val, _config(), completed=seen[:2], on_step=resumed.append,
+                export_openvino=False)
     assert [s.index for s in resumed] == list(range(2, len(seen)))
     for a, b in zip(seen, again.steps):
         assert a.checkpoint == b.checkpoint and a.miss_rate == b.miss_rate
@@ -64,7 +66,7 @@ def test_cancel_stops_within_the_step(setup) -> None:
     polls = iter(range(100))
     with pytest.raises(Cancelled):
         run(model, card, train, val, _config(finetune_iters=50), on_step=seen.append,
-            should_stop=lambda: next(polls) >= 3)
+            should_stop=lambda: next(polls) >= 3, export_openvino=False)
     assert [s.index for s in seen] == [0]
 
 
@@ -77,6 +79,41 @@ def test_all_at_once_binarizes_the_same_layers_with_the_same_budget(setup) -> No
     assert baseline.iterations == [sum(priority.iterations[: priority.expected_steps])]
     with pytest.raises(ValueError, match="all_at_once needs"):
         PipelineConfig(target=Target(max_miss_rate_increase=0.1), method="all_at_once")
+
+
+def test_binary_activations_run_as_1bit_kernels_and_every_step_has_its_latency(setup) -> None:
+    _, _, train, val = setup
+    torch.manual_seed(0)
+    card = ModelCard(architecture="flexbin_pednet", width=8, input_size=64)  # 8k input channels: 1-bit capable
+    model = card.build().eval()
+    config = _config(activation_bits=1, target=Target(min_compression_ratio=1.5))
+    steps = run(model, card, train, val, config).steps
+    assert len(steps) >= 2
+    for step in steps:
+        assert step.latency_ms is not None and step.latency_ms > 0 and step.openvino
+        binary = {n for n, p in step.layer_precision.items() if p["precision"] == "binary_weights_activations"}
+        assert binary == set(step.binary_input_layers) == set(step.binary_layers)  # every layer here can
+        # and OpenVINO's compiled graph runs each of them as a 1-bit convolution
+        assert {n for n, p in step.layer_precision.items() if p["runs_as"] == "binary_weights_activations"} == binary
+    assert steps[0].binary_input_layers == [] and steps[-1].binary_input_layers
+    _, served_card = unpack_checkpoint(steps[-1].checkpoint)
+    assert set(served_card.activation_quantizers) == set(steps[-1].binary_input_layers)
+    # and the IR zip runs with plain OpenVINO (no torch in core.export.runtime)
+    from core.export.runtime import Detector
+
+    detections = Detector.from_zip(steps[-1].openvino).detect([torch.rand(3, 50, 64).numpy()])
+    assert len(detections) == 1 and detections[0].boxes.shape[1:] == (4,)
+    # a resumed run restores the thresholds and reproduces the same checkpoints
+    again = run(model, card, train, val, config, completed=steps[:2], export_openvino=False).steps
+    assert [s.checkpoint for s in again] == [s.checkpoint for s in steps]
+
+
+def test_activation_bits_is_1_or_32_and_needs_1bit_weights() -> None:
+    assert _config().activation_bits == 32
+    with pytest.raises(ValueError, match="activation_bits must be 1 .* or 32 .*got 8"):
+        _config(activation_bits=8)
+    with pytest.raises(ValueError, match="needs bits 1"):
+        _config(activation_bits=1, bits=2)
 
 
 def test_config_bounds_seed_and_num_layers() -> None:
@@ -121,7 +158,7 @@ def test_small_layers_stay_float(setup) -> None:
 def test_sensitivity_order_is_measured_and_deterministic(setup) -> None:
     model, card, train, val = setup
     config = _config(order="sensitivity", target=Target(min_compression_ratio=1.5))
-    a = run(model, card, train, val, config)
-    b = run(model, card, train, val, config)
+    a = run(model, card, train, val, config, export_openvino=False)
+    b = run(model, card, train, val, config, export_openvino=False)
     assert [s.layers for s in a.steps] == [s.layers for s in b.steps]
     assert len(a.steps) >= 2

@@ -26,6 +26,7 @@ from testkit.factories import dataset_zip, tiny_model
 from testkit.stack import KEYS, wait_until
 
 pytestmark = pytest.mark.timeout(300)
+WORKER_ENV = {"FLEXBIN_EXPORT_OPENVINO": "true"}  # each step's latency: the table column and the plot's x axis
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DOCS_PAGES = {"jobs", "job", "upload", "tryit"}  # the screenshots the README shows
@@ -220,6 +221,18 @@ def test_job_progress_and_steps_live(page, api, worker, artifacts, state) -> Non
     expect(page.locator("#tradeoff circle.pt-this")).to_have_count(len(steps))
     expect(page.locator("#tradeoff line.target")).to_have_count(1)
     expect(page.locator("#tradeoff circle.selected-ring")).to_have_count(1)
+    # each step's measured OpenVINO latency: in the table, and as the plot's other x axis
+    assert all(s["latency_ms"] for s in steps), "the worker measures every step's exported model"
+    expect(last.locator("td.latency")).to_have_text(f"{steps[-1]['latency_ms']:.{1 if steps[-1]['latency_ms'] >= 10 else 2}f} ms")
+    page.locator("#tradeoff-x button[data-x=latency_ms]").click()
+    expect(page.locator("#tradeoff-title")).to_contain_text("latency")
+    expect(page.locator("#tradeoff circle.pt-this")).to_have_count(len(steps))
+    expect(page.locator("#tradeoff line.target")).to_have_count(0)  # a ratio target has no latency position
+    xs = [float(c.get_attribute("cx")) for c in page.locator("#tradeoff circle.pt-this").all()]
+    fastest = min(range(len(steps)), key=lambda i: steps[i]["latency_ms"])
+    assert xs.index(min(xs)) == fastest, "the leftmost point is the fastest step"
+    page.locator("#tradeoff-x button[data-x=compression_ratio]").click()
+    expect(page.locator("#tradeoff line.target")).to_have_count(1)
 
     # the MR-FPPI curve of the selected checkpoint, with every point the API gives
     checkpoint = api.get(f"/checkpoints/{job['selected_checkpoint_id']}").json()
@@ -270,6 +283,10 @@ def test_deploy_and_download(page, api, artifacts, state) -> None:
     assert download.suggested_filename.endswith(".safetensors")
     data = Path(download.path()).read_bytes()
     assert data == api.get(f"/checkpoints/{target}/download").content
+    with page.expect_download() as info:
+        row.locator("button[data-action=download-openvino]").click()
+    assert info.value.suggested_filename.endswith("-openvino.zip")
+    assert Path(info.value.path()).read_bytes()[:4] == b"PK\x03\x04"
     page.locator(f"#steps-table tr[data-checkpoint-id='{state['selected']}'] button", has_text="Curve").click()
     page.wait_for_timeout(300)
     shot(page, artifacts, "job")

@@ -26,6 +26,8 @@ from testkit.stack import (
     wait_until,
 )
 
+WORKER_ENV = {"FLEXBIN_EXPORT_OPENVINO": "true"}  # checkpoints with an OpenVINO IR: /detect serves them on OpenVINO
+
 # A PedNet whose prediction does not depend on the image: every convolution weight is zero, so
 # the heatmap and the box regression are their biases at every cell of the (fixed-size) input
 # canvas. Its boxes are therefore a pure function of the image's size, which isolates what

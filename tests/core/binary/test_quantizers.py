@@ -38,12 +38,16 @@ from core.config import PipelineConfig, Target, WeightQuantizerName
 CONFIGS: dict[str, list[dict[str, Any]]] = {
     "sign": [{}],
     "kbit": [{}, {"bits": 1}, {"bits": 3, "iterations": 0}, {"bits": 4, "iterations": 5}],
+    "rsign": [{"channels": 5}],  # an input binarizer: one threshold per channel of the [N, 5, ...] input
 }
+# The straight-through gradient inside the clipping window: 1 for the ±1 weight quantizers (the
+# hard tanh's slope), 1/2 for `rsign`, whose outputs are {0, 1} (the hard sigmoid's).
+STE_SLOPE = {"sign": 1.0, "kbit": 1.0, "rsign": 0.5}
 CASES = [(name, config) for name in QUANTIZERS for config in CONFIGS.get(name, [{}])]
 
 
 def test_every_registered_quantizer_has_contract_cases() -> None:
-    assert set(CONFIGS) == set(QUANTIZERS), "add the new quantizer's configs to CONFIGS"
+    assert set(CONFIGS) == set(QUANTIZERS) == set(STE_SLOPE), "add the new quantizer to CONFIGS and STE_SLOPE"
 
 
 @pytest.fixture(params=CASES, ids=[f"{n}{c or ''}" for n, c in CASES])
@@ -66,12 +70,13 @@ def test_config_round_trips_through_json(quantizer: Quantizer) -> None:
 
 
 def test_straight_through_gradient(quantizer: Quantizer) -> None:
-    """Gradients pass unchanged inside the clipping window |x| <= 1 and are 0 outside it."""
+    """Gradients pass (times the quantizer's STE slope) inside the clipping window |x| <= 1 and
+    are 0 outside it."""
     x = _input(seed=1).requires_grad_()
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     quantizer(x).backward(upstream)
     assert x.grad is not None
-    assert torch.equal(x.grad, torch.where(x.detach().abs() <= 1, upstream, 0.0))
+    assert torch.equal(x.grad, torch.where(x.detach().abs() <= 1, STE_SLOPE[quantizer.name] * upstream, 0.0))
 
 
 def test_weight_quantizer_packs_exactly_what_it_computes(quantizer: Quantizer) -> None:
@@ -90,7 +95,7 @@ def test_weight_quantizer_packs_exactly_what_it_computes(quantizer: Quantizer) -
 
 
 def test_the_registry_refuses_what_it_does_not_know() -> None:
-    with pytest.raises(ValueError, match="unknown quantizer 'ternary'; registered: kbit, sign"):
+    with pytest.raises(ValueError, match="unknown quantizer 'ternary'; registered: kbit, rsign, sign"):
         quantizer_from_config({"name": "ternary"})
     with pytest.raises(ValueError, match="quantizer sign: .*'bits'"):
         quantizer_from_config({"name": "sign", "bits": 1})

@@ -1,0 +1,165 @@
+"""Binary input activations for binarized convolutions: `a = H(x - τ_c)`, trained through a
+clipped straight-through estimator, with a learnable threshold per input channel.
+
+With 1-bit weights *and* 1-bit inputs a convolution is an XNOR + popcount, which OpenVINO runs
+as `BinaryConvolution` (`core.export.openvino`); with 1-bit weights alone the CPU still
+multiplies floats. ReActNet (Liu et al. 2020, "ReActNet: Towards Precise Binary Neural
+Network with Generalized Activation Functions") showed that a learnable per-channel shift
+before the sign ("RSign") recovers much of the accuracy a fixed sign loses; this is RSign in
+its {0, 1} form:
+
+    a = H(x - τ_c) = 1 if x > τ_c else 0          (forward, per input channel c)
+    ∂a/∂x ≈ ½ · 1{|x - τ_c| ≤ 1},  ∂a/∂τ_c ≈ -Σ ½ · 1{|x - τ_c| ≤ 1}   (backward)
+
+The backward pass is the gradient of the hard sigmoid `clip((x - τ + 1)/2, 0, 1)`, i.e. the
+clipped STE of BinaryConnect / XNOR-Net for `sign`, halved because `a = (sign + 1)/2`.
+
+Why {0, 1} and not ±1: the two are the same layer up to a per-channel constant,
+`conv(s, B) = 2·conv(a, B) - Σ B` for `s = 2a - 1` *when s is padded with -1* — and that is
+exactly what zero padding of `a` is. So training pads `a` with 0 (the convolution's own zero
+padding, nothing to change) and export pads the ±1 tensor with -1 (`BinaryConvolution`
+`pad_value = -1`): the two agree bit for bit. A ±1 tensor padded with 0 would not be binary.
+OpenVINO's CPU plugin also needs the {0, 1} form: its 2-level FakeQuantize becomes a 1-bit
+binarization only with output levels 0 and 1 (measured: (-1, +1) levels compiled, then read
+every -1 as a set bit and gave wrong results).
+
+Ties: `x == τ` gives 0, as OpenVINO's binarization (`x > threshold`) does.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from core.binary.quantizers import (
+    Quantizer,
+    QuantizerKind,
+    quantizer_from_config,
+    register_quantizer,
+)
+
+
+class _HeavisideSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, threshold: Tensor) -> Tensor:
+        shifted = x - threshold
+        ctx.save_for_backward(shifted)
+        return (shifted > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        (shifted,) = ctx.saved_tensors
+        grad_x = grad * (shifted.abs() <= 1).to(grad.dtype) * 0.5
+        # τ ([1, C, 1, ...]) broadcasts over every dim but the channel one: sum back to its shape.
+        grad_t = -grad_x.sum(dim=[d for d in range(grad_x.dim()) if d != 1], keepdim=True)
+        return grad_x, grad_t
+
+
+def binary_activation(x: Tensor, threshold: Tensor) -> Tensor:
+    """`H(x - τ)` with the clipped straight-through estimator (module docstring).
+
+    x: FloatTensor[N, C, ...] (a conv input; any spatial dims).
+    threshold: FloatTensor[C], one threshold per channel.
+    Returns FloatTensor like x with values in {0, 1}.
+    """
+    if x.dim() < 2 or threshold.dim() != 1 or threshold.shape[0] != x.shape[1]:
+        raise ValueError(f"threshold must be [C] for an input [N, C, ...]; got {tuple(threshold.shape)} "
+                         f"for {tuple(x.shape)}")
+    view = threshold.view(1, -1, *([1] * (x.dim() - 2)))
+    out: Tensor = _HeavisideSTE.apply(x, view)
+    return out
+
+
+@register_quantizer
+class BinaryActivation(Quantizer):
+    """The registered activation quantizer `rsign`: `x ↦ H(x - τ_c)` with a learnable threshold
+    per input channel, initialised at 0 (ReActNet initialises its shift at 0 too; after a
+    BatchNorm + ReLU, "is this feature on" is a fair first guess). Its config,
+    `{"name": "rsign", "channels": C}`, is stored in model cards (`activation_quantizers`)."""
+
+    name: ClassVar[str] = "rsign"
+    kind: ClassVar[QuantizerKind] = "activation"
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        self.threshold = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return binary_activation(x, self.threshold)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"channels": int(self.threshold.shape[0])}
+
+
+ACTIVATION_QUANTIZER = BinaryActivation.name
+"""Registry name of the activation quantizer, as stored in job configs and model cards."""
+
+
+def activation_quantizer_from_config(config: dict[str, Any]) -> BinaryActivation:
+    """`quantizer_from_config` for a layer's input binarizer (ValueError for any other quantizer)."""
+    quantizer = quantizer_from_config(config)
+    if not isinstance(quantizer, BinaryActivation):
+        msg = f"quantizer {quantizer.name} is a {quantizer.kind} quantizer, not an input binarizer ({ACTIVATION_QUANTIZER})"
+        raise ValueError(msg)  # noqa: TRY004 - a bad config is bad data, a ValueError here
+    return quantizer
+
+
+INPUT_BINARIZER = "input_binarizer"
+"""Submodule name under a binarized conv: its threshold is saved as `<layer>.input_binarizer.threshold`."""
+
+
+BINARY_INPUT_CHANNEL_MULTIPLE = 8
+"""OpenVINO's CPU BinaryConvolution packs input channels 8 to a byte: other channel counts
+compile and then compute wrong results (core.export.openvino documents the experiment)."""
+
+
+def supports_binary_input(module: nn.Module) -> bool:
+    """A dense Conv2d with zero padding and a multiple of 8 input channels: what OpenVINO's
+    `BinaryConvolution` computes exactly. Grouped / depthwise convolutions and Linear layers
+    keep float inputs."""
+    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str)
+            and module.in_channels % BINARY_INPUT_CHANNEL_MULTIPLE == 0)
+
+
+def _binarize_input_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    return (getattr(module, INPUT_BINARIZER)(args[0]), *args[1:])
+
+
+def binarize_input(module: nn.Module, binarizer: BinaryActivation | None = None) -> BinaryActivation:
+    """Make a Conv2d binarize its input with a `BinaryActivation` (a new one at τ = 0 unless
+    given), registered as the submodule `input_binarizer` (so the optimizer trains τ and
+    `state_dict()` saves it) and applied by a forward pre-hook."""
+    if not supports_binary_input(module):
+        raise ValueError(f"{type(module).__name__} cannot take binary inputs: only dense Conv2d layers "
+                         f"(groups=1, zero padding, input channels a multiple of {BINARY_INPUT_CHANNEL_MULTIPLE}) "
+                         "run as 1-bit convolutions")
+    if has_binary_input(module):
+        raise ValueError("the layer already binarizes its input")
+    assert isinstance(module, nn.Conv2d)
+    binarizer = binarizer or BinaryActivation(module.in_channels)
+    if binarizer.threshold.shape[0] != module.in_channels:
+        raise ValueError(f"binarizer has {binarizer.threshold.shape[0]} channels, the layer takes "
+                         f"{module.in_channels}")
+    module.add_module(INPUT_BINARIZER, binarizer.to(module.weight.device))
+    module.register_forward_pre_hook(_binarize_input_hook)
+    return binarizer
+
+
+def has_binary_input(module: nn.Module) -> bool:
+    return isinstance(getattr(module, INPUT_BINARIZER, None), BinaryActivation)
+
+
+def input_binarizer(module: nn.Module) -> BinaryActivation:
+    binarizer = getattr(module, INPUT_BINARIZER, None)
+    if not isinstance(binarizer, BinaryActivation):
+        raise ValueError(f"{type(module).__name__} does not binarize its input")  # noqa: TRY004 - bad input is a ValueError here
+    return binarizer
+
+
+def activation_quantizers(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """`{layer name: quantizer config}` of every layer that binarizes its input."""
+    return {name: input_binarizer(m).to_config() for name, m in model.named_modules() if has_binary_input(m)}

@@ -1,0 +1,521 @@
+"""FlexBin checkpoint -> OpenVINO IR, with binary layers as int8-exact or real 1-bit convolutions.
+
+What the IR holds (`export_openvino`):
+- **Float layers**: BatchNorm folded into the convolution (`W·γ/σ`, `(b - μ)·γ/σ + β`), float32.
+- **Binary-weight layers** (1 bit, float inputs): `α·sign(W)` is exactly an int8 tensor of ±1
+  times a float scale per output channel, so the IR stores `Constant(i8 ±1) -> Convert ->
+  Multiply(α·γ/σ)` (1 byte per weight instead of 4). OpenVINO's CPU plugin folds that back to
+  float32 weights at compile time and runs a float convolution, unless the layer's *input* is
+  quantized too: with `calibration` images, an 8-bit FakeQuantize (range: min / max of the
+  layer's input over those images) goes before each such layer and the low-precision
+  transformations turn the pair into a u8 x i8 convolution (measured per layer by
+  `runtime_layer_precision`; the default export leaves inputs float, so it matches PyTorch).
+  k-bit layers (k > 1) stay float32.
+- **Binary-activation layers** (`core.binary.activation`): a 2-level `FakeQuantize(x, τ, τ, 0, 1)`
+  (per-channel threshold τ, output levels {0, 1}) feeding a `BinaryConvolution` (XNOR-popcount,
+  weights `sign(W)` packed 1 bit each, `pad_value = -1`), then `(y + ΣB)·½·α·γ/σ (+ bias)`.
+  BinaryConvolution computes `conv(2a - 1, B)` with -1 padding, which equals `2·conv(a, B) - ΣB`
+  for the zero-padded {0, 1} input a that training used.
+
+What makes OpenVINO 2026.4's CPU plugin run `BinaryConvolution` as a 1-bit kernel
+(`jit_avx512_u1` / `jit_avx2_u1`; checked in tests/unit/test_openvino_export.py, which asserts
+the runtime layer type of every binary-activation layer), found by experiment:
+- static input shapes (a dynamic dimension fails to compile: "Unsupported operation");
+- the FakeQuantize's input_low == input_high (= the threshold) and output levels exactly 0 and 1:
+  output (-1, +1) compiles but the u1 reorder reads every -1 as a set bit (wrong results), and
+  input_low != input_high binarizes at the wrong point;
+- input channels a multiple of 8 (other counts compile and give wrong results; C_in = 3 does not
+  compile): `core.binary.activation.supports_binary_input` refuses them at training time;
+- weights packed LSB first within each byte (`np.packbits(..., bitorder="little")`);
+- anything dense: strides, dilation, kernel sizes 1/3/5, bias, batch > 1, 1 or 2 threads,
+  output channels not a multiple of 8, and an f32 or bf16 precision hint all stay exact.
+`ov.convert_model` alone does not produce it from a traced torch graph: its offline passes fold
+the per-channel scale into the ±1 weights, so the convolution stops being binary. Hence the
+graph surgery below, on convolutions found by the names the PyTorch frontend gives them
+(`__module.<path>/aten::_convolution/Convolution`; BatchNorm is folded *before* tracing so that
+no fusion renames them).
+
+What the IR computes end to end (input, outputs, post-processing) is documented in
+`core.export.runtime`, which also runs it, and travels in the zip as `flexbin_detect.py`.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+import json
+import logging
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.binary import (
+    has_binary_input,
+    input_binarizer,
+    is_binarized,
+    strip_binarization,
+)
+from core.binary.activation import INPUT_BINARIZER
+from core.checkpoint import ModelCard, unpack_checkpoint
+from core.export import runtime
+from core.models.pednet import STRIDE, PedNet
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMAT = 1
+INPUT_NAME = "image"
+RUNTIME_FILENAME = "flexbin_detect.py"
+LAYER_NODE_PREFIX = "flexbin:"
+"""Friendly name of every exported Conv2d node: `flexbin:<layer>#<k>` for the k-th call of the
+layer (an FPN head runs once per level; OpenVINO would otherwise suffix duplicate names itself)."""
+GENERIC_PAD_VALUE = (0.0, 0.0, 0.0)
+
+# What a layer is (the checkpoint), and how the compiled model runs it (`runtime_layer_precision`).
+FLOAT, BINARY_WEIGHTS, BINARY_WEIGHTS_ACTIVATIONS, INT8 = (
+    "float", "binary_weights", "binary_weights_activations", "int8")
+
+
+class ExportError(ValueError):
+    """A model that cannot be exported as asked; the message names the layer and the reason."""
+
+
+@dataclass
+class OpenVinoExport:
+    """An exported detector: the `openvino.Model`, the source card and the `export` section
+    (`spec`: input, outputs, post-processing; see `core.export.runtime`), and each Conv2d /
+    Linear layer's precision (`float`, `binary_weights`, `binary_weights_activations`)."""
+
+    model: Any  # openvino.Model
+    card: ModelCard
+    spec: dict[str, Any]
+    layers: dict[str, str] = field(default_factory=dict)
+
+    def card_json(self) -> dict[str, Any]:
+        return {**self.card.model_dump(mode="json"), "export": self.spec}
+
+    def ir_bytes(self) -> tuple[bytes, bytes]:
+        """(model.xml, model.bin) as `openvino.save_model` writes them (float32 weights: FP16
+        compression would move the binarization thresholds)."""
+        import openvino as ov
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.xml"
+            ov.save_model(self.model, path, compress_to_fp16=False)
+            return path.read_bytes(), path.with_suffix(".bin").read_bytes()
+
+    def zip_bytes(self) -> bytes:
+        """A zip with model.xml, model.bin, card.json, README.txt and flexbin_detect.py: all a
+        user needs to run the detector with plain OpenVINO."""
+        xml, weights = self.ir_bytes()
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("model.xml", xml)
+            zf.writestr("model.bin", weights)
+            zf.writestr("card.json", json.dumps(self.card_json(), indent=2, sort_keys=True))
+            zf.writestr("README.txt", readme(self.card_json()))
+            zf.writestr(RUNTIME_FILENAME, Path(runtime.__file__).read_text())
+        return buf.getvalue()
+
+    def detector(self, *, threads: int = 1) -> runtime.Detector:
+        xml, weights = self.ir_bytes()
+        return runtime.Detector(xml, weights, self.card_json(), threads=threads)
+
+
+# -- entry points ---------------------------------------------------------------------
+def export_checkpoint(data: bytes, *, calibration: Sequence[np.ndarray] | None = None) -> OpenVinoExport:
+    """Export a packed checkpoint (`core.checkpoint.pack_checkpoint` bytes)."""
+    model, card = unpack_checkpoint(data)
+    return export_openvino(model, card, calibration=calibration)
+
+
+def export_openvino(model: nn.Module, card: ModelCard, *,
+                    calibration: Sequence[np.ndarray] | None = None) -> OpenVinoExport:
+    """Export `model` (an unpacked checkpoint, or a model in training form whose binarized layers
+    are still parametrized) as described in the module docstring.
+
+    calibration: RGB float32 [3, H, W] images in [0, 1] (a few training images); when given,
+      1-bit weight-only layers get 8-bit quantized inputs so they can run as int8 convolutions.
+    Raises ExportError when a binary-activation layer cannot be exported as a 1-bit convolution.
+    """
+    import openvino as ov
+
+    model = _inference_copy(model)
+    binary_bits = dict(card.binary_layers)
+    binary_inputs = {name for name, m in model.named_modules() if has_binary_input(m)}
+    units = _fold_batchnorm(model, binary_bits)
+    wrapper, spec = _adapter(model, card)
+    for name in binary_inputs:
+        module = dict(model.named_modules())[name]
+        setattr(module, INPUT_BINARIZER, _ThresholdExport(input_binarizer(module).threshold.detach()))
+    ranges = _calibrate(wrapper, spec, units, binary_inputs, calibration) if calibration else {}
+    shape = spec["input"]["shape"]
+    with torch.no_grad():
+        # Traced here without torch's check pass (a second and third forward: ~40 % of the export
+        # time of a small model); the parity tests check the graph instead.
+        traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+            wrapper, (torch.rand(*shape),), check_trace=False, strict=False)
+        ov_model = ov.convert_model(traced, example_input=(torch.rand(*shape),), input=[tuple(shape)])
+    _name_io(ov_model, spec)
+    layers = {name: _precision(name, binary_bits, binary_inputs) for name, m in model.named_modules()
+              if isinstance(m, nn.Conv2d | nn.Linear)}
+    _rewrite_convolutions(ov_model, units, binary_inputs, ranges)
+    ov_model.validate_nodes_and_infer_types()
+    spec = {**spec, "layers": layers, "int8_inputs": sorted(ranges)}
+    return OpenVinoExport(ov_model, card, spec, layers)
+
+
+def _precision(name: str, binary_bits: dict[str, int], binary_inputs: set[str]) -> str:
+    if name in binary_inputs:
+        return BINARY_WEIGHTS_ACTIVATIONS
+    return BINARY_WEIGHTS if name in binary_bits else FLOAT
+
+
+def _inference_copy(model: nn.Module) -> nn.Module:
+    model = copy.deepcopy(model).cpu().eval()
+    for module in model.modules():
+        if is_binarized(module):
+            strip_binarization(module)  # the binarized value becomes the plain weight
+    return model
+
+
+# -- BatchNorm folding ----------------------------------------------------------------
+@dataclass
+class _Unit:
+    """A Conv2d after folding: `weight = scale[:, None, None, None] · signs` for 1-bit layers
+    (signs ±1 float, scale α·γ/σ), `signs is None` for float and k-bit layers."""
+
+    module: nn.Conv2d
+    signs: Tensor | None = None
+    scale: Tensor | None = None
+
+
+def _fold_batchnorm(model: nn.Module, binary_bits: dict[str, int]) -> dict[str, _Unit]:
+    """Fold every BatchNorm that directly follows a Conv2d in a Sequential into that conv; 1-bit
+    layers keep their weight as an exact `scale · signs` product."""
+    names = {m: n for n, m in model.named_modules()}
+    units: dict[str, _Unit] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        unit = _Unit(module)
+        if binary_bits.get(name) == 1:
+            w = module.weight.detach()
+            unit.signs = torch.where(w >= 0, 1.0, -1.0)
+            # W = α·sign(W) exactly (unpacked checkpoint): |W| is α in every position of a channel
+            unit.scale = w.abs().flatten(1).amax(dim=1)
+            if not torch.equal(unit.scale[:, None, None, None] * unit.signs, w):
+                raise ExportError(f"layer {name!r} is marked 1-bit but its weight is not α·sign(W)")
+        units[name] = unit
+    for parent in model.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent.named_children())
+        for (_, conv), (bn_key, bn) in itertools.pairwise(children):
+            if isinstance(conv, nn.Conv2d) and _is_batchnorm(bn) and conv in names:
+                _fold(units[names[conv]], bn)
+                setattr(parent, bn_key, nn.Identity())
+    return units
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    return isinstance(module, nn.BatchNorm2d) or type(module).__name__ == "FrozenBatchNorm2d"
+
+
+@torch.no_grad()
+def _fold(unit: _Unit, bn: Any) -> None:
+    """Fold an eval-mode BatchNorm2d / FrozenBatchNorm2d (`bn`) into the unit's conv."""
+    conv = unit.module
+    eps = getattr(bn, "eps", 1e-5)
+    gamma = bn.weight if bn.weight is not None else torch.ones_like(bn.running_var)
+    beta = bn.bias if bn.bias is not None else torch.zeros_like(bn.running_var)
+    s = gamma / torch.sqrt(bn.running_var + eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    if unit.signs is not None and unit.scale is not None:
+        unit.scale = unit.scale * s
+        weight = unit.scale[:, None, None, None] * unit.signs
+    else:
+        weight = conv.weight * s[:, None, None, None]
+    conv.weight = nn.Parameter(weight.float(), requires_grad=False)
+    conv.bias = nn.Parameter(((bias - bn.running_mean) * s + beta).float(), requires_grad=False)
+
+
+class _ThresholdExport(nn.Module):
+    """`(x > τ)` as plain ops, so the traced graph shows a Greater the rewrite can find (the
+    training module's custom autograd function would not trace as such)."""
+
+    def __init__(self, threshold: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("threshold", threshold.float().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        threshold = self.get_buffer("threshold")
+        return (x > threshold.view(1, -1, 1, 1)).to(x.dtype)
+
+
+# -- per-architecture graph boundaries -------------------------------------------------
+class _CenterNetExport(nn.Module):
+    """PedNet from a prepared canvas to its raw CenterNet maps (decoding: core.export.runtime)."""
+
+    def __init__(self, model: PedNet) -> None:
+        super().__init__()
+        self.model: Any = model  # Any: PedNet's mean / std buffers read as Tensor | Module to mypy
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        x = (image - self.model.mean) / self.model.std
+        logits, regression = self.model._heads(x)
+        heat = logits.sigmoid()
+        peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)
+        return peaks, regression
+
+
+class _DetectorExport(nn.Module):
+    """Any torchvision-API detector, whole (its own transform and NMS in the graph), batch 1."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model([image[0]])[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
+def _adapter(model: nn.Module, card: ModelCard) -> tuple[nn.Module, dict[str, Any]]:
+    """The module to trace and the `export` spec of its input, outputs and post-processing."""
+    size = card.input_size
+    if isinstance(model, PedNet):
+        spec = {
+            "format": EXPORT_FORMAT,
+            "input": {"name": INPUT_NAME, "shape": [1, 3, size, size], "layout": "NCHW", "range": [0.0, 1.0],
+                      "color": "RGB", "resize": "longer_side", "size": size, "canvas": STRIDE,
+                      "pad_value": [float(v) for v in model.get_buffer("mean").flatten()], "max_batch": None},
+            "outputs": ["heatmap", "regression"],
+            "postprocess": {"kind": "centernet", "stride": STRIDE, "score_thresh": model.score_thresh,
+                            "nms_thresh": model.nms_thresh, "detections_per_img": model.detections_per_img},
+        }
+        return _CenterNetExport(model).eval(), spec
+    # torchvision detectors: SSD resizes to a fixed size (stretching), the others keep the aspect
+    fixed = getattr(getattr(model, "transform", None), "fixed_size", None)
+    spec = {
+        "format": EXPORT_FORMAT,
+        "input": {"name": INPUT_NAME, "shape": [1, 3, size, size], "layout": "NCHW", "range": [0.0, 1.0],
+                  "color": "RGB", "resize": "stretch" if fixed else "longer_side", "size": size,
+                  "canvas": "fixed", "pad_value": list(GENERIC_PAD_VALUE), "max_batch": 1},
+        "outputs": ["boxes", "scores", "labels"],
+        "postprocess": {"kind": "detections"},
+    }
+    return _DetectorExport(model).eval(), spec
+
+
+def _name_io(ov_model: Any, spec: dict[str, Any]) -> None:
+    ov_model.inputs[0].get_tensor().set_names({spec["input"]["name"]})
+    if len(ov_model.outputs) != len(spec["outputs"]):
+        raise ExportError(f"the traced model has {len(ov_model.outputs)} outputs, expected {spec['outputs']}")
+    for out, name in zip(ov_model.outputs, spec["outputs"]):
+        out.get_tensor().set_names({name})
+
+
+# -- int8 calibration -----------------------------------------------------------------
+def _calibrate(wrapper: nn.Module, spec: dict[str, Any], units: dict[str, _Unit], binary_inputs: set[str],
+               images: Sequence[np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Input range [min, max] over `images` of every 1-bit weight-only dense conv."""
+    targets = {name: u.module for name, u in units.items()
+               if u.signs is not None and name not in binary_inputs and u.module.groups == 1}
+    ranges: dict[str, list[float]] = {}
+    hooks = []
+    for name, module in targets.items():
+        def hook(mod: nn.Module, args: tuple[Tensor, ...], name: str = name) -> None:
+            lo, hi = float(args[0].min()), float(args[0].max())
+            old = ranges.setdefault(name, [lo, hi])
+            old[0], old[1] = min(old[0], lo), max(old[1], hi)
+        hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            for image in images:
+                wrapper(torch.from_numpy(runtime.canvas_batch([runtime.prepare(image, spec)], spec)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: (lo, hi) for name, (lo, hi) in ranges.items() if hi > lo}
+
+
+# -- graph surgery --------------------------------------------------------------------
+def _layer_convolutions(ov_model: Any) -> dict[str, list[Any]]:
+    """Convolution nodes by torch layer name (the PyTorch frontend names a traced conv
+    `__module.model.<layer>/aten::_convolution/Convolution`; a layer called twice appears twice)."""
+    found: dict[str, list[Any]] = {}
+    for node in ov_model.get_ordered_ops():
+        if node.get_type_name() not in ("Convolution", "GroupConvolution"):
+            continue
+        name = node.get_friendly_name()
+        if name.startswith("__module.model.") and "/aten::_convolution/" in name:
+            found.setdefault(name[len("__module.model."):].split("/aten::_convolution/")[0], []).append(node)
+    return found
+
+
+def _rewrite_convolutions(ov_model: Any, units: dict[str, _Unit], binary_inputs: set[str],
+                          ranges: dict[str, tuple[float, float]]) -> None:
+    convs = _layer_convolutions(ov_model)
+    for name in binary_inputs:
+        if name not in convs:
+            raise ExportError(f"binary-activation layer {name!r} was not found in the traced graph")
+    for name, nodes in convs.items():
+        unit = units.get(name)
+        for k, node in enumerate(nodes):
+            node_name = f"{LAYER_NODE_PREFIX}{name}#{k}"
+            node.set_friendly_name(node_name)
+            if unit is None or unit.signs is None or node.get_type_name() != "Convolution":
+                continue
+            if name in binary_inputs:
+                _to_binary_convolution(name, node_name, node, unit)
+            else:
+                _to_int8_weights(node, unit, ranges.get(name))
+
+
+def _constant(array: np.ndarray | np.generic) -> Any:
+    import openvino.opset13 as ops
+
+    return ops.constant(np.ascontiguousarray(array))
+
+
+def _to_int8_weights(node: Any, unit: _Unit, input_range: tuple[float, float] | None) -> None:
+    """weights <- Convert(i8 ±1) · scale; with an input range, an 8-bit FakeQuantize on the input."""
+    import openvino.opset13 as ops
+
+    assert unit.signs is not None and unit.scale is not None
+    signs = _constant(unit.signs.numpy().astype(np.int8))
+    scale = _constant(unit.scale.numpy().astype(np.float32).reshape(-1, 1, 1, 1))
+    weights = ops.multiply(ops.convert(signs, "f32"), scale)
+    node.input(1).replace_source_output(weights.output(0))
+    if input_range is not None:
+        lo, hi = (_constant(np.array(v, dtype=np.float32)) for v in input_range)
+        fq = ops.fake_quantize(node.input_value(0), lo, hi, lo, hi, 256)
+        node.input(0).replace_source_output(fq.output(0))
+
+
+def _to_binary_convolution(name: str, node_name: str, node: Any, unit: _Unit) -> None:
+    """Replace `conv(Convert(x > τ), scale·B)` by `(BinaryConvolution(FQ01(x; τ), B) + ΣB)·½·scale`."""
+    import openvino as ov
+    import openvino.opset1 as op1
+    import openvino.opset13 as ops
+
+    assert unit.signs is not None and unit.scale is not None
+    convert = node.input_value(0).get_node()
+    greater = convert.input_value(0).get_node() if convert.get_type_name() == "Convert" else None
+    if greater is None or greater.get_type_name() != "Greater":
+        raise ExportError(f"layer {name!r}: expected its input to be Convert(Greater(x, threshold)), found "
+                          f"{convert.get_type_name()}")
+    x = greater.input_value(0)
+    threshold = greater.input_value(1).get_node()
+    if threshold.get_type_name() != "Constant":
+        raise ExportError(f"layer {name!r}: the binarization threshold is not a constant")
+    conv = unit.module
+    if conv.in_channels % 8:
+        raise ExportError(f"layer {name!r}: {conv.in_channels} input channels; OpenVINO's 1-bit kernel "
+                          "needs a multiple of 8")
+    tau = threshold.get_data().astype(np.float32).reshape(1, -1, 1, 1)
+    t = _constant(tau)
+    fq = ops.fake_quantize(x, t, t, _constant(np.float32(0.0)), _constant(np.float32(1.0)), 2)
+    fq.set_friendly_name(f"{node_name}/binarize")
+    signs = unit.signs.numpy()
+    packed = ov.Tensor(ov.Type.u1, ov.Shape(list(signs.shape)))
+    packed.data[:] = np.packbits((signs > 0).reshape(-1), bitorder="little")
+    strides = list(node.get_attributes()["strides"])
+    pads_begin = list(node.get_attributes()["pads_begin"])
+    pads_end = list(node.get_attributes()["pads_end"])
+    dilations = list(node.get_attributes()["dilations"])
+    binary = op1.binary_convolution(fq, ov.op.Constant(packed), strides, pads_begin, pads_end, dilations,
+                                    "xnor-popcount", -1.0)
+    binary.set_friendly_name(node_name)
+    sum_signs = signs.reshape(signs.shape[0], -1).sum(axis=1).astype(np.float32).reshape(1, -1, 1, 1)
+    half_scale = (0.5 * unit.scale.numpy().astype(np.float32)).reshape(1, -1, 1, 1)
+    out = ops.multiply(ops.add(binary, _constant(sum_signs)), _constant(half_scale))
+    for target in list(node.output(0).get_target_inputs()):
+        target.replace_source_output(out.output(0))
+
+
+# -- what runs ------------------------------------------------------------------------
+def runtime_layer_precision(compiled: Any) -> dict[str, str]:
+    """How the compiled model runs each exported Conv2d: `binary_weights_activations` (a 1-bit
+    BinaryConvolution), `int8` (an int8 convolution) or `float`, read from the runtime graph
+    (`originalLayersNames` of every executed node holds the `flexbin:<layer>#<k>` names it
+    fused); a layer called several times counts as 1-bit only if every call is."""
+    found: dict[str, str] = {}
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        info = node.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind not in ("Convolution", "BinaryConvolution", "GroupConvolution", "Deconvolution"):
+            continue
+        precision = info["runtimePrecision"].astype(str)
+        for original in info["originalLayersNames"].astype(str).split(","):
+            if not original.startswith(LAYER_NODE_PREFIX) or original.endswith("/binarize"):
+                continue
+            layer = original[len(LAYER_NODE_PREFIX):].rsplit("#", 1)[0]
+            if kind == "BinaryConvolution" and precision == "u1":
+                runs_as = BINARY_WEIGHTS_ACTIVATIONS
+            elif precision in ("i8", "u8"):
+                runs_as = INT8
+            else:
+                runs_as = FLOAT
+            # the least reduced precision of its calls: a fallback anywhere must show
+            order = (BINARY_WEIGHTS_ACTIVATIONS, INT8, FLOAT)
+            found[layer] = max(found.get(layer, runs_as), runs_as, key=order.index)
+    return found
+
+
+def measure_latency(export: OpenVinoExport, *, threads: int = 1, budget_s: float = 1.0) -> tuple[float, dict[str, str]]:
+    """(median forward ms of the exported model at its static input shape on this CPU with
+    `threads` threads, runtime precision per layer). About budget_s + a compile."""
+    detector = export.detector(threads=threads)
+    compiled = detector.compiled(export.spec["input"]["shape"])
+    canvas = np.random.default_rng(0).random(export.spec["input"]["shape"], dtype=np.float32)
+    request = compiled.create_infer_request()
+    latency = runtime.median_forward_ms(lambda: request.infer([canvas]), budget_s=budget_s)
+    return latency, runtime_layer_precision(compiled)
+
+
+def layer_report(export: OpenVinoExport, runs_as: dict[str, str] | None) -> dict[str, dict[str, str | None]]:
+    """`{layer: {"precision": what the checkpoint holds, "runs_as": what the compiled model runs}}`."""
+    runs_as = runs_as or {}
+    return {name: {"precision": precision, "runs_as": runs_as.get(name)} for name, precision in export.layers.items()}
+
+
+def readme(card: dict[str, Any]) -> str:
+    spec = card["export"]
+    source = spec["input"]
+    lines = [
+        f"FlexBin detector ({card['architecture']}) exported to OpenVINO IR (format {spec['format']}).",
+        "",
+        "Files: model.xml + model.bin (the IR), card.json (model card; its 'export' section describes",
+        f"input, outputs and post-processing), {RUNTIME_FILENAME} (numpy + Pillow + openvino only).",
+        "",
+        f"Run it:  pip install openvino numpy pillow && python {RUNTIME_FILENAME} . image.jpg",
+        "",
+        f"Input '{source['name']}': float32 {source['shape']} (N, 3, H, W), RGB in [0, 1].",
+        f"  resize: {source['resize']} to {source['size']} px (bilinear, half-pixel centres, no antialiasing);",
+        f"  canvas: {source['canvas']} (pad bottom/right with {source['pad_value']}); the graph normalises.",
+        f"  batch: {'any (reshape the model)' if source.get('max_batch') is None else source['max_batch']}.",
+        f"Outputs: {', '.join(spec['outputs'])}; post-processing '{spec['postprocess']['kind']}': see the",
+        f"docstring at the top of {RUNTIME_FILENAME}.",
+        "",
+        "Layers (float / binary_weights: int8-exact +-1 weights x scale / binary_weights_activations:",
+        "1-bit BinaryConvolution):",
+        *[f"  {name}: {precision}" for name, precision in spec["layers"].items()],
+        "",
+        "Compile with INFERENCE_PRECISION_HINT=f32 for results equal to FlexBin's PyTorch model.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+__all__: list[str] = [
+    "BINARY_WEIGHTS", "BINARY_WEIGHTS_ACTIVATIONS", "FLOAT", "INT8", "ExportError", "OpenVinoExport",
+    "export_checkpoint", "export_openvino", "layer_report", "measure_latency", "runtime_layer_precision",
+]

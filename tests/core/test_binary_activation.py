@@ -1,0 +1,140 @@
+"""Binary input activations (core.binary.activation): forward values, the clipped STE, the
+thresholds in checkpoints and resume states, and which layers may take binary inputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from core.binary import (
+    BinaryActivation,
+    activation_quantizer_from_config,
+    activation_quantizers,
+    binarize_input,
+    binarize_module,
+    binary_activation,
+    has_binary_input,
+    supports_binary_input,
+)
+from core.checkpoint import (
+    CheckpointError,
+    ModelCard,
+    load_state,
+    pack_checkpoint,
+    save_state,
+    unpack_checkpoint,
+)
+
+CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 64, "width": 8}
+
+
+def test_forward_is_a_per_channel_heaviside_with_ties_at_zero() -> None:
+    x = torch.tensor([[[[-1.0, 0.0]], [[0.5, 2.0]]]])  # [1, 2, 1, 2]
+    threshold = torch.tensor([0.0, 0.5])
+    out = binary_activation(x, threshold)
+    # channel 0: x > 0; channel 1: x > 0.5 (x == τ gives 0, as OpenVINO's `x > threshold`)
+    assert out.tolist() == [[[[0.0, 0.0]], [[0.0, 1.0]]]]
+
+
+def test_straight_through_gradient_is_clipped_and_reaches_the_threshold() -> None:
+    x = torch.tensor([[[[-2.0, -0.5, 0.5, 3.0]]]], requires_grad=True)  # [1, 1, 1, 4]
+    threshold = torch.zeros(1, requires_grad=True)
+    (binary_activation(x, threshold) * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    # ½·1{|x - τ| ≤ 1}: only the two inner positions pass gradient
+    assert x.grad.flatten().tolist() == [0.0, 1.0, 1.5, 0.0]
+    assert threshold.grad.tolist() == [-2.5]
+
+
+def test_shapes_are_checked() -> None:
+    with pytest.raises(ValueError, match="threshold must be"):
+        binary_activation(torch.zeros(1, 3, 4, 4), torch.zeros(4))
+    with pytest.raises(ValueError, match="channels"):
+        BinaryActivation(0)
+
+
+def test_config_round_trip_and_unknown_names() -> None:
+    quantizer = BinaryActivation(16)
+    assert quantizer.to_config() == {"name": "rsign", "channels": 16} and quantizer.kind == "activation"
+    again = activation_quantizer_from_config(json.loads(json.dumps(quantizer.to_config())))
+    assert again.threshold.shape == (16,)
+    with pytest.raises(ValueError, match="not an input binarizer"):
+        activation_quantizer_from_config({"name": "sign"})
+    with pytest.raises(ValueError, match="unknown quantizer"):
+        activation_quantizer_from_config({"name": "nope", "channels": 16})
+
+
+def test_only_dense_convs_with_a_multiple_of_8_inputs_take_binary_inputs() -> None:
+    assert supports_binary_input(nn.Conv2d(16, 8, 3, padding=1))
+    assert not supports_binary_input(nn.Conv2d(12, 8, 3))  # OpenVINO's 1-bit kernel packs 8 channels a byte
+    assert not supports_binary_input(nn.Conv2d(16, 16, 3, groups=16))
+    assert not supports_binary_input(nn.Linear(16, 4))
+    with pytest.raises(ValueError, match="cannot take binary inputs"):
+        binarize_input(nn.Conv2d(3, 8, 3))
+
+
+def test_a_conv_with_binary_inputs_sees_only_zeros_and_ones() -> None:
+    conv = nn.Conv2d(8, 1, 1, bias=False)
+    nn.init.ones_(conv.weight)
+    binarize_input(conv)
+    x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(conv(x), (x > 0).float().sum(dim=1, keepdim=True))
+    assert has_binary_input(conv) and "input_binarizer.threshold" in conv.state_dict()
+    with pytest.raises(ValueError, match="already"):
+        binarize_input(conv)
+
+
+def _model_with_binary_inputs() -> tuple[nn.Module, ModelCard]:
+    torch.manual_seed(0)
+    card = ModelCard.model_validate(CARD)
+    model = card.build().eval()
+    for name in ("features.6.0", "neck.0"):
+        layer = dict(model.named_modules())[name]
+        binarize_module(layer, 1)
+        binarize_input(layer)
+        with torch.no_grad():
+            layer.input_binarizer.threshold.uniform_(0.0, 0.2)
+    return model, card
+
+
+def test_checkpoints_store_the_thresholds_and_name_the_layers() -> None:
+    model, card = _model_with_binary_inputs()
+    served, served_card = unpack_checkpoint(pack_checkpoint(model, card))
+    assert set(served_card.activation_quantizers) == {"features.6.0", "neck.0"}
+    assert served_card.activation_quantizers["neck.0"] == {"name": "rsign", "channels": 64}
+    assert activation_quantizers(served) == served_card.activation_quantizers
+    original = dict(model.named_modules())["neck.0"].input_binarizer.threshold
+    assert torch.equal(dict(served.named_modules())["neck.0"].input_binarizer.threshold, original)
+    image = [torch.rand(3, 64, 48, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        assert torch.allclose(model(image)[0]["scores"], served(image)[0]["scores"], atol=1e-6)
+
+
+def test_resume_states_keep_binary_inputs() -> None:
+    model, card = _model_with_binary_inputs()
+    resumed = load_state(card, save_state(model))
+    assert activation_quantizers(resumed) == activation_quantizers(model)
+    assert torch.equal(resumed.state_dict()["neck.0.input_binarizer.threshold"],
+                       model.state_dict()["neck.0.input_binarizer.threshold"])
+
+
+def test_weights_only_checkpoints_are_unchanged() -> None:
+    torch.manual_seed(0)
+    card = ModelCard.model_validate(CARD)
+    model = card.build().eval()
+    binarize_module(model.neck[0], 1)
+    _, served_card = unpack_checkpoint(pack_checkpoint(model, card))
+    assert served_card.activation_quantizers == {}
+    restored = load_state(card, save_state(model))
+    assert not any(has_binary_input(m) for m in restored.modules())
+
+
+def test_a_card_naming_an_unknown_layer_is_refused() -> None:
+    model, card = _model_with_binary_inputs()
+    data = pack_checkpoint(model, card)
+    size = int.from_bytes(data[:8], "little")
+    header = data[8:8 + size].replace(b"features.6.0\\\": {", b"features.9.9\\\": {")
+    assert header != data[8:8 + size]
+    with pytest.raises(CheckpointError, match="unknown layer 'features.9.9'"):
+        unpack_checkpoint(data[:8] + header + data[8 + size:])

@@ -1,0 +1,118 @@
+"""Export to OpenVINO IR (core.export.openvino): the 1-bit kernel really runs, and the IR
+computes what the PyTorch model computes.
+
+What makes OpenVINO produce and run `BinaryConvolution` (and what makes it fall back or go
+wrong) is written down in core/export/openvino.py's module docstring; these tests pin the
+parts FlexBin relies on.
+"""
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.binary import binarize_input, binarize_module
+from core.checkpoint import ModelCard, pack_checkpoint, unpack_checkpoint
+from core.export.openvino import (
+    BINARY_WEIGHTS,
+    BINARY_WEIGHTS_ACTIVATIONS,
+    FLOAT,
+    LAYER_NODE_PREFIX,
+    export_checkpoint,
+    runtime_layer_precision,
+)
+
+CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 64, "width": 8}
+
+
+def _random_batchnorm(model: nn.Module, seed: int) -> None:
+    """Non-trivial BatchNorm statistics, so folding them is tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+
+
+def binarized_pednet(weights_only: tuple[str, ...] = (), with_inputs: tuple[str, ...] = ()) -> bytes:
+    torch.manual_seed(0)
+    card = ModelCard.model_validate(CARD)
+    model = card.build().eval()
+    _random_batchnorm(model, 1)
+    modules = dict(model.named_modules())
+    for name in weights_only + with_inputs:
+        binarize_module(modules[name], 1)
+    for name in with_inputs:
+        binarize_input(modules[name])
+        with torch.no_grad():
+            modules[name].input_binarizer.threshold.uniform_(0.0, 0.3)
+    return pack_checkpoint(model, card)
+
+
+def torch_heads(model: nn.Module, canvas: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """What the exported PedNet graph computes, in PyTorch: normalise, network, peak-masked heatmap."""
+    with torch.no_grad():
+        logits, regression = model._heads((canvas - model.mean) / model.std)
+        heat = logits.sigmoid()
+        peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
+    return peaks.numpy(), regression.numpy()
+
+
+def test_a_binary_activation_layer_runs_as_a_1bit_convolution() -> None:
+    """The proof: one conv with binary weights and inputs, exported and compiled on the CPU, is a
+    BinaryConvolution executed in u1 (a float fallback fails this), and the model's outputs equal
+    the PyTorch forward pass."""
+    data = binarized_pednet(with_inputs=("features.6.0",))
+    export = export_checkpoint(data)
+    compiled = ov.Core().compile_model(export.model, "CPU", {"INFERENCE_NUM_THREADS": 1,
+                                                             "INFERENCE_PRECISION_HINT": "f32"})
+    runtime_nodes = {}
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        info = {k: v.astype(str) for k, v in node.get_rt_info().items()}
+        for original in info["originalLayersNames"].split(","):
+            if original == LAYER_NODE_PREFIX + "features.6.0#0":
+                runtime_nodes[info["layerType"]] = info["runtimePrecision"]
+    assert runtime_nodes == {"BinaryConvolution": "u1"}
+    assert runtime_layer_precision(compiled)["features.6.0"] == BINARY_WEIGHTS_ACTIVATIONS
+
+    model, _ = unpack_checkpoint(data)
+    canvas = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    heat, regression = torch_heads(model, canvas)
+    result = compiled(canvas.numpy())
+    assert np.allclose(result["heatmap"], heat, atol=1e-5)
+    assert np.allclose(result["regression"], regression, atol=1e-4)
+
+
+def test_every_binary_activation_layer_is_1bit_and_binary_weights_are_int8_exact() -> None:
+    inputs = ("features.5.0", "features.6.0", "features.7.0", "neck.0")
+    data = binarized_pednet(weights_only=("features.3.0", "features.4.0"), with_inputs=inputs)
+    export = export_checkpoint(data)
+    assert {n for n, p in export.layers.items() if p == BINARY_WEIGHTS_ACTIVATIONS} == set(inputs)
+    assert {n for n, p in export.layers.items() if p == BINARY_WEIGHTS} == {"features.3.0", "features.4.0"}
+    assert export.layers["features.0.0"] == FLOAT
+    # int8 ±1 weights and u1 packed signs in the IR, not float copies
+    constants = {n.get_element_type() for n in export.model.get_ordered_ops() if n.get_type_name() == "Constant"}
+    assert {ov.Type.i8, ov.Type.u1} <= constants
+
+    detector = export.detector()
+    compiled = detector.compiled([2, 3, 64, 48])  # reshaped: batch of 2, a 64 x 48 canvas
+    runs_as = runtime_layer_precision(compiled)
+    assert {n for n, p in runs_as.items() if p == BINARY_WEIGHTS_ACTIVATIONS} == set(inputs)
+    model, _ = unpack_checkpoint(data)
+    canvas = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(3))
+    heat, regression = torch_heads(model, canvas)
+    result = detector.infer(canvas.numpy())
+    assert np.allclose(result["heatmap"], heat, atol=1e-5)
+    assert np.allclose(result["regression"], regression, atol=1e-4)
+
+
+def test_unsupported_binary_inputs_are_refused_at_training_time() -> None:
+    model = ModelCard.model_validate({**CARD, "width": 4}).build()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        binarize_input(model.features[1][0])  # 4 input channels

@@ -1,0 +1,89 @@
+"""Parity: an exported checkpoint detects what the PyTorch model it came from detects.
+
+A small PedNet is trained for a few hundred iterations on the Penn-Fudan training split (enough
+for real, non-trivial detections), then exported as a float checkpoint, a binary-weight one and a
+binary-weight + binary-activation one (each fine-tuned briefly after binarizing). On the
+validation images, run in batches of 8 as `core.train.evaluate_model` runs them (so both see
+the same padded canvases), OpenVINO's detections must match PyTorch's box for box and MR^-2 must
+agree within 0.005.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from core.binary import binarize_input, binarize_module
+from core.checkpoint import ModelCard, pack_checkpoint, unpack_checkpoint
+from core.data import read_pennfudan, split_records
+from core.export.openvino import (
+    BINARY_WEIGHTS_ACTIVATIONS,
+    export_checkpoint,
+    runtime_layer_precision,
+)
+from core.metrics import evaluate_detections
+from core.paths import default_data_dir
+from core.train import ImageCache, predict, train_detector
+
+CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 128, "width": 8}
+DEEP_LAYERS = ("features.5.0", "features.6.0", "features.7.0", "neck.0")
+VAL_IMAGES = 24
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    torch.manual_seed(0)
+    train, val = split_records(read_pennfudan(default_data_dir()))
+    cache = ImageCache()
+    card = ModelCard.model_validate(CARD)
+    model = card.build()
+    train_detector(model, train, iterations=300, batch_size=8, learning_rate=3e-3, seed=0, warmup=20, cache=cache)
+    return {"card": card, "model": model.eval(), "train": train, "val": val[:VAL_IMAGES], "cache": cache}
+
+
+def _checkpoint(data: dict, kind: str) -> bytes:
+    model = copy.deepcopy(data["model"])
+    if kind != "float":
+        modules = dict(model.named_modules())
+        for name in DEEP_LAYERS:
+            binarize_module(modules[name], 1)
+            if kind == "binary_activations":
+                binarize_input(modules[name])
+        train_detector(model, data["train"], iterations=40, batch_size=8, learning_rate=1e-3, seed=1,
+                       cache=data["cache"])
+    return pack_checkpoint(model.eval(), data["card"])
+
+
+@pytest.mark.parametrize("kind", ["float", "binary_weights", "binary_activations"])
+def test_exported_checkpoints_detect_what_torch_detects(data: dict, kind: str) -> None:
+    packed = _checkpoint(data, kind)
+    served, _ = unpack_checkpoint(packed)
+    images = [data["cache"].image(r) for r in data["val"]]
+    truth = [r.boxes for r in data["val"]]
+    torch.set_num_threads(1)
+    torch_preds = predict(served, images, batch_size=8)
+
+    export = export_checkpoint(packed)
+    detector = export.detector(threads=1)
+    ov_preds = []
+    for start in range(0, len(images), 8):  # evaluate_model's batches: the same canvases
+        chunk = [im.numpy() for im in images[start:start + 8]]
+        ov_preds += [{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)}
+                     for d in detector.detect(chunk, together=True)]
+
+    torch_metrics = evaluate_detections(torch_preds, truth)
+    ov_metrics = evaluate_detections(ov_preds, truth)
+    assert torch_metrics.miss_rate < 0.95, "the model must detect something for this test to mean anything"
+    assert abs(ov_metrics.miss_rate - torch_metrics.miss_rate) <= 0.005
+    assert abs(ov_metrics.ap50 - torch_metrics.ap50) <= 0.005
+    for t, o in zip(torch_preds, ov_preds, strict=True):
+        confident = t["scores"] > 0.05  # the detections anyone looks at: box for box
+        n = int(confident.sum())
+        assert np.allclose(o["scores"][:n].numpy(), t["scores"][:n].numpy(), atol=2e-3)
+        assert np.allclose(o["boxes"][:n].numpy(), t["boxes"][:n].numpy(), atol=0.5)
+
+    if kind == "binary_activations":
+        runs_as = runtime_layer_precision(detector.compiled([1, 3, 128, 128]))
+        assert {n for n, p in runs_as.items() if p == BINARY_WEIGHTS_ACTIVATIONS} == set(DEEP_LAYERS)

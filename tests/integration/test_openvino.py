@@ -1,0 +1,115 @@
+"""OpenVINO end to end: a job with binary activations, its per-step latency and layer precision
+in the API, the `?format=openvino` download (a zip plain OpenVINO compiles and runs), and
+/detect served by the OpenVINO backend."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import zipfile
+
+import httpx
+import numpy as np
+import pytest
+
+from core.paths import default_data_dir
+from tests.integration.factories import run_tiny_job, upload_tiny
+
+WORKER_ENV = {"FLEXBIN_EXPORT_OPENVINO": "true"}  # checkpoints with an OpenVINO IR: /detect serves them on OpenVINO
+
+
+@pytest.fixture(scope="module")
+def binary_job(api_url: str, worker) -> dict:
+    from tests.integration.conftest import KEYS
+
+    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {KEYS['alpha']}"}, timeout=120) as c:
+        return run_tiny_job(c, {"target": {"min_compression_ratio": 1.5}, "finetune_iters": 2, "batch_size": 2,
+                                "activation_bits": 1, "min_layer_params": 0, "seed": 3})
+
+
+def test_steps_and_checkpoints_carry_latency_and_layer_precision(client: httpx.Client, binary_job: dict) -> None:
+    steps = binary_job["steps"]
+    assert binary_job["config"]["activation_bits"] == 1
+    assert all(s["latency_ms"] is not None and s["latency_ms"] > 0 for s in steps)
+    last = client.get(f"/checkpoints/{steps[-1]['checkpoint_id']}").json()
+    assert last["latency_ms"] == pytest.approx(steps[-1]["latency_ms"])
+    assert last["serving_backend"] == "openvino" and last["openvino"] is True
+    binary = {n for n, p in last["layer_precision"].items() if p["precision"] == "binary_weights_activations"}
+    assert binary and binary <= set(last["binary_layers"])
+    # every layer the checkpoint holds as 1-bit weights + activations runs as a 1-bit convolution
+    assert all(last["layer_precision"][n]["runs_as"] == "binary_weights_activations" for n in binary)
+    assert client.get(f"/checkpoints/{steps[0]['checkpoint_id']}").json()["layer_precision"]["heatmap"] == \
+        {"precision": "float", "runs_as": "float"}
+
+
+def test_the_openvino_download_runs_with_plain_openvino(client: httpx.Client, binary_job: dict,
+                                                        other_client: httpx.Client) -> None:
+    import openvino as ov
+
+    checkpoint_id = binary_job["selected_checkpoint_id"]
+    r = client.get(f"/checkpoints/{checkpoint_id}/download", params={"format": "openvino"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+    assert "openvino.zip" in r.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        assert {"model.xml", "model.bin", "card.json", "README.txt", "flexbin_detect.py"} <= set(zf.namelist())
+        xml, weights, card = zf.read("model.xml"), zf.read("model.bin"), json.loads(zf.read("card.json"))
+    core = ov.Core()
+    model = core.read_model(model=xml, weights=weights)
+    compiled = core.compile_model(model, "CPU")
+    shape = card["export"]["input"]["shape"]
+    outputs = compiled(np.zeros(shape, dtype=np.float32))
+    assert {o.get_any_name() for o in outputs} == set(card["export"]["outputs"])
+    # the default download is still the packed safetensors checkpoint
+    assert client.get(f"/checkpoints/{checkpoint_id}/download").content[:8] != b"PK\x03\x04"
+    r = client.get(f"/checkpoints/{checkpoint_id}/download", params={"format": "onnx"})
+    assert r.status_code == 422 and r.json()["detail"].startswith("format:")
+    assert other_client.get(f"/checkpoints/{checkpoint_id}/download", params={"format": "openvino"}).status_code == 404
+
+
+def test_the_zip_script_runs_without_flexbin(client: httpx.Client, binary_job: dict, tmp_path) -> None:
+    import subprocess
+
+    checkpoint_id = binary_job["selected_checkpoint_id"]
+    r = client.get(f"/checkpoints/{checkpoint_id}/download", params={"format": "openvino"})
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        zf.extractall(tmp_path)
+    image = default_data_dir() / "PNGImages" / "FudanPed00001.png"
+    # -I: isolated (no cwd or repo on sys.path): the script cannot import FlexBin
+    out = subprocess.run([sys.executable, "-I", str(tmp_path / "flexbin_detect.py"), str(tmp_path), str(image)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    (result,) = json.loads(out.stdout)
+    assert (result["width"], result["height"]) == (559, 536)
+    assert all(len(d["box"]) == 4 for d in result["detections"])
+
+
+def test_detect_runs_the_openvino_export(client: httpx.Client, binary_job: dict) -> None:
+    image = (default_data_dir() / "PNGImages" / "FudanPed00001.png").read_bytes()
+    r = client.post("/detect", files={"images": ("a.png", image, "image/png")},
+                    data={"checkpoint_id": binary_job["selected_checkpoint_id"], "score_threshold": "0"})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["width"] == 559
+
+
+@pytest.mark.parametrize("body, field", [({"activation_bits": 8}, "activation_bits"),
+                                         ({"activation_bits": 0}, "activation_bits"),
+                                         ({"activation_bits": 1, "bits": 2}, "activation_bits 1 needs bits 1")])
+def test_bad_activation_bits_answer_422(client: httpx.Client, body: dict, field: str) -> None:
+    ids = upload_tiny(client, 4)
+    r = client.post("/jobs", json={**ids, "target": {"min_compression_ratio": 2.0}, **body})
+    assert r.status_code == 422 and field in r.json()["detail"], r.text
+
+
+def test_a_checkpoint_without_a_stored_ir_is_exported_on_download(client: httpx.Client, binary_job: dict,
+                                                                   database_url: str) -> None:
+    """Checkpoints made before exports existed (no IR row): the download exports and keeps one."""
+    from core.store import Checkpoint, get_sessionmaker
+
+    checkpoint_id = binary_job["steps"][0]["checkpoint_id"]
+    with get_sessionmaker(database_url)() as s:
+        s.get(Checkpoint, checkpoint_id).openvino_blob_id = None
+        s.commit()
+    before = client.get(f"/checkpoints/{checkpoint_id}").json()
+    assert before["openvino"] is False and before["serving_backend"] == "torch"
+    r = client.get(f"/checkpoints/{checkpoint_id}/download", params={"format": "openvino"})
+    assert r.status_code == 200 and r.content[:4] == b"PK\x03\x04"
+    assert client.get(f"/checkpoints/{checkpoint_id}").json()["openvino"] is True
