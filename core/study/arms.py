@@ -276,7 +276,9 @@ def run_arm(design: StudyDesign, arm: str, float_model: nn.Module, card: ModelCa
             evaluate(f"step{outcome.index}", served_of(outcome), outcome.binary_layers,
                      outcome.compression_ratio, outcome.index * config.finetune_iters, at_bin)
 
-        run(float_model, card, train_records, eval_records, chain, on_step=on_step, device=device)
+        # (no OpenVINO export per step: the study compares miss rates, not latency)
+        run(float_model, card, train_records, eval_records, chain, on_step=on_step, device=device,
+            export_openvino=False)
         for step, k in wanted.items():
             net = load_state(card, steps[step].state)
             consolidate(net, train_records, config, num_binary_layers=k, cache=cache, device=device)
@@ -288,7 +290,8 @@ def run_arm(design: StudyDesign, arm: str, float_model: nn.Module, card: ModelCa
         for k in wanted.values():
             baseline = pipeline_config(design, arm, learning_rate=learning_rate, seed=seed, num_layers=k)
             outcomes: list[StepOutcome] = []
-            run(float_model, card, train_records, eval_records, baseline, on_step=outcomes.append, device=device)
+            run(float_model, card, train_records, eval_records, baseline, on_step=outcomes.append, device=device,
+                export_openvino=False)
             last = outcomes[-1]
             at_bin = errors(binarized(float_model, last.binary_layers)) if at_binarization_measurable else {}
             evaluate(f"consolidated{k}", served_of(last), last.binary_layers, last.compression_ratio,
