@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from core.paths import default_data_dir
-from tests.integration.factories import run_tiny_job, upload_tiny
+from testkit.factories import run_tiny_job, upload_tiny
 
 WORKER_ENV = {"FLEXBIN_EXPORT_OPENVINO": "true"}  # checkpoints with an OpenVINO IR: /detect serves them on OpenVINO
 
