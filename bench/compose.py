@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import RESULTS, ROOT, dataset_zip, git_commit, machine, tiny_model
 from core.paths import default_data_dir
+from testkit.stack import wait_until
 
 PROJECT = "flexbin-check"
 RESTORE_PROJECT = "flexbin-check-restore"
@@ -57,14 +58,8 @@ class CheckFailed(AssertionError):
     pass
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise CheckFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    return wait_until(predicate, timeout, what, interval=0.5, error=CheckFailed)
 
 
 def sha256(data: bytes) -> str:

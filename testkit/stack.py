@@ -135,14 +135,16 @@ def service_environment(database_url: str, broker_url: str) -> dict[str, str]:
     return env
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2,
+               error: type[Exception] = AssertionError) -> object:
+    """Poll `predicate` until it returns something truthy (returned); `error` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise error(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def start_api_process(name: str, env: dict[str, str], log_dir: Path, timeout: float = 90) -> tuple[Proc, str]:
