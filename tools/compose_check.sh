@@ -8,7 +8,7 @@
 # What it sets up, each step only when missing:
 # 1. Tools: Debian's docker.io (dockerd 20.10) and debootstrap; Compose v2 (`docker compose`)
 #    and buildx from Debian trixie's docker-compose and docker-buildx packages (bookworm has
-#    only the Python Compose 1), fetched from the Debian mirror this machine's apt already uses.
+#    only the Python Compose 1), fetched from the Debian mirror this machine's apt already uses (tools/install_compose.sh).
 # 2. dockerd with --bridge=none --iptables=false (no bridge, no NAT: every container uses the
 #    host's network and every server of the check listens on 127.0.0.1); stopped at the end if
 #    this script started it.
@@ -70,25 +70,7 @@ install_tools() {
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
-  local plugins=()
-  docker compose version >/dev/null 2>&1 || plugins+=(docker-compose)
-  docker buildx version >/dev/null 2>&1 || plugins+=(docker-buildx)
-  if [ ${#plugins[@]} -gt 0 ]; then
-    # Compose v2 and buildx (BuildKit builds) from trixie: static Go binaries needing only
-    # libc6 >= 2.34, downloaded with a private apt state so this machine's sources stay as
-    # they are, then installed by dpkg.
-    say "installing ${plugins[*]} from Debian trixie"
-    local apt_dir="$CHECK_DIR/apt-trixie"
-    mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/debs"
-    chown _apt "$apt_dir/debs" 2>/dev/null || true  # apt downloads as _apt
-    echo "deb $(debian_mirror) trixie main" > "$apt_dir/sources.list"
-    local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
-                -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
-    apt-get "${opts[@]}" update -q
-    (cd "$apt_dir/debs" && rm -f ./*.deb && apt-get "${opts[@]}" download "${plugins[@]}")
-    dpkg -i "$apt_dir"/debs/*.deb
-  fi
-  docker compose version
+  FLEXBIN_APT_DIR="$CHECK_DIR/apt-trixie" tools/install_compose.sh
 }
 
 start_dockerd() {
