@@ -10,7 +10,8 @@ Celery workers (`python -m worker.main`). Submits the same batch of small jobs (
 PedNet on a few Penn-Fudan images) at once to 1 and then 2 workers, and reports queue wait
 (created -> claimed by a worker), per-step time and jobs per hour; then 20 concurrent
 pollers hit `GET /jobs/{id}` on loopback for a bounded time. Writes bench/results/jobs.json
-and jobs.md.
+and jobs.md (`--no-openvino-export`: jobs_no_export.*, steps without the OpenVINO export and
+timing that every step has done since issue 11: the service as it was before).
 """
 from __future__ import annotations
 
@@ -127,9 +128,9 @@ def poll_latency(url: str, job_id: str, pollers: int, seconds: float, max_reques
     }
 
 
-def write_results(result: dict[str, Any]) -> None:
+def write_results(result: dict[str, Any], name: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "jobs.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Job service benchmark (`bench/jobs.py`)", "",
         f"{result['machine']}. PostgreSQL + Redis on loopback; each job: {result['job']['description']}.", "",
@@ -152,7 +153,7 @@ def write_results(result: dict[str, Any]) -> None:
         "(With 2 torch threads per worker on these small jobs, one worker ran steps about 8x slower "
         "than with 1: OpenMP threads contend with the API and PostgreSQL for the 2 cores.)"), "",
     ]
-    (RESULTS / "jobs.md").write_text("\n".join(lines))
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
 
 
 def main() -> None:
@@ -161,7 +162,11 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per worker (0: cores / workers); small jobs run best on 1")
+    parser.add_argument("--no-openvino-export", action="store_true",
+                        help="FLEXBIN_EXPORT_OPENVINO=false: steps without the IR export and its timing")
     args = parser.parse_args()
+    export = not args.no_openvino_export
+    name = "jobs" if export else "jobs_no_export"
     jobs = args.jobs or (2 if args.quick else 6)
     finetune_iters = 2 if args.quick else 10
     images = 8 if args.quick else 12
@@ -170,7 +175,7 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="flexbin-bench-"))
     with (fresh_database(f"flexbin_bench_{os.getpid()}") as db_url,
           fresh_redis_db(1 + os.getpid() % 15) as broker_url):
-        env = service_env(db_url, broker_url)
+        env = service_env(db_url, broker_url, FLEXBIN_EXPORT_OPENVINO=str(export).lower())
         api, url = start_api(env, log_dir)
         try:
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as client:
@@ -197,14 +202,16 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"Python {platform.python_version()}",
         "quick": args.quick,
+        "openvino_export": export,
         "job": {"description": f"PedNet width 8 at 128 px, {images} Penn-Fudan images, target ratio 4, "
-                               f"{finetune_iters} fine-tuning iterations per step, batch 4",
+                               f"{finetune_iters} fine-tuning iterations per step, batch 4, "
+                               f"OpenVINO export of every step {'on' if export else 'off'}",
                 "body": {k: v for k, v in body.items() if not k.endswith("_id")}},
         "throughput": throughput,
         "latency": latency,
     }
-    write_results(result)
-    print(f"wrote {RESULTS / 'jobs.json'} and {RESULTS / 'jobs.md'} (logs in {log_dir})")
+    write_results(result, name)
+    print(f"wrote {RESULTS / name}.json and .md (logs in {log_dir})")
 
 
 if __name__ == "__main__":
