@@ -236,12 +236,13 @@ def store_variants(db_url: str, model_id: str, dataset_id: str, variants: dict[s
     """A finished job with one checkpoint row per variant (its packed file and, for OpenVINO
     variants, the IR zip the backend serves)."""
     from core.config import PipelineConfig, Target
-    from core.store import Checkpoint, Job, Model, put_blob, session_scope
+    from core.store import Checkpoint, DetectorModel, Job, put_blob, session_scope
+    from core.store.jobs import JobStatus
 
     ids = {}
     with session_scope(db_url) as s:
-        model = s.get(Model, model_id)
-        job = Job(tenant_id=model.tenant_id, model_id=model_id, dataset_id=dataset_id, status="succeeded",
+        model = s.get(DetectorModel, model_id)
+        job = Job(tenant_id=model.tenant_id, model_id=model_id, dataset_id=dataset_id, status=JobStatus.SUCCEEDED,
                   config=PipelineConfig(target=Target(max_miss_rate_increase=BUDGET)).model_dump(mode="json"))
         s.add(job)
         s.flush()
