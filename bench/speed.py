@@ -447,13 +447,12 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     acts, flt, i8, tf = (rows[k] for k in ("ov_binary_activations", "ov_float", "ov_int8", "torch_float"))
     every = rows["ov_binary_activations_all"]
     layers = acts.get("layers", {})
-    binary = [n for n, p in layers.items() if p["runs_as"] == "binary_weights_activations"]
 
     def one_bit(variant: dict[str, Any]) -> int:
         return sum(p["runs_as"] == "binary_weights_activations" for p in variant.get("layers", {}).values())
 
     speed = acts["forward_ms_1t"] / flt["forward_ms_1t"]
-    why_speed = (f"{len(binary)} of {len(layers)} layers run 1-bit in the selected checkpoint; layout conversions "
+    why_speed = (f"{one_bit(acts)} of {len(layers)} layers run 1-bit in the selected checkpoint; layout conversions "
                  f"(Reorder) take {acts.get('reorder_share', 0):.0%} of its forward time; the job's last step "
                  f"({one_bit(every)} layers 1-bit): {every['forward_ms_1t'] / flt['forward_ms_1t']:.2f}x float at MR^-2 {every['miss_rate']}")
     detect = tf["detect_p50_ms"] / acts["detect_p50_ms"] if acts.get("detect_p50_ms") else float("nan")
