@@ -66,6 +66,7 @@ from core.binary import (
 from core.binary.activation import INPUT_BINARIZER
 from core.checkpoint import ModelCard, unpack_checkpoint
 from core.export import runtime
+from core.models.adas import PedestrianAdas
 from core.models.pednet import STRIDE, PedNet
 
 log = logging.getLogger(__name__)
@@ -288,9 +289,33 @@ class _DetectorExport(nn.Module):
         return out["boxes"], out["scores"], out["labels"]
 
 
+class _AdasExport(nn.Module):
+    """pedestrian_adas_0002 on an image already resized to its input (as Intel's IR takes it):
+    the resize stays out of the graph, where it cost half of the forward at 192x336."""
+
+    def __init__(self, model: PedestrianAdas) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = self.model.detect_resized(image)[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
 def _adapter(model: nn.Module, card: ModelCard) -> tuple[nn.Module, dict[str, Any]]:
     """The module to trace and the `export` spec of its input, outputs and post-processing."""
     size = card.input_size
+    if isinstance(model, PedestrianAdas):
+        h, w = model.input_height, model.input_width
+        spec = {
+            "format": EXPORT_FORMAT,
+            "input": {"name": INPUT_NAME, "shape": [1, 3, h, w], "layout": "NCHW", "range": [0.0, 1.0],
+                      "color": "RGB", "resize": "stretch", "antialias": True, "size": max(h, w), "height": h,
+                      "width": w, "canvas": "fixed", "pad_value": list(GENERIC_PAD_VALUE), "max_batch": 1},
+            "outputs": ["boxes", "scores", "labels"],
+            "postprocess": {"kind": "detections"},
+        }
+        return _AdasExport(model).eval(), spec
     if isinstance(model, PedNet):
         spec = {
             "format": EXPORT_FORMAT,

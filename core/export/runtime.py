@@ -12,7 +12,10 @@ The zip's `card.json` has an `export` section that says how to feed the model:
 - input `image`: float32 [N, 3, H, W], RGB in [0, 1] (NCHW); the file's static shape is
   [1, 3, S, S]. `resize: "longer_side"`: each image is resized (bilinear, half-pixel centres, no
   antialiasing: what `torch.nn.functional.interpolate(..., mode="bilinear", align_corners=False)`
-  does) so its longer side is S; `resize: "stretch"`: to S x S. The images are placed top-left
+  does) so its longer side is S; `resize: "stretch"`: to S x S, or to `height` x `width` where
+  the spec gives them (aspect ratio not kept; with `antialias: true` the resize is torch's
+  antialiased bilinear, `interpolate(..., antialias=True)`, as pedestrian_adas_0002 resizes:
+  its file's shape is then [1, 3, height, width]). The images are placed top-left
   on one canvas padded bottom/right with `pad_value`: S x S (`canvas: "fixed"`), or the
   smallest multiple of `canvas` (an int) holding the batch, as PedNet pads its batches; reshape
   the model to that shape (`Detector` runs one image at a time on its own canvas by default).
@@ -24,9 +27,9 @@ The zip's `card.json` has an `export` section that says how to feed the model:
   (exp(log w)·16, exp(log h)·16) on the canvas; the best `detections_per_img` cells above
   `score_thresh` are kept, mapped back to the image (divided by the resize scale, clipped to the
   image) and suppressed by greedy NMS at IoU > `nms_thresh`.
-- `postprocess.kind == "detections"` (the torchvision detectors, whole detector in the graph,
-  NMS included, batch 1): outputs `boxes` [K, 4] x1, y1, x2, y2 in canvas pixels, `scores` [K],
-  `labels` [K]; only the mapping back to the image remains.
+- `postprocess.kind == "detections"` (the torchvision detectors and pedestrian_adas_0002, whole
+  detector in the graph after the resize, NMS included, batch 1): outputs `boxes` [K, 4] x1, y1,
+  x2, y2 in canvas pixels, `scores` [K], `labels` [K]; only the mapping back to the image remains.
 
 Boxes come out as x1, y1, x2, y2 in pixels of the image as given, best first.
 """
@@ -37,6 +40,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +96,51 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=64)  # serving sees the same few image sizes again and again
+def _antialias_weights(out_size: int, in_size: int) -> np.ndarray:
+    """float32 [out_size, in_size]: the triangle-filter weights of torch's antialiased bilinear
+    resize (`_upsample_bilinear2d_aa`, align_corners=False): the filter widens with the
+    downscaling factor, and each row is normalised to sum to 1."""
+    scale = in_size / out_size
+    support = max(scale, 1.0)
+    inv = 1.0 / support
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        j = np.arange(lo, hi)
+        w = np.maximum(0.0, 1.0 - np.abs((j - center + 0.5) * inv))
+        total = w.sum()
+        weights[i, lo:hi] = w / total if total > 0 else w
+    return weights.astype(np.float32)
+
+
+def resize_antialiased(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 [C, H, W] -> [C, height, width], as torch's
+    `interpolate(mode="bilinear", align_corners=False, antialias=True)` (to float rounding)."""
+    _, h, w = image.shape
+    if (h, w) == (height, width):
+        return image.astype(np.float32, copy=True)
+    wy, wx = _antialias_weights(height, h), _antialias_weights(width, w)
+    out: np.ndarray = np.einsum("yh,chw,xw->cyx", wy, image.astype(np.float32), wx, optimize=True)
+    return out.astype(np.float32)
+
+
+def _input_hw(source: dict[str, Any]) -> tuple[int, int]:
+    size = int(source["size"])
+    return int(source.get("height", size)), int(source.get("width", size))
+
+
 def prepare(image: np.ndarray, spec: dict[str, Any]) -> Prepared:
     """An RGB float32 [3, H, W] image in [0, 1] resized as the model expects (module docstring)."""
     source = spec["input"]
     size = int(source["size"])
     _, h, w = image.shape
     if source["resize"] == "stretch":
-        return Prepared(resize_bilinear(image, size, size), size / w, size / h, w, h)
+        height, width = _input_hw(source)
+        resize = resize_antialiased if source.get("antialias") else resize_bilinear
+        return Prepared(resize(image, height, width), width / w, height / h, w, h)
     scale = size / max(h, w)
     # Python's round (half to even), as PedNet rounds its resized size
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -111,7 +153,7 @@ def canvas_batch(prepared: Sequence[Prepared], spec: dict[str, Any]) -> np.ndarr
     of m holding every image of the batch, as PedNet pads a batch."""
     source = spec["input"]
     if source["canvas"] == "fixed":
-        height = width = int(source["size"])
+        height, width = _input_hw(source)
     else:
         m = int(source["canvas"])
         height = -(-max(p.image.shape[1] for p in prepared) // m) * m

@@ -281,6 +281,13 @@ class PedestrianAdas(nn.Module):
         return self._detections(loc, conf, priors, images)
 
     # -- inference ---------------------------------------------------------------
+    def detect_resized(self, rgb: Tensor) -> list[dict[str, Tensor]]:
+        """Detections for RGB images in [0, 1] already resized to [N, 3, input_height,
+        input_width], in that input's pixels: the network without its resize (what the OpenVINO
+        export traces; serving resizes outside the graph, as for Intel's IR)."""
+        loc, conf, priors = self.raw_outputs((rgb * 255.0).flip(1))
+        return self._detections(loc, conf, priors, list(rgb))
+
     def _detections(self, loc: Tensor, conf: Tensor, priors: Tensor,
                     images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         scores_all = F.softmax(conf, dim=-1)
