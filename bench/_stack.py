@@ -86,4 +86,21 @@ def git_commit() -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     return {"cpus": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+            **cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+#: Instruction sets that change what the CPU kernels can do (OpenVINO picks bf16 with AMX / AVX-512 BF16).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_model() -> dict[str, str]:
+    """The CPU's model name and which of ISA_FLAGS it has (Linux /proc/cpuinfo): timings from
+    different sessions may come from different CPUs."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu_model": fields.get("model name", "?"), "cpu_isa": " ".join(f for f in ISA_FLAGS if f in flags) or "-"}

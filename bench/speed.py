@@ -152,13 +152,31 @@ def torch_forward_ms(model: Any, card: Any, threads: int, seconds: float) -> flo
         return median_ms(lambda: wrapper(x), seconds)
 
 
-def ov_forward(export: Any, threads: int, seconds: float, profile: bool) -> dict[str, Any]:
+def ov_config(threads: int, precision: str | None = "f32") -> dict[str, Any]:
+    """OpenVINO CPU settings for timing: f32 (what FlexBin serves: results equal to PyTorch's) or,
+    with precision None, OpenVINO's default for this CPU (bf16 where the CPU has AMX / AVX-512
+    BF16, f32 on AVX2 only)."""
+    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    return config
+
+
+def default_precision() -> str:
+    """What OpenVINO's CPU plugin picks when no precision is asked for, on this machine."""
+    import openvino as ov
+
+    return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+
+
+def ov_forward(export: Any, threads: int, seconds: float, profile: bool,
+               precision: str | None = "f32") -> dict[str, Any]:
     """Forward ms of the compiled IR at its static shape, and (profile) where the time goes."""
     import openvino as ov
 
     from core.export.openvino import runtime_layer_precision
 
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    config = ov_config(threads, precision)
     if profile:
         config["PERF_COUNT"] = True
     compiled = ov.Core().compile_model(export.model, "CPU", config)
@@ -198,7 +216,8 @@ def ov_metrics(export: Any, val: list, cache: Any) -> dict[str, float]:
 
 def intel_reference(ir_dir: Path, val: list, threads: tuple[int, ...], seconds: float,
                     also_at: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Intel's FP16 and FP16-INT8 IRs: forward ms and MR^-2 / AP on the validation images
+    """Intel's FP16 and FP16-INT8 IRs: forward ms (f32 like FlexBin's exports, and at OpenVINO's
+    default precision) and MR^-2 / AP (f32) on the validation images
     (input: the image resized to 672x384, BGR 0-255; output [1, 1, N, 7] in 0..1); with
     `also_at` (height, width) also reshaped to that input size (its prior boxes follow the
     feature maps), as `<precision>@<h>x<w>`."""
@@ -221,12 +240,14 @@ def intel_reference(ir_dir: Path, val: list, threads: tuple[int, ...], seconds: 
             model.reshape([1, 3, *size])
         _, _, h, w = (int(d) for d in model.inputs[0].get_shape())
         row: dict[str, Any] = {"input": [1, 3, h, w]}
-        for n in threads:
-            compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": n, "PERFORMANCE_HINT": "LATENCY"})
+        x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32) * 255
+        # Timed like FlexBin's exports (f32), and at OpenVINO's default precision for this CPU.
+        timings: list[tuple[str, int, str | None]] = [(f"forward_ms_{n}t", n, "f32") for n in threads]
+        for key, n, precision in timings + [("forward_ms_1t_default", 1, None)]:
+            compiled = core.compile_model(model, "CPU", ov_config(n, precision))
             request = compiled.create_infer_request()
-            x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32) * 255
-            row[f"forward_ms_{n}t"] = median_ms(lambda request=request, x=x: request.infer([x]), seconds)
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1})
+            row[key] = median_ms(lambda request=request, x=x: request.infer([x]), seconds)
+        compiled = core.compile_model(model, "CPU", ov_config(1))
         preds = []
         for r in val:
             image = decode_image(r.image, name=r.name)
@@ -413,6 +434,7 @@ def main() -> None:
             measured = ov_forward(export, n, seconds, profile=n == 1)
             row[f"forward_ms_{n}t"] = measured.pop("forward_ms")
             row.update(measured)
+        row["forward_ms_1t_default"] = ov_forward(export, 1, seconds, profile=False, precision=None)["forward_ms"]
         row["layers"] = layer_report(export, row.pop("runs_as", None))
         rows[name] = row
         log(f"{name}: MR {row['miss_rate']} AP {row['ap50']} forward {row['forward_ms_1t']} ms (1 thread), "
@@ -438,7 +460,8 @@ def main() -> None:
                    "finetune_iters": args.finetune_iters, "learning_rate": args.learning_rate,
                    "layers_per_step": args.layers_per_step,
                    "target": {"max_miss_rate_increase": BUDGET}, "timing_seconds_per_cell": seconds,
-                   "detect_seconds": detect_seconds, "serving_threads": 1},
+                   "detect_seconds": detect_seconds, "serving_threads": 1,
+                   "serving_precision": "f32", "openvino_default_precision": default_precision()},
         "jobs": {"weights_only": {"selected": weights_only.selected_index, "steps": step_rows(weights_only)},
                  "binary_activations": {"selected": binary_acts.selected_index, "steps": step_rows(binary_acts)}},
         "variants": rows, "api": served["api"], "intel": intel,
@@ -518,8 +541,10 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"goal": "pretrained detector: 1-bit checkpoint faster than Intel's FP16-INT8 IR at MR^-2 <= "
                             "its + 0.03", "value": f"{acts['forward_ms_1t']} vs {intel['forward_ms_1t']} ms; MR "
                             f"{acts['miss_rate']} vs {intel['miss_rate']}", "met": faster and close,
-                    "why": f"both networks at {h}x{w} (Intel's IR reshaped where that differs from its 384x672)"
-                    if intel["input"][2:] == [h, w] else f"Intel's IR at {intel['input'][2:]}, ours at {[h, w]}"})
+                    "why": (f"both networks at {h}x{w} (Intel's IR reshaped where that differs from its 384x672)"
+                            if intel["input"][2:] == [h, w] else f"Intel's IR at {intel['input'][2:]}, ours at {[h, w]}")
+                    + f"; both at f32; at OpenVINO's default precision ({result['config']['openvino_default_precision']}"
+                      f"): {acts.get('forward_ms_1t_default')} vs {intel.get('forward_ms_1t_default')} ms"})
     else:
         out.append({"goal": "pretrained detector: 1-bit checkpoint faster than Intel's FP16-INT8 IR at MR^-2 <= its + 0.03",
                     "value": None, "met": None,
@@ -542,19 +567,24 @@ def markdown(result: dict[str, Any]) -> str:
          f"{(result['git']['commit'] or '?')[:10]}{' (dirty)' if result['git']['dirty'] else ''}"
          f"{'; QUICK smoke run: numbers mean nothing' if result['quick'] else ''}."),
         "",
+        (f"Forward times at f32 (what FlexBin serves, equal to PyTorch's results) and, in the last column, at "
+         f"OpenVINO's default precision on this CPU ({cfg.get('openvino_default_precision', '?')}; MR^-2 and AP are "
+         f"f32). CPU: {result['machine'].get('cpu_model', '?')}, {result['machine'].get('cpu_isa', '?')}."),
+        "",
         ("| variant | MR^-2 | AP@0.5 | forward ms, 1 thread | forward ms, 2 threads | /detect p50 ms (1 client) | "
-         "Reorder share of forward |"),
-        "|---|---:|---:|---:|---:|---:|---:|",
+         "Reorder share of forward | forward ms, 1 thread, default precision |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in VARIANTS:
         r = rows[name]
         share = r.get("reorder_share")
         lines.append(f"| {LABELS[name]} | {r['miss_rate']:.3f} | {r['ap50']:.3f} | {r['forward_ms_1t']:.2f} | "
                      f"{r['forward_ms_2t']:.2f} | {r.get('detect_p50_ms', float('nan')):.1f} | "
-                     f"{'-' if share is None else f'{share:.0%}'} |")
+                     f"{'-' if share is None else f'{share:.0%}'} | {_ms(r.get('forward_ms_1t_default'))} |")
     for precision, r in result["intel"].items():
         lines.append(f"| Intel pedestrian-detection-adas-0002 {precision.split('@')[0]} IR ({r['input'][3]}x{r['input'][2]}) | "
-                     f"{r['miss_rate']:.3f} | {r['ap50']:.3f} | {r['forward_ms_1t']:.2f} | {r['forward_ms_2t']:.2f} | - | - |")
+                     f"{r['miss_rate']:.3f} | {r['ap50']:.3f} | {r['forward_ms_1t']:.2f} | {r['forward_ms_2t']:.2f} | - | - | "
+                     f"{_ms(r.get('forward_ms_1t_default'))} |")
     lines += ["", "Ratios:", ""]
     lines += [f"- {k}: {v}" for k, v in result["ratios"].items()]
     lines += ["", "## Goals", ""]
@@ -584,6 +614,10 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
     lines.append(f"Total run time: {result['total_seconds']:.0f} s.")
     return "\n".join(lines) + "\n"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
