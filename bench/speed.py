@@ -243,8 +243,8 @@ def intel_reference(ir_dir: Path, val: list, threads: tuple[int, ...], seconds: 
         x = np.random.default_rng(0).random((1, 3, h, w), dtype=np.float32) * 255
         # Timed like FlexBin's exports (f32), and at OpenVINO's default precision for this CPU.
         timings: list[tuple[str, int, str | None]] = [(f"forward_ms_{n}t", n, "f32") for n in threads]
-        for key, n, precision in timings + [("forward_ms_1t_default", 1, None)]:
-            compiled = core.compile_model(model, "CPU", ov_config(n, precision))
+        for key, n, hint in timings + [("forward_ms_1t_default", 1, None)]:
+            compiled = core.compile_model(model, "CPU", ov_config(n, hint))
             request = compiled.create_infer_request()
             row[key] = median_ms(lambda request=request, x=x: request.infer([x]), seconds)
         compiled = core.compile_model(model, "CPU", ov_config(1))
