@@ -166,7 +166,8 @@ def default_precision() -> str:
     """What OpenVINO's CPU plugin picks when no precision is asked for, on this machine."""
     import openvino as ov
 
-    return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
+    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return str(hint.to_string() if hasattr(hint, "to_string") else hint)
 
 
 def ov_forward(export: Any, threads: int, seconds: float, profile: bool,
