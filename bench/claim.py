@@ -5,6 +5,9 @@
     python bench/claim.py --plan           # the runs and iterations it would make; trains nothing
     python bench/claim.py --activation-bits 1                                   # binary weights + activations (issue 11)
     python bench/claim.py --model pedestrian_adas_0002 --pretrained DIR         # Intel's detector (issue 10)
+    python bench/claim.py --model pedestrian_adas_0002 --pretrained core/models/weights/pedestrian_adas_0002 \
+        --input 192x336 --evaluated-folds 0,1 --seeds 1 --finetune-iters 5 --consolidation-iters 20 \
+        --learning-rates 1e-4,3e-4                                              # the reduced run in the README
 
 Design, statistics and decision rule: README, "The claim study", and `core/study/`. Every
 (fold, seed, arm) run is saved under var/claim/<variant>-<design hash>/ as soon as it ends;
@@ -32,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.checkpoint import ModelCard, load_model, save_model
+from core.checkpoint import ModelCard, load_model, load_model_bytes, save_model
 from core.data import ImageRecord, read_pennfudan
 from core.metrics import match_image
 from core.models.registry import ARCHITECTURES, DEFAULT_ARCHITECTURE
@@ -97,7 +100,7 @@ def float_unit(design_json: str, data: str, work: str, fold: int, pretrained: st
     design = StudyDesign.model_validate_json(design_json)
     out = _float_dir(Path(work), fold)
     if pretrained:
-        model, card = load_model(Path(pretrained))
+        model, card = load_given(Path(pretrained), design)
     else:
         train, evaluate = folds_of(_records(data), design)[fold]
         model, card = train_float_detector(train, evaluate, architecture=design.architecture,
@@ -523,10 +526,31 @@ def build_design(args: argparse.Namespace) -> StudyDesign:
         fields["activation_bits"] = args.activation_bits
     if args.quick:
         fields.update(QUICK)
-    for name in ("seeds", "finetune_iters", "consolidation_iters"):
+    for name in ("seeds", "finetune_iters", "consolidation_iters", "evaluated_folds", "learning_rates"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
+    if args.input:
+        height, width = args.input
+        fields["builder_kwargs"] = {"input_height": height, "input_width": width}
     return StudyDesign(**fields)
+
+
+def _numbers(kind: type) -> Any:
+    def parse(text: str) -> tuple[Any, ...]:
+        return tuple(kind(v) for v in text.split(","))
+    return parse
+
+
+def _size(text: str) -> tuple[int, int]:
+    height, _, width = text.partition("x")
+    return int(height), int(width)
+
+
+def load_given(pretrained: Path, design: StudyDesign) -> tuple[Any, ModelCard]:
+    """The given float model, its card's builder kwargs overridden by the design's (e.g. a
+    smaller input size for pedestrian_adas_0002, whose weights do not depend on it)."""
+    card = {**json.loads((pretrained / "card.json").read_text()), **design.builder_kwargs}
+    return load_model_bytes((pretrained / "weights.safetensors").read_bytes(), json.dumps(card))
 
 
 def _commit() -> str:
@@ -554,6 +578,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int)
     parser.add_argument("--finetune-iters", type=int)
     parser.add_argument("--consolidation-iters", type=int)
+    parser.add_argument("--evaluated-folds", type=_numbers(int), help="e.g. 0,1: evaluate only these folds")
+    parser.add_argument("--learning-rates", type=_numbers(float), help="the grid, e.g. 1e-4,3e-4")
+    parser.add_argument("--input", type=_size, help="HxW: the network input (builder kwargs input_height, "
+                        "input_width; pedestrian_adas_0002), e.g. 192x336")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (processes)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--seconds-per-iteration", type=float, default=0.38,
@@ -575,6 +603,8 @@ def main() -> None:
     except StudyUnavailable as exc:
         raise SystemExit(f"unavailable: {exc}") from None
     variant = "pednet" if args.model == DEFAULT_ARCHITECTURE else args.model
+    if args.input:
+        variant += f"_{args.input[0]}x{args.input[1]}"
     if design.activation_bits:
         variant += f"_act{design.activation_bits}"
     name = "claim" + ("" if variant == "pednet" else f"_{variant}") + ("_quick" if args.quick else "")
@@ -595,7 +625,7 @@ def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: 
     torch.set_num_threads(threads)
     records = _records(str(data))
     if pretrained:
-        model, card = load_model(pretrained)
+        model, card = load_given(pretrained, design)
     else:
         card = ModelCard(architecture=design.architecture, **design.builder_kwargs)
         model = card.build().eval()

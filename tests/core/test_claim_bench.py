@@ -59,3 +59,18 @@ def test_tiny_study_runs_reports_and_resumes_without_redoing_runs(claim, small_d
     assert {p: p.stat().st_mtime_ns for p in runs} == stamps
     assert again["analysis"]["comparisons"] == report["analysis"]["comparisons"]
     assert not again["fresh_start"]
+
+
+def test_a_given_detector_runs_at_the_designs_input_size(claim) -> None:
+    """--input overrides the given model's card (pedestrian_adas_0002 at 192x336 for the
+    reduced study): the same weights, the smaller network input, in the design's hash."""
+    args = claim.argparse.Namespace(model="pedestrian_adas_0002", pretrained=Path("x"), activation_bits=None,
+                                    quick=False, seeds=1, finetune_iters=5, consolidation_iters=20,
+                                    evaluated_folds=claim._numbers(int)("0,1"),
+                                    learning_rates=claim._numbers(float)("1e-4,3e-4"), input=claim._size("192x336"))
+    design = claim.build_design(args)
+    assert design.builder_kwargs == {"input_height": 192, "input_width": 336}
+    assert design.evaluated_folds == (0, 1) and design.learning_rates == (1e-4, 3e-4)
+    model, card = claim.load_given(REPO_ROOT / "core/models/weights/pedestrian_adas_0002", design)
+    assert (model.input_height, model.input_width) == (192, 336)
+    assert card.model_dump()["input_height"] == 192
