@@ -26,8 +26,14 @@ def tiny_model(card: dict | None = None, *, seed: int = 0) -> tuple[bytes, str]:
 
 
 def pennfudan_names(n: int, root: Path | None = None) -> list[str]:
+    """The first `n` Penn-Fudan image names; FileNotFoundError naming the folder and the
+    setting when there are fewer (e.g. a checkout without ../shared beside it)."""
     root = root or default_data_dir()
-    return sorted(p.stem for p in (root / "PNGImages").glob("*.png"))[:n]
+    names = sorted(p.stem for p in (root / "PNGImages").glob("*.png"))[:n]
+    if len(names) < n:
+        raise FileNotFoundError(f"{len(names)} Penn-Fudan images under {root / 'PNGImages'}, the tests need {n}: "
+                                "set FLEXBIN_DEMO_DATA to the PennFudanPed folder")
+    return names
 
 
 def dataset_zip(n: int = 8, *, extra: dict[str, bytes] | None = None,
