@@ -35,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._stack import cpu_model
 from core.checkpoint import ModelCard, load_model, load_model_bytes, save_model
 from core.data import ImageRecord, read_pennfudan
 from core.metrics import match_image
@@ -674,7 +675,8 @@ def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: 
         "analysis": analysis, "goals": goals,
         "seconds": {"wall": round(wall, 1), "runs": round(run_seconds, 1)},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                        "machine": platform.machine(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+                        "machine": platform.machine(), "cpus": os.cpu_count(), **cpu_model(),
+                        "date": time.strftime("%Y-%m-%d"),
                         "commit": commit, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
     }
     write_report(report, out, name)

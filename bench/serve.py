@@ -37,7 +37,16 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stack import KEY, RESULTS, ROOT, dataset_zip, pct, service_env, start_api
+from bench._stack import (
+    KEY,
+    RESULTS,
+    ROOT,
+    cpu_model,
+    dataset_zip,
+    pct,
+    service_env,
+    start_api,
+)
 from core.paths import default_data_dir
 
 CACHE = ROOT / "var" / "bench_serve"
@@ -333,7 +342,7 @@ def main() -> None:
     errors = sum(c["errors"] for c in cells)
     goals.append({"goal": "zero errors", "value": errors, "met": errors == 0})
     result = {
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(),
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "platform": platform.platform(), **cpu_model(),
                     "python": platform.python_version(),
                     "note": "shared, busy 2-core machine (another benchmark ran at the same time)"},
         "config": {"seconds_per_cell": seconds, "clients": list(CLIENTS), "images": len(images),
