@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._stack import cpu_model
-from core.checkpoint import ModelCard, load_model, load_model_bytes, save_model
+from core.checkpoint import ModelCard, load_model, save_model
 from core.data import ImageRecord, read_pennfudan
 from core.metrics import match_image
 from core.models.registry import ARCHITECTURES, DEFAULT_ARCHITECTURE
@@ -101,7 +101,7 @@ def float_unit(design_json: str, data: str, work: str, fold: int, pretrained: st
     design = StudyDesign.model_validate_json(design_json)
     out = _float_dir(Path(work), fold)
     if pretrained:
-        model, card = load_given(Path(pretrained), design)
+        model, card = load_model(Path(pretrained), overrides=design.builder_kwargs)
     else:
         train, evaluate = folds_of(_records(data), design)[fold]
         model, card = train_float_detector(train, evaluate, architecture=design.architecture,
@@ -547,13 +547,6 @@ def _size(text: str) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def load_given(pretrained: Path, design: StudyDesign) -> tuple[Any, ModelCard]:
-    """The given float model, its card's builder kwargs overridden by the design's (e.g. a
-    smaller input size for pedestrian_adas_0002, whose weights do not depend on it)."""
-    card = {**json.loads((pretrained / "card.json").read_text()), **design.builder_kwargs}
-    return load_model_bytes((pretrained / "weights.safetensors").read_bytes(), json.dumps(card))
-
-
 def _commit() -> str:
     import subprocess
 
@@ -626,7 +619,7 @@ def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: 
     torch.set_num_threads(threads)
     records = _records(str(data))
     if pretrained:
-        model, card = load_given(pretrained, design)
+        model, card = load_model(pretrained, overrides=design.builder_kwargs)
     else:
         card = ModelCard(architecture=design.architecture, **design.builder_kwargs)
         model = card.build().eval()

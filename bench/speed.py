@@ -152,16 +152,6 @@ def torch_forward_ms(model: Any, card: Any, threads: int, seconds: float) -> flo
         return median_ms(lambda: wrapper(x), seconds)
 
 
-def ov_config(threads: int, precision: str | None = "f32") -> dict[str, Any]:
-    """OpenVINO CPU settings for timing: f32 (what FlexBin serves: results equal to PyTorch's) or,
-    with precision None, OpenVINO's default for this CPU (bf16 where the CPU has AMX / AVX-512
-    BF16, f32 on AVX2 only)."""
-    config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    if precision:
-        config["INFERENCE_PRECISION_HINT"] = precision
-    return config
-
-
 def default_precision() -> str:
     """What OpenVINO's CPU plugin picks when no precision is asked for, on this machine."""
     import openvino as ov
@@ -176,8 +166,9 @@ def ov_forward(export: Any, threads: int, seconds: float, profile: bool,
     import openvino as ov
 
     from core.export.openvino import runtime_layer_precision
+    from core.export.runtime import compile_config
 
-    config = ov_config(threads, precision)
+    config = compile_config(threads, precision)
     if profile:
         config["PERF_COUNT"] = True
     compiled = ov.Core().compile_model(export.model, "CPU", config)
@@ -225,7 +216,7 @@ def intel_reference(ir_dir: Path, val: list, threads: tuple[int, ...], seconds: 
     import openvino as ov
     import torch
 
-    from core.export.runtime import resize_bilinear
+    from core.export.runtime import compile_config, resize_bilinear
     from core.images import decode_image
     from core.metrics import evaluate_detections
 
@@ -245,10 +236,10 @@ def intel_reference(ir_dir: Path, val: list, threads: tuple[int, ...], seconds: 
         # Timed like FlexBin's exports (f32), and at OpenVINO's default precision for this CPU.
         timings: list[tuple[str, int, str | None]] = [(f"forward_ms_{n}t", n, "f32") for n in threads]
         for key, n, hint in timings + [("forward_ms_1t_default", 1, None)]:
-            compiled = core.compile_model(model, "CPU", ov_config(n, hint))
+            compiled = core.compile_model(model, "CPU", compile_config(n, hint))
             request = compiled.create_infer_request()
             row[key] = median_ms(lambda request=request, x=x: request.infer([x]), seconds)
-        compiled = core.compile_model(model, "CPU", ov_config(1))
+        compiled = core.compile_model(model, "CPU", compile_config(1))
         preds = []
         for r in val:
             image = decode_image(r.image, name=r.name)
@@ -387,11 +378,11 @@ def main() -> None:
     args.train_iters = args.train_iters or (60 if args.quick else 1500)
     args.finetune_iters = args.finetune_iters if args.finetune_iters is not None else (3 if args.quick else 60)
     if args.learning_rate is None:
-        from core.config import PipelineConfig, Target
+        from core.config import PipelineConfig
         from core.demo import ADAS_DEMO
 
         args.learning_rate = (ADAS_DEMO.learning_rate if args.pretrained else
-                              PipelineConfig(target=Target(min_compression_ratio=2.0)).learning_rate)
+                              PipelineConfig.model_fields["learning_rate"].default)
     seconds = args.seconds or (0.5 if args.quick else 3.0)
     detect_seconds = args.detect_seconds or (2.0 if args.quick else 10.0)
     started = time.monotonic()

@@ -147,13 +147,17 @@ def save_model(model: nn.Module, card: ModelCard, directory: Path) -> None:
     (directory / "card.json").write_text(card_json)
 
 
-def load_model_bytes(weights: bytes, card_json: str | bytes) -> tuple[nn.Module, ModelCard]:
-    """Build the card's architecture and load the weights strictly.
+def load_model_bytes(weights: bytes, card_json: str | bytes, *,
+                     overrides: dict[str, Any] | None = None) -> tuple[nn.Module, ModelCard]:
+    """Build the card's architecture (its fields replaced by `overrides`, e.g. another input
+    size for weights that do not depend on it) and load the weights strictly.
 
     Raises CheckpointError for a card that names an unknown architecture or argument, a file
     that is not safetensors (a pickle, say), and the first missing, unexpected or
     wrongly shaped tensor.
     """
+    if overrides:
+        card_json = json.dumps({**json.loads(card_json), **overrides})
     card = ModelCard.parse(card_json)
     state = _read_safetensors(weights, "weights")
     try:  # shapes only first: a card asking for a model far bigger than its weights allocates nothing
@@ -168,9 +172,9 @@ def load_model_bytes(weights: bytes, card_json: str | bytes) -> tuple[nn.Module,
     return model, card
 
 
-def load_model(directory: Path) -> tuple[nn.Module, ModelCard]:
+def load_model(directory: Path, *, overrides: dict[str, Any] | None = None) -> tuple[nn.Module, ModelCard]:
     return load_model_bytes((directory / "weights.safetensors").read_bytes(),
-                            (directory / "card.json").read_text())
+                            (directory / "card.json").read_text(), overrides=overrides)
 
 
 def load_state_strict(model: nn.Module, state: dict[str, Tensor]) -> None:

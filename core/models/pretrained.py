@@ -8,7 +8,6 @@ licence and a NOTICE saying where the weights come from and how they were conver
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +89,4 @@ def load_pretrained(name: str, **builder_kwargs: Any) -> tuple[nn.Module, ModelC
         raise PretrainedWeightsError(f"no pretrained weights named {name!r}; known: {sorted(PRETRAINED)}")
     weights = _read_pinned(spec.directory / "weights.safetensors", spec.weights_sha256)
     card = _read_pinned(spec.directory / "card.json", spec.card_sha256)
-    if builder_kwargs:
-        card = json.dumps({**json.loads(card), **builder_kwargs}).encode()
-    return load_model_bytes(weights, card)
+    return load_model_bytes(weights, card, overrides=builder_kwargs)

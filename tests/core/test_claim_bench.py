@@ -71,6 +71,7 @@ def test_a_given_detector_runs_at_the_designs_input_size(claim) -> None:
     design = claim.build_design(args)
     assert design.builder_kwargs == {"input_height": 192, "input_width": 336}
     assert design.evaluated_folds == (0, 1) and design.learning_rates == (1e-4, 3e-4)
-    model, card = claim.load_given(REPO_ROOT / "core/models/weights/pedestrian_adas_0002", design)
+    model, card = claim.load_model(REPO_ROOT / "core/models/weights/pedestrian_adas_0002",
+                                   overrides=design.builder_kwargs)
     assert (model.input_height, model.input_width) == (192, 336)
     assert card.model_dump()["input_height"] == 192
