@@ -37,6 +37,7 @@ WORKDIR /app
 COPY alembic.ini ./
 COPY migrations migrations
 COPY core core
+COPY service service
 COPY worker worker
 COPY api api
 USER 10001:10001

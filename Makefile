@@ -23,10 +23,10 @@ worker: install
 	$(PY) -m worker.main
 
 lint: install
-	$(PY) -m ruff check core api worker bench tests testkit migrations tools
+	$(PY) -m ruff check core service api worker bench tests testkit migrations tools
 	$(VENV)/bin/hadolint Dockerfile docker/local/*.Dockerfile
 
-# mypy on core/ (strict), api/ and worker/ (pyproject.toml [tool.mypy]); fails on any error.
+# mypy on core/ (strict), service/, api/ and worker/ (pyproject.toml [tool.mypy]); fails on any error.
 typecheck: install
 	$(PY) -m mypy
 

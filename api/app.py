@@ -16,7 +16,7 @@ from api import schemas, services
 from api.bootstrap import bootstrap, maybe_seed_demo
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.metrics import Metrics
+from api.prometheus import Metrics
 from api.ratelimit import RateLimiter
 from api.routes import (
     architectures,
@@ -29,7 +29,7 @@ from api.routes import (
     models,
 )
 from api.serving import ServingRuntime
-from core.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

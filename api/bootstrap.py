@@ -7,10 +7,10 @@ import logging
 
 from sqlalchemy import func, select
 
-from core.settings import DEV_KEY, DEV_TENANT, Settings
-from core.store import Dataset, DetectorModel, Job, session_scope
-from core.store.migrate import upgrade_head
-from core.store.tenants import ensure_api_key, sync_api_keys
+from service.settings import DEV_KEY, DEV_TENANT, Settings
+from service.store import Dataset, DetectorModel, Job, session_scope
+from service.store.migrate import upgrade_head
+from service.store.tenants import ensure_api_key, sync_api_keys
 
 log = logging.getLogger(__name__)
 

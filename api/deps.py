@@ -9,9 +9,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from api.ratelimit import enforce_rate_limit
-from core.settings import Settings
-from core.store import Tenant, session_scope
-from core.store.tenants import hash_key, tenant_for_key
+from service.settings import Settings
+from service.store import Tenant, session_scope
+from service.store.tenants import hash_key, tenant_for_key
 
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <API key>`")
 

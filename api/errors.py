@@ -15,7 +15,7 @@ from api.services import (
     UnsupportedMediaType,
 )
 from api.serving import ServingError
-from core.store import TRANSIENT_DB_ERRORS
+from service.store import TRANSIENT_DB_ERRORS
 
 
 def _loc(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -1,12 +1,12 @@
-"""Enqueue work by task name with ids only (`core.queue`); the API never imports `worker/`."""
+"""Enqueue work by task name with ids only (`service.queue`); the API never imports `worker/`."""
 from __future__ import annotations
 
 import threading
 
 from celery import Celery
 
-from core import queue
-from core.settings import Settings
+from service import queue
+from service.settings import Settings
 
 _apps: dict[str, Celery] = {}
 _lock = threading.Lock()

@@ -29,10 +29,10 @@ from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from core.settings import Settings
+from service.settings import Settings
 
 if TYPE_CHECKING:
-    from api.metrics import Metrics
+    from api.prometheus import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import uvicorn
 from api.app import create_app
 from api.bootstrap import bootstrap, maybe_seed_demo
 from core.paths import REPO_ROOT
-from core.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 
 log = logging.getLogger("flexbin")
 

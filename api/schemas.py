@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from core.config import CheckpointMetrics, Method, Order, PipelineConfig, StepMetrics
-from core.store.jobs import JobStatus
+from core.job_spec import CheckpointMetrics, Method, Order, PipelineConfig, StepMetrics
+from service.store.jobs import JobStatus
 
 
 class PretrainedWeightsPublic(BaseModel):
@@ -58,7 +58,7 @@ class DatasetsPublic(BaseModel):
 
 
 class JobCreate(PipelineConfig):
-    """`POST /jobs`: which model and dataset, the run's options (`core.config.PipelineConfig`:
+    """`POST /jobs`: which model and dataset, the run's options (`core.job_spec.PipelineConfig`:
     everything but the target has a default) and what to do when it succeeds."""
 
     model_id: str
@@ -102,7 +102,7 @@ class JobProgress(BaseModel):
 
 
 class JobStepPublic(StepMetrics):
-    """A committed step (`core.config.StepMetrics`) and the checkpoint it produced; its MR-FPPI
+    """A committed step (`core.job_spec.StepMetrics`) and the checkpoint it produced; its MR-FPPI
     curve is on the checkpoint (`GET /checkpoints/{id}`), not in every job poll."""
 
     fppi_curve: list[tuple[float, float]] = Field(default_factory=list, exclude=True)
@@ -148,7 +148,7 @@ class LayerPrecision(BaseModel):
 
 
 class CheckpointPublic(CheckpointMetrics):
-    """A packed checkpoint: what it is (`core.config.CheckpointMetrics`), where it came from and
+    """A packed checkpoint: what it is (`core.job_spec.CheckpointMetrics`), where it came from and
     its file."""
 
     id: str

@@ -1,6 +1,6 @@
 """What the routes do, scoped by tenant: look rows up, call the store (uploads through
-`core.store.catalog`, jobs through `core.store.jobs`, deployments through
-`core.store.deployments`) and turn what goes wrong into the errors `api/errors.py` answers
+`service.store.catalog`, jobs through `service.store.jobs`, deployments through
+`service.store.deployments`) and turn what goes wrong into the errors `api/errors.py` answers
 with a status (`NotFound` 404, `Conflict` 409, `TooLarge` 413, `UnsupportedMediaType` 415,
 `InvalidUpload` 422).
 
@@ -17,9 +17,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import schemas
-from core.config import PipelineConfig
-from core.settings import Settings
-from core.store import (
+from core.job_spec import PipelineConfig
+from service.settings import Settings
+from service.store import (
     Checkpoint,
     Dataset,
     Deployment,
@@ -33,7 +33,7 @@ from core.store import (
     put_blob,
     session_scope,
 )
-from core.store.catalog import InvalidUpload, TooLarge
+from service.store.catalog import InvalidUpload, TooLarge
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def read_upload(upload: Any, limit: int, field: str) -> bytes:
 # -- models ---------------------------------------------------------------------------------
 def create_model(session: Session, tenant: Tenant, settings: Settings, weights: bytes, card_json: str,
                  name: str | None = None) -> DetectorModel:
-    """Validate and store the tenant's float detector (`core.store.catalog.store_model`)."""
+    """Validate and store the tenant's float detector (`service.store.catalog.store_model`)."""
     row = catalog.store_model(session, tenant.id, settings, weights, card_json, name=name)
     log.info("tenant %s: model %s (%s, %d params) stored", tenant.name, row.id, row.architecture, row.num_params)
     return row
@@ -99,7 +99,7 @@ def model_public(row: DetectorModel) -> schemas.ModelPublic:
 # -- datasets -------------------------------------------------------------------------------
 def create_dataset(session: Session, tenant: Tenant, settings: Settings, archive: bytes,
                    name: str | None = None) -> Dataset:
-    """Validate and store the tenant's dataset zip (`core.store.catalog.store_dataset`)."""
+    """Validate and store the tenant's dataset zip (`service.store.catalog.store_dataset`)."""
     row = catalog.store_dataset(session, tenant.id, settings, archive, name=name)
     log.info("tenant %s: dataset %s (%d images, %d boxes) stored", tenant.name, row.id, row.num_images,
              row.num_boxes)

@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from api.metrics import Metrics
-from core.settings import Settings
+from api.prometheus import Metrics
+from service.settings import Settings
 
 if TYPE_CHECKING:
     from torch import nn

@@ -9,7 +9,7 @@
         --input 192x336 --evaluated-folds 0,1 --seeds 1 --finetune-iters 5 --consolidation-iters 20 \
         --learning-rates 1e-4,3e-4                                              # the reduced run in the README
 
-Design, statistics and decision rule: README, "The claim study", and `core/study/`. Every
+Design, statistics and decision rule: README, "The claim study", and `bench/study/`. Every
 (fold, seed, arm) run is saved under var/claim/<variant>-<design hash>/ as soon as it ends;
 a rerun with the same design skips every finished run, so an interrupted study resumes.
 Writes bench/results/claim<suffix>.{json,md} and claim<suffix>_forest.png,
@@ -36,13 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._stack import cpu_model
-from core.checkpoint import ModelCard, load_model, save_model
-from core.data import ImageRecord, read_pennfudan
-from core.metrics import match_image
-from core.models.registry import ARCHITECTURES, DEFAULT_ARCHITECTURE
-from core.paths import default_data_dir
-from core.priority import ORDERS
-from core.study.arms import (
+from bench.study.arms import (
     ARMS,
     BASELINE,
     CONTROL,
@@ -58,8 +52,8 @@ from core.study.arms import (
     planned_iterations,
     run_arm,
 )
-from core.study.results import is_done, load_arm_run, save_arm_run
-from core.study.stats import (
+from bench.study.results import is_done, load_arm_run, save_arm_run
+from bench.study.stats import (
     MissRateSample,
     PooledDetections,
     Units,
@@ -67,6 +61,12 @@ from core.study.stats import (
     resample_weights,
     verdict,
 )
+from core.checkpoint import ModelCard, load_model, save_model
+from core.data import ImageRecord, read_pennfudan
+from core.detection_metrics import match_image
+from core.models.registry import ARCHITECTURES, DEFAULT_ARCHITECTURE
+from core.paths import default_data_dir
+from core.priority import ORDERS
 
 RESULTS = ROOT / "bench" / "results"
 WORK = ROOT / "var" / "claim"

@@ -46,7 +46,7 @@ from bench._stack import (
     tiny_model,
     wait_until,
 )
-from core.store import Job, JobStep, get_sessionmaker
+from service.store import Job, JobStep, get_sessionmaker
 
 CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 128, "width": 8}
 

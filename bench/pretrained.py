@@ -10,7 +10,7 @@
 2. The float model on the validation split, at 384x672 and at the job's resolution, before
    and after fine-tuning it on the training split (`--float-finetune-iters`).
 3. The layer-priority job on the pretrained float model (by default the demo's recipe,
-   core/demo.py) over every dense layer: each step's compression ratio, MR^-2, AP@0.5 and
+   service/demo.py) over every dense layer: each step's compression ratio, MR^-2, AP@0.5 and
    seconds; the demo's job time is the steps up to its target (8x).
 4. Depthwise convolutions: their share of the weights, and MR^-2 with all of them binarized
    (no fine-tuning, and after one step's fine-tuning).
@@ -35,12 +35,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.baselines.hog import HogPeopleDetector
+from bench.baselines.hog import HogPeopleDetector
 from core.binary import binarize_module
 from core.checkpoint import ModelCard
 from core.data import read_pennfudan, split_records
-from core.demo import ADAS_DEMO
-from core.metrics import evaluate_detections
+from core.detection_metrics import evaluate_detections
 from core.models import load_pretrained
 from core.models.adas_reference import (
     OpenVinoReference,
@@ -50,8 +49,9 @@ from core.models.adas_reference import (
 from core.paths import default_data_dir
 from core.pipeline import PipelineConfig, Target, eligible_layers, run
 from core.priority import discover_layers
-from core.settings import Settings
 from core.train import ImageCache, evaluate_model, predict, train_detector
+from service.demo import ADAS_DEMO
+from service.settings import Settings
 
 RESULTS = ROOT / "bench" / "results"
 NAME = "pedestrian_adas_0002"

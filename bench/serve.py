@@ -16,7 +16,7 @@ What it does, on this machine only (127.0.0.1, an embedded SQLite database in a 
    image). For each checkpoint it deploys it (`PUT /deployment`), waits for `/readyz` on
    all three, and runs 1, 4 and 16 concurrent clients, each posting one Penn-Fudan
    validation image per request for a fixed time, interleaving the three processes. Reports images/s, p50/p99 latency, errors, and the API process's peak RSS.
-4. Runs the HOG people detector (`core.baselines.hog.HogPeopleDetector`) in-process on the
+4. Runs the HOG people detector (`bench.baselines.hog.HogPeopleDetector`) in-process on the
    same images as the classic reference (no HTTP).
 Writes bench/results/serve.json and serve.md and says which goals are met.
 """
@@ -96,9 +96,9 @@ def packed_checkpoints(weights: bytes, card_json: str) -> dict[str, dict[str, An
 def store_checkpoints(db_url: str, model_id: str, dataset_id: str,
                       checkpoints: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Insert a finished job with one checkpoint per variant, as a job's steps would be."""
-    from core.config import PipelineConfig, Target
-    from core.store import Checkpoint, DetectorModel, Job, put_blob, session_scope
-    from core.store.jobs import JobStatus
+    from core.job_spec import PipelineConfig, Target
+    from service.store import Checkpoint, DetectorModel, Job, put_blob, session_scope
+    from service.store.jobs import JobStatus
 
     ids = {}
     with session_scope(db_url) as s:
@@ -202,7 +202,7 @@ def batch_sizes(url: str) -> dict[str, float]:
 
 
 def hog_reference(images: list[Any], seconds: float) -> dict[str, Any]:
-    from core.baselines.hog import HogPeopleDetector
+    from bench.baselines.hog import HogPeopleDetector
 
     detector = HogPeopleDetector()
     latencies = []
@@ -313,7 +313,7 @@ def main() -> None:
             api.stop()
 
     from api.serving import torch_threads
-    from core.settings import Settings
+    from service.settings import Settings
 
     defaults = Settings(serving_torch_threads=args.torch_threads or 0)
     hog_images = [load_image(Path(r.image)) for r in val]  # type: ignore[arg-type]

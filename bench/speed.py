@@ -9,7 +9,7 @@
 What it does, on one machine, on the same Penn-Fudan validation images:
 1. The float detector: `--float-model` (weights.safetensors + card.json, any registered
    architecture), `--pretrained` (a detector that ships with FlexBin, at the demo's resolution
-   and learning rate: core/demo.py) or FlexBin's PedNet trained with the default recipe
+   and learning rate: service/demo.py) or FlexBin's PedNet trained with the default recipe
    (cached under var/).
 2. Two layer-priority jobs (`core.pipeline.run`, target `max_miss_rate_increase: 0.05`):
    weights only (`activation_bits: 32`) and binary activations (`activation_bits: 1`). Every
@@ -91,8 +91,8 @@ def float_model(args: argparse.Namespace, train: list, val: list) -> tuple[Any, 
         model, card = load_model(Path(args.float_model))
         return model, card, {"source": str(args.float_model)}
     if args.pretrained:
-        from core.demo import ADAS_DEMO
         from core.models import load_pretrained
+        from service.demo import ADAS_DEMO
 
         model, card = load_pretrained(args.pretrained, input_height=ADAS_DEMO.input_height,
                                       input_width=ADAS_DEMO.input_width)
@@ -194,7 +194,7 @@ def ov_metrics(export: Any, val: list, cache: Any) -> dict[str, float]:
     of 8, so both see the same canvases)."""
     import torch
 
-    from core.metrics import evaluate_detections
+    from core.detection_metrics import evaluate_detections
 
     detector = export.detector(threads=1)
     preds = []
@@ -216,9 +216,9 @@ def intel_reference(ir_dir: Path, val: list, threads: tuple[int, ...], seconds: 
     import openvino as ov
     import torch
 
+    from core.detection_metrics import evaluate_detections
     from core.export.runtime import compile_config, resize_bilinear
     from core.images import decode_image
-    from core.metrics import evaluate_detections
 
     out: dict[str, Any] = {}
     runs = [(p, None) for p in ("FP16", "FP16-INT8")] + [(p, also_at) for p in ("FP16", "FP16-INT8") if also_at]
@@ -267,9 +267,9 @@ def rss_mib(pid: int, field: str = "VmRSS") -> float:
 def store_variants(db_url: str, model_id: str, dataset_id: str, variants: dict[str, dict[str, Any]]) -> dict[str, str]:
     """A finished job with one checkpoint row per variant (its packed file and, for OpenVINO
     variants, the IR zip the backend serves)."""
-    from core.config import PipelineConfig, Target
-    from core.store import Checkpoint, DetectorModel, Job, put_blob, session_scope
-    from core.store.jobs import JobStatus
+    from core.job_spec import PipelineConfig, Target
+    from service.store import Checkpoint, DetectorModel, Job, put_blob, session_scope
+    from service.store.jobs import JobStatus
 
     ids = {}
     with session_scope(db_url) as s:
@@ -363,7 +363,7 @@ def main() -> None:
     parser.add_argument("--float-model", type=Path, default=None,
                         help="folder with weights.safetensors + card.json (any registered architecture)")
     parser.add_argument("--pretrained", choices=["pedestrian_adas_0002"], default=None,
-                        help="a detector that ships with FlexBin, at the demo's input size (core/demo.py)")
+                        help="a detector that ships with FlexBin, at the demo's input size (service/demo.py)")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="fine-tuning learning rate (default: the pipeline's; with --pretrained the demo's)")
     parser.add_argument("--layers-per-step", type=int, default=1, help="layers binarized per step (1)")
@@ -378,8 +378,8 @@ def main() -> None:
     args.train_iters = args.train_iters or (60 if args.quick else 1500)
     args.finetune_iters = args.finetune_iters if args.finetune_iters is not None else (3 if args.quick else 60)
     if args.learning_rate is None:
-        from core.config import PipelineConfig
-        from core.demo import ADAS_DEMO
+        from core.job_spec import PipelineConfig
+        from service.demo import ADAS_DEMO
 
         args.learning_rate = (ADAS_DEMO.learning_rate if args.pretrained else
                               PipelineConfig.model_fields["learning_rate"].default)

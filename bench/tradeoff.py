@@ -24,11 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.baselines.hog import HogPeopleDetector
+from bench.baselines.hog import HogPeopleDetector
 from core.checkpoint import ModelCard, load_model
-from core.config import PipelineConfig, Target
 from core.data import read_pennfudan, split_records
-from core.metrics import evaluate_detections
+from core.detection_metrics import evaluate_detections
+from core.job_spec import PipelineConfig, Target
 from core.paths import default_data_dir
 from core.pipeline import PipelineResult, run
 from core.train import DEFAULT_RECIPE, ImageCache, predict, train_float_detector

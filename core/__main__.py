@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_binarize(args: argparse.Namespace) -> None:
     from core.checkpoint import load_model
-    from core.config import PipelineConfig, Target
+    from core.job_spec import PipelineConfig, Target
     from core.pipeline import StepOutcome, run
 
     model, card = load_model(Path(args.model))

@@ -14,7 +14,7 @@ every step: the reported checkpoint of a step is a copy of the network fine-tune
 many more iterations with one fresh AdamW and one cosine schedule, while the run continues
 from the unconsolidated network. A layer-priority step k and an all-at-once run over the same
 k layers then both end with the same final anneal and the same total iterations
-(`training_iterations`). The claim study (`core/study/`, `bench/claim.py`) uses it.
+(`training_iterations`). The claim study (`bench/study/`, `bench/claim.py`) uses it.
 """
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ from core.checkpoint import (
     save_state,
     unpack_checkpoint,
 )
-from core.config import PipelineConfig, StepMetrics, Target
 from core.data import ImageRecord
+from core.job_spec import PipelineConfig, StepMetrics, Target
 from core.priority import (
     LayerInfo,
     discover_layers,

@@ -21,7 +21,7 @@ from core.data import (
     load_image,
     train_transforms,
 )
-from core.metrics import DetectionMetrics, evaluate_detections
+from core.detection_metrics import DetectionMetrics, evaluate_detections
 
 if TYPE_CHECKING:
     from core.checkpoint import ModelCard

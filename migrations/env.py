@@ -1,12 +1,12 @@
-"""Alembic environment: the URL comes from `core.settings` (or the caller's Config)."""
+"""Alembic environment: the URL comes from `service.settings` (or the caller's Config)."""
 from __future__ import annotations
 
 import logging.config
 
 from alembic import context
 
-from core.store.models import Base
-from core.store.session import get_engine
+from service.store.session import get_engine
+from service.store.tables import Base
 
 config = context.config
 if config.config_file_name is not None and not logging.getLogger().handlers:
@@ -19,7 +19,7 @@ def _database_url() -> str:
     url = config.attributes.get("database_url")
     if url:
         return str(url)
-    from core.settings import get_settings
+    from service.settings import get_settings
 
     return get_settings().database_url
 

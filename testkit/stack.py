@@ -19,8 +19,8 @@ import psycopg
 import redis
 
 from core.paths import REPO_ROOT
-from core.store import get_engine
-from core.store.migrate import upgrade_head
+from service.store import get_engine
+from service.store.migrate import upgrade_head
 from testkit.servers import free_port
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from core.paths import REPO_ROOT
-from core.settings import Settings
+from service.settings import Settings
 
 
 def _env_name(name: str) -> str:

@@ -1,10 +1,10 @@
 """The demo seeded on an empty database (shared/API.md, `make run`).
 
-Gets the demo's float detector (`core.demo`: Intel's pretrained pedestrian-detection-adas-0002
+Gets the demo's float detector (`service.demo`: Intel's pretrained pedestrian-detection-adas-0002
 by default, or FlexBin's PedNet trained on the Penn-Fudan images at `FLEXBIN_DEMO_DATA`), stores
 it and the dataset for the demo tenant through the same functions a user's uploads go through
-(`core.store.catalog`: validated, then stored), deploys the float model, and queues a
-layer-priority binarization job (`core.store.jobs.create_job`, as `POST /jobs`) that deploys
+(`service.store.catalog`: validated, then stored), deploys the float model, and queues a
+layer-priority binarization job (`service.store.jobs.create_job`, as `POST /jobs`) that deploys
 its selected checkpoint when it succeeds. `/detect` serves
 packed checkpoints only, so "deploys the float model" means: the deployment names the model
 with no checkpoint (409 on `/detect`) until the job commits step 0 (the float model, packed),
@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from core.settings import Settings
-from core.store import DetectorModel, catalog, deployments, jobs, session_scope
-from core.store.tenants import ensure_tenant
+from service.settings import Settings
+from service.store import DetectorModel, catalog, deployments, jobs, session_scope
+from service.store.tenants import ensure_tenant
 from worker.jobs import SHUTTING_DOWN
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ def zip_pennfudan(root: Path) -> bytes:
 def seed_demo(settings: Settings) -> str:
     from core.checkpoint import save_model_bytes
     from core.data import read_pennfudan, split_records
-    from core.demo import DEMO_MODEL_NAMES, demo_float_model, demo_pipeline_config
+    from service.demo import DEMO_MODEL_NAMES, demo_float_model, demo_pipeline_config
     from worker.device import resolve_device
 
     tenant_name = settings.demo_tenant()
@@ -99,7 +99,7 @@ def seed_demo(settings: Settings) -> str:
                               config=config, deploy_on_success=True)
         deployments.deploy(s, tenant.id, checkpoint_id=None, model_id=model_row.id)
         job_id = job.id
-    from core.queue import send_job
+    from service.queue import send_job
     from worker.celery_app import celery_app
 
     send_job(celery_app, settings, job_id)

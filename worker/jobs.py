@@ -1,6 +1,6 @@
 """Run one binarization job: load from the store, call `core.pipeline.run`, write back.
 
-Every write goes through the job lifecycle (`core.store.jobs`): claim, commit each step,
+Every write goes through the job lifecycle (`service.store.jobs`): claim, commit each step,
 progress, finish, hand back. Each finished step is committed in ONE transaction (checkpoint
 blob + resume-state blob + checkpoint row + job_steps row + progress), conditioned on this
 worker still owning the job's lease; `job_steps` is unique on (job_id, index). A redelivered
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from core.settings import Settings
-from core.store import (
+from service.settings import Settings
+from service.store import (
     TRANSIENT_DB_ERRORS,
     Dataset,
     DetectorModel,
@@ -30,7 +30,7 @@ from core.store import (
     run_in_transaction,
     session_scope,
 )
-from core.store.jobs import JobStatus, LeaseLost
+from service.store.jobs import JobStatus, LeaseLost
 from worker.device import resolve_device
 from worker.lease import Heartbeat, new_worker_id
 
@@ -146,8 +146,8 @@ class _JobExecution:
     def _prepare(self, weights: bytes, card_json: str, archive: bytes, config: dict[str, Any],
                  completed: list[StepOutcome]) -> tuple[Any, ...]:
         from core.checkpoint import load_model_bytes
-        from core.config import PipelineConfig
         from core.data import read_dataset_zip, split_records
+        from core.job_spec import PipelineConfig
 
         if completed:
             log.info("job %s: resuming after step %d", self.job_id, completed[-1].index)
@@ -231,7 +231,7 @@ class _JobExecution:
         with session_scope(self.url) as s:
             handed_back = jobs.hand_back(s, self.job_id, self.owner)
         if handed_back:
-            from core.queue import send_job
+            from service.queue import send_job
             from worker.celery_app import celery_app
 
             try:

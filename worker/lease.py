@@ -2,7 +2,7 @@
 that renews a claimed job's lease while the job runs.
 
 The lease itself (claim, renew, requeue of orphans whose worker vanished) is part of the job
-lifecycle, `core.store.jobs`; `worker.tasks` runs the periodic orphan recovery.
+lifecycle, `service.store.jobs`; `worker.tasks` runs the periodic orphan recovery.
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import threading
 import uuid
 from typing import Self
 
-from core.store import TRANSIENT_DB_ERRORS, session_scope
-from core.store.jobs import renew_lease
+from service.store import TRANSIENT_DB_ERRORS, session_scope
+from service.store.jobs import renew_lease
 
 log = logging.getLogger(__name__)
 

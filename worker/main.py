@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from core.settings import get_settings
+from service.settings import get_settings
 
 
 def _die_with_parent() -> None:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    from core.queue import BINARIZE_QUEUE
+    from service.queue import BINARIZE_QUEUE
     from worker.celery_app import celery_app
 
     args = [

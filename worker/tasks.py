@@ -8,9 +8,9 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
-from core.queue import BINARIZE_QUEUE, BINARIZE_TASK, DEMO_TASK, send_job
-from core.settings import get_settings
-from core.store import TRANSIENT_DB_ERRORS
+from service.queue import BINARIZE_QUEUE, BINARIZE_TASK, DEMO_TASK, send_job
+from service.settings import get_settings
+from service.store import TRANSIENT_DB_ERRORS
 from worker.celery_app import celery_app
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,8 @@ _stop = threading.Event()
 
 def _recover_loop() -> None:
     """Requeue jobs whose worker died, and send every queued job that has no message."""
-    from core.store import session_scope
-    from core.store.jobs import requeue_orphans, unsent_jobs
+    from service.store import session_scope
+    from service.store.jobs import requeue_orphans, unsent_jobs
 
     settings = get_settings()
     interval = max(1.0, settings.job_lease_seconds / 2)

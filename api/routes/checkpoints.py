@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Response
 
 from api import schemas, services
 from api.deps import SessionDep, SettingsDep, TenantDep
-from core.store import get_blob_bytes
+from service.store import get_blob_bytes
 
 router = APIRouter(tags=["checkpoints"])
 

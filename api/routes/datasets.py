@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 
 from api import schemas, services
 from api.deps import Limit, SessionDep, SettingsDep, Skip, TenantDep
-from core.store import Dataset
+from service.store import Dataset
 
 router = APIRouter(tags=["datasets"])
 

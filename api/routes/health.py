@@ -7,8 +7,8 @@ from starlette.concurrency import run_in_threadpool
 
 from api import queue
 from api.deps import SettingsDep
-from core.settings import Settings
-from core.store import get_engine
+from service.settings import Settings
+from service.store import get_engine
 
 router = APIRouter(tags=["health"])
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from api import queue, schemas, services
 from api.deps import Limit, SessionDep, SettingsDep, Skip, TenantDep
-from core.store import Job
+from service.store import Job
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["jobs"])

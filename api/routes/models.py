@@ -6,7 +6,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 
 from api import schemas, services
 from api.deps import Limit, SessionDep, SettingsDep, Skip, TenantDep
-from core.store import DetectorModel
+from service.store import DetectorModel
 
 router = APIRouter(tags=["models"])
 

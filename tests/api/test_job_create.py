@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from api.schemas import JobCreate
-from core.config import PipelineConfig
+from core.job_spec import PipelineConfig
 
 
 def test_every_pipeline_option_can_be_set_through_post_jobs() -> None:

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from api import client as detect_client
 from api.app import create_app
-from api.metrics import Metrics
+from api.prometheus import Metrics
 from api.ratelimit import ALL, DETECT, RateLimiter, enforce_rate_limit
-from core.settings import Settings
+from service.settings import Settings
 
 
 def _settings(**kw: str) -> Settings:

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from api import serving
-from api.metrics import Metrics
+from api.prometheus import Metrics
 from api.serving import InferenceError, ServingError, ServingRuntime
 from core.checkpoint import ModelCard, pack_checkpoint
 from core.export.openvino import export_checkpoint
-from core.settings import Settings
+from service.settings import Settings
 
 CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 64, "width": 4}
 

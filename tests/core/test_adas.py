@@ -10,9 +10,9 @@ import torch
 from torchvision.ops import box_iou
 
 from core.checkpoint import unpack_checkpoint
-from core.config import PipelineConfig, Target
 from core.data import read_pennfudan, split_records
-from core.metrics import evaluate_detections
+from core.detection_metrics import evaluate_detections
+from core.job_spec import PipelineConfig, Target
 from core.models import PRETRAINED, load_pretrained
 from core.models import pretrained as pretrained_module
 from core.models.adas import PRIORS, PedestrianAdas, multibox_loss

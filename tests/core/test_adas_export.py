@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from core.binary import binarize_input, binarize_module
 from core.checkpoint import pack_checkpoint
 from core.data import read_pennfudan, split_records
+from core.detection_metrics import evaluate_detections
 from core.export.openvino import (
     BINARY_WEIGHTS_ACTIVATIONS,
     export_checkpoint,
     runtime_layer_precision,
 )
 from core.export.runtime import resize_antialiased
-from core.metrics import evaluate_detections
 from core.models import load_pretrained
 from core.paths import default_data_dir
 from core.train import ImageCache, predict

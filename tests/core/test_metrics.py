@@ -1,4 +1,4 @@
-"""core.metrics: Caltech MR^-2 and AP@0.5 on hand-computed cases."""
+"""core.detection_metrics: Caltech MR^-2 and AP@0.5 on hand-computed cases."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from core.metrics import evaluate_detections
+from core.detection_metrics import evaluate_detections
 
 
 def pred(boxes: list[list[float]], scores: list[float]) -> dict[str, torch.Tensor]:

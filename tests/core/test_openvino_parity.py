@@ -18,12 +18,12 @@ import torch
 from core.binary import binarize_input, binarize_module
 from core.checkpoint import ModelCard, pack_checkpoint, unpack_checkpoint
 from core.data import read_pennfudan, split_records
+from core.detection_metrics import evaluate_detections
 from core.export.openvino import (
     BINARY_WEIGHTS_ACTIVATIONS,
     export_checkpoint,
     runtime_layer_precision,
 )
-from core.metrics import evaluate_detections
 from core.paths import default_data_dir
 from core.train import ImageCache, predict, train_detector
 

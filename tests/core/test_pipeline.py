@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from core.checkpoint import ModelCard, unpack_checkpoint
-from core.config import PipelineConfig, Target
 from core.data import read_pennfudan, split_records
+from core.job_spec import PipelineConfig, Target
 from core.paths import default_data_dir
 from core.pipeline import (
     Cancelled,

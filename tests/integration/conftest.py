@@ -9,8 +9,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from core.store import get_sessionmaker
-from core.store.models import Base
+from service.store import get_sessionmaker
+from service.store.tables import Base
 from testkit.fixtures import (  # the service stack, a stack of this package's own
     api_process,
     api_url,

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from core.paths import default_data_dir
-from core.store import Deployment, get_sessionmaker
-from core.store.tenants import ensure_tenant
+from service.store import Deployment, get_sessionmaker
+from service.store.tenants import ensure_tenant
 from testkit.factories import dataset_zip
 from testkit.servers import free_port
 from testkit.stack import (

@@ -22,8 +22,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from core.config import PipelineConfig
-from core.store import (
+from core.job_spec import PipelineConfig
+from service.store import (
     Blob,
     Checkpoint,
     Job,
@@ -32,8 +32,8 @@ from core.store import (
     get_sessionmaker,
     session_scope,
 )
-from core.store.jobs import create_job
-from core.store.migrate import upgrade_head
+from service.store.jobs import create_job
+from service.store.migrate import upgrade_head
 from testkit.factories import dataset_zip, tiny_model
 from testkit.servers import PrivatePostgres, PrivateRedis
 from testkit.stack import (

@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 from sqlalchemy import JSON, String, Text, select
 
-from core.store import ApiKey, get_sessionmaker
-from core.store.models import Base
+from service.store import ApiKey, get_sessionmaker
+from service.store.tables import Base
 from testkit.factories import dataset_zip, run_tiny_job, tiny_model
 from testkit.stack import KEYS
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from core.store import Checkpoint, JobStep, get_sessionmaker
+from service.store import Checkpoint, JobStep, get_sessionmaker
 from testkit.factories import dataset_zip, tiny_model
 from testkit.stack import wait_until
 

@@ -13,9 +13,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from core.store import get_engine
-from core.store.migrate import alembic_config, upgrade_head
-from core.store.models import Base
+from service.store import get_engine
+from service.store.migrate import alembic_config, upgrade_head
+from service.store.tables import Base
 from testkit.stack import PG_ADMIN
 
 

@@ -102,7 +102,7 @@ def test_bad_activation_bits_answer_422(client: httpx.Client, body: dict, field:
 def test_a_checkpoint_without_a_stored_ir_is_exported_on_download(client: httpx.Client, binary_job: dict,
                                                                    database_url: str) -> None:
     """Checkpoints made before exports existed (no IR row): the download exports and keeps one."""
-    from core.store import Checkpoint, get_sessionmaker
+    from service.store import Checkpoint, get_sessionmaker
 
     checkpoint_id = binary_job["steps"][0]["checkpoint_id"]
     with get_sessionmaker(database_url)() as s:

@@ -6,7 +6,7 @@ import time
 
 from sqlalchemy import select
 
-from core.store import Checkpoint, Job, JobStep, get_sessionmaker
+from service.store import Checkpoint, Job, JobStep, get_sessionmaker
 from testkit.factories import upload_tiny
 from testkit.stack import wait_until
 

@@ -32,7 +32,7 @@ from core.checkpoint import (
     save_state,
     unpack_checkpoint,
 )
-from core.config import PipelineConfig, Target, WeightQuantizerName
+from core.job_spec import PipelineConfig, Target, WeightQuantizerName
 
 # Configs to try for each registered quantizer: its defaults, and more where it has knobs.
 CONFIGS: dict[str, list[dict[str, Any]]] = {

@@ -1,0 +1,171 @@
+"""A binarization job as data: its options (`PipelineConfig`) and what each step measured
+(`StepMetrics`).
+
+Pydantic only, no torch: the API validates job requests and answers with step records from
+here without loading the ML stack. Each concept is written once:
+
+- a new job option is a field of `PipelineConfig` (`POST /jobs` takes it, the job row stores
+  it in `jobs.config`, `core.pipeline.run` reads it);
+- a new step metric is a field of `StepMetrics` (or of `CheckpointMetrics` when a
+  checkpoint also carries it), plus its column in `service/store/tables.py` and a migration.
+  `core.pipeline.StepOutcome`, `api.schemas.JobStepPublic` and `CheckpointPublic` build on
+  these classes, and the store's rows are read back with `from_attributes`.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Method = Literal["layer_priority", "all_at_once"]
+Order = Literal["inverse_depth", "forward", "sensitivity"]
+ACTIVATION_BITS = (1, 32)
+"""Bits of a binarized layer's inputs: 32 = float (weights-only binarization), 1 = binary."""
+WeightQuantizerName = Literal["sign", "kbit"]
+"""The registered weight quantizers (`core.binary.quantizers`; a test keeps the two equal)."""
+
+
+def default_weight_quantizer(bits: int) -> WeightQuantizerName:
+    """The weight quantizer a job gets for `bits` when it names none: `sign` for 1, `kbit` above."""
+    return "sign" if bits == 1 else "kbit"
+
+
+class Target(BaseModel):
+    """Where to stop: exactly one of the two fields is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_compression_ratio: float | None = Field(default=None, gt=1.0, le=32.0)
+    max_miss_rate_increase: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Target:
+        if (self.min_compression_ratio is None) == (self.max_miss_rate_increase is None):
+            raise ValueError(
+                "target must set exactly one of min_compression_ratio, max_miss_rate_increase"
+            )
+        return self
+
+    def public(self) -> dict[str, float]:
+        """The target as a client wrote it: only the field that is set."""
+        return self.model_dump(exclude_none=True)
+
+
+class PipelineConfig(BaseModel):
+    """Everything that defines a binarization run; stored with the job as JSON.
+
+    An option sent as `null` takes its default (clients may spell "no preference" either way).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: Target
+    method: Method = "layer_priority"
+    order: Order = "inverse_depth"
+    bits: int = Field(default=1, ge=1, le=4, description="Bits per binarized weight.")
+    weight_quantizer: WeightQuantizerName | None = Field(
+        default=None,
+        description="How each layer's weights are binarized (a registered weight quantizer): `sign` "
+        "(1 bit, per-channel α = mean|W|) or `kbit` (`bits` binary bases, alternating fit). Default: "
+        "sign for bits 1, kbit for more.")
+    finetune_iters: int = Field(default=200, ge=0, le=100_000)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    batch_size: int = Field(default=8, ge=1, le=256, description="Fine-tuning batch size.")
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    min_layer_params: int = Field(
+        default=1024, ge=0,
+        description="Layers with fewer weights stay float (default 1024; 0 = every layer): packing "
+        "them saves at most a few KB, while binarizing a detector's first conv or its 1x1 output "
+        "heads costs accuracy (XNOR-Net keeps first and last layers float for the same reason).")
+    num_layers: int | None = Field(
+        default=None, ge=1, le=10_000,
+        description="all_at_once only: binarize exactly this many layers (the first ones of "
+        "`order`) instead of as many as the target needs.")
+    layers_per_step: int = Field(
+        default=1, ge=1, le=10_000,
+        description="layer_priority: binarize this many consecutive layers (of `order`) per step, "
+        "then fine-tune once; 1 = the paper's one layer per step. Larger groups make deep "
+        "networks affordable (a 40-layer detector in 10 steps); every step is still measured. "
+        "all_at_once gets the iterations of the layer-priority steps it is compared with.")
+    binarize_depthwise: bool = Field(
+        default=False,
+        description="Also binarize depthwise / grouped convolutions (groups > 1): they hold few "
+        "weights (2.4 % of pedestrian_adas_0002's) and lose much accuracy at 1 bit (3x3 = 9 weights "
+        "share one scale per channel), so by default they stay float like the first conv.")
+    consolidation_iters: int = Field(
+        default=0, ge=0, le=100_000,
+        description="0 = off. Otherwise each step's checkpoint comes from a copy of the network "
+        "fine-tuned this many more iterations (fresh AdamW, one cosine schedule) on the step's "
+        "layer set; the next step continues from the unconsolidated network, so layer priority "
+        "at step k and all-at-once over the same k layers get equal iterations and an equal "
+        "final anneal (the claim study's fair setting).")
+    activation_bits: int = Field(
+        default=32,
+        description="32: binarize weights only (inputs stay float); 1: every binarized layer that can also "
+        "takes binary inputs H(x - τ) with a learnable threshold (core.binary.activation), so it runs as a "
+        "1-bit XNOR-popcount convolution once exported (dense Conv2d with a multiple of 8 input channels; "
+        "other layers keep float inputs).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+        return data
+
+    @model_validator(mode="after")
+    def _quantizer_fits_bits(self) -> PipelineConfig:
+        if self.weight_quantizer is None:
+            self.weight_quantizer = default_weight_quantizer(self.bits)
+        elif self.weight_quantizer == "sign" and self.bits != 1:
+            raise ValueError(f"weight_quantizer sign has 1 bit per weight, not bits={self.bits} (kbit has k)")
+        return self
+
+    @field_validator("activation_bits")
+    @classmethod
+    def _activation_bits(cls, value: int) -> int:
+        if value not in ACTIVATION_BITS:
+            raise ValueError(f"activation_bits must be 1 (binary inputs) or 32 (float inputs), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _method_fits_target(self) -> PipelineConfig:
+        if self.method == "all_at_once" and self.target.min_compression_ratio is None \
+                and self.num_layers is None:
+            raise ValueError("method all_at_once needs target.min_compression_ratio (or "
+                             "num_layers): a miss-rate budget has no single layer set")
+        if self.method == "layer_priority" and self.num_layers is not None:
+            raise ValueError("num_layers applies to method all_at_once only")
+        if self.activation_bits == 1 and self.bits != 1:
+            raise ValueError("activation_bits 1 needs bits 1: a 1-bit convolution takes 1-bit weights")
+        return self
+
+
+class CheckpointMetrics(BaseModel):
+    """What a packed checkpoint is and how well it detects: shared by a job's step and the
+    checkpoint it produced."""
+
+    binary_layers: list[str] = Field(description="Every binarized layer of the checkpoint.")
+    bits: int = Field(description="Bits per binarized weight.")
+    compression_ratio: float = Field(
+        description="Bytes of the float32 checkpoint / bytes of the packed one (1.0 at step 0).")
+    binary_layer_compression: float | None = Field(
+        description="The same ratio over the binarized layers' weights only (null when no layer is binary).")
+    miss_rate: float = Field(description="Log-average miss rate MR^-2 on the validation split.")
+    ap50: float = Field(description="Average precision at IoU 0.5 on the validation split.")
+    fppi_curve: list[tuple[float, float]] = Field(
+        default_factory=list,
+        description="MR-FPPI curve on the validation split: [false positives per image, miss rate] "
+                    "operating points in decreasing score order (at most 100).")
+    latency_ms: float | None = Field(
+        default=None, description="Median forward time of the exported OpenVINO model on the worker's CPU "
+        "(1 thread, the export's fixed input size), in ms; null when it was not exported.")
+
+
+class StepMetrics(CheckpointMetrics):
+    """One completed pipeline step, as JSON-able metadata."""
+
+    index: int = Field(description="0 = the float model; step k binarized `layers` on top of step k-1.")
+    layers: list[str] = Field(description="The layers this step binarized.")
+    step_seconds: float = Field(description="Fine-tuning plus evaluation time of the step.")
+    checkpoint_bytes: int = Field(description="Size of the step's packed checkpoint file.")

@@ -1,0 +1,42 @@
+"""Which checkpoint `/detect` serves for each tenant (one `deployments` row per tenant).
+
+`model_id` alone (no checkpoint) means a float model is deployed whose job has not packed it
+yet (the demo): `/detect` answers 409 until the job commits step 0, which `serve_float_step`
+then deploys; the job's selected checkpoint replaces it when the job succeeds.
+"""
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.store.tables import Deployment, utcnow
+
+
+def deploy(session: Session, tenant_id: str, *, checkpoint_id: str | None, model_id: str) -> Deployment:
+    """Make `checkpoint_id` (of `model_id`) the tenant's deployment; `checkpoint_id=None`
+    deploys the float model before its job has a checkpoint."""
+    row = session.get(Deployment, tenant_id)
+    if row is None:
+        row = Deployment(tenant_id=tenant_id)
+        session.add(row)
+    row.checkpoint_id = checkpoint_id
+    row.model_id = model_id
+    row.updated_at = utcnow()
+    session.flush()
+    return row
+
+
+def serve_float_step(session: Session, tenant_id: str, model_id: str, checkpoint_id: str) -> bool:
+    """Deploy a job's step 0 (its float model, packed) where the tenant's deployment names
+    that model but no checkpoint yet; a deployment that names a checkpoint is left alone.
+    Whether it deployed."""
+    row = session.get(Deployment, tenant_id)
+    if row is None or row.checkpoint_id is not None or row.model_id != model_id:
+        return False
+    deploy(session, tenant_id, checkpoint_id=checkpoint_id, model_id=model_id)
+    return True
+
+
+def deployed_checkpoint_ids(session: Session) -> list[str]:
+    """Every tenant's deployed checkpoint (what the serving runtime keeps warm)."""
+    return sorted(set(session.scalars(select(Deployment.checkpoint_id).where(Deployment.checkpoint_id.is_not(None)))))
