@@ -24,6 +24,7 @@ worker: install
 
 lint: install
 	$(PY) -m ruff check core service api worker bench tests testkit migrations tools
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/hadolint Dockerfile docker/local/*.Dockerfile
 
 # mypy on core/ (strict), service/, api/ and worker/ (pyproject.toml [tool.mypy]); fails on any error.

@@ -40,7 +40,6 @@ from core.binary import binarize_module
 from core.checkpoint import ModelCard
 from core.data import read_pennfudan, split_records
 from core.detection_metrics import evaluate_detections
-from core.models import load_pretrained
 from core.models.adas_reference import (
     OpenVinoReference,
     default_ir_path,
@@ -48,6 +47,7 @@ from core.models.adas_reference import (
 )
 from core.paths import default_data_dir
 from core.pipeline import PipelineConfig, Target, eligible_layers, run
+from core.pretrained import load_pretrained
 from core.priority import discover_layers
 from core.train import ImageCache, evaluate_model, predict, train_detector
 from service.demo import ADAS_DEMO

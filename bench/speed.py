@@ -91,7 +91,7 @@ def float_model(args: argparse.Namespace, train: list, val: list) -> tuple[Any, 
         model, card = load_model(Path(args.float_model))
         return model, card, {"source": str(args.float_model)}
     if args.pretrained:
-        from core.models import load_pretrained
+        from core.pretrained import load_pretrained
         from service.demo import ADAS_DEMO
 
         model, card = load_pretrained(args.pretrained, input_height=ADAS_DEMO.input_height,

@@ -71,7 +71,7 @@ def demo_float_model(
     if settings.demo_model == "pednet":
         return train_float_detector(train, val, architecture="flexbin_pednet", iterations=settings.demo_train_iters,
                                     seed=0, on_iteration=on_iteration, device=device)
-    from core.models import load_pretrained
+    from core.pretrained import load_pretrained
 
     started = time.monotonic()
     model, card = load_pretrained(ADAS, input_height=ADAS_DEMO.input_height, input_width=ADAS_DEMO.input_width)

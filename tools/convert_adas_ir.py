@@ -12,7 +12,7 @@ layer shapes) is what the IR says, and writes:
   `core.models.adas.PedestrianAdas`;
 - `card.json`: the FlexBin card (architecture `pedestrian_adas_0002`, provenance);
 - `LICENSE` (the Open Model Zoo's Apache-2.0 licence, copied) and `NOTICE`.
-It prints the sha256 of the two model files: `core/models/pretrained.py` pins them.
+It prints the sha256 of the two model files: `core/pretrained.py` pins them.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from safetensors.torch import save as st_save
 
 from core.checkpoint import ModelCard
 from core.models import adas
-from core.models.pretrained import PRETRAINED
 from core.paths import shared_models_dir
+from core.pretrained import PRETRAINED
 
 IR_NAME = "pedestrian-detection-adas-0002"
 NAME = "pedestrian_adas_0002"
@@ -178,7 +178,7 @@ def convert(ir_dir: Path, out: Path) -> None:
     for what, data, pin in (("weights.safetensors", weights, pinned.weights_sha256),
                             ("card.json", card_json.encode(), pinned.card_sha256)):
         digest = hashlib.sha256(data).hexdigest()
-        note = "matches the pin" if digest == pin else "DIFFERS from the pin in core/models/pretrained.py"
+        note = "matches the pin" if digest == pin else "DIFFERS from the pin in core/pretrained.py"
         print(f"{digest}  {out / what}  ({len(data)} bytes; {note})")
 
 

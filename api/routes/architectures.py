@@ -13,7 +13,7 @@ def list_architectures(_: TenantDep) -> list[schemas.ArchitecturePublic]:
     """The detector architectures a model card may name, with their default builder kwargs,
     input size and, for pretrained ones, where the bundled weights come from and their licence."""
     from core.models import list_architectures as core_list
-    from core.models import pretrained_for
+    from core.pretrained import pretrained_for
 
     def pretrained(name: str) -> schemas.PretrainedWeightsPublic | None:
         weights = pretrained_for(name)

@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from core.binary.approx import BinaryApprox, approximate, check_bits, check_iterations
 from core.binary.packing import pack_approx, packed_nbytes, unpack_approx
 from core.binary.ste import STE_ITERATIONS, binarize_ste
-from core.job_spec import default_weight_quantizer
 
 QuantizerKind = Literal["weight", "activation"]
 
@@ -156,9 +155,10 @@ def quantizer_from_config(config: Mapping[str, Any]) -> Quantizer:
 
 
 def weight_quantizer(bits: int = 1, name: str | None = None) -> WeightQuantizer:
-    """The weight quantizer `name` at `bits` bits (as a job config names it); without a name,
-    `sign` for 1 bit and `kbit` for more (`core.job_spec.default_weight_quantizer`)."""
-    cls = QUANTIZERS.get(name or default_weight_quantizer(bits))
+    """The weight quantizer `name` at `bits` bits; without a name, `sign` for 1 bit and `kbit`
+    for more (a job spec's default too: `core.job_spec.default_weight_quantizer`, kept equal by
+    tests/core/binary/test_quantizers.py)."""
+    cls = QUANTIZERS.get(name or ("sign" if bits == 1 else "kbit"))
     if cls is None or not issubclass(cls, WeightQuantizer):
         weights = sorted(n for n, c in QUANTIZERS.items() if issubclass(c, WeightQuantizer))
         raise ValueError(f"unknown weight quantizer {name!r}; registered: {', '.join(weights)}")

@@ -1,6 +1,5 @@
-"""Registry of detection architectures FlexBin can binarize (see `registry.py`), and the
-pretrained weights that ship with FlexBin (see `pretrained.py`)."""
-from core.models.pretrained import PRETRAINED, load_pretrained, pretrained_for
+"""Registry of detection architectures FlexBin can binarize (see `registry.py`). The
+pretrained weights that ship with FlexBin are loaded by `core.pretrained`."""
 from core.models.registry import (
     ARCHITECTURES,
     ArchitectureSpec,
@@ -8,5 +7,4 @@ from core.models.registry import (
     list_architectures,
 )
 
-__all__ = ["ARCHITECTURES", "PRETRAINED", "ArchitectureSpec", "build_model", "list_architectures",
-           "load_pretrained", "pretrained_for"]
+__all__ = ["ARCHITECTURES", "ArchitectureSpec", "build_model", "list_architectures"]

@@ -16,7 +16,7 @@ Everything the IR does around the convolutions is reproduced here:
   confidences, per class the `PRE_NMS_TOP_K` best above the confidence threshold, NMS at
   IoU 0.45, then the best `detections_per_img` (the IR's keep_top_k, 200).
 
-The weights are not part of this module: `core.models.pretrained.load_pretrained` loads
+The weights are not part of this module: `core.pretrained.load_pretrained` loads
 the converted ones (`tools/convert_adas_ir.py` writes them from the IR).
 """
 from __future__ import annotations

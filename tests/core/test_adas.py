@@ -9,16 +9,16 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
+from core import pretrained as pretrained_module
 from core.checkpoint import unpack_checkpoint
 from core.data import read_pennfudan, split_records
 from core.detection_metrics import evaluate_detections
 from core.job_spec import PipelineConfig, Target
-from core.models import PRETRAINED, load_pretrained
-from core.models import pretrained as pretrained_module
 from core.models.adas import PRIORS, PedestrianAdas, multibox_loss
 from core.models.adas_reference import default_ir_path, unmatched_top_detections
 from core.paths import default_data_dir
 from core.pipeline import eligible_layers, plan_steps, run
+from core.pretrained import PRETRAINED, load_pretrained
 from core.priority import discover_layers, order_layers
 from core.train import ImageCache, predict
 

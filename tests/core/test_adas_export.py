@@ -20,8 +20,8 @@ from core.export.openvino import (
     runtime_layer_precision,
 )
 from core.export.runtime import resize_antialiased
-from core.models import load_pretrained
 from core.paths import default_data_dir
+from core.pretrained import load_pretrained
 from core.train import ImageCache, predict
 
 HEIGHT, WIDTH = 96, 168  # small: the test is about the export, not accuracy

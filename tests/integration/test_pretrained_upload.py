@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from core.models import PRETRAINED
+from core.pretrained import PRETRAINED
 from testkit.factories import tiny_model
 from tests.integration.test_uploads import post_model
 

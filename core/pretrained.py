@@ -3,21 +3,22 @@
 Builders never read files (an uploaded card must never trigger a file read); loading
 pretrained weights is this separate, explicit step. Each entry is a FlexBin float model
 (`weights.safetensors` + `card.json`) under `core/models/weights/<name>/`, next to the
-licence and a NOTICE saying where the weights come from and how they were converted.
+licence and a NOTICE saying where the weights come from and how they were converted. It sits
+above `core.checkpoint` (which builds models through `core.models`), so nothing imports in a
+circle.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from torch import nn
+from torch import nn
 
-    from core.checkpoint import ModelCard
+from core.checkpoint import ModelCard, load_model_bytes
 
-WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
+WEIGHTS_ROOT = Path(__file__).resolve().parent / "models" / "weights"
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def _read_pinned(path: Path, expected: str) -> bytes:
         raise PretrainedWeightsError(
             f"{path} has sha256 {actual}, expected {expected}: the file is corrupted or was replaced; "
             "restore it from git (or re-create it with tools/convert_adas_ir.py and pin its new sha256 "
-            "in core/models/pretrained.py)")
+            "in core/pretrained.py)")
     return data
 
 
@@ -82,8 +83,6 @@ def load_pretrained(name: str, **builder_kwargs: Any) -> tuple[nn.Module, ModelC
     weights do not depend on the input size. Raises PretrainedWeightsError for an unknown
     name, a missing file or a sha256 that differs from the pinned one.
     """
-    from core.checkpoint import load_model_bytes  # core.checkpoint imports core.models
-
     spec = PRETRAINED.get(name)
     if spec is None:
         raise PretrainedWeightsError(f"no pretrained weights named {name!r}; known: {sorted(PRETRAINED)}")
