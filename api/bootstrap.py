@@ -7,6 +7,7 @@ import logging
 
 from sqlalchemy import func, select
 
+from api import queue
 from service.settings import DEV_KEY, DEV_TENANT, Settings
 from service.store import Dataset, DetectorModel, Job, session_scope
 from service.store.migrate import upgrade_head
@@ -51,8 +52,6 @@ def maybe_seed_demo(settings: Settings) -> None:
         return
     if not database_is_empty(settings):
         return
-    from api import queue
-
     queue.enqueue_demo(settings)
     log.info("demo: database is empty; queued the demo (%s, then a binarization job) for tenant %r",
              settings.demo_model, settings.demo_tenant())

@@ -17,6 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import schemas
+from core.images import DataError, image_size
+from core.images import decode_image as load_image
 from core.job_spec import PipelineConfig
 from service.settings import Settings
 from service.store import (
@@ -180,7 +182,7 @@ def checkpoint_openvino_zip(session: Session, row: Checkpoint) -> bytes:
     stored) for checkpoints made before exports existed; 422 when it cannot be exported."""
     if row.openvino_blob_id is not None:
         return get_blob_bytes(session, row.openvino_blob_id)
-    # imports torch: only for checkpoints made before exports existed
+    # torch loads into the API only for checkpoints made before exports existed
     from core.export.openvino import export_checkpoint
 
     try:
@@ -266,9 +268,6 @@ def decode_detect_image(data: bytes, filename: str, max_pixels: int) -> Any:
     """float32 numpy [3, H, W] (RGB in [0, 1], EXIF orientation applied) of an uploaded image;
     413 over `max_pixels`, 422 when it does not decode (the message names the file). No torch:
     the OpenVINO serving backend runs without it."""
-    from core.images import DataError, image_size
-    from core.images import decode_image as load_image
-
     try:
         width, height = image_size(data, name=filename, max_pixels=1 << 62)
     except DataError as exc:

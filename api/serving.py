@@ -119,6 +119,7 @@ class TorchBackend:
         self.threads = threads
 
     def load(self, checkpoint_id: str, fetch: Fetch) -> Runner:
+        # torch loads only when a checkpoint is served by the torch backend
         from core.checkpoint import unpack_checkpoint
 
         data = fetch(checkpoint_id, "checkpoint")
@@ -150,6 +151,7 @@ class OpenVinoBackend:
         self.threads, self.compiled_shapes, self.fallback = threads, compiled_shapes, fallback
 
     def load(self, checkpoint_id: str, fetch: Fetch) -> Runner:
+        # OpenVINO loads only when a checkpoint is served by the OpenVINO backend
         from core.export.runtime import Detector
 
         data = fetch(checkpoint_id, "openvino")

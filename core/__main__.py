@@ -29,12 +29,14 @@ if TYPE_CHECKING:
 
 
 def _records(data: Path) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    # CLI start-up: torch loads only for the command that runs
     from core.data import read_dataset_dir, split_records
 
     return split_records(read_dataset_dir(data))
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, ModelCard]:
+    # CLI start-up: torch loads only for the command that runs
     from core.checkpoint import load_model, unpack_checkpoint
 
     if args.checkpoint:
@@ -43,6 +45,7 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, ModelCard]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    # CLI start-up: torch loads only for the command that runs
     from core.checkpoint import save_model
     from core.train import train_float_detector
 
@@ -62,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_binarize(args: argparse.Namespace) -> None:
+    # CLI start-up: torch loads only for the command that runs
     from core.checkpoint import load_model
     from core.job_spec import PipelineConfig, Target
     from core.pipeline import StepOutcome, run
@@ -113,6 +117,7 @@ def cmd_binarize(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    # CLI start-up: torch loads only for the command that runs
     from core.train import evaluate_model
 
     model, _ = _load(args)
@@ -122,6 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> None:
+    # CLI start-up: torch loads only for the command that runs
     from core.data import load_image
     from core.train import predict
 
@@ -144,6 +150,7 @@ def cmd_detect(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    # CLI start-up: torch loads only for the command that runs
     from core.checkpoint import load_model, pack_checkpoint
     from core.export.openvino import export_checkpoint, layer_report, measure_latency
 
@@ -154,6 +161,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         data = pack_checkpoint(model, card)
     calibration = None
     if args.calibrate:
+        # CLI start-up: torch loads only for the command that runs
         from core.train import ImageCache
 
         train, _ = _records(args.data)

@@ -358,6 +358,7 @@ def _export(packed: bytes, index: int) -> _Exported | None:
     """The checkpoint's OpenVINO IR zip, its median forward time (1 thread, the export's static
     input shape) and its per-layer precision; None (logged) when OpenVINO cannot export it."""
     try:
+        # OpenVINO loads only when a step is exported (a GPU worker may run without it)
         from core.export.openvino import (
             export_checkpoint,
             layer_report,

@@ -9,11 +9,12 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor, nn
 
+from core.checkpoint import ModelCard
 from core.data import (
     DetectionDataset,
     ImageRecord,
@@ -22,9 +23,6 @@ from core.data import (
     train_transforms,
 )
 from core.detection_metrics import DetectionMetrics, evaluate_detections
-
-if TYPE_CHECKING:
-    from core.checkpoint import ModelCard
 
 
 @dataclass(frozen=True)
@@ -198,8 +196,6 @@ def train_float_detector(
     device: str = "cpu",
 ) -> tuple[nn.Module, ModelCard]:
     """Train a detector from scratch; returns (model, card with val metrics + provenance)."""
-    from core.checkpoint import ModelCard
-
     torch.manual_seed(seed)
     card = ModelCard(architecture=architecture, **(builder_kwargs or {}))
     model = card.build()

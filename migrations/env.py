@@ -5,6 +5,7 @@ import logging.config
 
 from alembic import context
 
+from service.settings import get_settings
 from service.store.session import get_engine
 from service.store.tables import Base
 
@@ -19,8 +20,6 @@ def _database_url() -> str:
     url = config.attributes.get("database_url")
     if url:
         return str(url)
-    from service.settings import get_settings
-
     return get_settings().database_url
 
 

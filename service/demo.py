@@ -17,17 +17,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from torch import nn
+
+from core.checkpoint import ModelCard
+from core.data import ImageRecord
+from core.job_spec import PipelineConfig, Target
+from core.pretrained import load_pretrained
+from core.train import OnIteration, evaluate_model, train_float_detector
 from service.settings import DemoModel, Settings
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from core.checkpoint import ModelCard
-    from core.data import ImageRecord
-    from core.job_spec import PipelineConfig
-    from core.train import OnIteration
 
 ADAS: DemoModel = "pedestrian_adas_0002"
 
@@ -66,13 +64,9 @@ def demo_float_model(
     """The demo's float detector (eval mode, on `device`) and its card, with its MR^-2 and
     AP@0.5 on `val` in `card.metrics`. PedNet is trained here on `train` (minutes, reported
     through `on_iteration`); pedestrian_adas_0002 is loaded from the bundled weights."""
-    from core.train import evaluate_model, train_float_detector
-
     if settings.demo_model == "pednet":
         return train_float_detector(train, val, architecture="flexbin_pednet", iterations=settings.demo_train_iters,
                                     seed=0, on_iteration=on_iteration, device=device)
-    from core.pretrained import load_pretrained
-
     started = time.monotonic()
     model, card = load_pretrained(ADAS, input_height=ADAS_DEMO.input_height, input_width=ADAS_DEMO.input_width)
     metrics = evaluate_model(model, val, device=device)
@@ -85,8 +79,6 @@ def demo_float_model(
 
 def demo_pipeline_config(settings: Settings) -> PipelineConfig:
     """The demo job's configuration for `settings.demo_model`."""
-    from core.job_spec import PipelineConfig, Target
-
     config = PipelineConfig(target=Target(min_compression_ratio=settings.demo_min_compression_ratio),
                             method="layer_priority", order="inverse_depth", bits=1,
                             finetune_iters=settings.demo_finetune_iters, seed=0)

@@ -14,6 +14,8 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from service.settings import Settings
+from service.store import TRANSIENT_DB_ERRORS, session_scope
+from service.store.jobs import mark_enqueued
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +80,6 @@ def send_job(app: Celery, settings: Settings, job_id: str) -> None:
     """Hand job `job_id` to the broker and record that it was sent (`jobs.enqueued_at`).
     Raises when the broker cannot be reached within the publish retries. When only the record
     fails, the job is sent again later (a duplicate message is harmless)."""
-    from service.store import TRANSIENT_DB_ERRORS, session_scope
-    from service.store.jobs import mark_enqueued
-
     app.send_task(BINARIZE_TASK, args=[job_id], queue=BINARIZE_QUEUE)
     try:
         with session_scope(settings.database_url) as s:

@@ -8,6 +8,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from core.checkpoint import ModelCard, save_model_bytes
 from core.paths import default_data_dir
 from testkit.stack import wait_until
 
@@ -16,10 +19,6 @@ TINY_CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 6
 
 def tiny_model(card: dict | None = None, *, seed: int = 0) -> tuple[bytes, str]:
     """(safetensors weights, card JSON) of an untrained tiny PedNet."""
-    import torch
-
-    from core.checkpoint import ModelCard, save_model_bytes
-
     torch.manual_seed(seed)
     parsed = ModelCard.model_validate(card or TINY_CARD)
     return save_model_bytes(parsed.build(), parsed)[0], json.dumps(card or TINY_CARD)

@@ -18,17 +18,20 @@ import logging
 import time
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from core.checkpoint import save_model_bytes
+from core.data import read_pennfudan, split_records
+from core.train import IterationReport
+from service.demo import DEMO_MODEL_NAMES, demo_float_model, demo_pipeline_config
+from service.queue import send_job
 from service.settings import Settings
 from service.store import DetectorModel, catalog, deployments, jobs, session_scope
 from service.store.tenants import ensure_tenant
+from worker.celery_app import celery_app
+from worker.device import resolve_device
 from worker.jobs import SHUTTING_DOWN
-
-if TYPE_CHECKING:
-    from core.train import IterationReport
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +54,6 @@ def zip_pennfudan(root: Path) -> bytes:
 
 
 def seed_demo(settings: Settings) -> str:
-    from core.checkpoint import save_model_bytes
-    from core.data import read_pennfudan, split_records
-    from service.demo import DEMO_MODEL_NAMES, demo_float_model, demo_pipeline_config
-    from worker.device import resolve_device
-
     tenant_name = settings.demo_tenant()
     with session_scope(settings.database_url) as s:
         tenant = ensure_tenant(s, tenant_name)
@@ -99,9 +97,6 @@ def seed_demo(settings: Settings) -> str:
                               config=config, deploy_on_success=True)
         deployments.deploy(s, tenant.id, checkpoint_id=None, model_id=model_row.id)
         job_id = job.id
-    from service.queue import send_job
-    from worker.celery_app import celery_app
-
     send_job(celery_app, settings, job_id)
     log.info("demo: model %s deployed (float); binarization job %s queued", model_row.id, job_id)
     return job_id

@@ -15,10 +15,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from core import pipeline
+from core.checkpoint import load_model_bytes
+from core.data import read_dataset_zip, split_records
+from core.job_spec import PipelineConfig
+from core.pipeline import Cancelled, PipelineResult, Progress, StepOutcome
+from service.queue import send_job
 from service.settings import Settings
 from service.store import (
     TRANSIENT_DB_ERRORS,
@@ -31,11 +37,9 @@ from service.store import (
     session_scope,
 )
 from service.store.jobs import JobStatus, LeaseLost
+from worker.celery_app import celery_app
 from worker.device import resolve_device
 from worker.lease import Heartbeat, new_worker_id
-
-if TYPE_CHECKING:
-    from core.pipeline import PipelineResult, Progress, StepOutcome
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,8 +94,6 @@ class _JobExecution:
 
     # -- the run ----------------------------------------------------------------------------
     def execute(self) -> JobRun:
-        from core.pipeline import Cancelled
-
         try:
             if self._cancel_requested(force=True):
                 raise Cancelled("cancelled before start")
@@ -128,8 +130,6 @@ class _JobExecution:
 
     def _load(self, s: Session) -> tuple[bytes, str, bytes, dict[str, Any], list[StepOutcome]]:
         """The job's inputs as stored: weights, card, dataset zip, config, committed steps."""
-        from core.pipeline import StepOutcome
-
         job = s.get(Job, self.job_id)
         assert job is not None
         model_row = s.get(DetectorModel, job.model_id)
@@ -145,10 +145,6 @@ class _JobExecution:
 
     def _prepare(self, weights: bytes, card_json: str, archive: bytes, config: dict[str, Any],
                  completed: list[StepOutcome]) -> tuple[Any, ...]:
-        from core.checkpoint import load_model_bytes
-        from core.data import read_dataset_zip, split_records
-        from core.job_spec import PipelineConfig
-
         if completed:
             log.info("job %s: resuming after step %d", self.job_id, completed[-1].index)
         model, card = load_model_bytes(weights, card_json)
@@ -160,8 +156,6 @@ class _JobExecution:
 
     def _run_pipeline(self, model: Any, card: Any, train: Any, val: Any, config: Any,
                       completed: Any) -> PipelineResult:
-        from core import pipeline
-
         device = resolve_device(self.settings.device)
         log.info("job %s: running on %s (%d train / %d val images)", self.job_id, device, len(train), len(val))
         return pipeline.run(
@@ -231,9 +225,6 @@ class _JobExecution:
         with session_scope(self.url) as s:
             handed_back = jobs.hand_back(s, self.job_id, self.owner)
         if handed_back:
-            from service.queue import send_job
-            from worker.celery_app import celery_app
-
             try:
                 send_job(celery_app, self.settings, self.job_id)
             except Exception:  # another worker's recovery loop sends it (enqueued_at is NULL)

@@ -10,7 +10,9 @@ import os
 import signal
 import sys
 
+from service.queue import BINARIZE_QUEUE
 from service.settings import get_settings
+from worker.celery_app import celery_app
 
 
 def _die_with_parent() -> None:
@@ -40,8 +42,6 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    from service.queue import BINARIZE_QUEUE
-    from worker.celery_app import celery_app
 
     args = [
         "worker", "-Q", BINARIZE_QUEUE, "--pool", "solo", "--concurrency", "1",

@@ -10,8 +10,11 @@ from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from service.queue import BINARIZE_QUEUE, BINARIZE_TASK, DEMO_TASK, send_job
 from service.settings import get_settings
-from service.store import TRANSIENT_DB_ERRORS
+from service.store import TRANSIENT_DB_ERRORS, session_scope
+from service.store.jobs import requeue_orphans, unsent_jobs
 from worker.celery_app import celery_app
+from worker.demo import DemoInterrupted, seed_demo
+from worker.jobs import SHUTTING_DOWN, run_job
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,6 @@ DATABASE_RETRY_COUNTDOWN = 10  # seconds between task retries while the database
 )
 def binarize_run(self: Task, job_id: str) -> str:
     """Run (or resume) job `job_id`; a job owned by a live worker is retried after its lease."""
-    from worker.jobs import run_job
-
     try:
         outcome = run_job(job_id, get_settings())
     except TRANSIENT_DB_ERRORS:
@@ -43,8 +44,6 @@ def binarize_run(self: Task, job_id: str) -> str:
 @celery_app.task(name=DEMO_TASK, acks_late=True, reject_on_worker_lost=True, queue=BINARIZE_QUEUE)
 def demo_seed() -> str:
     """Train the demo detector, store it with the Penn-Fudan dataset, start its job."""
-    from worker.demo import DemoInterrupted, seed_demo
-
     try:
         return seed_demo(get_settings())
     except DemoInterrupted as exc:
@@ -58,9 +57,6 @@ _stop = threading.Event()
 
 def _recover_loop() -> None:
     """Requeue jobs whose worker died, and send every queued job that has no message."""
-    from service.store import session_scope
-    from service.store.jobs import requeue_orphans, unsent_jobs
-
     settings = get_settings()
     interval = max(1.0, settings.job_lease_seconds / 2)
     while True:
@@ -87,8 +83,6 @@ def _start_recovery(**_: Any) -> None:
 
 @worker_shutting_down.connect
 def _hand_back_running_job(**_: Any) -> None:
-    from worker.jobs import SHUTTING_DOWN
-
     SHUTTING_DOWN.set()
 
 

@@ -12,6 +12,7 @@ router = APIRouter(tags=["architectures"])
 def list_architectures(_: TenantDep) -> list[schemas.ArchitecturePublic]:
     """The detector architectures a model card may name, with their default builder kwargs,
     input size and, for pretrained ones, where the bundled weights come from and their licence."""
+    # keeps the idle API free of torch
     from core.models import list_architectures as core_list
     from core.pretrained import pretrained_for
 

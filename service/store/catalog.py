@@ -28,6 +28,7 @@ class InvalidUpload(ValueError):
 def store_model(session: Session, tenant_id: str, settings: Settings, weights: bytes, card_json: str,
                 name: str | None = None) -> DetectorModel:
     """Validate a float detector (safetensors weights + JSON card), then store it for the tenant."""
+    # keeps the API free of torch until an upload is validated
     from core.checkpoint import check_forward, load_model_bytes
 
     if len(weights) > settings.max_model_bytes:
@@ -60,6 +61,7 @@ def store_model(session: Session, tenant_id: str, settings: Settings, weights: b
 def store_dataset(session: Session, tenant_id: str, settings: Settings, archive: bytes,
                   name: str | None = None) -> Dataset:
     """Validate a dataset zip (Penn-Fudan or COCO layout), then store it, as uploaded, for the tenant."""
+    # keeps the API free of torch until an upload is validated
     from core.data import read_dataset_zip
 
     if len(archive) > settings.max_dataset_bytes:

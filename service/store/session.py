@@ -23,6 +23,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from service.settings import get_settings
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -44,7 +46,6 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    from service.settings import get_settings
 
     settings = get_settings()
     connect_args: dict[str, Any] = {}
