@@ -22,8 +22,9 @@ def bootstrap(settings: Settings) -> None:
     pairs = configured
     if not pairs and settings.is_sqlite:
         pairs = [(DEV_TENANT, DEV_KEY)]
-        log.warning("FLEXBIN_API_KEYS is not set: embedded default, API key %r for tenant %r "
-                    "(send `Authorization: Bearer %s`)", DEV_KEY, DEV_TENANT, DEV_KEY)
+        log.warning("FLEXBIN_API_KEYS is not set: embedded default for a local run on %s, API key %r for "
+                    "tenant %r (send `Authorization: Bearer %s`); a PostgreSQL deployment must set its own keys",
+                    settings.host, DEV_KEY, DEV_TENANT, DEV_KEY)
     elif not pairs:
         log.warning("FLEXBIN_API_KEYS is not set: only keys already in the database work")
     with session_scope(settings.database_url) as s:

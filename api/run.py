@@ -76,6 +76,10 @@ def main(settings: Settings | None = None) -> None:
     )
     log.info("database %s, broker %s", _redact(settings.database_url), _redact(settings.celery_broker_url))
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        settings.check_secrets()
+    except ValueError as exc:
+        sys.exit(f"api: {exc}")
     bootstrap(settings)
     supervisor = WorkerSupervisor() if settings.run_embedded_worker else None
     if supervisor is not None:

@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -521,6 +522,7 @@ def main() -> None:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="flexbin-compose-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "FLEXBIN_API_KEYS": f"{TENANT}:{KEY}", "FLEXBIN_DEMO": "false",
+           "POSTGRES_PASSWORD": os.environ.get("POSTGRES_PASSWORD") or secrets.token_urlsafe(18),
            "FLEXBIN_DATA_DIR": str(args.data.resolve().parent)}
     if args.down_only:
         for project in (PROJECT, RESTORE_PROJECT):

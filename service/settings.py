@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from limits import parse_many
 from pydantic import AliasChoices, Field, field_validator
@@ -21,6 +22,11 @@ DEFAULT_DATABASE_URL = "sqlite:///var/flexbin.db"
 DEFAULT_BROKER_URL = "sqla+sqlite:///var/broker.db"
 DEV_TENANT = "dev"
 DEV_KEY = "dev"
+KNOWN_DEFAULT_SECRETS = frozenset({
+    "change-me", "changeme", "dev", "demo", "flexbin", "postgres", "password", "secret", "admin", "test",
+})
+"""Secrets that appear in FlexBin's docs, examples and compose defaults, or that anyone would guess:
+a PostgreSQL deployment refuses to start with one (`Settings.check_secrets`)."""
 # The detectors the demo can binarize (service/demo.py): Intel's pretrained SSD or FlexBin's own.
 DemoModel = Literal["pedestrian_adas_0002", "pednet"]
 
@@ -67,6 +73,9 @@ class Settings(BaseSettings):
         description="`python -m api.run` also starts a worker; default: only with the embedded broker.",
     )
     log_level: str = "INFO"
+    allow_default_secrets: bool = Field(
+        default=False, description="Let a PostgreSQL deployment start with a known default API key or database "
+        "password (drills and tests only; the embedded SQLite default never needs it).")
 
     # Upload limits (HTTP 413 beyond them).
     max_model_bytes: int = Field(default=512 * 2**20, gt=0)
@@ -206,6 +215,28 @@ class Settings(BaseSettings):
                 raise ValueError(f"FLEXBIN_API_KEYS: entry {item.split(':')[0]!r}... must be tenant:key")
             pairs.append((tenant.strip(), key.strip()))
         return pairs
+
+    def default_secrets(self) -> list[str]:
+        """What of this configuration is a known default secret (`KNOWN_DEFAULT_SECRETS`), named
+        without the secret itself: API keys by tenant, and the database password."""
+        found = [f"the API key of tenant {tenant!r}" for tenant, key in self.parsed_api_keys()
+                 if key.lower() in KNOWN_DEFAULT_SECRETS]
+        password = urlsplit(self.database_url).password
+        if password is not None and password.lower() in KNOWN_DEFAULT_SECRETS:
+            found.append("the database password in DATABASE_URL")
+        return found
+
+    def check_secrets(self) -> None:
+        """Refuse to start a PostgreSQL deployment with a known default secret: ValueError naming
+        which ones, unless FLEXBIN_ALLOW_DEFAULT_SECRETS=1. The embedded SQLite default (`make run`)
+        is a local run and keeps its `dev` key."""
+        if self.is_sqlite or self.allow_default_secrets:
+            return
+        found = self.default_secrets()
+        if found:
+            raise ValueError(f"refusing to start: {', '.join(found)} is a known default secret "
+                             f"({', '.join(sorted(KNOWN_DEFAULT_SECRETS))}); set your own in FLEXBIN_API_KEYS / "
+                             "DATABASE_URL, or FLEXBIN_ALLOW_DEFAULT_SECRETS=1 for a drill")
 
     def demo_tenant(self) -> str:
         pairs = self.parsed_api_keys()

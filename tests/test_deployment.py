@@ -30,10 +30,22 @@ pytestmark = pytest.mark.skipif(not _compose_available(),
 def _config(*files: str) -> dict[str, Any]:
     # only the compose files' own defaults: no FLEXBIN_* or port overrides from this shell
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEXBIN_", "POSTGRES_"))}
+    env |= {"FLEXBIN_API_KEYS": "acme:a-long-random-key", "POSTGRES_PASSWORD": "a-long-random-password"}
     argv = ["docker", "compose", *(a for f in files for a in ("-f", f)), "config", "--format", "json"]
     done = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def test_the_operator_must_set_the_api_keys_and_the_database_password() -> None:
+    """No default secrets in the compose file: without them `docker compose` refuses, naming them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEXBIN_", "POSTGRES_"))}
+    for missing in ("FLEXBIN_API_KEYS", "POSTGRES_PASSWORD"):
+        given = {"FLEXBIN_API_KEYS": "acme:k", "POSTGRES_PASSWORD": "p"}
+        del given[missing]
+        done = subprocess.run(["docker", "compose", "config", "--format", "json"], cwd=REPO_ROOT, env=env | given,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode != 0 and f"set {missing}" in done.stderr
 
 
 def test_the_main_file_keeps_the_official_images_and_the_gpu_reservation() -> None:

@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s [worker %(process)d] %(name)s: %(message)s",
     )
+    try:
+        settings.check_secrets()
+    except ValueError as exc:
+        sys.exit(f"worker: {exc}")
     if settings.torch_threads:
         import torch
 
