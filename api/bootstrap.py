@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import func, select
-
 from api import queue
+from service import demo
 from service.settings import DEV_KEY, DEV_TENANT, Settings
-from service.store import Dataset, DetectorModel, Job, session_scope
+from service.store import session_scope
 from service.store.migrate import upgrade_head
 from service.store.tenants import ensure_api_key, sync_api_keys
 
@@ -39,19 +38,9 @@ def bootstrap(settings: Settings) -> None:
         log.info("API keys ready for tenants: %s", ", ".join(sorted({t for t, _ in pairs})))
 
 
-def database_is_empty(settings: Settings) -> bool:
-    with session_scope(settings.database_url) as s:
-        return not any(s.scalar(select(func.count()).select_from(t)) for t in (DetectorModel, Dataset, Job))
-
-
 def maybe_seed_demo(settings: Settings) -> None:
-    """Queue the demo (`demo.seed`) when enabled, the data is there and the database is empty."""
-    if not settings.demo:
-        return
-    if not (settings.demo_data / "PNGImages").is_dir():
-        log.warning("demo: no Penn-Fudan images at %s (FLEXBIN_DEMO_DATA); not seeding", settings.demo_data)
-        return
-    if not database_is_empty(settings):
+    """Queue the demo (`demo.seed`) when `service.demo.wants_seeding` says so."""
+    if not demo.wants_seeding(settings):
         return
     queue.enqueue_demo(settings)
     log.info("demo: database is empty; queued the demo (%s, then a binarization job) for tenant %r",

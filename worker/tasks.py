@@ -1,4 +1,4 @@
-"""Celery tasks. They take ids only; the work is in `worker.jobs` and `worker.demo`."""
+"""Celery tasks. They take ids only; the work is in `worker.jobs` and `service.demo`."""
 from __future__ import annotations
 
 import logging
@@ -8,12 +8,13 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
+from service.demo import DemoInterrupted, seed_demo
 from service.queue import BINARIZE_QUEUE, BINARIZE_TASK, DEMO_TASK, send_job
 from service.settings import get_settings
 from service.store import TRANSIENT_DB_ERRORS, session_scope
 from service.store.jobs import requeue_orphans, unsent_jobs
 from worker.celery_app import celery_app
-from worker.demo import DemoInterrupted, seed_demo
+from worker.device import resolve_device
 from worker.jobs import SHUTTING_DOWN, run_job
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,9 @@ def binarize_run(self: Task, job_id: str) -> str:
 def demo_seed() -> str:
     """Train the demo detector, store it with the Penn-Fudan dataset, start its job."""
     try:
-        return seed_demo(get_settings())
+        settings = get_settings()
+        return seed_demo(settings, device=resolve_device(settings.device), interrupted=SHUTTING_DOWN.is_set,
+                         send_job=lambda job_id: send_job(celery_app, settings, job_id))
     except DemoInterrupted as exc:
         log.warning("demo: %s", exc)
         return "interrupted"
