@@ -18,7 +18,7 @@ What the IR holds (`export_openvino`):
   for the zero-padded {0, 1} input a that training used.
 
 What makes OpenVINO 2026.4's CPU plugin run `BinaryConvolution` as a 1-bit kernel
-(`jit_avx512_u1` / `jit_avx2_u1`; checked in tests/unit/test_openvino_export.py, which asserts
+(`jit_avx512_u1` / `jit_avx2_u1`; checked in tests/core/test_openvino_export.py, which asserts
 the runtime layer type of every binary-activation layer), found by experiment:
 - static input shapes (a dynamic dimension fails to compile: "Unsupported operation");
 - the FakeQuantize's input_low == input_high (= the threshold) and output levels exactly 0 and 1:

@@ -1,5 +1,5 @@
 """The original pedestrian-detection-adas-0002 IR run by OpenVINO: the reference that
-`core.models.adas.PedestrianAdas` is checked against (tests/unit/test_adas.py,
+`core.models.adas.PedestrianAdas` is checked against (tests/core/test_adas.py,
 bench/pretrained.py). Nothing in FlexBin's serving path uses it.
 """
 from __future__ import annotations
