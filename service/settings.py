@@ -48,13 +48,17 @@ class Settings(BaseSettings):
     )
     api_keys: str = Field(
         default="",
-        description='"tenant_a:key_a,tenant_b:key_b"; empty = key `dev` for tenant `dev` (embedded only).',
+        description='"tenant_a:key_a,tenant_b:key_b"; when set, the full set of valid keys (keys no longer '
+        'listed are revoked at start-up; only digests are stored). Empty: nothing revoked, and on the embedded '
+        'SQLite default the key `dev` for tenant `dev` (logged). A PostgreSQL deployment refuses known '
+        'default keys (FLEXBIN_ALLOW_DEFAULT_SECRETS).',
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
+    host: str = Field(default="127.0.0.1", description="The API's address.")
+    port: int = Field(default=8000, ge=1, le=65535, description="The API's port.")
     device: str = Field(default="auto", description='"auto" (CUDA when present), "cpu", "cuda", "cuda:1"...')
     torch_threads: int = Field(default=0, ge=0, description="CPU threads per worker process (0: torch's default).")
-    demo_data: Path = Field(default_factory=default_data_dir, description="Penn-Fudan root for the demo.")
+    demo_data: Path = Field(default_factory=default_data_dir, description="Penn-Fudan root for the demo "
+                               "(default ../shared/data/PennFudanPed beside the checkout).")
     demo: bool = Field(default=True, description="Seed the demo on an empty database.")
     demo_model: DemoModel = Field(
         default="pedestrian_adas_0002",
@@ -72,21 +76,22 @@ class Settings(BaseSettings):
         default=None,
         description="`python -m api.run` also starts a worker; default: only with the embedded broker.",
     )
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="Python logging level of the API and the workers.")
     allow_default_secrets: bool = Field(
         default=False, description="Let a PostgreSQL deployment start with a known default API key or database "
         "password (drills and tests only; the embedded SQLite default never needs it).")
 
     # Upload limits (HTTP 413 beyond them).
-    max_model_bytes: int = Field(default=512 * 2**20, gt=0)
-    max_dataset_bytes: int = Field(default=1024 * 2**20, gt=0)
-    max_dataset_files: int = Field(default=20_000, gt=0)
-    max_dataset_uncompressed_bytes: int = Field(default=4 * 2**30, gt=0)
+    max_model_bytes: int = Field(default=512 * 2**20, gt=0, description="Weights upload limit (413 beyond).")
+    max_dataset_bytes: int = Field(default=1024 * 2**20, gt=0, description="Dataset zip limit (413 beyond).")
+    max_dataset_files: int = Field(default=20_000, gt=0, description="Files in a dataset zip (zip-bomb guard, 422).")
+    max_dataset_uncompressed_bytes: int = Field(
+        default=4 * 2**30, gt=0, description="Uncompressed bytes of a dataset zip (zip-bomb guard, 422).")
     max_dataset_entry_bytes: int = Field(
         default=64 * 2**20, gt=0, description="Any one file in a dataset zip (refused by its declared size, unread)."
     )
-    max_card_bytes: int = Field(default=64 * 2**10, gt=0)
-    max_detect_bytes: int = Field(default=64 * 2**20, gt=0)
+    max_card_bytes: int = Field(default=64 * 2**10, gt=0, description="Model card limit (413 beyond).")
+    max_detect_bytes: int = Field(default=64 * 2**20, gt=0, description="`POST /detect` request limit (413 beyond).")
     max_request_bytes: int = Field(default=2**20, gt=0, description="Any other request body.")
 
     # Serving (`POST /detect`; api/serving.py).
@@ -149,9 +154,11 @@ class Settings(BaseSettings):
     job_lease_seconds: float = Field(
         default=60.0, gt=0, description="A running job whose worker stopped heart-beating this long is requeued."
     )
-    progress_interval_seconds: float = Field(default=2.0, gt=0)
-    cancel_poll_seconds: float = Field(default=0.5, ge=0)
-    broker_visibility_timeout: int = Field(default=6 * 3600, gt=0)
+    progress_interval_seconds: float = Field(
+        default=2.0, gt=0, description="Progress writes to the jobs row, at most this often.")
+    cancel_poll_seconds: float = Field(default=0.5, ge=0, description="How often a running job reads its cancel flag.")
+    broker_visibility_timeout: int = Field(
+        default=6 * 3600, gt=0, description="Seconds before Redis redelivers an unacknowledged job (the lease recovers sooner).")
 
     # Timeouts and retries on external calls (database, broker).
     database_connect_timeout_seconds: int = Field(
