@@ -32,17 +32,7 @@ from typing import Any
 
 import torch
 
-from bench.report import (
-    RESULTS,
-    ROOT,
-    git_commit,
-    load_average,
-    load_results,
-    log,
-    machine,
-    mark,
-    rate,
-)
+from bench import report
 from bench.study.analysis import analyse, project_half_width
 from bench.study.arms import (
     ARMS,
@@ -59,7 +49,7 @@ from bench.study.arms import (
     planned_iterations,
     run_arm,
 )
-from bench.study.report import design_text, variant_text, write_report
+from bench.study.report import design_text, statistics_text, variant_text, write_report
 from bench.study.results import is_done, save_arm_run
 from core.checkpoint import ModelCard, load_model, save_model
 from core.data import ImageRecord, read_pennfudan
@@ -68,7 +58,7 @@ from core.paths import default_data_dir
 from core.pretrained import pretrained_for
 from core.train import train_float_detector
 
-WORK = ROOT / "var" / "claim"
+WORK = report.ROOT / "var" / "claim"
 QUICK = {"evaluated_folds": (0, 1), "seeds": 1, "float_iterations": 300, "finetune_iters": 5,
          "consolidation_iters": 10, "learning_rates": (3e-4, 1e-3), "drift_images": 4}
 # one fine-tuning iteration (batch 8) in one process while the other core is busy too
@@ -114,7 +104,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds-per-iteration", type=float, default=SECONDS_PER_ITERATION,
                         help="for --plan's estimate: one fine-tuning iteration (batch 8) in one process "
                         "while the other core is busy too (0.37-0.41 s measured with 2 x 1 thread)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=report.RESULTS)
     parser.add_argument("--work", type=Path, default=WORK)
     args = parser.parse_args()
     if args.model not in ARCHITECTURES:
@@ -167,22 +157,22 @@ def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: 
     torch.set_num_threads(threads)
     points, iterations, units = plan_study(design, pretrained)
     total = sum(u.iterations for u in units)
-    log(f"design {digest} ({work}): {len(units)} runs, {total} fine-tuning iterations; matched points "
-        f"(step: layers) {points}; iterations per arm and point {iterations}")
+    report.log(f"design {digest} ({work}): {len(units)} runs, {total} fine-tuning iterations; matched points "
+               f"(step: layers) {points}; iterations per arm and point {iterations}")
     if plan_only:
         print_plan(units, workers, seconds_per_iteration)
         return None
     work.mkdir(parents=True, exist_ok=True)
     if not (work / "design.json").exists():
         (work / "design.json").write_text(design.model_dump_json(indent=1))
-    started, commit = time.monotonic(), git_commit()  # the code the runs below use
+    started, commit = time.monotonic(), report.git_commit()  # the code the runs below use
     fresh = not any(_done(u, work) for u in units)
     execute(units, design, data, work, workers, threads, str(pretrained) if pretrained else None)
     wall = time.monotonic() - started
-    log("analysing")
+    report.log("analysing")
     analysis = analyse(design, _records(str(data)), work)
     primary = next(c for c in analysis["comparisons"] if c["role"] == "primary")
-    report = {
+    result = {
         "projection": project_half_width(primary, design),
         "quick": quick, "design": design.model_dump(mode="json"), "design_hash": digest,
         "work": str(work), "workers": workers, "threads": threads, "fresh_start": fresh,
@@ -192,16 +182,15 @@ def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: 
         "analysis": analysis,
         "goals": goals(design, analysis, iterations, wall, fresh, quick),
         "seconds": {"wall": round(wall, 1), "runs": round(sum(r["seconds"] for r in analysis["runs"]), 1)},
-        "environment": machine(date=time.strftime("%Y-%m-%d"), load_average_at_end=load_average(),
-                               commit=(commit["commit"] or "unknown")[:7] + ("+dirty" if commit["dirty"] else "")),
+        "environment": report.machine(date=time.strftime("%Y-%m-%d"), load_average_at_end=report.load_average(),
+                                      commit=(commit["commit"] or "unknown")[:7] + ("+dirty" if commit["dirty"] else "")),
     }
-    write_report(report, out, name)
+    write_report(result, out, name)
     for c in analysis["comparisons"]:
-        log(f"{c['verdict']:>12}: {c['name']} {c['difference']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]")
-    for goal, ok in report["goals"].items():
-        log(f"{mark(ok, none='N/A (resumed run)')}: {goal}")
-    log(f"wrote {out / name}.{{json,md}} and plots")
-    return report
+        report.log(f"{c['verdict']:>12}: {c['name']} {c['difference']:+.4f} [{c['ci95'][0]:+.4f}, {c['ci95'][1]:+.4f}]")
+    report.log_goals(result["goals"], none="N/A (resumed run)")
+    report.log(f"wrote {out / name}.{{json,md}} and plots")
+    return result
 
 
 def plan_study(design: StudyDesign, pretrained: Path | None) -> tuple[dict[int, int], dict[str, dict[int, int]],
@@ -220,10 +209,10 @@ def plan_study(design: StudyDesign, pretrained: Path | None) -> tuple[dict[int, 
 def print_plan(units: list[Unit], workers: int, seconds_per_iteration: float) -> None:
     for kind in ("float", "tune", "main"):
         its = sum(u.iterations for u in units if u.kind == kind)
-        log(f"  {kind}: {sum(u.kind == kind for u in units)} runs, {its} iterations")
+        report.log(f"  {kind}: {sum(u.kind == kind for u in units)} runs, {its} iterations")
     total = sum(u.iterations for u in units)
-    log(f"estimate: {total * seconds_per_iteration / workers / 3600:.2f} h at {seconds_per_iteration} s "
-        f"per iteration per process, {workers} processes (evaluation and start-up not included)")
+    report.log(f"estimate: {total * seconds_per_iteration / workers / 3600:.2f} h at {seconds_per_iteration} s "
+               f"per iteration per process, {workers} processes (evaluation and start-up not included)")
 
 
 def goals(design: StudyDesign, analysis: dict[str, Any], iterations: dict[str, dict[int, int]], wall: float,
@@ -367,8 +356,8 @@ def execute(units: list[Unit], design: StudyDesign, data: Path, work: Path, work
     longest ready unit first."""
     pending = {u.key: u for u in units if not _done(u, work)}
     finished = {u.key for u in units} - set(pending)
-    log(f"{len(finished)} of {len(units)} runs already done; {len(pending)} to go "
-        f"({sum(u.iterations for u in pending.values())} fine-tuning iterations)")
+    report.log(f"{len(finished)} of {len(units)} runs already done; {len(pending)} to go "
+               f"({sum(u.iterations for u in pending.values())} fine-tuning iterations)")
     if not pending:
         return
     running: dict[Future[None], tuple[Unit, float]] = {}
@@ -388,8 +377,8 @@ def execute(units: list[Unit], design: StudyDesign, data: Path, work: Path, work
                 unit, unit_started = running.pop(future)
                 future.result()  # a failed run stops the study; finished runs stay on disk
                 finished.add(unit.key)
-                log(f"done {unit.key} ({unit.iterations} its, {time.monotonic() - unit_started:.0f} s); "
-                    f"{len(pending) + len(running)} to go")
+                report.log(f"done {unit.key} ({unit.iterations} its, {time.monotonic() - unit_started:.0f} s); "
+                           f"{len(pending) + len(running)} to go")
 
 
 def submit(pool: ProcessPoolExecutor, unit: Unit, design: StudyDesign, data: Path, work: Path,
@@ -429,64 +418,64 @@ NOTES = {  # what a number cannot say about one result file
 
 def readme_section(results: Path) -> str:
     """The study's design (from the PedNet study's JSON) and each variant's results."""
-    names = [p.stem for p in sorted(results.glob("claim*.json")) if "quick" not in p.stem]
-    reports = {n: load_results(n, results) or {} for n in names}
-    # the PedNet study first (the design below is its), then its variants, then other detectors
-    names.sort(key=lambda n: (n != "claim", reports[n]["design"]["architecture"] != DEFAULT_ARCHITECTURE, n))
     head = "### The claim study: layer priority against all-at-once, pre-registered (`make bench-claim`)"
-    if not names:
-        return f"{head}\n\nNot run yet.\n"
-    reports = {n: reports[n] for n in names}
-    lines = [head, "",
-             ("FlexBin rests on one claim: at the same compression ratio, binarizing layer by layer in priority "
+    return report.section(head, report.load_all("claim", results), _readme_lines)
+
+
+def _readme_lines(results: dict[str, dict[str, Any]]) -> list[str]:
+    # the PedNet study first (the design below is its), then its variants, then other detectors
+    reports = dict(sorted(results.items(), key=lambda kv: (
+        kv[0] != "claim", kv[1]["design"]["architecture"] != DEFAULT_ARCHITECTURE, kv[0])))
+    first = next(iter(reports.values()))
+    lines = [("FlexBin rests on one claim: at the same compression ratio, binarizing layer by layer in priority "
               "order gives a lower miss rate than binarizing all layers at once. The trade-off benchmark above "
               "cannot decide it (one run per method on a small validation split; arms not trained alike). "
               "`python -m bench.claim` is the study that can. Its design, statistics and decision rule below were "
               "committed (with the code in `bench/study/` and `bench/claim.py`) before any full run; the git "
               "history shows it."), "",
-             *design_text(reports[names[0]], _plan(reports[names[0]])), ""]
-    for n, report in reports.items():
-        command = _command(report)
+             *design_text(first), "", *statistics_text(first, _plan(first)), ""]
+    for n, result in reports.items():
+        command = _command(result)
         note = (f"Run as `{command}`. " if command else "") + NOTES.get(n, "")
-        if report["design"]["seeds"] == 1:
+        if result["design"]["seeds"] == 1:
             note += (" With one seed per fold the interval holds the trained networks fixed: it does not include "
                      "run-to-run training noise, so it is narrower than a design with more seeds would give.")
-        lines += [*variant_text(n, report, _plan(report), _title(report), note.strip()), ""]
-    return "\n".join(lines)
+        lines += [*variant_text(n, result, _plan(result), _title(result), note.strip()), ""]
+    return lines
 
 
-def _plan(report: dict[str, Any]) -> dict[str, Any]:
+def _plan(result: dict[str, Any]) -> dict[str, Any]:
     """The runs and iterations of a study, from its JSON's design and planned iterations."""
-    design = StudyDesign.model_validate(report["design"])
-    iterations = {arm: {int(k): v for k, v in its.items()} for arm, its in report["planned_iterations"].items()}
-    units = plan_units(design, iterations, max(report["analysis"]["matched_layers"]), design.pretrained)
+    design = StudyDesign.model_validate(result["design"])
+    iterations = {arm: {int(k): v for k, v in its.items()} for arm, its in result["planned_iterations"].items()}
+    units = plan_units(design, iterations, max(result["analysis"]["matched_layers"]), design.pretrained)
     return {"runs": len(units), "iterations": sum(u.iterations for u in units), "quick": QUICK,
             "budget_minutes": BUDGET_MINUTES, "quick_budget_minutes": QUICK_BUDGET_MINUTES,
             "seconds_per_iteration": SECONDS_PER_ITERATION}
 
 
-def _title(report: dict[str, Any]) -> str:
-    d = report["design"]
+def _title(result: dict[str, Any]) -> str:
+    d = result["design"]
     size = "x".join(str(d["builder_kwargs"][k]) for k in ("input_height", "input_width") if k in d["builder_kwargs"])
     return (("PedNet" if d["architecture"] == DEFAULT_ARCHITECTURE else f"`{d['architecture']}`")
             + (f" at {size}" if size else "")
             + (", binary weights and activations" if d["activation_bits"] else ", weights only")
-            + (", a reduced design" if _reduced(report) else ""))
+            + (", a reduced design" if _reduced(result) else ""))
 
 
-def _reduced(report: dict[str, Any]) -> bool:
+def _reduced(result: dict[str, Any]) -> bool:
     default = StudyDesign().model_dump(mode="json")
-    return any(report["design"][k] != default[k] for k in REDUCING)
+    return any(result["design"][k] != default[k] for k in REDUCING)
 
 
-def _command(report: dict[str, Any]) -> str:
+def _command(result: dict[str, Any]) -> str:
     """The command line of a study whose design is not the default one (beyond --activation-bits)."""
-    d, default = report["design"], StudyDesign().model_dump(mode="json")
+    d, default = result["design"], StudyDesign().model_dump(mode="json")
     args = []
     if d["architecture"] != DEFAULT_ARCHITECTURE:
         weights = pretrained_for(d["architecture"])
         args += ["--model", d["architecture"], "--pretrained",
-                 str(weights.directory.relative_to(ROOT)) if weights else "DIR"]
+                 str(weights.directory.relative_to(report.ROOT)) if weights else "DIR"]
     if d["builder_kwargs"].get("input_height"):
         args += ["--input", f"{d['builder_kwargs']['input_height']}x{d['builder_kwargs']['input_width']}"]
     if d["activation_bits"]:
@@ -494,7 +483,7 @@ def _command(report: dict[str, Any]) -> str:
     for key in REDUCING:
         if d[key] != default[key]:
             value = d[key]
-            text = ",".join(rate(v) if key == "learning_rates" else str(v) for v in value) \
+            text = ",".join(report.rate(v) if key == "learning_rates" else str(v) for v in value) \
                 if isinstance(value, list) else str(value)
             args += [f"--{key.replace('_', '-')}", text]
     return "python -m bench.claim " + " ".join(args) if args else ""

@@ -36,18 +36,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.report import (
-    RESULTS,
-    ROOT,
-    commit_text,
-    git_commit,
-    load_results,
-    log,
-    machine,
-    machine_text,
-    markdown_table,
-    write_results,
-)
+from bench import report
 from bench.stack import TERMINAL, dataset_zip, tiny_model, wait_until
 from core.paths import default_data_dir
 
@@ -97,7 +86,7 @@ class Stack:
         with ExitStack() as files:
             fin = files.enter_context(open(stdin, "rb")) if stdin else subprocess.DEVNULL
             fout = files.enter_context(open(stdout, "wb")) if stdout else (subprocess.PIPE if capture else None)
-            done = subprocess.run(self.argv(*args), cwd=ROOT, env=self.env, stdin=fin, stdout=fout, stderr=subprocess.PIPE,
+            done = subprocess.run(self.argv(*args), cwd=report.ROOT, env=self.env, stdin=fin, stdout=fout, stderr=subprocess.PIPE,
                                   text=True, timeout=timeout, check=False)
         if done.returncode != 0:
             raise CheckFailed(f"`docker compose -p {self.project} {' '.join(args)}` exited {done.returncode}:\n"
@@ -227,22 +216,22 @@ def run_check(args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> d
     try:
         result["build"] = build_image(main, env, log_dir)
         after_build = time.monotonic()
-        log("docker compose up ...")
+        report.log("docker compose up ...")
         result["stack_ready_s"] = round(main.up(), 1)
         result["network"] = network_discipline(main)
         with main.client() as client:
             ids = upload(client, args)
-            log("job A ...")
+            report.log("job A ...")
             result.update(job_deployed(client, main, ids, image, args))
-            log("job B: pg_dump while it runs, then a worker restart mid-job ...")
+            report.log("job B: pg_dump while it runs, then a worker restart mid-job ...")
             result["restart"], result["dump"] = job_with_restart(args, main, client, ids, dump)
-            log("docker compose down + up ...")
+            report.log("docker compose down + up ...")
             result["persistence"] = down_and_up(main)
             original = {"detections": detect(client, image), "job_b": main.job_checkpoints(result["restart"]["job_id"]),
                         "hashes": download_hashes(client, [cid for (cid,) in main.sql("SELECT id FROM checkpoints ORDER BY id")])}
         main.save_logs("second-up")
         main.down()  # the restore starts from the dump alone; these volumes go at the end
-        log("restore drill ...")
+        report.log("restore drill ...")
         result["restore"] = restore_drill(args, restored, dump, image, original, result["restart"]["job_id"])
         result["check_s"] = round(time.monotonic() - after_build, 1)
         result["total_s"] = round(time.monotonic() - started, 1)
@@ -261,10 +250,10 @@ def build_image(main: Stack, env: dict[str, str], log_dir: Path) -> dict[str, An
     """`docker compose build` (api, worker and migrate share one image: building it for one
     service builds it once); the replaced build, now untagged, is removed."""
     previous = image_id(main.image)
-    log(f"building {main.image} ...")
+    report.log(f"building {main.image} ...")
     t0 = time.monotonic()
     with open(log_dir / "build.log", "wb") as build_log:
-        built = subprocess.run(main.argv("build", "--progress", "plain", "migrate"), cwd=ROOT, env=env,
+        built = subprocess.run(main.argv("build", "--progress", "plain", "migrate"), cwd=report.ROOT, env=env,
                                stdout=build_log, stderr=subprocess.STDOUT, check=False, timeout=3600)
     if built.returncode != 0:
         raise CheckFailed(f"the image build failed: {log_dir / 'build.log'}")
@@ -436,7 +425,7 @@ def restore_drill(args: argparse.Namespace, stack: Stack, dump: Path, image: Pat
         hashes = download_hashes(client, checkpoint_ids)
         same = [cid for cid in checkpoint_ids if original["hashes"].get(cid) == hashes[cid]]
         detections = detect(client, image)
-        log(f"restored: waiting for the worker to resume job B from step {steps_at_dump} ...")
+        report.log(f"restored: waiting for the worker to resume job B from step {steps_at_dump} ...")
         job_b = wait_job(client, job_b_id, args.job_timeout + 180)  # + the dead worker's lease
         resumed = stack.job_checkpoints(job_b_id)
     result = {
@@ -503,7 +492,7 @@ def markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [
         "# `docker compose` deployment check (`make compose-check`, `python -m bench.compose`)", "",
-        (f"{env['date']}, commit {commit_text(result['git'])}; {machine_text(env)}. Docker engine "
+        (f"{env['date']}, commit {report.commit_text(result['git'])}; {report.machine_text(env)}. Docker engine "
          f"{env['docker_engine']}, Compose {env['compose']}; images: "
          f"{', '.join(f'{k} `{v}`' for k, v in env['images'].items())}. Compose files: "
          f"{' + '.join(COMPOSE_FILES)} (host networking on loopback ports, a CPU worker with 1 torch thread). "
@@ -515,8 +504,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    return markdown_table(rows, [("what", "what"), ("measured", "measured"), ("goal", "goal"),
-                                 ("met", lambda row: "yes" if row["met"] else "**no**")])
+    return report.markdown_table(rows, [("what", "what"), ("measured", "measured"), ("goal", "goal"),
+                                        ("met", lambda row: "yes" if row["met"] else "**no**")])
 
 
 def docker_versions() -> dict[str, str]:
@@ -545,15 +534,15 @@ def main() -> None:
     except CheckFailed as exc:
         sys.exit(f"compose check FAILED: {exc}\n(logs in {log_dir})")
     result["table"] = table_rows(result)
-    result["environment"] = {**machine(), **docker_versions(), "images": {
+    result["environment"] = {**report.machine(), **docker_versions(), "images": {
         "base": env.get("FLEXBIN_BASE_IMAGE", "python:3.11-slim"),
         "postgres": env.get("FLEXBIN_POSTGRES_IMAGE", "postgres:16"),
         "redis": env.get("FLEXBIN_REDIS_IMAGE", "redis:7")}}
-    result["git"] = git_commit()
+    result["git"] = report.git_commit()
     result["args"] = {"images": args.images, "finetune_iters": args.finetune_iters, "data": str(args.data)}
     result["all_met"] = all(row["met"] for row in result["table"])
-    write_results("compose", result, markdown(result))
-    print((RESULTS / "compose.md").read_text())
+    report.write_results("compose", result, markdown(result))
+    print((report.RESULTS / "compose.md").read_text())
     print(f"logs in {log_dir}")
     if not result["all_met"]:
         sys.exit(1)
@@ -579,15 +568,15 @@ if __name__ == "__main__":
 # -- bench/results/README.md ----------------------------------------------------------------
 def readme_section(results: Path) -> str:
     head = "### The containerised deployment (`make compose-check`, [`compose.md`](compose.md))"
-    result = load_results("compose", results)
-    if result is None:
-        return f"{head}\n\nNot run yet.\n"
+    return report.section(head, report.load_results("compose", results), _readme_lines)
+
+
+def _readme_lines(result: dict[str, Any]) -> list[str]:
     env = result["environment"]
-    return "\n".join([
-        head, "",
+    return [
         (f"`docker-compose.yml` + `docker-compose.loopback.yml` built and run for real by `make compose-check` "
          f"(`tools/compose_check.sh`, then `python -m bench.compose`): the stack, a job, a deployment, `/detect`, a "
          "worker restart mid-job, `down` + `up`, and a backup/restore drill (docs/deployment.md). One run, "
-         f"{env['date']}, commit {commit_text(result['git'])}, Docker engine {env['docker_engine']}, Compose "
+         f"{env['date']}, commit {report.commit_text(result['git'])}, Docker engine {env['docker_engine']}, Compose "
          f"{env['compose']}; every goal {'met' if result['all_met'] else 'met but the ones marked **no**'}:"), "",
-        *table(result["table"]), ""])
+        *table(result["table"])]

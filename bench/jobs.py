@@ -28,16 +28,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from bench import stack
-from bench.report import (
-    RESULTS,
-    load_results,
-    log,
-    machine,
-    machine_text,
-    markdown_table,
-    write_results,
-)
+from bench import report, stack
 from service.store import Job, JobStep, get_sessionmaker
 
 CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 128, "width": 8}
@@ -58,14 +49,14 @@ def main() -> None:
                         "batch_size": 4}
                 throughput = [run_batch(client, db_url, env, log_dir, workers, body, args) for workers in (1, 2)]
                 listing = client.get("/jobs", params={"limit": 1}).json()["data"][0]
-            log("latency ...")
+            report.log("latency ...")
             latency = {**poll_latency(url, listing["id"], POLLERS, args.poll_seconds, 2000),
                        "steps": len(listing["steps"])}
-            log(json.dumps(latency))
+            report.log(json.dumps(latency))
         finally:
             api.stop()
     result = {
-        "machine": machine(),
+        "machine": report.machine(),
         "quick": args.quick,
         "openvino_export": export,
         "job": {"description": f"PedNet width 8 at 128 px, {args.images} Penn-Fudan images, target ratio 4, "
@@ -75,8 +66,8 @@ def main() -> None:
         "throughput": throughput,
         "latency": latency,
     }
-    write_results(name, result, markdown(result))
-    log(f"wrote {RESULTS / name}.json and .md (logs in {log_dir})")
+    report.write_results(name, result, markdown(result))
+    report.log(f"wrote {report.RESULTS / name}.json and .md (logs in {log_dir})")
 
 
 def parse_args() -> argparse.Namespace:
@@ -98,7 +89,7 @@ def parse_args() -> argparse.Namespace:
 def run_batch(client: httpx.Client, db_url: str, env: dict[str, str], log_dir: Path, workers: int,
               body: dict[str, Any], args: argparse.Namespace, timeout: float = 1800) -> dict[str, Any]:
     """`args.jobs` jobs submitted at once to `workers` fresh worker processes, until all end."""
-    log(f"{args.jobs} jobs on {workers} worker(s) ...")
+    report.log(f"{args.jobs} jobs on {workers} worker(s) ...")
     threads = args.threads or max(1, (os.cpu_count() or 2) // workers)
     worker_env = {**env, "OMP_NUM_THREADS": str(threads), "FLEXBIN_LOG_LEVEL": "INFO"}
     procs: list[stack.Proc] = []
@@ -115,7 +106,7 @@ def run_batch(client: httpx.Client, db_url: str, env: dict[str, str], log_dir: P
             p.stop()
     batch = {"workers": workers, "torch_threads_per_worker": threads, "jobs": args.jobs,
              **job_times(db_url, ids, makespan)}
-    log(json.dumps(batch))
+    report.log(json.dumps(batch))
     return batch
 
 
@@ -182,16 +173,16 @@ def markdown(result: dict[str, Any]) -> str:
     lat = result["latency"]
     lines = [
         "# Job service benchmark (`python -m bench.jobs`)", "",
-        f"{machine_text(result['machine'])}. PostgreSQL + Redis on loopback; each job: {result['job']['description']}.",
+        f"{report.machine_text(result['machine'])}. PostgreSQL + Redis on loopback; each job: {result['job']['description']}.",
         "",
-        *markdown_table(result["throughput"], [
+        *report.markdown_table(result["throughput"], [
             ("workers", "workers"), ("jobs", "jobs"), ("succeeded", "succeeded"), ("makespan (s)", "makespan_s"),
             ("jobs/hour", "jobs_per_hour"),
             ("queue wait mean / max (s)", lambda b: f"{b['queue_wait_s']['mean']} / {b['queue_wait_s']['max']}"),
             ("step mean / max (s)", lambda b: f"{b['step_s']['mean']} / {b['step_s']['max']}")], align="rrrrrrr"),
         "", _latency_text(lat), "",
         ("Queue wait is job creation to a worker claiming it. Each worker runs one job at a time with "
-         f"{result['throughput'][0]['torch_threads_per_worker']} torch thread(s); on 2 cores a second worker overlaps "
+         f"{report.plural(result['throughput'][0]['torch_threads_per_worker'], 'torch thread')}; on 2 cores a second worker overlaps "
          "data loading, evaluation and database writes with another job's compute. (With 2 torch threads per worker "
          "on these small jobs, one worker ran steps about 8x slower than with 1: OpenMP threads contend with the API "
          "and PostgreSQL for the 2 cores.)"), "",
@@ -210,9 +201,12 @@ def _latency_text(lat: dict[str, Any]) -> str:
 def readme_section(results: Path) -> str:
     """The runs with and without the per-step OpenVINO export, side by side."""
     head = "### Job service (`make bench-jobs`, [`jobs.md`](jobs.md))"
-    runs = {name: r for name in ("jobs_no_export", "jobs") if (r := load_results(name, results))}
-    if not runs:
-        return f"{head}\n\nNot run yet.\n"
+    runs = {name: r for name in ("jobs_no_export", "jobs") if (r := report.load_results(name, results))}
+    pretrained = report.load_results("pretrained", results)  # what a real job's steps take
+    return report.section(head, runs, lambda r: _readme_lines(r, pretrained))
+
+
+def _readme_lines(runs: dict[str, dict[str, Any]], pretrained: dict[str, Any] | None) -> list[str]:
     labels = {name: ("with the per-step OpenVINO export" if r.get("openvino_export", True) else "no export")
               for name, r in runs.items()}
     first = next(iter(runs.values()))
@@ -224,20 +218,19 @@ def readme_section(results: Path) -> str:
                 f"step {b['step_s']['mean']:.2f} s")
 
     lines = [
-        head, "",
         (f"PostgreSQL + Redis on loopback, real worker processes ({first['throughput'][0]['torch_threads_per_worker']} "
          f"torch thread each); {first['throughput'][0]['jobs']} small jobs submitted at once "
          f"({first['job']['description'].split(', OpenVINO')[0]}). One run with the OpenVINO export of every step "
          "that jobs do since issue 11 and one without it (`--no-openvino-export`, "
          "[`jobs_no_export.md`](jobs_no_export.md): the service as before issue 11). Wait: queue wait mean / max; "
          "step: mean step time."), "",
-        *markdown_table(workers, [("workers", lambda n: n)] + [
+        *report.markdown_table(workers, [("workers", lambda n: n)] + [
             (labels[name], lambda n, r=r: cell(r, n)) for name, r in runs.items()], align="rll"), "",
         *(f"- {labels[name]}: {_latency_text(r['latency'])}" for name, r in runs.items()), "",
     ]
     if len(runs) == 2:
-        lines.append(_export_cost(runs["jobs_no_export"], runs["jobs"], load_results("pretrained", results)))
-    return "\n".join(lines) + "\n"
+        lines.append(_export_cost(runs["jobs_no_export"], runs["jobs"], pretrained))
+    return lines
 
 
 def _export_cost(without: dict[str, Any], with_export: dict[str, Any], pretrained: dict[str, Any] | None) -> str:

@@ -32,22 +32,8 @@ from typing import Any
 
 import torch
 
+from bench import report
 from bench.baselines.hog import HogPeopleDetector
-from bench.report import (
-    RESULTS,
-    goal_lines,
-    load_average,
-    load_results,
-    log,
-    machine,
-    mark,
-    markdown_table,
-    minutes,
-    plural,
-    rate,
-    step_rows,
-    write_results,
-)
 from core.binary import binarize_module
 from core.checkpoint import ModelCard
 from core.data import ImageRecord, read_pennfudan, split_records
@@ -84,24 +70,22 @@ def main() -> None:
     started = time.monotonic()
     torch.manual_seed(0)
     data = load_data(args.data)
-    report: dict[str, Any] = {"quick": args.quick, "data": {
+    result: dict[str, Any] = {"quick": args.quick, "data": {
         "images": len(data.records), "train_images": len(data.train), "val_images": len(data.val),
         "val_pedestrians": sum(len(r.boxes) for r in data.val)}}
-    report["parity"] = parity(data, args.parity_limit)
+    result["parity"] = parity(data, args.parity_limit)
     size = {"input_height": args.input_height, "input_width": args.input_width}
     full, _ = load_pretrained(NAME)
     model, card = load_pretrained(NAME, **size)
-    report["float"] = float_model(full, model, data, args)
-    config, report["job"] = layer_priority_job(model, card, data, args)
-    report["depthwise"] = depthwise(model, card, data, config)
-    report["speed"] = speed(full, model, data, f"{args.input_height}x{args.input_width}")
-    report["goals"] = goals(report, args)
-    report.update(total_seconds=round(time.monotonic() - started, 1),
-                  environment=machine(threads=torch.get_num_threads(), load_average_at_end=load_average(),
-                                      date=time.strftime("%Y-%m-%d")))
-    write(report, args.out)
-    for goal, ok in report["goals"].items():
-        log(f"{mark(ok)}: {goal}")
+    result["float"] = float_model(full, model, data, args)
+    config, result["job"] = layer_priority_job(model, card, data, args)
+    result["depthwise"] = depthwise(model, card, data, config)
+    result["speed"] = speed(full, model, data, f"{args.input_height}x{args.input_width}")
+    result["goals"] = goals(result, args)
+    result.update(total_seconds=round(time.monotonic() - started, 1),
+                  environment=report.machine(threads=torch.get_num_threads(), load_average_at_end=report.load_average(),
+                                             date=time.strftime("%Y-%m-%d")))
+    write(result, args.out)
 
 
 def parse_args() -> argparse.Namespace:
@@ -117,7 +101,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--float-finetune-iters", type=int, default=300)
     parser.add_argument("--target", type=float, default=settings.demo_min_compression_ratio,
                         help="the demo's compression target: its job time is the steps until it")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=report.RESULTS)
     args = parser.parse_args()
     args.parity_limit = None
     if args.quick:
@@ -131,7 +115,7 @@ def parse_args() -> argparse.Namespace:
 def load_data(root: Path) -> Data:
     records = read_pennfudan(root)
     train, val = split_records(records)
-    log(f"data: {len(records)} images, {len(train)} train / {len(val)} val, from {root}")
+    report.log(f"data: {len(records)} images, {len(train)} train / {len(val)} val, from {root}")
     return Data(records, train, val, ImageCache())
 
 
@@ -143,7 +127,7 @@ def parity(data: Data, limit: int | None) -> dict[str, Any]:
     """The PyTorch module against Intel's FP16 IR on OpenVINO, on the same images."""
     xml = default_ir_path()
     if not xml.is_file():
-        log(f"parity: skipped, no IR at {xml}")
+        report.log(f"parity: skipped, no IR at {xml}")
         return {"skipped": f"no IR at {xml}"}
     chosen = data.records[:limit] if limit else data.records
     model, _ = load_pretrained(NAME)
@@ -158,8 +142,8 @@ def parity(data: Data, limit: int | None) -> dict[str, Any]:
         missing = unmatched_top_detections(ref, det, min_score=0.05) + unmatched_top_detections(det, ref, min_score=0.05)
         if missing:
             mismatches[record.name] = missing
-    log(f"parity on {len(chosen)} images: OpenVINO MR^-2 {ref_m.miss_rate:.4f} AP {ref_m.ap50:.4f}, torch MR^-2 "
-        f"{our_m.miss_rate:.4f} AP {our_m.ap50:.4f}; {len(mismatches)} images differ")
+    report.log(f"parity on {len(chosen)} images: OpenVINO MR^-2 {ref_m.miss_rate:.4f} AP {ref_m.ap50:.4f}, torch MR^-2 "
+               f"{our_m.miss_rate:.4f} AP {our_m.ap50:.4f}; {len(mismatches)} images differ")
     return {"images": len(chosen), "openvino": metrics_row(ref_m), "torch": metrics_row(our_m),
             "miss_rate_difference": round(abs(ref_m.miss_rate - our_m.miss_rate), 5),
             "images_with_unmatched_top_detections": len(mismatches), "unmatched": mismatches,
@@ -176,8 +160,8 @@ def float_model(full: torch.nn.Module, model: torch.nn.Module, data: Data, args:
     train_detector(tuned, data.train, iterations=args.float_finetune_iters, batch_size=8,
                    learning_rate=args.learning_rate, seed=0, cache=data.cache)
     after = metrics_row(evaluate_model(tuned, data.val, cache=data.cache))
-    log(f"float val: {before}; fine-tuned {args.float_finetune_iters} iterations: "
-        f"MR^-2 {after['miss_rate']:.4f} AP {after['ap50']:.4f}")
+    report.log(f"float val: {before}; fine-tuned {args.float_finetune_iters} iterations: "
+               f"MR^-2 {after['miss_rate']:.4f} AP {after['ap50']:.4f}")
     return {"before_finetuning": before,
             "after_finetuning": {**after, "iterations": args.float_finetune_iters, "learning_rate": args.learning_rate,
                                  "batch_size": 8, "seconds": round(time.monotonic() - t0, 1)},
@@ -191,10 +175,10 @@ def layer_priority_job(model: torch.nn.Module, card: ModelCard, data: Data,
     config = PipelineConfig(target=EVERY_LAYER, layers_per_step=args.layers_per_step,
                             finetune_iters=args.finetune_iters, learning_rate=args.learning_rate)
     t0 = time.monotonic()
-    result = run(model, card, data.train, data.val, config, on_step=lambda s: log(
+    result = run(model, card, data.train, data.val, config, on_step=lambda s: report.log(
         f"step {s.index} ({len(s.binary_layers)} binary layers) ratio {s.compression_ratio:.2f} "
         f"MR^-2 {s.miss_rate:.3f} AP {s.ap50:.3f} {s.step_seconds:.0f}s"))
-    steps = step_rows(result.steps)
+    steps = report.step_rows(result.steps)
     reached = next((s for s in steps if s["compression_ratio"] >= args.target), None)
     demo_seconds = None if reached is None else sum(s["step_seconds"] for s in steps[: reached["index"] + 1])
     return config, {"config": config.model_dump(mode="json"), "threads": torch.get_num_threads(),
@@ -217,9 +201,9 @@ def depthwise(model: torch.nn.Module, card: ModelCard, data: Data, config: Pipel
     train_detector(binary, data.train, iterations=config.finetune_iters, batch_size=config.batch_size,
                    learning_rate=config.learning_rate, seed=config.seed, cache=data.cache)
     after = evaluate_model(binary, data.val, cache=data.cache)
-    log(f"depthwise: {len(dw)} convs, {100 * sum(x.num_params for x in dw) / total:.1f} % of conv weights; all "
-        f"binarized: MR^-2 {before.miss_rate:.3f} (no fine-tuning), {after.miss_rate:.3f} after "
-        f"{config.finetune_iters} iterations")
+    report.log(f"depthwise: {len(dw)} convs, {100 * sum(x.num_params for x in dw) / total:.1f} % of conv weights; all "
+               f"binarized: MR^-2 {before.miss_rate:.3f} (no fine-tuning), {after.miss_rate:.3f} after "
+               f"{config.finetune_iters} iterations")
     return {"num_depthwise": len(dw), "weight_fraction": round(sum(x.num_params for x in dw) / total, 4),
             "dense_eligible_fraction": round(sum(x.num_params for x in dense) / total, 4),
             "eligible_with_depthwise": len(with_dw),
@@ -249,12 +233,12 @@ def speed(full: torch.nn.Module, model: torch.nn.Module, data: Data, size: str) 
            "hog_ms": round(ms_per_image(hog, images), 2),
            "hog": metrics_row(evaluate_detections(hog(images), [r.boxes for r in data.val]))}
     torch.set_num_threads(threads)
-    log(f"speed (1 thread, ms/image): {out}")
+    report.log(f"speed (1 thread, ms/image): {out}")
     return out
 
 
-def goals(report: dict[str, Any], args: argparse.Namespace) -> dict[str, bool | None]:
-    p, f, job = report["parity"], report["float"], report["job"]
+def goals(result: dict[str, Any], args: argparse.Namespace) -> dict[str, bool | None]:
+    p, f, job = result["parity"], result["float"], result["job"]
     steps, demo_seconds = job["steps"], job["demo_job_seconds"]
     skipped = "skipped" in p
     return {
@@ -272,12 +256,13 @@ def goals(report: dict[str, Any], args: argparse.Namespace) -> dict[str, bool | 
 
 
 # -- output -----------------------------------------------------------------------------------
-def write(report: dict[str, Any], out: Path) -> None:
-    write_results("pretrained_quick" if report["quick"] else "pretrained", report, markdown(report), out=out)
+def write(result: dict[str, Any], out: Path) -> None:
+    report.write_results("pretrained_quick" if result["quick"] else "pretrained", result, markdown(result), out=out)
+    report.log_goals(result["goals"])
 
 
-def markdown(report: dict[str, Any]) -> str:
-    env, d, f, job = report["environment"], report["data"], report["float"], report["job"]
+def markdown(result: dict[str, Any]) -> str:
+    env, d, f, job = result["environment"], result["data"], result["float"], result["job"]
     c, size = job["config"], list(f["before_finetuning"])[-1]
     demo = job["demo_job_seconds"]
     lines = [
@@ -285,22 +270,22 @@ def markdown(report: dict[str, Any]) -> str:
          f"{env.get('cpus', '?')} CPUs, load average at the end {env['load_average_at_end']})"), "",
         (f"Penn-Fudan: {d['images']} images, {d['train_images']} train / {d['val_images']} val "
          f"({d['val_pedestrians']} pedestrians in val)."), "",
-        "## Parity with the original IR (OpenVINO, float32), 384x672", "", *_parity_lines(report["parity"]), "",
+        "## Parity with the original IR (OpenVINO, float32), 384x672", "", *_parity_lines(result["parity"]), "",
         "## The float model on the validation split", "", *_float_table(f), "",
         (f"## Layer priority (inverse depth), {c['layers_per_step']} layers per step, {c['finetune_iters']} iterations "
          f"per step, lr {c['learning_rate']:g}, at {size}"), "",
         *_steps_table(job["steps"]), "",
         (f"The demo's job (the steps until {job['demo_target']:g}x) took "
-         + (minutes(demo) if demo is not None else "- (target never reached)")
+         + (report.minutes(demo) if demo is not None else "- (target never reached)")
          + f" here, with {job['threads']} torch threads."), "",
-        "## Depthwise convolutions", "", _depthwise_text(report["depthwise"], job["steps"][0]["miss_rate"]), "",
+        "## Depthwise convolutions", "", _depthwise_text(result["depthwise"], job["steps"][0]["miss_rate"]), "",
         "## Milliseconds per image, 1 thread (validation images)", "",
-        *markdown_table([(k, v) for k, v in report["speed"].items() if k.endswith("_ms")],
-                        [("detector", lambda kv: kv[0].removesuffix("_ms").replace("_", " ")),
+        *report.markdown_table([(k, v) for k, v in result["speed"].items() if k.endswith("_ms")],
+                               [("detector", lambda kv: kv[0].removesuffix("_ms").replace("_", " ")),
                          ("ms / image", lambda kv: f"{kv[1]:.1f}")], align="lr"), "",
-        (f"HOG on the validation split: MR^-2 {report['speed']['hog']['miss_rate']:.3f}, AP "
-         f"{report['speed']['hog']['ap50']:.3f}."), "",
-        "## Goals", "", *goal_lines(report["goals"]), "", f"Total time: {minutes(report['total_seconds'])}.",
+        (f"HOG on the validation split: MR^-2 {result['speed']['hog']['miss_rate']:.3f}, AP "
+         f"{result['speed']['hog']['ap50']:.3f}."), "",
+        "## Goals", "", *report.goal_lines(result["goals"]), "", f"Total time: {report.minutes(result['total_seconds'])}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -308,7 +293,7 @@ def markdown(report: dict[str, Any]) -> str:
 def _parity_lines(p: dict[str, Any]) -> list[str]:
     if "skipped" in p:
         return [f"Skipped: {p['skipped']}."]
-    return [*markdown_table([("OpenVINO, FP16 IR", p["openvino"]), ("FlexBin PyTorch module", p["torch"])], [
+    return [*report.markdown_table([("OpenVINO, FP16 IR", p["openvino"]), ("FlexBin PyTorch module", p["torch"])], [
         ("runtime", lambda r: r[0]), ("images", lambda r: p["images"]), ("MR^-2", lambda r: f"{r[1]['miss_rate']:.4f}"),
         ("AP@0.5", lambda r: f"{r[1]['ap50']:.4f}")], align="lrrr"), "",
         (f"Images whose detections scoring >= 0.05 lack a twin (IoU >= 0.95, score within 0.01): "
@@ -320,15 +305,15 @@ def _float_table(f: dict[str, Any]) -> list[str]:
     rows = [(f"pretrained, {s}", m) for s, m in f["before_finetuning"].items()]
     rows.append(((f"fine-tuned {after['iterations']} iterations (batch {after['batch_size']}, lr "
                   f"{after['learning_rate']:g}) at {size}"), after))
-    return markdown_table(rows, [("model", lambda r: r[0]), ("MR^-2", lambda r: f"{r[1]['miss_rate']:.4f}"),
-                                 ("AP@0.5", lambda r: f"{r[1]['ap50']:.4f}")], align="lrr")
+    return report.markdown_table(rows, [("model", lambda r: r[0]), ("MR^-2", lambda r: f"{r[1]['miss_rate']:.4f}"),
+                                        ("AP@0.5", lambda r: f"{r[1]['ap50']:.4f}")], align="lrr")
 
 
 def _steps_table(steps: list[dict[str, Any]], bold: int | None = None) -> list[str]:
     def cell(fmt: str) -> Callable[[dict[str, Any]], str]:
         return lambda s: f"**{fmt.format(**s)}**" if s["index"] == bold else fmt.format(**s)
 
-    return markdown_table(steps, [
+    return report.markdown_table(steps, [
         ("step", cell("{index}")), ("layers binarized", cell("{num_binary_layers}")),
         ("whole-model compression", cell("{compression_ratio:.2f}x")), ("MR^-2", cell("{miss_rate:.3f}")),
         ("AP@0.5", cell("{ap50:.3f}")), ("step s", cell("{step_seconds:.0f}"))], align="rrrrrr")
@@ -345,10 +330,11 @@ def _depthwise_text(dw: dict[str, Any], float_miss_rate: float) -> str:
 # -- bench/results/README.md ----------------------------------------------------------------
 def readme_section(results: Path) -> str:
     head = "### Pretrained detector (`make bench-pretrained`, [`pretrained.md`](pretrained.md))"
-    report = load_results("pretrained", results)
-    if report is None:
-        return f"{head}\n\nNot run yet.\n"
-    p, f, job, env = report["parity"], report["float"], report["job"], report["environment"]
+    return report.section(head, report.load_results("pretrained", results), _readme_lines)
+
+
+def _readme_lines(result: dict[str, Any]) -> list[str]:
+    p, f, job, env = result["parity"], result["float"], result["job"], result["environment"]
     steps, size = job["steps"], list(f["before_finetuning"])[-1]
     target = next((s for s in steps if s["compression_ratio"] >= job["demo_target"]), None)
     demo = " (the demo's resolution)" if size == f"{ADAS_DEMO.input_height}x{ADAS_DEMO.input_width}" else ""
@@ -356,29 +342,28 @@ def readme_section(results: Path) -> str:
         (f"Intel's FP16 IR on OpenVINO, all {p['images']} images, {FULL_SIZE}", p["openvino"]),
         ((f"FlexBin's PyTorch module, same images ({p['images_with_unmatched_top_detections']} images with a "
           "detection ≥ 0.05 lacking its twin at IoU ≥ 0.95, score ± 0.01)"), p["torch"])]
-    rows += [((f"pretrained, validation split ({report['data']['val_images']} images, "
-               f"{report['data']['val_pedestrians']} pedestrians), {s}") + (demo if s == size else ""), m)
+    rows += [((f"pretrained, validation split ({result['data']['val_images']} images, "
+               f"{result['data']['val_pedestrians']} pedestrians), {s}") + (demo if s == size else ""), m)
              for s, m in f["before_finetuning"].items()]
     rows.append(((f"float fine-tuned {f['after_finetuning']['iterations']} iterations on the "
-                  f"{report['data']['train_images']} training images, {size}"), f["after_finetuning"]))
+                  f"{result['data']['train_images']} training images, {size}"), f["after_finetuning"]))
     lines = [
-        head, "",
         ("`python -m bench.pretrained` runs `pedestrian_adas_0002` through FlexBin: parity with OpenVINO, the float "
          "model on the validation split before and after fine-tuning, the demo's layer-priority job over every "
          "dense layer (each step's compression and MR^-2), what binarizing the depthwise convs costs, and ms per "
          f"image on 1 thread next to PedNet and HOG, and checks issue 10's goals. One run, {env['date']}, "
-         f"{env['threads']} torch threads, {minutes(report['total_seconds'])}; its steps took "
+         f"{env['threads']} torch threads, {report.minutes(result['total_seconds'])}; its steps took "
          f"{statistics.median(s['step_seconds'] for s in steps[1:]):.0f} s (median; slowest "
          f"{max(s['step_seconds'] for s in steps[1:]):.0f} s)."), "",
-        *markdown_table(rows, [("what", lambda r: r[0]), ("MR^-2", lambda r: f"{r[1]['miss_rate']:.4f}"),
-                               ("AP@0.5", lambda r: f"{r[1]['ap50']:.4f}")], align="lrr"), "",
-        (f"The demo's job ({plural(job['config']['layers_per_step'], 'dense layer')} per step, "
-         f"{job['config']['finetune_iters']} iterations per step, lr {rate(job['config']['learning_rate'])}, {size}), a few of its {len(steps) - 1} steps "
+        *report.markdown_table(rows, [("what", lambda r: r[0]), ("MR^-2", lambda r: f"{r[1]['miss_rate']:.4f}"),
+                                      ("AP@0.5", lambda r: f"{r[1]['ap50']:.4f}")], align="lrr"), "",
+        (f"The demo's job ({report.plural(job['config']['layers_per_step'], 'dense layer')} per step, "
+         f"{job['config']['finetune_iters']} iterations per step, lr {report.rate(job['config']['learning_rate'])}, {size}), a few of its {len(steps) - 1} steps "
          "(all in `pretrained.md`; bold: the first step at the demo's target, where the demo's job stops):"), "",
         *_steps_table(_some_steps(steps, target), bold=target["index"] if target else None), "",
-        _pretrained_goals(report, target), "",
+        _pretrained_goals(result, target), "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _some_steps(steps: list[dict[str, Any]], target: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -390,15 +375,15 @@ def _some_steps(steps: list[dict[str, Any]], target: dict[str, Any] | None) -> l
     return [s for s in steps if s["index"] in picks]
 
 
-def _pretrained_goals(report: dict[str, Any], target: dict[str, Any] | None) -> str:
-    g, f, job, sp, dw = report["goals"], report["float"], report["job"], report["speed"], report["depthwise"]
+def _pretrained_goals(result: dict[str, Any], target: dict[str, Any] | None) -> str:
+    g, f, job, sp, dw = result["goals"], result["float"], result["job"], result["speed"], result["depthwise"]
     steps, tuned = job["steps"], f["after_finetuning"]["miss_rate"]
     deepest = steps[-1]
-    parity = report["parity"]
+    parity = result["parity"]
     size_keys = [k for k in sp if k.startswith("adas_") and k.endswith("_ms")]
-    text = (f"Goals: deepest point ≥ 10x — {mark(g['deepest point >= 10x whole-model compression'])} "
+    text = (f"Goals: deepest point ≥ 10x — {report.mark(g['deepest point >= 10x whole-model compression'])} "
             f"({deepest['compression_ratio']:.1f}x); a checkpoint at ≥ 8x within +0.05 MR^-2 of the float model — "
-            f"{mark(g['a checkpoint at >= 8x keeps MR^-2 within +0.05 of the float model'])} against the float model "
+            f"{report.mark(g['a checkpoint at >= 8x keeps MR^-2 within +0.05 of the float model'])} against the float model "
             "the job starts from")
     if target:
         text += (f" ({target['compression_ratio']:.1f}x at {target['miss_rate']:.3f} vs {steps[0]['miss_rate']:.3f}), "
@@ -407,11 +392,11 @@ def _pretrained_goals(report: dict[str, Any], target: dict[str, Any] | None) -> 
                  f"{target['compression_ratio']:.1f}x (and {deepest['miss_rate'] - tuned:+.2f} at "
                  f"{deepest['compression_ratio']:.1f}x)")
     demo = job["demo_job_seconds"]
-    text += (f"; the demo's job within {DEMO_MINUTES} minutes — {mark(g[f'demo job within {DEMO_MINUTES} minutes'])}"
-             + (f" (the steps until {job['demo_target']:g}x took {minutes(demo)})" if demo else "") + ".")
+    text += (f"; the demo's job within {DEMO_MINUTES} minutes — {report.mark(g[f'demo job within {DEMO_MINUTES} minutes'])}"
+             + (f" (the steps until {job['demo_target']:g}x took {report.minutes(demo)})" if demo else "") + ".")
     if "skipped" not in parity:
         text += (f" Parity ≤ 0.005 and the module's MR^-2 ≤ 0.18 without fine-tuning — "
-                 f"{mark(g['parity: MR^-2 within 0.005 of OpenVINO'] and g['module MR^-2 on all images <= 0.18 (no fine-tuning)'])} "
+                 f"{report.mark(g['parity: MR^-2 within 0.005 of OpenVINO'] and g['module MR^-2 on all images <= 0.18 (no fine-tuning)'])} "
                  f"({parity['torch']['miss_rate']:.4f}).")
     text += (f" Binarizing the {dw['num_depthwise']} depthwise convs ({100 * dw['weight_fraction']:.1f} % of the conv "
              f"weights) with everything else float: MR^-2 {dw['all_depthwise_binarized']['miss_rate']:.3f}, "
@@ -420,7 +405,7 @@ def _pretrained_goals(report: dict[str, Any], target: dict[str, Any] | None) -> 
              + ", ".join(f"{sp[k]:.1f} at {k.removeprefix('adas_').removesuffix('_ms')}" for k in size_keys)
              + f"; PedNet {sp['pednet_224_ms']:.1f} at 224; OpenCV's HOG people detector {sp['hog_ms']:.1f} (MR^-2 "
              f"{sp['hog']['miss_rate']:.3f}, AP {sp['hog']['ap50']:.3f} on the same split). The validation split has "
-             f"{report['data']['val_pedestrians']} pedestrians: step-to-step differences of a few hundredths are "
+             f"{result['data']['val_pedestrians']} pedestrians: step-to-step differences of a few hundredths are "
              "within its noise.")
     return text
 

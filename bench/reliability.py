@@ -41,19 +41,7 @@ from typing import Any
 
 import httpx
 
-from bench import stack
-from bench.report import (
-    RESULTS,
-    ROOT,
-    commit_text,
-    git_commit,
-    load_results,
-    log,
-    machine,
-    machine_text,
-    markdown_table,
-    write_results,
-)
+from bench import report, stack
 from core.paths import default_data_dir
 
 # The tests `bench.reliability` runs: the ones that exist when it runs.
@@ -73,7 +61,7 @@ def main() -> None:
     args = parse_args()
     started = time.monotonic()
     log_dir = Path(tempfile.mkdtemp(prefix="flexbin-reliability-"))
-    previous = (load_results("reliability") or {}) if args.reuse_previous else {}
+    previous = (report.load_results("reliability") or {}) if args.reuse_previous else {}
     reused = []
     tests = None
     if not args.skip_tests:
@@ -89,8 +77,8 @@ def main() -> None:
         reused.append(f"the load ({_when(previous)})")
     rows = [*rows_from_tests(tests, "not run (--skip-tests)"), *load_rows(load, "not run (--only-tests)")]
     result = {
-        "git": git_commit(),
-        "machine": machine(),
+        "git": report.git_commit(),
+        "machine": report.machine(),
         "total_seconds": round(time.monotonic() - started, 1),
         "rows": [r.__dict__ for r in rows],
         "tests": tests,
@@ -98,9 +86,9 @@ def main() -> None:
         "reused": "; ".join(reused) or None,
         "logs": str(log_dir),
     }
-    write_results("reliability", result, markdown(result))
+    report.write_results("reliability", result, markdown(result))
     print("\n" + "\n".join(table(result["rows"])))
-    print(f"\nwrote {RESULTS / 'reliability.json'} and {RESULTS / 'reliability.md'} (logs in {log_dir})")
+    print(f"\nwrote {report.RESULTS / 'reliability.json'} and {report.RESULTS / 'reliability.md'} (logs in {log_dir})")
 
 
 def parse_args() -> argparse.Namespace:
@@ -134,7 +122,7 @@ def junit_cases(path: Path) -> list[dict[str, Any]]:
         classname, name = tc.get("classname", ""), tc.get("name", "")
         parts = classname.split(".") if classname else name.split(".")
         file = next((("/".join(parts[:i]) + ".py") for i in range(len(parts), 0, -1)
-                     if (ROOT / ("/".join(parts[:i]) + ".py")).is_file()), classname)
+                     if (report.ROOT / ("/".join(parts[:i]) + ".py")).is_file()), classname)
         inner = "::".join(parts[len(Path(file).with_suffix("").parts):]) if classname else ""
         nodeid = "::".join(p for p in (file, inner, name if classname else "") if p)
         outcome, message = "passed", ""
@@ -151,8 +139,8 @@ def junit_cases(path: Path) -> list[dict[str, Any]]:
 
 
 def run_tests(timeout: float, log_dir: Path) -> dict[str, Any]:
-    files = {area: f for area, f in TEST_FILES.items() if (ROOT / f).is_file()}
-    out = {"files": {area: {"file": f, "exists": (ROOT / f).is_file()} for area, f in TEST_FILES.items()},
+    files = {area: f for area, f in TEST_FILES.items() if (report.ROOT / f).is_file()}
+    out = {"files": {area: {"file": f, "exists": (report.ROOT / f).is_file()} for area, f in TEST_FILES.items()},
            "sections": {}, "cases": [], "exit_code": None, "seconds": 0.0, "timed_out": False}
     if not files:
         return out
@@ -161,7 +149,7 @@ def run_tests(timeout: float, log_dir: Path) -> dict[str, Any]:
     argv = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--continue-on-collection-errors",
             f"--junitxml={junit}", "-o", "junit_family=xunit2", *files.values()]
     out["command"] = " ".join(["python", *argv[1:-len(files)], *files.values()]).replace(str(junit), "<junit.xml>")
-    log(f"running the tests: {' '.join(files.values())} (log: {log_dir / 'pytest.log'})")
+    report.log(f"running the tests: {' '.join(files.values())} (log: {log_dir / 'pytest.log'})")
     started = time.monotonic()
     out["exit_code"], out["timed_out"] = run_pytest(argv, {**os.environ, "FLEXBIN_RELIABILITY_DIR": str(figures_dir),
                                                            "OMP_NUM_THREADS": "1"}, log_dir / "pytest.log", timeout)
@@ -179,7 +167,7 @@ def run_tests(timeout: float, log_dir: Path) -> dict[str, Any]:
 def run_pytest(argv: list[str], env: dict[str, str], log_path: Path, timeout: float) -> tuple[int | None, bool]:
     """(exit code, timed out) of pytest in its own process group, its output in `log_path`."""
     with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=report.ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             return proc.wait(timeout=timeout), False
@@ -311,7 +299,7 @@ def run_load(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
 def deploy_checkpoint(c: httpx.Client, ids: dict[str, str]) -> dict[str, Any]:
     """A packed checkpoint to serve, made the way every checkpoint is (by a job, here without
     fine-tuning), deployed and loaded."""
-    log("making a checkpoint to serve (a job without fine-tuning) ...")
+    report.log("making a checkpoint to serve (a job without fine-tuning) ...")
     r = c.post("/jobs", json={**ids, "target": {"min_compression_ratio": 1.5}, "finetune_iters": 0, "batch_size": 2})
     r.raise_for_status()
     made = stack.wait_until(lambda: (j := c.get(f"/jobs/{r.json()['id']}").json())["status"] in stack.TERMINAL
@@ -334,8 +322,8 @@ def load_window(c: httpx.Client, url: str, ids: dict[str, str], images: list[tup
     keeper.start_job()
     before = summary(keeper.wait_running(600))
     batches_before = stack.batch_sizes(url)
-    log(f"load: {args.clients} clients x {args.seconds:.0f} s on /detect while job {before['id']} runs "
-        f"(step {before['progress_step']}/{before['total_steps']}) ...")
+    report.log(f"load: {args.clients} clients x {args.seconds:.0f} s on /detect while job {before['id']} runs "
+               f"(step {before['progress_step']}/{before['total_steps']}) ...")
     keeper.run_until(args.seconds)
     window_started = time.monotonic()
     detect = stack.run_clients(url, images, args.clients, args.seconds, timeout=args.request_timeout)
@@ -435,7 +423,25 @@ class Figures:
         return float(value)
 
 
+def _jobs_clean(f: Figures) -> bool:
+    jobs = f.num("jobs")
+    return (jobs > 0 and f.num("succeeded") == jobs and f.num("steps_duplicated") == 0 and f.num("steps_lost") == 0
+            and ("matching_reference" not in f.figures or f.num("matching_reference") == jobs))
+
+
 SectionSpec = tuple[str, str, Callable[[Figures], str], str, Callable[[Figures], bool]]
+
+
+def _restart_section(section: str, area: str, request: str) -> SectionSpec:
+    """A server restarted mid-job; `request` ("POST /jobs", "GET /jobs/{id}") was sent while it was down."""
+    key = request.split()[0].lower()  # the figures' prefix: post_while_down_*, get_while_down_*
+
+    def measured(f: Figures) -> str:
+        return (f"{f['restarts']} restart: {f['succeeded']} of {f['jobs']} jobs succeeded; steps duplicated "
+                f"{f['steps_duplicated']}, lost {f['steps_lost']}; {request} while down: "
+                f"{f[f'{key}_while_down_status']} in {f[f'{key}_while_down_seconds']} s")
+
+    return section, area, measured, "the job resumes and succeeds; 0 steps duplicated or lost", _jobs_clean
 
 SECTIONS: list[SectionSpec] = [
     # (section, area, measured, goal, check)
@@ -460,36 +466,20 @@ SECTIONS: list[SectionSpec] = [
                 f"duplicated {f['steps_duplicated']}, lost {f['steps_lost']}; {f['checksums_verified']} "
                 "checksums verified"),
      "every job succeeds with the fault-free result; 0 steps duplicated or lost",
-     lambda f: _jobs_clean(f)),
+     _jobs_clean),
     ("faults.drain", "Faults: workers killed while a queue drains",
      lambda f: (f"{f['kills']} kills: {f['succeeded']} of {f['jobs']} jobs succeeded, {f['matching_reference']} "
                 f"match the fault-free run; steps duplicated {f['steps_duplicated']}, lost {f['steps_lost']}"),
      "every job succeeds with the fault-free result; 0 steps duplicated or lost",
-     lambda f: _jobs_clean(f)),
-    ("faults.redis_restart", "Faults: Redis restart mid-job",
-     lambda f: (f"{f['restarts']} restart: {f['succeeded']} of {f['jobs']} jobs succeeded; steps duplicated "
-                f"{f['steps_duplicated']}, lost {f['steps_lost']}; POST /jobs while down: "
-                f"{f['post_while_down_status']} in {f['post_while_down_seconds']} s"),
-     "the job resumes and succeeds; 0 steps duplicated or lost",
-     lambda f: _jobs_clean(f)),
-    ("faults.postgres_restart", "Faults: PostgreSQL restart mid-job",
-     lambda f: (f"{f['restarts']} restart: {f['succeeded']} of {f['jobs']} jobs succeeded; steps duplicated "
-                f"{f['steps_duplicated']}, lost {f['steps_lost']}; GET /jobs/{{id}} while down: "
-                f"{f['get_while_down_status']} in {f['get_while_down_seconds']} s"),
-     "the job resumes and succeeds; 0 steps duplicated or lost",
-     lambda f: _jobs_clean(f)),
+     _jobs_clean),
+    _restart_section("faults.redis_restart", "Faults: Redis restart mid-job", "POST /jobs"),
+    _restart_section("faults.postgres_restart", "Faults: PostgreSQL restart mid-job", "GET /jobs/{id}"),
     ("faults.unsent_message", "Faults: a job whose message was never sent (API died in between)",
      lambda f: (f"{f['succeeded']} of {f['jobs']} jobs succeeded, {f['matching_reference']} match the fault-free "
                 f"run; steps duplicated {f['steps_duplicated']}, lost {f['steps_lost']}"),
      "a worker sends it and the job succeeds; 0 steps duplicated or lost",
-     lambda f: _jobs_clean(f)),
+     _jobs_clean),
 ]
-
-
-def _jobs_clean(f: Figures) -> bool:
-    jobs = f.num("jobs")
-    return (jobs > 0 and f.num("succeeded") == jobs and f.num("steps_duplicated") == 0 and f.num("steps_lost") == 0
-            and ("matching_reference" not in f.figures or f.num("matching_reference") == jobs))
 
 
 def _generic(figures: dict[str, Any]) -> str:
@@ -632,14 +622,14 @@ def load_rows(load: dict[str, Any] | None, why_not: str) -> list[Row]:
 
 # -- output ---------------------------------------------------------------------------------
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    return markdown_table(rows, [("area", "area"), ("source", "source"), ("measured", "measured"), ("goal", "goal"),
-                                 ("met", lambda r: {"yes": "yes", "no": "**no**"}.get(r["met"], r["met"]))])
+    return report.markdown_table(rows, [("area", "area"), ("source", "source"), ("measured", "measured"), ("goal", "goal"),
+                                        ("met", lambda r: {"yes": "yes", "no": "**no**"}.get(r["met"], r["met"]))])
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Reliability (`python -m bench.reliability`)", "",
-        (f"{result['machine']['date']}, commit {commit_text(result['git'])}; {machine_text(result['machine'])}. "
+        (f"{result['machine']['date']}, commit {report.commit_text(result['git'])}; {report.machine_text(result['machine'])}. "
          f"Total run time {result['total_seconds']:.0f} s."), "",
         *table(result["rows"]), "",
     ]
@@ -678,24 +668,24 @@ def _load_text(load: dict[str, Any]) -> str:
 # -- bench/results/README.md ----------------------------------------------------------------
 def readme_section(results: Path) -> str:
     head = "### Reliability (`make bench-reliability`, [`reliability.md`](reliability.md))"
-    result = load_results("reliability", results)
-    if result is None:
-        return f"{head}\n\nNot run yet.\n"
+    serve = report.load_results("serve", results)  # what /detect did with no job running
+    return report.section(head, report.load_results("reliability", results), lambda r: _readme_lines(r, serve))
+
+
+def _readme_lines(result: dict[str, Any], serve: dict[str, Any] | None) -> list[str]:
     load, tests = result["load"], result["tests"]
     parts = [f"tests {tests['seconds']:.0f} s" if tests else None, f"load {load['seconds']:.0f} s" if load else None]
     lines = [
-        head, "",
         ("`python -m bench.reliability` runs the hardening tests (schema fuzzing, hostile uploads, tenant isolation, "
          "fault injection on a private PostgreSQL + Redis, rate limits; each reports what it saw through the "
          "`record_figures` fixture and asserts on it itself), then its own load (below). \"met\" is computed from "
          "the figures (and the test's own outcome); a section that did not run says so. One run at commit "
-         f"{commit_text(result['git'])}, {result['machine']['date']}, {result['total_seconds']:.0f} s "
+         f"{report.commit_text(result['git'])}, {result['machine']['date']}, {result['total_seconds']:.0f} s "
          f"({', '.join(p for p in parts if p)}):"), "",
         *table(result["rows"]), "",
     ]
     if load:
         lines += [_load_text(load), ""]
-        serve = load_results("serve", results)
         d = load["detect"]
         lines.append(
             f"The `/detect` throughput while a job trains on the same cores ({d['images_per_s']:.0f} img/s, mean "
@@ -703,7 +693,7 @@ def readme_section(results: Path) -> str:
             + (f" compares with what `make bench-serve` measured at {load['config']['clients']} clients with no job "
                f"({_serve_span(serve, load['config']['clients'])} img/s with batching on, another run)" if serve else "")
             + "; a fault-test run draws its own random kill moments (`FLEXBIN_FAULT_SEED` repeats one).")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _serve_span(serve: dict[str, Any], clients: int) -> str:

@@ -3,7 +3,7 @@ machine record.
 
 A bench uses them like this (a new bench needs nothing else from here):
 
-    from bench.report import figure, git_commit, log, machine, markdown_table, save_figure, write_results
+    from bench.report import RESULTS, figure, git_commit, label, machine, machine_text, markdown_table, save_figure, write_results
 
     result = {"machine": machine(), "git": git_commit(), "rows": rows, ...}
     lines = ["# My bench (`python -m bench.mine`)", "", machine_text(result["machine"]), ""]
@@ -11,18 +11,22 @@ A bench uses them like this (a new bench needs nothing else from here):
     write_results("mine", result, "\\n".join(lines) + "\\n")      # bench/results/mine.{json,md}
     fig, ax = figure()
     ax.plot(...)
+    label(ax, x="compression", y="MR^-2", title="...")
     save_figure(fig, RESULTS / "mine.png")
 
 - `write_results(name, result, markdown)`: `bench/results/<name>.json` (and `.md`);
-  `load_results(name)` reads one back (None when absent).
+  `load_results(name)` reads one back (None when absent), `load_all(prefix)` every run of a
+  bench; `section(head, results, render)` is a bench's part of bench/results/README.md.
 - `markdown_table(rows, columns, align=)`: the lines of a markdown table; a column is
   (header, key of a row mapping or function of the row); None shows as "-".
-- `figure(...)` / `save_figure(fig, path)`: matplotlib (Agg) figures in one style.
+- `figure(...)`, `label(ax, x=, y=, title=, log_x=)`, `save_figure(fig, path)`: matplotlib (Agg)
+  figures in one style.
 - `machine(**extra)`: the record of where a result was measured (CPUs, CPU model and the
   instruction sets that change what the kernels can do, Python / torch / OpenVINO versions,
   date); `git_commit()` the commit and whether the tree was dirty; `machine_text(record)` one
   line of either for a report (also the older records some committed results carry).
-- `log(message)`: a timestamped progress line; `mark(ok)`: met / **missed** / not run;
+- `log(message)`: a timestamped progress line (`log_goals(goals)`: one per goal); `mark(ok)`:
+  met / **missed** / not run;
   `goal_lines`, `span` (lo–hi of some values), `minutes`, `plural`, `rate`: the small words of reports;
   `step_rows(steps)`: a binarization job's steps as results record them.
 
@@ -78,6 +82,17 @@ def load_results(name: str, results: Path = RESULTS) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def load_all(prefix: str, results: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    """Every `<results>/<prefix>*.json` but `--quick` smoke runs, by name (sorted)."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(results.glob(f"{prefix}*.json")) if "quick" not in p.stem}
+
+
+def section(head: str, results: Any, render: Callable[[Any], list[str]]) -> str:
+    """A section of bench/results/README.md: `head`, then the lines `render(results)` gives, or
+    "Not run yet." when there are no results (None or empty)."""
+    return "\n".join([head, "", *(render(results) if results else ["Not run yet."])]).rstrip("\n") + "\n"
+
+
 # -- markdown ---------------------------------------------------------------------------------
 def markdown_table(rows: Iterable[Any], columns: Sequence[tuple[str, Cell]], *, align: str = "") -> list[str]:
     """The lines of a markdown table: one row per item of `rows`, one column per (header, cell),
@@ -114,6 +129,12 @@ def rate(lr: float) -> str:
     return f"{lr:.0e}".replace("e-0", "e-").replace("e+0", "e")
 
 
+def log_goals(goals: Mapping[str, bool | None], *, none: str = "not run") -> None:
+    """Each goal and whether it was met, as progress lines."""
+    for goal, ok in goals.items():
+        log(f"{mark(ok, none=none)}: {goal}")
+
+
 def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
@@ -128,17 +149,28 @@ def span(values: Iterable[float], fmt: str = ".2f", sep: str = "–") -> str:
 # -- plots ------------------------------------------------------------------------------------
 def figure(ncols: int = 1, *, size: tuple[float, float] = (7.0, 4.5)) -> tuple[Figure, Any]:
     """A figure in the benches' style with `ncols` axes side by side (one axes, or an array)."""
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, ncols, figsize=size)
+    plt.rcParams.update(STYLE)
+    fig, axes = plt.subplots(1, ncols, figsize=size)
     return fig, axes
+
+
+def label(ax: Any, *, x: str, y: str, title: str | None = None, log_x: bool = False, legend: bool = True) -> None:
+    """An axes' labels, title, log x scale and legend, in one call."""
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if title:
+        ax.set_title(title)
+    if legend:
+        ax.legend()
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
     """Laid out, written as PNG at the benches' resolution, and closed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with plt.rc_context(STYLE):
-        fig.tight_layout()
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -13,8 +13,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import claim, compose, jobs, pretrained, reliability, serve, speed, tradeoff
-from bench.report import RESULTS, load_results, machine_text, markdown_table
+from bench import (
+    claim,
+    compose,
+    jobs,
+    pretrained,
+    reliability,
+    report,
+    serve,
+    speed,
+    tradeoff,
+)
 
 SECTIONS = (tradeoff, claim, serve, jobs, reliability, pretrained, speed, compose)
 
@@ -30,7 +39,7 @@ had, where the run recorded it).
 """
 
 
-def render(results: Path = RESULTS) -> str:
+def render(results: Path = report.RESULTS) -> str:
     parts = [INTRO, _runs_table(results), *(module.readme_section(results) for module in SECTIONS)]
     return "\n".join(part.rstrip("\n") + "\n" for part in parts)
 
@@ -40,21 +49,21 @@ def _runs_table(results: Path) -> str:
     for path in sorted(results.glob("*.json")):
         if "quick" in path.stem:  # smoke runs: their numbers mean nothing
             continue
-        data = load_results(path.stem, results) or {}
+        data = report.load_results(path.stem, results) or {}
         record = data.get("machine") or data.get("environment") or {}
         git = data.get("git") or {}
         rows.append({"file": f"[`{path.stem}`]({path.stem}.md)" if path.with_suffix(".md").is_file() else path.stem,
                      "date": (record.get("date") if isinstance(record, dict) else None),
                      "commit": (git.get("commit") or "")[:10] or (record.get("commit") if isinstance(record, dict) else None),
-                     "machine": machine_text(record) if record else None})
-    return "\n".join(["## The runs", "", *markdown_table(rows, [("result", "file"), ("date", "date"),
+                     "machine": report.machine_text(record) if record else None})
+    return "\n".join(["## The runs", "", *report.markdown_table(rows, [("result", "file"), ("date", "date"),
                                                                ("commit", "commit"), ("machine", "machine")]), ""])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.results_readme", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the file differs")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, default=report.RESULTS)
     args = parser.parse_args()
     text = render(args.results)
     path = args.results / "README.md"

@@ -32,21 +32,8 @@ import httpx
 import torch
 
 from api.serving import torch_threads
-from bench import stack
+from bench import report, stack
 from bench.baselines.hog import HogPeopleDetector
-from bench.report import (
-    RESULTS,
-    ROOT,
-    load_results,
-    log,
-    machine,
-    mark,
-    markdown_table,
-    minutes,
-    plural,
-    span,
-    write_results,
-)
 from core.binary import binarize_module
 from core.checkpoint import (
     compression_ratio,
@@ -60,7 +47,7 @@ from core.priority import discover_layers
 from core.train import train_float_detector
 from service.settings import Settings
 
-CACHE = ROOT / "var" / "bench_serve"
+CACHE = report.ROOT / "var" / "bench_serve"
 CLIENTS = (1, 4, 16)
 # "on": the defaults (max wait 0: a batch is whatever queued while the previous forward ran);
 # "on_wait10": a batch also waits up to 10 ms for more images; "off": max batch size 1.
@@ -74,7 +61,7 @@ def main() -> None:
     run_started = time.monotonic()
     _, val = split_records(read_pennfudan(default_data_dir()))
     images = [(f"{r.name}.png", Path(r.image).read_bytes()) for r in val]  # type: ignore[arg-type]
-    log(f"training the float detector ({args.train_iters} iterations at batch {args.train_batch}) ...")
+    report.log(f"training the float detector ({args.train_iters} iterations at batch {args.train_batch}) ...")
     weights, card_json, train_info = float_model(args.train_iters, args.train_batch)
     checkpoints = packed_checkpoints(weights, card_json)
     cells, servers = measure_serving(weights, card_json, checkpoints, images, seconds, args.torch_threads)
@@ -82,9 +69,9 @@ def main() -> None:
     decoded = [load_image(Path(r.image)) for r in val]  # type: ignore[arg-type]
     hog = hog_reference(decoded, seconds)
     forward = forward_cost(weights, card_json, decoded, torch_threads(defaults))
-    log(f"forward in-process: {forward}; HOG in-process: {hog['images_per_s']} img/s, p50 {hog['p50_ms']} ms")
+    report.log(f"forward in-process: {forward}; HOG in-process: {hog['images_per_s']} img/s, p50 {hog['p50_ms']} ms")
     result = {
-        "machine": machine(note="shared, busy 2-core machine (another benchmark ran at the same time)"),
+        "machine": report.machine(note="shared, busy 2-core machine (another benchmark ran at the same time)"),
         "config": {"seconds_per_cell": seconds, "clients": list(CLIENTS), "images": len(images),
                    "image_source": "Penn-Fudan validation split (PNG, one image per request)",
                    "serving_max_batch_size": defaults.serving_max_batch_size,
@@ -106,8 +93,8 @@ def main() -> None:
         "total_seconds": round(time.monotonic() - run_started, 1),
     }
     name = "serve_quick" if args.quick else "serve"
-    write_results(name, result, markdown(result))
-    log(f"wrote {RESULTS / name}.json and .md")
+    report.write_results(name, result, markdown(result))
+    report.log(f"wrote {report.RESULTS / name}.json and .md")
 
 
 def parse_args() -> argparse.Namespace:
@@ -196,9 +183,9 @@ def measure_checkpoint(apis: dict[str, stack.Proc], variant: str, checkpoint_id:
                         mean_batch_size=stack.mean_batch_size(before, stack.batch_sizes(api.url)),
                         ready_after_deploy_s=ready[mode])
             cells.append(cell)
-            log(f"{variant:6s} batching {mode:9s} {n:2d} clients: {cell['images_per_s']:6.2f} img/s "
-                f"p50 {cell['p50_ms']:7.1f} ms p99 {cell['p99_ms']:7.1f} ms "
-                f"batch {cell['mean_batch_size']} errors {cell['errors']}")
+            report.log(f"{variant:6s} batching {mode:9s} {n:2d} clients: {cell['images_per_s']:6.2f} img/s "
+                       f"p50 {cell['p50_ms']:7.1f} ms p99 {cell['p99_ms']:7.1f} ms "
+                       f"batch {cell['mean_batch_size']} errors {cell['errors']}")
     return cells
 
 
@@ -281,12 +268,12 @@ def markdown(result: dict[str, Any]) -> str:
         (f"Micro-batching on (the defaults): max batch {cfg['serving_max_batch_size']}, max wait "
          f"{cfg['serving_max_wait_ms']:.0f} ms (a batch is whatever queued while the previous forward ran); off: max "
          f"batch 1 (one forward per image). {cfg['serving_torch_threads']} torch threads, one inference thread."), "",
-        *markdown_table(rows, [("model", "model"), ("batching", "batching"), ("clients", "clients"),
-                               ("images/s", lambda c: f"{c['images_per_s']:.2f}"),
-                               ("p50 ms", lambda c: f"{c['p50_ms']:.0f}"), ("p99 ms", lambda c: f"{c['p99_ms']:.0f}"),
-                               ("mean batch", "mean_batch_size"), ("errors", "errors")], align="llrrrrrr"),
+        *report.markdown_table(rows, [("model", "model"), ("batching", "batching"), ("clients", "clients"),
+                                      ("images/s", lambda c: f"{c['images_per_s']:.2f}"),
+                                      ("p50 ms", lambda c: f"{c['p50_ms']:.0f}"), ("p99 ms", lambda c: f"{c['p99_ms']:.0f}"),
+                                      ("mean batch", "mean_batch_size"), ("errors", "errors")], align="llrrrrrr"),
         "", "## Goals", "",
-        *(f"- {mark(g['met'])}: {g['goal']} (measured {g['value']})" for g in result["goals"]), "",
+        *(f"- {report.mark(g['met'])}: {g['goal']} (measured {g['value']})" for g in result["goals"]), "",
         (f"Forward pass in-process with {cfg['serving_torch_threads']} torch thread(s): "
          f"{fwd['batch_1_ms_per_image']} ms per image at batch 1, {fwd['batch_8_ms_per_image']} ms per image at "
          "batch 8. Micro-batching raises throughput only when a batch costs less per image than single images "
@@ -307,9 +294,10 @@ def markdown(result: dict[str, Any]) -> str:
 # -- bench/results/README.md ----------------------------------------------------------------
 def readme_section(results: Path) -> str:
     head = "### Serving (`make bench-serve`, [`serve.md`](serve.md))"
-    result = load_results("serve", results)
-    if result is None:
-        return f"{head}\n\nNot run yet.\n"
+    return report.section(head, report.load_results("serve", results), _readme_lines)
+
+
+def _readme_lines(result: dict[str, Any]) -> list[str]:
     cfg, ck, fwd, hog = result["config"], result["checkpoints"], result["forward_in_process"], result["hog_in_process"]
     cells = result["cells"]
     pairs = sorted({(c["model"], c["batching"]) for c in cells}, key=lambda p: (p[0] != "float", list(MODES).index(p[1])))
@@ -327,17 +315,16 @@ def readme_section(results: Path) -> str:
     saving = 1 - fwd["batch_8_ms_per_image"] / fwd["batch_1_ms_per_image"]
     peaks = [m["peak_rss_mib"] for m in result["api_process"].values()]
     lines = [
-        head, "",
         (f"Loopback HTTP, one Penn-Fudan validation PNG per request, {cfg['seconds_per_cell']:.0f} s per cell, "
-         f"{plural(cfg['serving_torch_threads'], 'torch thread')}, on a {result['machine']['note']} (noisy). The detector "
+         f"{report.plural(cfg['serving_torch_threads'], 'torch thread')}, on a {result['machine']['note']} (noisy). The detector "
          f"is the default PedNet trained for only {cfg['train_iterations']} iterations — the serving path is measured, "
          f"not detection quality; the binary checkpoint has {ck['binary_layers']} layers binarized (all but the first "
          f"convolution; not fine-tuned), a {ck['binary_compression_ratio']}x smaller file "
          f"({ck['float_packed_bytes'] / 1e6:.1f} MB → {ck['binary_packed_bytes'] / 1e3:.0f} KB)."), "",
-        *markdown_table(rows, [("checkpoint", "checkpoint"), ("batching", "batching")] + [
+        *report.markdown_table(rows, [("checkpoint", "checkpoint"), ("batching", "batching")] + [
             (f"{n} client{'s' if n > 1 else ''}: img/s (p50 / p99)", lambda r, n=n: r.get(n)) for n in cfg["clients"]]),
         "", "Goals:", "",
-        *markdown_table(result["goals"], [("goal", "goal"), ("measured", "value"), ("met", lambda g: mark(g["met"]))]),
+        *report.markdown_table(result["goals"], [("goal", "goal"), ("measured", "value"), ("met", lambda g: report.mark(g["met"]))]),
         "",
         (f"A PedNet forward costs {fwd['batch_1_ms_per_image']} ms per image at batch 1 and "
          f"{fwd['batch_8_ms_per_image']} ms at batch 8 here, so batching can save at most {100 * saving:.0f} % of the "
@@ -345,10 +332,10 @@ def readme_section(results: Path) -> str:
          "costs little more than one image, the same batcher is where the gain would come from (not measured: no "
          "GPU here). The checkpoints are stored without an OpenVINO IR, so the API serves them with PyTorch: the "
          "binary checkpoint is unpacked to float weights at load, and binarization shrinks the file, not the CPU "
-         f"time. The API processes peaked at {span(peaks, '.0f')} MiB RSS. The \"Speed\" section below measures the "
-         f"OpenVINO backend. Whole run: {minutes(result['total_seconds'])}."),
+         f"time. The API processes peaked at {report.span(peaks, '.0f')} MiB RSS. The \"Speed\" section below measures the "
+         f"OpenVINO backend. Whole run: {report.minutes(result['total_seconds'])}."),
     ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":

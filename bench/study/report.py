@@ -13,6 +13,7 @@ import numpy as np
 from bench.report import (
     figure,
     goal_lines,
+    label,
     machine_text,
     mark,
     markdown_table,
@@ -171,27 +172,24 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
         ax.errorbar(xs, ys, yerr=err, fmt="s" if arm in (BASELINE, CONTROL) else "o", ls="--" if arm == BASELINE else "",
                     color=COLOURS[arm], capsize=3,
                     label=f"{arm}: consolidated" + (" (float, same iterations)" if arm == CONTROL else ""))
-    ax.set_xscale("log")
+    label(ax, x="whole-model compression ratio (float control: the point whose iterations it matches)",
+          y="MR^-2, pooled over folds and seeds (lower is better)", title="Trade-off with 95 % bootstrap intervals",
+          log_x=True, legend=False)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}x"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("whole-model compression ratio (float control: the point whose iterations it matches)")
-    ax.set_ylabel("MR^-2, pooled over folds and seeds (lower is better)")
-    ax.set_title("Trade-off with 95 % bootstrap intervals")
     ax.legend(fontsize=7)
     save_figure(fig, path)
 
 
 # -- bench/results/README.md -----------------------------------------------------------------
-def design_text(report: dict[str, Any], plan: dict[str, Any]) -> list[str]:
-    """The pre-registered design and statistics, with the numbers of `report`'s design (the
-    PedNet study); `plan`: its runs and iterations, the quick design, the time budgets."""
+def design_text(report: dict[str, Any]) -> list[str]:
+    """The pre-registered design, with the numbers of `report`'s design (the PedNet study)."""
     d, a = report["design"], report["analysis"]
     cps, points = a["checkpoints"], a["matched_layers"]
     images, folds, ft, ci = a["units"]["images"], d["folds"], d["finetune_iters"], d["consolidation_iters"]
     sizes = "/".join(str(images // folds + (i < images % folds)) for i in range(folds))
     ratios = [f"{cps[BASELINE][f'consolidated{k}']['compression_ratio']:.1f}x" for k in points]
     rates = "{" + ", ".join(rate(lr) for lr in d["learning_rates"]) + "}"
-    quick = plan["quick"]
     return [
         "**Design.**",
         (f"- *Data and folds.* The {images} shared Penn-Fudan images in {folds} folds fixed by name "
@@ -234,7 +232,15 @@ def design_text(report: dict[str, Any], plan: dict[str, Any]) -> list[str]:
          "error against the float network, ||f − f_float|| / ||f_float|| (after the layer's BatchNorm, on the "
          f"fold's first {d['drift_images']} evaluation images), after each step and just after binarizing, before "
          "fine-tuning: the paper's \"errors accumulate through all layers\" argument, measured."),
-        "",
+    ]
+
+
+def statistics_text(report: dict[str, Any], plan: dict[str, Any]) -> list[str]:
+    """The pre-registered statistics and goals; `plan`: the study's runs and iterations, the
+    quick design, the time budgets."""
+    d, points = report["design"], report["analysis"]["matched_layers"]
+    folds, quick = d["folds"], plan["quick"]
+    return [
         "**Statistics** (`bench/study/stats.py`).",
         (f"- *Primary comparison:* Δ = the mean over the {len(points)} matched points of MR^-2(layer priority, "
          "`inverse_depth`) − MR^-2(all-at-once); each MR^-2 is computed on the detections pooled over all folds and "
