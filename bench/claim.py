@@ -13,8 +13,8 @@ Design, statistics and decision rule: bench/results/README.md, "The claim study"
 `bench/study/`. Every (fold, seed, arm) run is saved under var/claim/<variant>-<design hash>/
 as soon as it ends; a rerun with the same design skips every finished run, so an interrupted
 study resumes. The runs go to worker processes started with "spawn": each imports this module
-by its name (`bench.claim`, with the parent's sys.path and working directory), never a script
-path. Writes bench/results/claim<suffix>.{json,md} and claim<suffix>_forest.png,
+by its name (`bench.claim`, from the parent's import path and working directory, the repo
+root), never a script path. Writes bench/results/claim<suffix>.{json,md} and claim<suffix>_forest.png,
 claim<suffix>_curves.png.
 """
 from __future__ import annotations

@@ -109,9 +109,10 @@ def markdown_table(rows: Iterable[Any], columns: Sequence[tuple[str, Cell]], *, 
     return lines
 
 
-def mark(ok: bool | None, *, none: str = "not run") -> str:
-    """How a goal reads in a report: met, **missed**, or `none` when it was not judged."""
-    return none if ok is None else "met" if ok else "**missed**"
+def mark(ok: bool | None, *, none: str = "not run", plain: bool = False) -> str:
+    """How a goal reads in a report: met, **missed** (`plain`: MISSED, for a terminal), or `none`
+    when it was not judged."""
+    return none if ok is None else "met" if ok else "MISSED" if plain else "**missed**"
 
 
 def goal_lines(goals: Mapping[str, bool | None], *, none: str = "not run") -> list[str]:
@@ -132,7 +133,7 @@ def rate(lr: float) -> str:
 def log_goals(goals: Mapping[str, bool | None], *, none: str = "not run") -> None:
     """Each goal and whether it was met, as progress lines."""
     for goal, ok in goals.items():
-        log(f"{mark(ok, none=none)}: {goal}")
+        log(f"{mark(ok, none=none, plain=True)}: {goal}")
 
 
 def minutes(seconds: float) -> str:

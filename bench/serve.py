@@ -316,7 +316,7 @@ def _readme_lines(result: dict[str, Any]) -> list[str]:
     peaks = [m["peak_rss_mib"] for m in result["api_process"].values()]
     lines = [
         (f"Loopback HTTP, one Penn-Fudan validation PNG per request, {cfg['seconds_per_cell']:.0f} s per cell, "
-         f"{report.plural(cfg['serving_torch_threads'], 'torch thread')}, on a {result['machine']['note']} (noisy). The detector "
+         f"{report.plural(cfg['serving_torch_threads'], 'torch thread')}, on a {result['machine']['note']}: noisy. The detector "
          f"is the default PedNet trained for only {cfg['train_iterations']} iterations — the serving path is measured, "
          f"not detection quality; the binary checkpoint has {ck['binary_layers']} layers binarized (all but the first "
          f"convolution; not fine-tuned), a {ck['binary_compression_ratio']}x smaller file "

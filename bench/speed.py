@@ -474,7 +474,7 @@ def write(result: dict[str, Any], quick: bool) -> None:
     report.write_results(name, result, markdown(result))
     plot(result, report.RESULTS / f"{name}.png")
     for g in result["goals"]:
-        report.log(f"{report.mark(g['met'])}: {g['goal']} ({g['value']})")
+        report.log(f"{report.mark(g['met'], plain=True)}: {g['goal']} ({g['value']})")
     report.log(f"wrote bench/results/{name}.{{json,md,png}} in {result['total_seconds']:.0f} s")
 
 
@@ -657,8 +657,8 @@ NOTES = {  # what a number cannot say about one result file
     "speed": (
         "Why the forward misses 0.5x: deepest-first binarizes the cheap end of the network first, and the job's "
         "miss-rate budget stopped it before the first convolutions, where the feature maps are largest and most of "
-        "the multiply-adds are (the first one also stays float by design: under `min_layer_params`, and 3 input "
-        "channels where the 1-bit kernel needs a multiple of 8). PNG decoding, multipart parsing, resizing and HTTP "
+        "the multiply-adds are (the first one also stays float by design: too few weights for `min_layer_params`, "
+        "and RGB inputs, which the 1-bit kernel cannot take). PNG decoding, multipart parsing, resizing and HTTP "
         "on the same cores dominate a `/detect` request and do not get faster with the network."),
     "speed_pedestrian_adas_0002": (
         "On a CPU with AVX-512 and AMX, OpenVINO's float and int8 kernels are much stronger than on an AVX2-only one, "
