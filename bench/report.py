@@ -1,18 +1,25 @@
 """What every benchmark writes, written once: result files, markdown tables, plots and the
 machine record.
 
-A bench uses them like this (a new bench needs nothing else from here):
+A bench uses them as `report.<name>` (the benches name their result dicts `result`):
 
-    from bench.report import RESULTS, figure, git_commit, label, machine, machine_text, markdown_table, save_figure, write_results
+    from bench import report
 
-    result = {"machine": machine(), "git": git_commit(), "rows": rows, ...}
-    lines = ["# My bench (`python -m bench.mine`)", "", machine_text(result["machine"]), ""]
-    lines += markdown_table(rows, [("variant", "name"), ("MR^-2", lambda r: f"{r['miss_rate']:.3f}")], align="lr")
-    write_results("mine", result, "\\n".join(lines) + "\\n")      # bench/results/mine.{json,md}
-    fig, ax = figure()
+    result = {"machine": report.machine(), "git": report.git_commit(), "rows": rows, ...}
+    lines = ["# My bench (`python -m bench.mine`)", "", report.machine_text(result["machine"]), "",
+             *report.markdown_table(rows, [("variant", "name"), ("MR^-2", lambda r: f"{r['miss_rate']:.3f}")],
+                                    align="lr")]
+    report.write_results("mine", result, "\\n".join(lines) + "\\n")   # bench/results/mine.{json,md}
+    fig, ax = report.figure()
     ax.plot(...)
-    label(ax, x="compression", y="MR^-2", title="...")
-    save_figure(fig, RESULTS / "mine.png")
+    report.label(ax, x="compression", y="MR^-2", title="...")
+    report.save_figure(fig, report.RESULTS / "mine.png")
+
+    def readme_section(results: Path) -> str:         # its part of bench/results/README.md
+        return report.section("### My bench ([`mine.md`](mine.md))", report.load_results("mine", results),
+                              lambda result: [...lines, every number from `result`...])
+
+and adds its module to `bench.results_readme.SECTIONS`.
 
 - `write_results(name, result, markdown)`: `bench/results/<name>.json` (and `.md`);
   `load_results(name)` reads one back (None when absent), `load_all(prefix)` every run of a
@@ -26,12 +33,9 @@ A bench uses them like this (a new bench needs nothing else from here):
   date); `git_commit()` the commit and whether the tree was dirty; `machine_text(record)` one
   line of either for a report (also the older records some committed results carry).
 - `log(message)`: a timestamped progress line (`log_goals(goals)`: one per goal); `mark(ok)`:
-  met / **missed** / not run;
-  `goal_lines`, `span` (lo–hi of some values), `minutes`, `plural`, `rate`: the small words of reports;
-  `step_rows(steps)`: a binarization job's steps as results record them.
-
-Each bench module also has `readme_section(results)`, its part of `bench/results/README.md`
-(`python -m bench.results_readme` renders them from the JSON files).
+  met / **missed** / not run; `goal_lines`, `span` (lo–hi of some values), `minutes`, `plural`,
+  `rate`: the small words of reports; `step_rows(steps)`: a binarization job's steps as results
+  record them.
 """
 from __future__ import annotations
 
