@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+BENCHES := tradeoff jobs serve reliability pretrained speed claim
 
-.PHONY: install run worker test lint typecheck bench bench-tradeoff bench-jobs bench-serve bench-reliability bench-pretrained bench-speed bench-claim compose-check clean
+.PHONY: install run worker test lint typecheck bench $(addprefix bench-,$(BENCHES)) bench-readme compose-check clean
 
 # Dependencies are declared once, in pyproject.toml: a change there reinstalls.
 $(STAMP): pyproject.toml
@@ -34,29 +35,17 @@ typecheck: install
 test: install lint typecheck
 	$(PY) -m pytest -q tests
 
-bench: bench-tradeoff bench-jobs bench-serve bench-reliability bench-pretrained bench-speed
+# `make bench-<name>` runs `python -m bench.<name>` (results in bench/results/); `make bench` runs
+# them all but the claim study (~2 h on 2 idle cores; resumes: `make bench-claim`), then
+# regenerates bench/results/README.md from the results (`make bench-readme`).
+bench: $(addprefix bench-,$(filter-out claim,$(BENCHES)))
+	$(PY) -m bench.results_readme
 
-bench-tradeoff: install
-	$(PY) bench/tradeoff.py
+$(addprefix bench-,$(BENCHES)): bench-%: install
+	$(PY) -m bench.$*
 
-bench-jobs: install
-	$(PY) bench/jobs.py
-
-bench-serve: install
-	$(PY) bench/serve.py
-
-bench-reliability: install
-	$(PY) bench/reliability.py
-
-bench-speed: install
-	$(PY) bench/speed.py
-
-bench-pretrained: install
-	$(PY) bench/pretrained.py
-
-# The pre-registered layer-priority vs all-at-once study (~2 h on 2 idle cores; resumes).
-bench-claim: install
-	$(PY) bench/claim.py
+bench-readme: install
+	$(PY) -m bench.results_readme
 
 # docker-compose.yml built and run for real, with a backup/restore drill (root; installs Docker
 # from Debian when missing; ~GBs of disk): bench/results/compose.{json,md}. Not part of `make test`.

@@ -1,9 +1,9 @@
 """The containerised deployment, run for real: docker-compose.yml + docker-compose.loopback.yml
 (host networking on loopback ports, a CPU worker), and a backup/restore drill.
 
-    make compose-check                     # tools/compose_check.sh: sets up Docker, then this
-    python bench/compose.py                # where a Docker engine and `docker compose` run
-    python bench/compose.py --down-only    # remove what an interrupted check left behind
+    make compose-check                       # tools/compose_check.sh: sets up Docker, then this
+    python -m bench.compose                  # where a Docker engine and `docker compose` run
+    python -m bench.compose --down-only      # remove what an interrupted check left behind
 
 With compose project `flexbin-check`: build the image; `up` (postgres, redis with AOF, the
 one-shot migrate, api, worker) until `/readyz`; upload a small PedNet and a Penn-Fudan zip;
@@ -36,11 +36,9 @@ from typing import Any
 import httpx
 import psycopg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench._stack import RESULTS, ROOT, dataset_zip, git_commit, machine, tiny_model
+from bench import report
+from bench.stack import TERMINAL, dataset_zip, tiny_model, wait_until
 from core.paths import default_data_dir
-from testkit.stack import wait_until
 
 PROJECT = "flexbin-check"
 RESTORE_PROJECT = "flexbin-check-restore"
@@ -49,7 +47,6 @@ TENANT, KEY = "check", "compose-check-key"
 # random weights score every box about 0.01 or less: with no score floor, /detect returns
 # boxes, so the restored API's detections are compared on something
 MODEL_CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 128, "width": 8, "score_thresh": 0.0}
-TERMINAL = ("succeeded", "failed", "cancelled")
 # Goals, fixed before measuring (issue 14: the whole check within 20 minutes after the first
 # image build, on the project's 2-core machine).
 GOALS = {"build_s": 1800.0, "stack_ready_s": 180.0, "job_s": 300.0, "check_s": 1200.0}
@@ -89,7 +86,7 @@ class Stack:
         with ExitStack() as files:
             fin = files.enter_context(open(stdin, "rb")) if stdin else subprocess.DEVNULL
             fout = files.enter_context(open(stdout, "wb")) if stdout else (subprocess.PIPE if capture else None)
-            done = subprocess.run(self.argv(*args), cwd=ROOT, env=self.env, stdin=fin, stdout=fout, stderr=subprocess.PIPE,
+            done = subprocess.run(self.argv(*args), cwd=report.ROOT, env=self.env, stdin=fin, stdout=fout, stderr=subprocess.PIPE,
                                   text=True, timeout=timeout, check=False)
         if done.returncode != 0:
             raise CheckFailed(f"`docker compose -p {self.project} {' '.join(args)}` exited {done.returncode}:\n"
@@ -207,6 +204,7 @@ def steps_exactly_once(stack: Stack, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_check(args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> dict[str, Any]:
+    """The whole drill on two compose projects; both are removed at the end, also on failure."""
     result: dict[str, Any] = {}
     started = time.monotonic()
     main, restored = Stack(PROJECT, env, log_dir), Stack(RESTORE_PROJECT, env, log_dir)
@@ -214,88 +212,27 @@ def run_check(args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> d
     if len(pngs) < args.images:
         raise CheckFailed(f"{len(pngs)} PNG images under {args.data / 'PNGImages'}, {args.images} needed: "
                           "point --data or FLEXBIN_DEMO_DATA at a Penn-Fudan folder")
-    image = pngs[0]
-    dump = log_dir / "flexbin.dump"
+    image, dump = pngs[0], log_dir / "flexbin.dump"
     try:
-        # -- build -------------------------------------------------------------------------
-        # api, worker and migrate share one image: building it for one service builds it once
-        previous = image_id(main.image)
-        print(f"building {main.image} ...", flush=True)
-        t0 = time.monotonic()
-        with open(log_dir / "build.log", "wb") as build_log:
-            built = subprocess.run(main.argv("build", "--progress", "plain", "migrate"), cwd=ROOT, env=env,
-                                   stdout=build_log, stderr=subprocess.STDOUT, check=False, timeout=3600)
-        if built.returncode != 0:
-            raise CheckFailed(f"the image build failed: {log_dir / 'build.log'}")
-        result["build"] = {"seconds": round(time.monotonic() - t0, 1), "image_existed_before": bool(previous),
-                           "dependencies_cached": dependency_step_cached(log_dir / "build.log")}
-        if previous and previous != image_id(main.image):  # the replaced build, now untagged
-            subprocess.run(["docker", "image", "rm", previous], capture_output=True, check=False)
+        result["build"] = build_image(main, env, log_dir)
         after_build = time.monotonic()
-
-        # -- the stack ---------------------------------------------------------------------
-        print("docker compose up ...", flush=True)
+        report.log("docker compose up ...")
         result["stack_ready_s"] = round(main.up(), 1)
         result["network"] = network_discipline(main)
         with main.client() as client:
-            weights, card = tiny_model(MODEL_CARD)
-            model = client.post("/models", files={"weights": ("pednet.safetensors", weights)}, data={"card": card})
-            dataset = client.post("/datasets", files={"archive": ("pennfudan.zip",
-                                                                  dataset_zip(args.images, root=args.data))})
-            if model.status_code != 201 or dataset.status_code != 201:
-                raise CheckFailed(f"uploads: {model.status_code} {model.text} / {dataset.status_code} {dataset.text}")
-            ids = {"model_id": model.json()["id"], "dataset_id": dataset.json()["id"]}
-
-            print("job A ...", flush=True)
-            t0 = time.monotonic()
-            created = client.post("/jobs", json={**ids, "target": {"min_compression_ratio": 2.0},
-                                                 "finetune_iters": 5, "batch_size": 4, "seed": 1})
-            if created.status_code != 202:
-                raise CheckFailed(f"POST /jobs: {created.status_code} {created.text}")
-            job_a = wait_job(client, created.json()["id"], args.job_timeout)
-            result["job_s"] = round(time.monotonic() - t0, 1)
-            deployed = client.put("/deployment", json={"checkpoint_id": job_a["selected_checkpoint_id"]})
-            if deployed.status_code != 200:
-                raise CheckFailed(f"PUT /deployment: {deployed.status_code} {deployed.text}")
-            wait_for(main.ready, 120, "/readyz with the deployed checkpoint")
-            detections = detect(client, image)
-            result["detect"] = {"checkpoint_id": detections["checkpoint_id"],
-                                "deployed": detections["checkpoint_id"] == job_a["selected_checkpoint_id"],
-                                "detections": len(detections["results"][0]["detections"])}
-
-            print("job B: pg_dump while it runs, then a worker restart mid-job ...", flush=True)
+            ids = upload(client, args)
+            report.log("job A ...")
+            result.update(job_deployed(client, main, ids, image, args))
+            report.log("job B: pg_dump while it runs, then a worker restart mid-job ...")
             result["restart"], result["dump"] = job_with_restart(args, main, client, ids, dump)
-            job_b_id = result["restart"]["job_id"]
-
-            # -- down + up: every row and blob still there ---------------------------------
-            print("docker compose down + up ...", flush=True)
-            before = main.snapshot()
-            main.save_logs("first-up")
-            main.down()
-            containers_left = main.container_ids()
-            ready_again_s = main.up()
-            after = main.snapshot()
-            result["persistence"] = {
-                "containers_left_after_down": len(containers_left),
-                "rows_before": sum(before["counts"].values()), "rows_after": sum(after["counts"].values()),
-                "blobs_before": len(before["blobs"]), "blobs_after": len(after["blobs"]),
-                "tables_changed": sorted(t for t in before["digests"] if before["digests"][t] != after["digests"].get(t)),
-                "bad_blobs": after["bad_blobs"], "ready_again_s": round(ready_again_s, 1),
-                "redis_aof": redis_aof_enabled(main),
-            }
-            result["persistence"]["ok"] = (not result["persistence"]["tables_changed"] and not after["bad_blobs"]
-                                           and before["blobs"] == after["blobs"] and not containers_left)
-            original_detections = detect(client, image)
-            all_checkpoints = [cid for (cid,) in main.sql("SELECT id FROM checkpoints ORDER BY id")]
-            original_hashes = download_hashes(client, all_checkpoints)
-            original_b = main.job_checkpoints(job_b_id)
+            report.log("docker compose down + up ...")
+            result["persistence"] = down_and_up(main)
+            original = {"detections": detect(client, image), "job_b": main.job_checkpoints(result["restart"]["job_id"]),
+                        "hashes": download_hashes(client, [cid for (cid,) in main.sql("SELECT id FROM checkpoints ORDER BY id")])}
         main.save_logs("second-up")
         main.down()  # the restore starts from the dump alone; these volumes go at the end
-
-        # -- restore into a fresh database ---------------------------------------------------
-        print("restore drill ...", flush=True)
-        result["restore"] = restore_drill(args, restored, dump, image, original_hashes, original_detections,
-                                          original_b, job_b_id)
+        report.log("restore drill ...")
+        result["restore"] = restore_drill(args, restored, dump, image, original, result["restart"]["job_id"])
         result["check_s"] = round(time.monotonic() - after_build, 1)
         result["total_s"] = round(time.monotonic() - started, 1)
         return result
@@ -307,6 +244,74 @@ def run_check(args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> d
             except (CheckFailed, subprocess.SubprocessError) as exc:
                 print(f"cleanup of {stack.project}: {exc}", file=sys.stderr)
         dump.unlink(missing_ok=True)
+
+
+def build_image(main: Stack, env: dict[str, str], log_dir: Path) -> dict[str, Any]:
+    """`docker compose build` (api, worker and migrate share one image: building it for one
+    service builds it once); the replaced build, now untagged, is removed."""
+    previous = image_id(main.image)
+    report.log(f"building {main.image} ...")
+    t0 = time.monotonic()
+    with open(log_dir / "build.log", "wb") as build_log:
+        built = subprocess.run(main.argv("build", "--progress", "plain", "migrate"), cwd=report.ROOT, env=env,
+                               stdout=build_log, stderr=subprocess.STDOUT, check=False, timeout=3600)
+    if built.returncode != 0:
+        raise CheckFailed(f"the image build failed: {log_dir / 'build.log'}")
+    out = {"seconds": round(time.monotonic() - t0, 1), "image_existed_before": bool(previous),
+           "dependencies_cached": dependency_step_cached(log_dir / "build.log")}
+    if previous and previous != image_id(main.image):
+        subprocess.run(["docker", "image", "rm", previous], capture_output=True, check=False)
+    return out
+
+
+def upload(client: httpx.Client, args: argparse.Namespace) -> dict[str, str]:
+    weights, card = tiny_model(MODEL_CARD)
+    model = client.post("/models", files={"weights": ("pednet.safetensors", weights)}, data={"card": card})
+    dataset = client.post("/datasets", files={"archive": ("pennfudan.zip", dataset_zip(args.images, root=args.data))})
+    if model.status_code != 201 or dataset.status_code != 201:
+        raise CheckFailed(f"uploads: {model.status_code} {model.text} / {dataset.status_code} {dataset.text}")
+    return {"model_id": model.json()["id"], "dataset_id": dataset.json()["id"]}
+
+
+def job_deployed(client: httpx.Client, stack: Stack, ids: dict[str, str], image: Path,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """Job A runs to `succeeded`, its selected checkpoint is deployed and answers `/detect`."""
+    t0 = time.monotonic()
+    created = client.post("/jobs", json={**ids, "target": {"min_compression_ratio": 2.0}, "finetune_iters": 5,
+                                         "batch_size": 4, "seed": 1})
+    if created.status_code != 202:
+        raise CheckFailed(f"POST /jobs: {created.status_code} {created.text}")
+    job_a = wait_job(client, created.json()["id"], args.job_timeout)
+    job_s = round(time.monotonic() - t0, 1)
+    deployed = client.put("/deployment", json={"checkpoint_id": job_a["selected_checkpoint_id"]})
+    if deployed.status_code != 200:
+        raise CheckFailed(f"PUT /deployment: {deployed.status_code} {deployed.text}")
+    wait_for(stack.ready, 120, "/readyz with the deployed checkpoint")
+    detections = detect(client, image)
+    return {"job_s": job_s, "detect": {"checkpoint_id": detections["checkpoint_id"],
+                                       "deployed": detections["checkpoint_id"] == job_a["selected_checkpoint_id"],
+                                       "detections": len(detections["results"][0]["detections"])}}
+
+
+def down_and_up(stack: Stack) -> dict[str, Any]:
+    """`docker compose down` + `up`: every row and blob still there, nothing left running between."""
+    before = stack.snapshot()
+    stack.save_logs("first-up")
+    stack.down()
+    containers_left = stack.container_ids()
+    ready_again_s = stack.up()
+    after = stack.snapshot()
+    out = {
+        "containers_left_after_down": len(containers_left),
+        "rows_before": sum(before["counts"].values()), "rows_after": sum(after["counts"].values()),
+        "blobs_before": len(before["blobs"]), "blobs_after": len(after["blobs"]),
+        "tables_changed": sorted(t for t in before["digests"] if before["digests"][t] != after["digests"].get(t)),
+        "bad_blobs": after["bad_blobs"], "ready_again_s": round(ready_again_s, 1),
+        "redis_aof": redis_aof_enabled(stack),
+    }
+    out["ok"] = (not out["tables_changed"] and not after["bad_blobs"] and before["blobs"] == after["blobs"]
+                 and not containers_left)
+    return out
 
 
 def dependency_step_cached(build_log: Path) -> bool | None:
@@ -396,9 +401,11 @@ def docker_started_at(container: str) -> str:
                           text=True, check=True).stdout.strip()
 
 
-def restore_drill(args: argparse.Namespace, stack: Stack, dump: Path, image: Path, original_hashes: dict[str, str],
-                  original_detections: dict[str, Any], original_b: dict[int, str], job_b_id: str) -> dict[str, Any]:
-    """docs/deployment.md's restore, step by step, on a project with fresh volumes."""
+def restore_drill(args: argparse.Namespace, stack: Stack, dump: Path, image: Path, original: dict[str, Any],
+                  job_b_id: str) -> dict[str, Any]:
+    """docs/deployment.md's restore, step by step, on a project with fresh volumes; `original`:
+    what the first project served ("hashes" of its checkpoints, "detections") and job B's
+    checkpoints ("job_b")."""
     t0 = time.monotonic()
     stack.up("postgres")
     stack.compose("exec", "-T", "postgres", "pg_restore", "--username=flexbin", "--dbname=flexbin", "--no-owner",
@@ -416,9 +423,9 @@ def restore_drill(args: argparse.Namespace, stack: Stack, dump: Path, image: Pat
     with stack.client() as client:
         checkpoint_ids = [cid for (cid,) in stack.sql("SELECT id FROM checkpoints ORDER BY id")]
         hashes = download_hashes(client, checkpoint_ids)
-        same = [cid for cid in checkpoint_ids if original_hashes.get(cid) == hashes[cid]]
+        same = [cid for cid in checkpoint_ids if original["hashes"].get(cid) == hashes[cid]]
         detections = detect(client, image)
-        print(f"restored: waiting for the worker to resume job B from step {steps_at_dump} ...", flush=True)
+        report.log(f"restored: waiting for the worker to resume job B from step {steps_at_dump} ...")
         job_b = wait_job(client, job_b_id, args.job_timeout + 180)  # + the dead worker's lease
         resumed = stack.job_checkpoints(job_b_id)
     result = {
@@ -426,9 +433,9 @@ def restore_drill(args: argparse.Namespace, stack: Stack, dump: Path, image: Pat
         "blobs": len(snap["blobs"]), "bad_blobs": snap["bad_blobs"],
         "rows": sum(snap["counts"].values()),
         "checkpoints": len(checkpoint_ids), "checkpoints_identical": len(same),
-        "detections_identical": detections == original_detections,
+        "detections_identical": detections == original["detections"],
         "job_b_status_at_dump": status_at_dump, "job_b_steps_at_dump": steps_at_dump,
-        "job_b_resumed": job_b["status"], "job_b_checkpoints_identical": resumed == original_b,
+        "job_b_resumed": job_b["status"], "job_b_checkpoints_identical": resumed == original["job_b"],
     }
     result["ok"] = (not snap["bad_blobs"] and snap["blobs"] and len(same) == len(checkpoint_ids) > 0
                     and result["detections_identical"] and status_at_dump == "running"
@@ -481,23 +488,24 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def write_results(result: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "compose.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+def markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [
-        "# `docker compose` deployment check (`make compose-check`, `bench/compose.py`)", "",
-        (f"{env['date']}, commit {result['git']['commit']}{' (dirty)' if result['git']['dirty'] else ''}; "
-         f"{env['cpus']} CPUs. Docker engine {env['docker_engine']}, Compose {env['compose']}; images: "
+        "# `docker compose` deployment check (`make compose-check`, `python -m bench.compose`)", "",
+        (f"{env['date']}, commit {report.commit_text(result['git'])}; {report.machine_text(env)}. Docker engine "
+         f"{env['docker_engine']}, Compose {env['compose']}; images: "
          f"{', '.join(f'{k} `{v}`' for k, v in env['images'].items())}. Compose files: "
          f"{' + '.join(COMPOSE_FILES)} (host networking on loopback ports, a CPU worker with 1 torch thread). "
          f"Model: PedNet width 8 at 128 px, random weights, no score floor; {result['args']['images']} "
          "Penn-Fudan images."), "",
-        "| what | measured | goal | met |", "|---|---|---|---|",
+        *table(result["table"]),
     ]
-    lines += [f"| {row['what']} | {row['measured']} | {row['goal']} | {'yes' if row['met'] else '**no**'} |"
-              for row in result["table"]]
-    (RESULTS / "compose.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    return report.markdown_table(rows, [("what", "what"), ("measured", "measured"), ("goal", "goal"),
+                                        ("met", lambda row: "yes" if row["met"] else "**no**")])
 
 
 def docker_versions() -> dict[str, str]:
@@ -509,16 +517,7 @@ def docker_versions() -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=default_data_dir(), help="Penn-Fudan folder (PNGImages/, "
-                        "Annotation/) for the uploaded dataset and the /detect image")
-    parser.add_argument("--images", type=int, default=16, help="images in the uploaded dataset")
-    parser.add_argument("--finetune-iters", type=int, default=40,
-                        help="job B's fine-tuning iterations per step (long enough to be caught mid-job)")
-    parser.add_argument("--job-timeout", type=float, default=600)
-    parser.add_argument("--log-dir", type=Path, default=None, help="compose logs, build log (default: a temp dir)")
-    parser.add_argument("--down-only", action="store_true", help="only remove the check's projects and volumes")
-    args = parser.parse_args()
+    args = parse_args()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="flexbin-compose-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "FLEXBIN_API_KEYS": f"{TENANT}:{KEY}", "FLEXBIN_DEMO": "false",
@@ -535,19 +534,49 @@ def main() -> None:
     except CheckFailed as exc:
         sys.exit(f"compose check FAILED: {exc}\n(logs in {log_dir})")
     result["table"] = table_rows(result)
-    result["environment"] = {**machine(), **docker_versions(), "images": {
+    result["environment"] = {**report.machine(), **docker_versions(), "images": {
         "base": env.get("FLEXBIN_BASE_IMAGE", "python:3.11-slim"),
         "postgres": env.get("FLEXBIN_POSTGRES_IMAGE", "postgres:16"),
         "redis": env.get("FLEXBIN_REDIS_IMAGE", "redis:7")}}
-    result["git"] = git_commit()
+    result["git"] = report.git_commit()
     result["args"] = {"images": args.images, "finetune_iters": args.finetune_iters, "data": str(args.data)}
     result["all_met"] = all(row["met"] for row in result["table"])
-    write_results(result)
-    print((RESULTS / "compose.md").read_text())
+    report.write_results("compose", result, markdown(result))
+    print((report.RESULTS / "compose.md").read_text())
     print(f"logs in {log_dir}")
     if not result["all_met"]:
         sys.exit(1)
 
 
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.compose", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=default_data_dir(), help="Penn-Fudan folder (PNGImages/, "
+                        "Annotation/) for the uploaded dataset and the /detect image")
+    parser.add_argument("--images", type=int, default=16, help="images in the uploaded dataset")
+    parser.add_argument("--finetune-iters", type=int, default=40,
+                        help="job B's fine-tuning iterations per step (long enough to be caught mid-job)")
+    parser.add_argument("--job-timeout", type=float, default=600)
+    parser.add_argument("--log-dir", type=Path, default=None, help="compose logs, build log (default: a temp dir)")
+    parser.add_argument("--down-only", action="store_true", help="only remove the check's projects and volumes")
+    return parser.parse_args()
+
+
 if __name__ == "__main__":
     main()
+
+
+# -- bench/results/README.md ----------------------------------------------------------------
+def readme_section(results: Path) -> str:
+    head = "### The containerised deployment (`make compose-check`, [`compose.md`](compose.md))"
+    return report.section(head, report.load_results("compose", results), _readme_lines)
+
+
+def _readme_lines(result: dict[str, Any]) -> list[str]:
+    env = result["environment"]
+    return [
+        (f"`docker-compose.yml` + `docker-compose.loopback.yml` built and run for real by `make compose-check` "
+         f"(`tools/compose_check.sh`, then `python -m bench.compose`): the stack, a job, a deployment, `/detect`, a "
+         "worker restart mid-job, `down` + `up`, and a backup/restore drill (docs/deployment.md). One run, "
+         f"{env['date']}, commit {report.commit_text(result['git'])}, Docker engine {env['docker_engine']}, Compose "
+         f"{env['compose']}; every goal {'met' if result['all_met'] else 'met but the ones marked **no**'}:"), "",
+        *table(result["table"])]

@@ -2,7 +2,7 @@
 machine, the API as a real uvicorn subprocess (`python -m api.run`) and real Celery worker
 processes (`python -m worker.main`), each in its own process group logging to a file.
 
-The pytest fixtures built on these live in tests/conftest.py; bench/_stack.py uses them too."""
+The pytest fixtures built on these live in tests/conftest.py; bench/stack.py uses them too."""
 from __future__ import annotations
 
 import contextlib

@@ -20,7 +20,7 @@ if str(REPO_ROOT) not in sys.path:
 @pytest.fixture
 def record_figures(request: pytest.FixtureRequest) -> Callable[..., None]:
     """`record_figures("faults.sigkill", runs=10, ...)`: the figures a reliability test saw,
-    written as `<section>.json` into `$FLEXBIN_RELIABILITY_DIR` when bench/reliability.py
+    written as `<section>.json` into `$FLEXBIN_RELIABILITY_DIR` when `python -m bench.reliability`
     runs the tests (a no-op otherwise). The test still asserts on them itself."""
 
     def record(section: str, **figures: Any) -> None:

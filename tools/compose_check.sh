@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make compose-check`: docker-compose.yml built and run on this machine, then the drill of
-# bench/compose.py (stack up, a job, deploy, /detect, a worker restart mid-job, down + up,
+# `python -m bench.compose` (stack up, a job, deploy, /detect, a worker restart mid-job, down + up,
 # pg_dump while a job runs and a restore into a fresh database). Results:
 # bench/results/compose.{json,md}. Needs root (apt-get, dockerd). Heavy on a shared machine:
 #   flock /tmp/flexbin-heavy.lock nice -n 5 make compose-check
@@ -19,7 +19,7 @@
 #    (torch and its CUDA libraries come from the local package index), served on 127.0.0.1
 #    while the image builds; the Dockerfile installs its runtime part from it (WHEELHOUSE_URL).
 #    Nothing of it is committed.
-# Arguments go to bench/compose.py (`--help`).
+# Arguments go to `python -m bench.compose` (`--help`).
 #
 # Environment: FLEXBIN_CHECK_DIR (logs, dumps, the Debian root; /var/tmp/flexbin-compose-check),
 # FLEXBIN_WHEELHOUSE (/var/cache/flexbin-wheelhouse, kept for the next run),
@@ -43,8 +43,8 @@ cleanup() {
   local status=$?
   trap - EXIT INT TERM
   if [ -n "$wheelhouse_pid" ]; then kill "$wheelhouse_pid" 2>/dev/null || true; fi
-  # bench/compose.py removes what it started; this catches a check that was interrupted
-  if docker info >/dev/null 2>&1; then "$PY" bench/compose.py --down-only || true; fi
+  # bench.compose removes what it started; this catches a check that was interrupted
+  if docker info >/dev/null 2>&1; then "$PY" -m bench.compose --down-only || true; fi
   if [ -n "$started_dockerd" ]; then
     say "stopping the dockerd this check started"
     kill "$started_dockerd" 2>/dev/null || true
@@ -155,4 +155,4 @@ else
   build_local_images
 fi
 serve_wheelhouse
-"$PY" bench/compose.py --log-dir "$CHECK_DIR" "$@"
+"$PY" -m bench.compose --log-dir "$CHECK_DIR" "$@"

@@ -173,6 +173,14 @@ def export_openvino(model: nn.Module, card: ModelCard, *,
     return OpenVinoExport(ov_model, card, spec, layers)
 
 
+def export_network(model: nn.Module, card: ModelCard) -> tuple[nn.Module, dict[str, Any]]:
+    """The torch module the export traces, before BatchNorm folding and 1-bit rewriting (an
+    inference copy of `model`: binarized layers hold their binarized weights as plain weights,
+    wrapped for the graph's fixed input), and the `export` spec of its input and outputs: the
+    same network on PyTorch, e.g. to time it against the IR."""
+    return _adapter(_inference_copy(model), card)
+
+
 def _precision(name: str, binary_bits: dict[str, int], binary_inputs: set[str]) -> str:
     if name in binary_inputs:
         return BINARY_WEIGHTS_ACTIVATIONS
@@ -542,5 +550,6 @@ def readme(card: dict[str, Any]) -> str:
 
 __all__: list[str] = [
     "BINARY_WEIGHTS", "BINARY_WEIGHTS_ACTIVATIONS", "FLOAT", "INT8", "ExportError", "OpenVinoExport",
-    "export_checkpoint", "export_openvino", "layer_report", "measure_latency", "runtime_layer_precision",
+    "export_checkpoint", "export_network", "export_openvino", "layer_report", "measure_latency",
+    "runtime_layer_precision",
 ]

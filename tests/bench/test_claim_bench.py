@@ -1,27 +1,18 @@
-"""bench/claim.py end to end on a tiny design: every run, the report, and a resume that
-redoes nothing."""
+"""`bench.claim` end to end on a tiny design: every run, the report, and a resume that
+redoes nothing. The study's worker processes (spawned) import the run functions from
+`bench.claim` by name, as `python -m bench.claim` does."""
 from __future__ import annotations
 
-import importlib
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from bench import claim
 from bench.study.arms import ARMS, StudyDesign
+from core.checkpoint import load_model
 from core.paths import REPO_ROOT, default_data_dir
-
-
-@pytest.fixture(scope="module")
-def claim():
-    # imported by name from bench/ on sys.path: the study's worker processes (spawned) import
-    # the run functions the same way
-    sys.path.insert(0, str(REPO_ROOT / "bench"))
-    try:
-        yield importlib.import_module("claim")
-    finally:
-        sys.path.remove(str(REPO_ROOT / "bench"))
 
 
 @pytest.fixture
@@ -37,7 +28,7 @@ def small_data(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_tiny_study_runs_reports_and_resumes_without_redoing_runs(claim, small_data: Path, tmp_path: Path) -> None:
+def test_tiny_study_runs_reports_and_resumes_without_redoing_runs(small_data: Path, tmp_path: Path) -> None:
     design = StudyDesign(builder_kwargs={"width": 4, "input_size": 64}, folds=2, evaluated_folds=(0,), seeds=1,
                          float_iterations=2, finetune_iters=1, consolidation_iters=1, batch_size=2,
                          learning_rates=(1e-3,), drift_images=2, min_layer_params=100)
@@ -61,17 +52,17 @@ def test_tiny_study_runs_reports_and_resumes_without_redoing_runs(claim, small_d
     assert not again["fresh_start"]
 
 
-def test_a_given_detector_runs_at_the_designs_input_size(claim) -> None:
+def test_a_given_detector_runs_at_the_designs_input_size() -> None:
     """--input overrides the given model's card (pedestrian_adas_0002 at 192x336 for the
     reduced study): the same weights, the smaller network input, in the design's hash."""
-    args = claim.argparse.Namespace(model="pedestrian_adas_0002", pretrained=Path("x"), activation_bits=None,
+    args = argparse.Namespace(model="pedestrian_adas_0002", pretrained=Path("x"), activation_bits=None,
                                     quick=False, seeds=1, finetune_iters=5, consolidation_iters=20,
                                     evaluated_folds=claim._numbers(int)("0,1"),
                                     learning_rates=claim._numbers(float)("1e-4,3e-4"), input=claim._size("192x336"))
     design = claim.build_design(args)
     assert design.builder_kwargs == {"input_height": 192, "input_width": 336}
     assert design.evaluated_folds == (0, 1) and design.learning_rates == (1e-4, 3e-4)
-    model, card = claim.load_model(REPO_ROOT / "core/models/weights/pedestrian_adas_0002",
+    model, card = load_model(REPO_ROOT / "core/models/weights/pedestrian_adas_0002",
                                    overrides=design.builder_kwargs)
     assert (model.input_height, model.input_width) == (192, 336)
     assert card.model_dump()["input_height"] == 192

@@ -33,7 +33,7 @@ from testkit.stack import KEYS, Proc
 
 MARK = f"flexbin-hostile-{uuid.uuid4().hex[:8]}"  # the name traversal entries try to write
 # What the tests below saw, reported by test_hostile_figures (last in this module) to
-# bench/reliability.py: the status of every hostile request by (endpoint, case) (None: no
+# bench.reliability: the status of every hostile request by (endpoint, case) (None: no
 # answer), and the tests after which the database or the disk had changed.
 SEEN: dict[str, Any] = {"files": {}, "database_changed": [], "disk_changed": [], "memory_mib": {}}
 # The API's resident memory may grow this much over its level before the corpus: every upload
@@ -320,7 +320,7 @@ def test_detect_still_serves(client, checkpoint_id) -> None:
 
 
 def test_hostile_figures(record_figures: Any, api_process: Proc) -> None:
-    """Last in this module: what the hostile-upload tests above saw (for bench/reliability.py),
+    """Last in this module: what the hostile-upload tests above saw (for `python -m bench.reliability`),
     checked once more as a whole: every hostile request answered with a 4xx, nothing stored."""
     files: dict[tuple[str, str], list[int | None]] = SEEN["files"]
     statuses = Counter(code for seen in files.values() for code in seen)
