@@ -66,6 +66,13 @@ from core.binary import (
 from core.binary.activation import INPUT_BINARIZER
 from core.checkpoint import ModelCard, unpack_checkpoint
 from core.export import runtime
+from core.export.ssd import OUTPUT_NAME as SSD_OUTPUT
+from core.export.ssd import (
+    AdasNetworkExport,
+    append_detection_output,
+    detection_output_spec,
+    fold_input_normalisation,
+)
 from core.models.adas import PedestrianAdas
 from core.models.pednet import STRIDE, PedNet
 
@@ -152,7 +159,7 @@ def export_openvino(model: nn.Module, card: ModelCard, *,
     binary_bits = dict(card.binary_layers)
     binary_inputs = {name for name, m in model.named_modules() if has_binary_input(m)}
     units = _fold_batchnorm(model, binary_bits)
-    wrapper, spec = _adapter(model, card)
+    wrapper, spec = _export_adapter(model, card, units)
     for name in binary_inputs:
         module = dict(model.named_modules())[name]
         setattr(module, INPUT_BINARIZER, _ThresholdExport(input_binarizer(module).threshold.detach()))
@@ -164,6 +171,9 @@ def export_openvino(model: nn.Module, card: ModelCard, *,
         traced = torch.jit.trace(  # type: ignore[no-untyped-call]
             wrapper, (torch.rand(*shape),), check_trace=False, strict=False)
         ov_model = ov.convert_model(traced, example_input=(torch.rand(*shape),), input=[tuple(shape)])
+    if isinstance(wrapper, AdasNetworkExport):
+        assert wrapper.priors is not None  # set by the traced forward
+        ov_model = append_detection_output(ov_model, wrapper.priors, spec["postprocess"])
     _name_io(ov_model, spec)
     layers = {name: _precision(name, binary_bits, binary_inputs) for name, m in model.named_modules()
               if isinstance(m, nn.Conv2d | nn.Linear)}
@@ -302,8 +312,23 @@ class _AdasExport(nn.Module):
         return out["boxes"], out["scores"], out["labels"]
 
 
+def _export_adapter(model: nn.Module, card: ModelCard, units: dict[str, _Unit]) -> tuple[nn.Module, dict[str, Any]]:
+    """What `export_openvino` traces, and the spec of the exported graph: `_adapter`'s, except
+    for pedestrian_adas_0002, whose graph is the network (its pre-processing folded into conv1)
+    followed by OpenVINO's DetectionOutput (`core.export.ssd`)."""
+    wrapper, spec = _adapter(model, card)
+    if not isinstance(model, PedestrianAdas):
+        return wrapper, spec
+    unit = next(u for u in units.values() if u.module is model.features["conv1"].conv)
+    first = unit.module
+    unit.signs, unit.scale = fold_input_normalisation(first, unit.signs, unit.scale)
+    spec = {**spec, "outputs": [SSD_OUTPUT], "postprocess": detection_output_spec(model)}
+    return AdasNetworkExport(model).eval(), spec
+
+
 def _adapter(model: nn.Module, card: ModelCard) -> tuple[nn.Module, dict[str, Any]]:
-    """The module to trace and the `export` spec of its input, outputs and post-processing."""
+    """The module that runs the whole detector on a prepared input (what bench/speed.py times in
+    PyTorch) and the `export` spec of its input, outputs and post-processing."""
     size = card.input_size
     if isinstance(model, PedestrianAdas):
         h, w = model.input_height, model.input_width

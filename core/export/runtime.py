@@ -30,6 +30,11 @@ The zip's `card.json` has an `export` section that says how to feed the model:
 - `postprocess.kind == "detections"` (the torchvision detectors and pedestrian_adas_0002, whole
   detector in the graph after the resize, NMS included, batch 1): outputs `boxes` [K, 4] x1, y1,
   x2, y2 in canvas pixels, `scores` [K], `labels` [K]; only the mapping back to the image remains.
+- `postprocess.kind == "detection_output"` (pedestrian_adas_0002 since issue 19: the network and
+  OpenVINO's DetectionOutput, as Intel's IR of that detector): output `detections` [1, 1, K, 7],
+  one row per detection (image id, label, score, x1, y1, x2, y2) with the box normalised to the
+  network input (multiply by its width / height for canvas pixels), best first per label; the
+  list ends at the first row whose image id is -1 (rows after it are padding).
 
 Boxes come out as x1, y1, x2, y2 in pixels of the image as given, best first.
 """
@@ -232,6 +237,17 @@ def decode_centernet(heatmap: np.ndarray, regression: np.ndarray, prepared: Prep
     return Detections(boxes[kept], scores[kept].astype(np.float32))
 
 
+def decode_detection_output(rows: np.ndarray, prepared: Prepared, spec: dict[str, Any], image: int = 0) -> Detections:
+    """DetectionOutput's [1, 1, K, 7] rows -> one image's detections (module docstring)."""
+    rows = rows.reshape(-1, 7)
+    end = np.flatnonzero(rows[:, 0] == -1)
+    rows = rows[:end[0] if end.size else len(rows)]
+    rows = rows[rows[:, 0] == image]
+    height, width = _input_hw(spec["input"])
+    boxes = rows[:, 3:7] * np.array([width, height, width, height], dtype=np.float32)
+    return decode_detections(boxes, rows[:, 2], prepared)
+
+
 def decode_detections(boxes: np.ndarray, scores: np.ndarray, prepared: Prepared) -> Detections:
     order = np.argsort(-scores, kind="stable")
     return Detections(_to_image(boxes[order].reshape(-1, 4), prepared), scores[order].astype(np.float32))
@@ -326,8 +342,9 @@ class Detector:
                 out.append(self._decode(raw, i, p, post))
         return out
 
-    @staticmethod
-    def _decode(raw: dict[str, np.ndarray], i: int, prepared: Prepared, post: dict[str, Any]) -> Detections:
+    def _decode(self, raw: dict[str, np.ndarray], i: int, prepared: Prepared, post: dict[str, Any]) -> Detections:
+        if post["kind"] == "detection_output":
+            return decode_detection_output(raw["detections"], prepared, self.spec, i)
         if post["kind"] == "centernet":
             return decode_centernet(raw["heatmap"][i], raw["regression"][i], prepared, post)
         if post["kind"] == "detections":
