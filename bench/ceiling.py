@@ -7,6 +7,8 @@ Rows, all at 192x336 (network input; Intel's IRs reshaped to it), timed on rando
 - `float`: FlexBin's OpenVINO export of the pretrained float model;
 - `nncf_int8`: `nncf.quantize` of that IR (core.export.int8, calibrated on Penn-Fudan's
   training split, prepared as the runtime prepares inputs);
+- `nncf_int8_ac`: `nncf.quantize_with_accuracy_control` of that IR, max_drop 0.03 in
+  1 - MR^-2 on the validation split;
 - `all_1bit_old`: every dense conv that can take binary inputs (41 of 42) 1-bit in weights and
   inputs, no training (accuracy destroyed: speed only), exported by the export code of commit
   OLD_EXPORT_COMMIT (the branch start: loaded from git, so it needs the repository's history);
@@ -24,6 +26,10 @@ Timings are interleaved: each round times every row once per setting, and a cell
 over rounds, so a slow spell of a shared machine does not land on one row. Per-op-type times
 come from a separate compile with PERF_COUNT (they exclude the per-inference overhead outside
 the nodes, so they sum to less than the forward time).
+
+MR^-2 / AP@0.5 on Penn-Fudan's validation split (the IR actually timed, run by
+core.export.runtime.Detector) for FlexBin's rows; the 1-bit rows are untrained, so theirs only
+shows that they are accuracy-blind.
 
 Writes bench/results/ceiling.json and ceiling.md (`_quick` with --quick).
 """
@@ -54,6 +60,7 @@ DEFAULT_INTEL_IR = next((p for p in (ROOT.parent / "shared" / "models" / "pedest
 LABELS = {
     "float": "OpenVINO float (FlexBin export)",
     "nncf_int8": "NNCF int8 of the float IR",
+    "nncf_int8_ac": "NNCF accuracy-controlled int8 (max_drop 0.03 in 1 - MR^-2)",
     "all_1bit_old": "all 41 dense convs 1-bit, export at the branch start",
     "all_1bit": "all 41 dense convs 1-bit, today's export",
     "mixed": "all 1-bit + NNCF int8 on every other conv",
@@ -99,14 +106,26 @@ def git_commit() -> str:
 
 
 # -- the rows ------------------------------------------------------------------------------
-def calibration_images(count: int) -> list[np.ndarray]:
+def penn_fudan(calibration: int, validation: int) -> dict[str, Any]:
+    """Training images for calibration, validation images and their boxes (the fixed split)."""
     from core.data import read_pennfudan, split_records
     from core.paths import default_data_dir
     from core.train import ImageCache
 
-    train, _ = split_records(read_pennfudan(default_data_dir()))
+    train, val = split_records(read_pennfudan(default_data_dir()))
     cache = ImageCache()
-    return [cache.image(r).numpy() for r in train[:count]]
+    val = val[:validation]
+    return {"calibration": [cache.image(r).numpy() for r in train[:calibration]],
+            "val": [cache.image(r).numpy() for r in val], "truth": [r.boxes for r in val]}
+
+
+def miss_rate(detections: list[Any], truth: list[Any]) -> Any:
+    import torch
+
+    from core.metrics import evaluate_detections
+
+    return evaluate_detections([{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)}
+                                for d in detections], truth)
 
 
 def old_export_module(commit: str) -> types.ModuleType:
@@ -123,8 +142,8 @@ def old_export_module(commit: str) -> types.ModuleType:
     return module
 
 
-def flexbin_rows(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """name -> {"model": openvino.Model, "scale": input scale, "layers": 1-bit layer count, ...}."""
+def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """name -> {"model": openvino.Model, "spec": its export spec, ...}."""
     import copy
 
     from core.checkpoint import pack_checkpoint
@@ -134,31 +153,55 @@ def flexbin_rows(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         export_float,
         float_model,
     )
-    from core.export.int8 import quantize_int8
+    from core.export.int8 import quantize_int8, quantize_int8_with_accuracy_control
 
     model, card = float_model(HEIGHT, WIDTH)
     rows: dict[str, dict[str, Any]] = {}
     log("exporting the float model and the all-1-bit model")
     float_export = export_float(model, card)
     one_bit, layers = export_all_one_bit(model, card)
-    rows["float"] = {"model": float_export.model}
-    images = calibration_images(args.calibration_images)
+    rows["float"] = {"model": float_export.model, "spec": float_export.spec}
+    images = data["calibration"]
     started = time.monotonic()
-    rows["nncf_int8"] = {"model": quantize_int8(float_export, images)}
+    rows["nncf_int8"] = {"model": quantize_int8(float_export, images), "spec": float_export.spec,
+                         "quantize_seconds": round(time.monotonic() - started, 1)}
     log(f"NNCF int8 of the float IR: {time.monotonic() - started:.0f} s on {len(images)} images")
+    if args.accuracy_control:
+        def metric(detections: list[Any], indices: list[int]) -> float:
+            return 1.0 - float(miss_rate(detections, [data["truth"][i] for i in indices]).miss_rate)
+
+        started = time.monotonic()
+        rows["nncf_int8_ac"] = {
+            "model": quantize_int8_with_accuracy_control(float_export, images, data["val"], metric, max_drop=0.03),
+            "spec": float_export.spec, "quantize_seconds": round(time.monotonic() - started, 1)}
+        log(f"NNCF accuracy-controlled int8: {time.monotonic() - started:.0f} s")
     try:
         old = old_export_module(args.old_export_commit)
         binary = copy.deepcopy(model)
         binarize_all(binary)
-        rows["all_1bit_old"] = {"model": old.export_checkpoint(pack_checkpoint(binary, card)).model,
+        old_export = old.export_checkpoint(pack_checkpoint(binary, card))
+        rows["all_1bit_old"] = {"model": old_export.model, "spec": old_export.spec,
                                 "source": f"core/export/openvino.py at {args.old_export_commit[:10]}"}
     except (subprocess.CalledProcessError, ImportError, AttributeError, TypeError) as exc:
         log(f"old export unavailable: {exc}")
         rows["all_1bit_old"] = {"model": None, "missing": f"{type(exc).__name__}: {exc}"}
-    rows["all_1bit"] = {"model": one_bit.model, "one_bit_layers": len(layers)}
-    rows["mixed"] = {"model": quantize_int8(one_bit, images)}
-    rows["mixed_fusing"] = {"model": quantize_int8(one_bit, images, int8_after_1bit=False)}
+    rows["all_1bit"] = {"model": one_bit.model, "spec": one_bit.spec, "one_bit_layers": len(layers)}
+    rows["mixed"] = {"model": quantize_int8(one_bit, images), "spec": one_bit.spec}
+    rows["mixed_fusing"] = {"model": quantize_int8(one_bit, images, int8_after_1bit=False), "spec": one_bit.spec}
     return rows
+
+
+def accuracy(rows: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
+    """MR^-2 / AP@0.5 of each FlexBin row's IR on the validation images (into the rows)."""
+    from core.export.runtime import Detector
+
+    for row in rows.values():
+        if row["model"] is None or "spec" not in row:
+            continue
+        xml, weights = serialized(row["model"])
+        detector = Detector(xml, weights, {"export": row["spec"]})
+        m = miss_rate(detector.detect(data["val"]), data["truth"])
+        row["miss_rate"], row["ap50"] = round(m.miss_rate, 4), round(m.ap50, 4)
 
 
 def intel_rows(ir_dir: Path | None) -> dict[str, dict[str, Any]]:
@@ -177,17 +220,22 @@ def intel_rows(ir_dir: Path | None) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def serialized(model: Any) -> tuple[bytes, bytes]:
+    """(model.xml, model.bin) as FlexBin ships an IR (float32 weights, no FP16 compression)."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.xml"
+        ov.save_model(model, path, compress_to_fp16=False)
+        return path.read_bytes(), path.with_suffix(".bin").read_bytes()
+
+
 def ir_bytes(row: dict[str, Any]) -> int:
     """Bytes of model.xml + model.bin as shipped: Intel's files, FlexBin's as `OpenVinoExport.ir_bytes`
     writes them (float32 weights, no FP16 compression)."""
-    import openvino as ov
-
     if "files" in row:
         return sum(Path(f).stat().st_size for f in row["files"])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.xml"
-        ov.save_model(row["model"], path, compress_to_fp16=False)
-        return path.stat().st_size + path.with_suffix(".bin").stat().st_size
+    return sum(len(part) for part in serialized(row["model"]))
 
 
 # -- measurements --------------------------------------------------------------------------
@@ -278,15 +326,16 @@ def markdown(result: dict[str, Any]) -> str:
               f"({result['config']['seconds']} s per row per round).")
     lines = [
         "# The 1-bit speed ceiling of pedestrian_adas_0002 (`python -m bench.ceiling`)", "", header, "",
-        "| row | forward ms 1t f32 | 2t f32 | 1t default | 2t default | IR MB | 1-bit / int8 convs (compiled) |",
-        "|---|---:|---:|---:|---:|---:|---|"]
+        "| row | forward ms 1t f32 | 2t f32 | 1t default | 2t default | IR MB | MR^-2 | convolutions (compiled, 1t f32) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, row in rows.items():
         if name not in times:
-            lines.append(f"| {LABELS[name]} | - | - | - | - | - | missing: {row.get('missing')} |")
+            lines.append(f"| {LABELS[name]} | - | - | - | - | - | - | missing: {row.get('missing')} |")
             continue
         convs = profile[name][keys[0]]["convolutions"]
         lines.append(f"| {LABELS[name]} | " + " | ".join(f"{times[name][k]:.2f}" for k in keys)
-                     + f" | {row['ir_bytes'] / 1e6:.2f} | " + ", ".join(f"{k} x{n}" for k, n in convs.items()) + " |")
+                     + f" | {row['ir_bytes'] / 1e6:.2f} | {row.get('miss_rate', '-')} | "
+                     + ", ".join(f"{k} x{n}" for k, n in convs.items()) + " |")
     lines += ["", "Ratios (forward ms):", ""]
     for pair, values in result["ratios"].items():
         lines.append(f"- {pair}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
@@ -315,6 +364,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None, help="seconds per row per round (default 1)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5)")
     parser.add_argument("--calibration-images", type=int, default=98, help="NNCF calibration images (train split)")
+    parser.add_argument("--validation-images", type=int, default=32, help="validation images for MR^-2 (val split)")
+    parser.add_argument("--no-accuracy-control", dest="accuracy_control", action="store_false",
+                        help="skip the accuracy-controlled int8 row")
     parser.add_argument("--old-export-commit", default=OLD_EXPORT_COMMIT)
     parser.add_argument("--intel-ir", type=Path, default=DEFAULT_INTEL_IR)
     args = parser.parse_args()
@@ -322,9 +374,13 @@ def main() -> None:
     args.rounds = args.rounds or (2 if args.quick else 5)
     if args.quick:
         args.calibration_images = min(args.calibration_images, 8)
+        args.validation_images = min(args.validation_images, 8)
     started = time.monotonic()
 
-    rows = {**flexbin_rows(args), **intel_rows(args.intel_ir)}
+    data = penn_fudan(args.calibration_images, args.validation_images)
+    rows = {**flexbin_rows(args, data), **intel_rows(args.intel_ir)}
+    log("MR^-2 of FlexBin's rows")
+    accuracy(rows, data)
     for row in rows.values():
         if row["model"] is not None:
             row["ir_bytes"] = ir_bytes(row)
@@ -335,9 +391,10 @@ def main() -> None:
     result = {
         "machine": cpu_info(), "git": git_commit(), "quick": args.quick,
         "config": {"input": [1, 3, HEIGHT, WIDTH], "seconds": args.seconds, "rounds": args.rounds,
-                   "calibration_images": args.calibration_images, "old_export_commit": args.old_export_commit,
+                   "calibration_images": args.calibration_images, "validation_images": args.validation_images,
+                   "old_export_commit": args.old_export_commit,
                    "timing": "request.infer([x]) on the compiled model, median_forward_ms, interleaved rounds"},
-        "rows": {name: {"label": LABELS[name], **{k: v for k, v in row.items() if k not in ("model", "files")}}
+        "rows": {name: {"label": LABELS[name], **{k: v for k, v in row.items() if k not in ("model", "files", "spec")}}
                  for name, row in rows.items()},
         "forward_ms": times, "ratios": ratios(times), "profile": profile,
         "total_seconds": round(time.monotonic() - started, 1),

@@ -20,7 +20,7 @@ FakeQuantize. `int8_after_1bit=False` leaves those layers float (NNCF's ignored 
 keeps int8 only where its quantizer fuses (e.g. the first conv, fed by the input).
 
 `quantize_int8_with_accuracy_control` is NNCF's accuracy-aware variant (`max_drop` on a
-validation metric computed by a caller-supplied function); `runtime_precisions` reads the
+validation metric of the decoded detections, e.g. 1 - MR^-2 on the validation split); `runtime_precisions` reads the
 compiled graph (what actually runs as u1 / i8 / u8 / f32).
 """
 from __future__ import annotations
@@ -134,28 +134,35 @@ def int8_export(export: Any, images: Sequence[np.ndarray], **kwargs: Any) -> Any
 
 def quantize_int8_with_accuracy_control(
         export: Any, calibration_images: Sequence[np.ndarray], validation_images: Sequence[np.ndarray],
-        validate: Callable[[Any, Sequence[np.ndarray]], float], *, spec: dict[str, Any] | None = None,
+        metric: Callable[[list[runtime.Detections], list[int]], float], *, spec: dict[str, Any] | None = None,
         max_drop: float = 0.03, subset_size: int = 300, **nncf_kwargs: Any) -> Any:
     """`nncf.quantize_with_accuracy_control`: int8 as `quantize_int8`, then layers reverted to
-    float, most harmful first, until `validate` drops by at most `max_drop` (absolute) against
-    the float model's.
+    float, the most harmful first, until the validation metric is at most `max_drop` (absolute)
+    below the float model's.
 
-    validate(compiled_model, inputs) -> a metric where higher is better, computed over the
-    prepared validation `inputs` (`calibration_inputs` of `validation_images`, in order), e.g.
-    1 - MR^-2 against the validation split's boxes. NNCF calls it on the compiled float and
-    int8 models (and on each candidate while it restores layers), so it should be cheap."""
+    metric(detections, indices) -> a float where higher is better (e.g. 1 - MR^-2), for the
+    detections of `validation_images[i]` for i in `indices` (in that order; NNCF also scores
+    single images to rank the layers). The model is run as `runtime.Detector` runs it: same
+    pre-processing, one image per inference, same decoding."""
     import nncf
 
     model, spec = _model_and_spec(export, spec)
     calibration = calibration_inputs(calibration_images, spec)
-    validation = calibration_inputs(validation_images, spec)
+    prepared = [runtime.prepare(image, spec) for image in validation_images]
+    items = [(i, runtime.canvas_batch([p], spec)) for i, p in enumerate(prepared)]
 
-    def validation_fn(compiled: Any, data: Iterable[Any]) -> float:
-        return float(validate(compiled, list(data)))
+    def validation_fn(compiled: Any, data: Iterable[tuple[int, np.ndarray]]) -> tuple[float, None]:
+        indices, detections = [], []
+        for i, canvas in data:
+            raw = runtime.outputs_by_name(compiled, compiled(canvas), spec)
+            detections.append(runtime.decode(raw, 0, prepared[i], spec))
+            indices.append(i)
+        return float(metric(detections, indices)), None
 
     return nncf.quantize_with_accuracy_control(
-        model.clone(), nncf.Dataset(calibration), nncf.Dataset(validation), validation_fn, max_drop=max_drop,
-        subset_size=min(subset_size, len(calibration)), ignored_scope=ignored_scope(model), **nncf_kwargs)
+        model.clone(), nncf.Dataset(calibration), nncf.Dataset(items, lambda item: item[1]), validation_fn,
+        max_drop=max_drop, subset_size=min(subset_size, len(calibration)), ignored_scope=ignored_scope(model),
+        **nncf_kwargs)
 
 
 def runtime_precisions(compiled: Any) -> Counter[tuple[str, str]]:

@@ -317,12 +317,7 @@ class Detector:
     def infer(self, canvases: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs by name for a float32 [N, 3, H, W] batch (`canvas_batch`)."""
         compiled = self.compiled(canvases.shape)
-        result = compiled(canvases)
-        names = self.spec["outputs"]
-        # By the spec's names; a port whose tensor lost its name in the IR round trip (seen on the
-        # torchvision graphs) by position: OpenVINO keeps the order of a model's results.
-        return {next((n for n in names if n in out.get_names()), names[i]): np.asarray(result[out])
-                for i, out in enumerate(compiled.outputs)}
+        return outputs_by_name(compiled, compiled(canvases), self.spec)
 
     def detect(self, images: Sequence[np.ndarray], *, together: bool = False) -> list[Detections]:
         """Detections for RGB float32 [3, H, W] images in [0, 1] of any sizes.
@@ -343,13 +338,28 @@ class Detector:
         return out
 
     def _decode(self, raw: dict[str, np.ndarray], i: int, prepared: Prepared, post: dict[str, Any]) -> Detections:
-        if post["kind"] == "detection_output":
-            return decode_detection_output(raw["detections"], prepared, self.spec, i)
-        if post["kind"] == "centernet":
-            return decode_centernet(raw["heatmap"][i], raw["regression"][i], prepared, post)
-        if post["kind"] == "detections":
-            return decode_detections(raw["boxes"], raw["scores"], prepared)
-        raise ValueError(f"unknown postprocess kind {post['kind']!r}")
+        return decode(raw, i, prepared, self.spec)
+
+
+def outputs_by_name(compiled: Any, result: Any, spec: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A compiled model's raw outputs by the spec's names. A port whose tensor lost its name in the
+    IR round trip (seen on the torchvision graphs) is named by position: OpenVINO keeps the order
+    of a model's results."""
+    names = spec["outputs"]
+    return {next((n for n in names if n in out.get_names()), names[i]): np.asarray(result[out])
+            for i, out in enumerate(compiled.outputs)}
+
+
+def decode(raw: dict[str, np.ndarray], i: int, prepared: Prepared, spec: dict[str, Any]) -> Detections:
+    """Image `i` of a batch's raw outputs -> its detections, by the spec's post-processing."""
+    post = spec["postprocess"]
+    if post["kind"] == "detection_output":
+        return decode_detection_output(raw["detections"], prepared, spec, i)
+    if post["kind"] == "centernet":
+        return decode_centernet(raw["heatmap"][i], raw["regression"][i], prepared, post)
+    if post["kind"] == "detections":
+        return decode_detections(raw["boxes"], raw["scores"], prepared)
+    raise ValueError(f"unknown postprocess kind {post['kind']!r}")
 
 
 def median_forward_ms(infer: Callable[[], Any], *, warmup: int = 3, budget_s: float = 1.0,

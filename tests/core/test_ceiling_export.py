@@ -6,25 +6,30 @@ graphs, not accuracy."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import numpy as np
 import openvino as ov
 import pytest
 import torch
+from torch import nn
 from torchvision.ops import box_iou
 
-from core.checkpoint import pack_checkpoint
+from core.binary import binarize_input, binarize_module
+from core.checkpoint import ModelCard, pack_checkpoint, unpack_checkpoint
 from core.data import read_pennfudan, split_records
 from core.export import runtime
 from core.export.ceiling import binarize_all, float_model
 from core.export.int8 import int8_export, is_int8, quantize_int8, runtime_precisions
 from core.export.openvino import (
     BINARY_WEIGHTS_ACTIVATIONS,
+    LAYER_NODE_PREFIX,
     export_checkpoint,
     runtime_layer_precision,
 )
 from core.paths import default_data_dir
 from core.train import ImageCache
+from tests.core.test_openvino_export import CARD, torch_heads
 
 HEIGHT, WIDTH = 96, 168
 IMAGES = 6
@@ -120,3 +125,41 @@ def test_a_mixed_export_keeps_1bit_convolutions_and_runs_the_others_in_int8(adas
     assert precisions[("BinaryConvolution", "u1")] == BINARY_INPUT_LAYERS
     assert sum(n for (kind, p), n in precisions.items() if kind == "Convolution" and is_int8(p)) >= 1
     assert sum(n for (kind, p), n in precisions.items() if p == "f32") == 0, precisions
+
+
+def test_consecutive_1bit_layers_fold_scale_bias_and_threshold_into_one_node() -> None:
+    """A 1-bit conv feeding another: OpenVINO folds the producer's scale and bias (BatchNorm with
+    negative scales too) and the consumer's threshold into one BinaryConvolution that writes
+    bits (the consumer's binarizing FakeQuantize is fused, not standalone), and stays exact."""
+    torch.manual_seed(0)
+    card = ModelCard.model_validate(CARD)
+    model = card.build().eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                sign = torch.where(torch.rand(m.num_features, generator=generator) > 0.5, 1.0, -1.0)
+                m.weight.copy_((torch.rand(m.num_features, generator=generator) + 0.5) * sign)
+                m.bias.copy_(torch.rand(m.num_features, generator=generator) * 0.4 - 0.2)
+    chain = ("features.5.0", "features.6.0", "features.7.0")
+    for name in chain:
+        binarize_module(model.get_submodule(name), 1)
+        binarize_input(model.get_submodule(name))
+        with torch.no_grad():
+            model.get_submodule(name).input_binarizer.threshold.uniform_(0.0, 0.3, generator=generator)
+    packed = pack_checkpoint(model, card)
+    compiled = _compiled(export_checkpoint(packed).model)
+    fused = {}
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        info = {k: v.astype(str) for k, v in node.get_rt_info().items()}
+        for original in info["originalLayersNames"].split(","):
+            if original.startswith(LAYER_NODE_PREFIX) and original.endswith("/binarize"):
+                fused[original] = info["layerType"]
+    for producer, consumer in itertools.pairwise(chain):
+        assert fused[f"{LAYER_NODE_PREFIX}{consumer}#0/binarize"] == "BinaryConvolution", (producer, fused)
+    served, _ = unpack_checkpoint(packed)
+    canvas = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    heat, regression = torch_heads(served, canvas)
+    result = compiled(canvas.numpy())
+    np.testing.assert_allclose(result["heatmap"], heat, atol=1e-5)
+    np.testing.assert_allclose(result["regression"], regression, atol=1e-4)
