@@ -244,33 +244,56 @@ def _input(model: Any, scale: float) -> np.ndarray:
     return np.random.default_rng(0).random(shape, dtype=np.float32) * np.float32(scale)
 
 
-def time_rows(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """{row: {setting: median over rounds of median forward ms}}, rounds interleaving the rows."""
+def time_rows(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """{row: {setting: median over rounds of the median forward ms}} and, under "rounds", every
+    round's value: rounds interleave the rows, so a slow spell of the machine hits all of them."""
     import openvino as ov
 
     from core.export.runtime import compile_config, median_forward_ms
 
     core = ov.Core()
-    out: dict[str, dict[str, float]] = {name: {} for name, row in rows.items() if row["model"] is not None}
+    names = [name for name, row in rows.items() if row["model"] is not None]
+    out: dict[str, dict[str, Any]] = {name: {"rounds": {}} for name in names}
     for threads, precision in SETTINGS:
         key = setting_key(threads, precision)
         requests = {}
-        for name in out:
+        for name in names:
             compiled = core.compile_model(rows[name]["model"], "CPU", compile_config(threads, precision))
             requests[name] = (compiled.create_infer_request(), _input(rows[name]["model"], rows[name].get("scale", 1.0)))
-        samples: dict[str, list[float]] = {name: [] for name in out}
+        samples: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.rounds):
             for name, (request, x) in requests.items():
-                samples[name].append(median_forward_ms(lambda r=request, x=x: r.infer([x]), warmup=5,
-                                                       budget_s=args.seconds, max_runs=5000))
+                samples[name].append(round(median_forward_ms(lambda r=request, x=x: r.infer([x]), warmup=5,
+                                                             budget_s=args.seconds, max_runs=5000), 3))
         for name, values in samples.items():
             out[name][key] = round(float(np.median(values)), 3)
-        log(f"timed {key}: " + ", ".join(f"{n} {out[n][key]:.2f}" for n in out))
+            out[name]["rounds"][key] = values
+        log(f"timed {key}: " + ", ".join(f"{n} {out[n][key]:.2f}" for n in names))
     return out
 
 
+def machine_load() -> dict[str, float]:
+    """Load average and the CPU time counters (/proc/stat: user, system, idle, steal ticks)."""
+    try:
+        load = float(Path("/proc/loadavg").read_text().split()[0])
+        ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return {}
+    return {"loadavg_1min": load, "busy_ticks": sum(ticks[:3]) + sum(ticks[5:7]), "idle_ticks": ticks[3] + ticks[4],
+            "steal_ticks": ticks[7] if len(ticks) > 7 else 0}
+
+
+def load_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    if not before or not after:
+        return {}
+    total = sum(after[k] - before[k] for k in ("busy_ticks", "idle_ticks", "steal_ticks")) or 1
+    return {"loadavg_1min_start": before["loadavg_1min"], "loadavg_1min_end": after["loadavg_1min"],
+            "cpu_busy_share": round((after["busy_ticks"] - before["busy_ticks"]) / total, 3),
+            "cpu_steal_share": round((after["steal_ticks"] - before["steal_ticks"]) / total, 3)}
+
+
 def profile_rows(rows: dict[str, dict[str, Any]], runs: int) -> dict[str, dict[str, Any]]:
-    """Per row and setting: ms per op type (PERF_COUNT, mean of `runs` inferences), and how the
+    """Per row and setting: ms per op type (PERF_COUNT, median over `runs` inferences), and how the
     convolutions run (layer type and runtime precision counts of the compiled graph)."""
     import openvino as ov
 
@@ -290,28 +313,33 @@ def profile_rows(rows: dict[str, dict[str, Any]], runs: int) -> dict[str, dict[s
             request = compiled.create_infer_request()
             for _ in range(5):
                 request.infer([x])
-            by_type: Counter[str] = Counter()
+            per_run: list[Counter[str]] = []
             for _ in range(runs):
                 request.infer([x])
+                run: Counter[str] = Counter()
                 for info in request.profiling_info:
-                    by_type[info.node_type] += info.real_time.total_seconds() * 1e3 / runs
+                    run[info.node_type] += info.real_time.total_seconds() * 1e3
+                per_run.append(run)
+            # median over runs, per op type and of the per-run total (robust to a disturbed run)
+            by_type = Counter({k: float(np.median([r[k] for r in per_run])) for k in set().union(*per_run)})
             out[name][setting_key(threads, precision)] = {
                 "ms_by_op_type": {k: round(v, 3) for k, v in by_type.most_common() if v >= 0.0005},
-                "profiled_total_ms": round(sum(by_type.values()), 3),
+                "profiled_total_ms": round(float(np.median([sum(r.values()) for r in per_run])), 3),
                 "convolutions": {f"{k}/{p}": n for (k, p), n in sorted(runtime_precisions(compiled).items())},
             }
     return out
 
 
 # -- the report ----------------------------------------------------------------------------
-def ratios(times: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+def ratios(times: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     pairs = (("all_1bit", "nncf_int8"), ("all_1bit_old", "nncf_int8"), ("all_1bit", "all_1bit_old"),
              ("all_1bit", "float"), ("mixed", "nncf_int8"), ("mixed_fusing", "nncf_int8"),
              ("all_1bit", "intel_fp16_int8"), ("nncf_int8", "float"))
     for a, b in pairs:
         if a in times and b in times:
-            out[f"{a} / {b}"] = {k: round(times[a][k] / times[b][k], 3) for k in times[a] if k in times[b]}
+            keys = [setting_key(t, p) for t, p in SETTINGS]
+            out[f"{a} / {b}"] = {k: round(times[a][k] / times[b][k], 3) for k in keys if k in times[a] and k in times[b]}
     return out
 
 
@@ -323,7 +351,9 @@ def markdown(result: dict[str, Any]) -> str:
               f"ISA {' '.join(cpu.get('isa', [])) or '-'}, {cpu.get('cpus')} CPUs; OpenVINO {cpu.get('openvino')} "
               f"(its default precision here: {cpu.get('openvino_default_precision')}); commit {result['git']}. "
               f"Each cell: median over {result['config']['rounds']} interleaved rounds of the median forward time "
-              f"({result['config']['seconds']} s per row per round).")
+              f"({result['config']['seconds']} s per row per round). Machine load during the run: 1-min load average "
+              f"{cpu.get('loadavg_1min_start')} -> {cpu.get('loadavg_1min_end')}, CPU busy {cpu.get('cpu_busy_share')}, "
+              f"stolen by the hypervisor {cpu.get('cpu_steal_share')} (a shared machine: compare rows, not runs).")
     lines = [
         "# The 1-bit speed ceiling of pedestrian_adas_0002 (`python -m bench.ceiling`)", "", header, "",
         "| row | forward ms 1t f32 | 2t f32 | 1t default | 2t default | IR MB | MR^-2 | convolutions (compiled, 1t f32) |",
@@ -336,7 +366,11 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {LABELS[name]} | " + " | ".join(f"{times[name][k]:.2f}" for k in keys)
                      + f" | {row['ir_bytes'] / 1e6:.2f} | {row.get('miss_rate', '-')} | "
                      + ", ".join(f"{k} x{n}" for k, n in convs.items()) + " |")
-    lines += ["", "Ratios (forward ms):", ""]
+    lines += ["", "Least-disturbed round (min over rounds of the median forward ms; noise only adds time):", "",
+              "| row | 1t f32 | 2t f32 | 1t default | 2t default |", "|---|---:|---:|---:|---:|"]
+    for name in times:
+        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{min(times[name]['rounds'][k]):.2f}" for k in keys) + " |")
+    lines += ["", "Ratios (forward ms, medians):", ""]
     for pair, values in result["ratios"].items():
         lines.append(f"- {pair}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
     types_seen: list[str] = []
@@ -344,7 +378,7 @@ def markdown(result: dict[str, Any]) -> str:
         for op in profile[name][keys[0]]["ms_by_op_type"]:
             if op not in types_seen:
                 types_seen.append(op)
-    lines += ["", "## Where the time goes (ms per op type, PERF_COUNT, 1 thread f32)", "",
+    lines += ["", "## Where the time goes (ms per op type, PERF_COUNT, median of the runs, 1 thread f32)", "",
               "| op type | " + " | ".join(times) + " |", "|---|" + "---:|" * len(times)]
     for op in types_seen:
         cells = [profile[n][keys[0]]["ms_by_op_type"].get(op) for n in times]
@@ -361,8 +395,8 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script works")
-    parser.add_argument("--seconds", type=float, default=None, help="seconds per row per round (default 1)")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 5)")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per row per round (default 0.6)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 9)")
     parser.add_argument("--calibration-images", type=int, default=98, help="NNCF calibration images (train split)")
     parser.add_argument("--validation-images", type=int, default=32, help="validation images for MR^-2 (val split)")
     parser.add_argument("--no-accuracy-control", dest="accuracy_control", action="store_false",
@@ -370,13 +404,14 @@ def main() -> None:
     parser.add_argument("--old-export-commit", default=OLD_EXPORT_COMMIT)
     parser.add_argument("--intel-ir", type=Path, default=DEFAULT_INTEL_IR)
     args = parser.parse_args()
-    args.seconds = args.seconds or (0.2 if args.quick else 1.0)
-    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.seconds = args.seconds or (0.2 if args.quick else 0.6)
+    args.rounds = args.rounds or (2 if args.quick else 9)
     if args.quick:
         args.calibration_images = min(args.calibration_images, 8)
         args.validation_images = min(args.validation_images, 8)
     started = time.monotonic()
 
+    load_before = machine_load()
     data = penn_fudan(args.calibration_images, args.validation_images)
     rows = {**flexbin_rows(args, data), **intel_rows(args.intel_ir)}
     log("MR^-2 of FlexBin's rows")
@@ -389,7 +424,7 @@ def main() -> None:
     profile = profile_rows(rows, runs=5 if args.quick else 30)
 
     result = {
-        "machine": cpu_info(), "git": git_commit(), "quick": args.quick,
+        "machine": {**cpu_info(), **load_summary(load_before, machine_load())}, "git": git_commit(), "quick": args.quick,
         "config": {"input": [1, 3, HEIGHT, WIDTH], "seconds": args.seconds, "rounds": args.rounds,
                    "calibration_images": args.calibration_images, "validation_images": args.validation_images,
                    "old_export_commit": args.old_export_commit,

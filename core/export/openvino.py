@@ -35,6 +35,24 @@ graph surgery below, on convolutions found by the names the PyTorch frontend giv
 (`__module.<path>/aten::_convolution/Convolution`; BatchNorm is folded *before* tracing so that
 no fusion renames them).
 
+What the CPU plugin fuses around the 1-bit layers (OpenVINO 2026.4, read from
+`compiled.get_runtime_model()`; bench/ceiling.py and tests/core/test_ceiling_export.py):
+- a `BinaryConvolution` takes its `(y + ΣB)·½·scale` affine, bias and ReLU as post-ops, and, when
+  it is the only consumer, the next layer's binarizing FakeQuantize as its last post-op (it then
+  writes bits): OpenVINO's own transformations fold the affine into that FakeQuantize's
+  per-channel thresholds (negative BatchNorm scales included), so consecutive 1-bit layers need
+  no Subtract / Multiply in between and no folding here;
+- a binarizing FakeQuantize never fuses into a float or int8 (depthwise) convolution (the plugin
+  excludes binarization from their post-ops), so after a depthwise conv it runs standalone (a
+  per-pixel kernel: 25-40 ns per pixel on an AVX2 core). Alternatives measured and dropped: a
+  2-level FakeQuantize with input_low < input_high fuses into the depthwise conv, but the plugin
+  then inserts a reference f32 -> u1 Reorder, slower than the standalone binarization; u8 data
+  into a BinaryConvolution compiles and computes wrong results;
+- a `BinaryConvolution` fuses no u8 quantizer either, so int8 after a 1-bit conv costs a
+  standalone FakeQuantize (`core.export.int8`, `int8_after_1bit`).
+pedestrian_adas_0002's post-processing is OpenVINO's DetectionOutput, not a traced NMS
+(`core.export.ssd`).
+
 What the IR computes end to end (input, outputs, post-processing) is documented in
 `core.export.runtime`, which also runs it, and travels in the zip as `flexbin_detect.py`.
 """
