@@ -35,6 +35,24 @@ graph surgery below, on convolutions found by the names the PyTorch frontend giv
 (`__module.<path>/aten::_convolution/Convolution`; BatchNorm is folded *before* tracing so that
 no fusion renames them).
 
+What the CPU plugin fuses around the 1-bit layers (OpenVINO 2026.4, read from
+`compiled.get_runtime_model()`; bench/ceiling.py and tests/core/test_ceiling_export.py):
+- a `BinaryConvolution` takes its `(y + ΣB)·½·scale` affine, bias and ReLU as post-ops, and, when
+  it is the only consumer, the next layer's binarizing FakeQuantize as its last post-op (it then
+  writes bits): OpenVINO's own transformations fold the affine into that FakeQuantize's
+  per-channel thresholds (negative BatchNorm scales included), so consecutive 1-bit layers need
+  no Subtract / Multiply in between and no folding here;
+- a binarizing FakeQuantize never fuses into a float or int8 (depthwise) convolution (the plugin
+  excludes binarization from their post-ops), so after a depthwise conv it runs standalone (a
+  per-pixel kernel: 25-40 ns per pixel on an AVX2 core). Alternatives measured and dropped: a
+  2-level FakeQuantize with input_low < input_high fuses into the depthwise conv, but the plugin
+  then inserts a reference f32 -> u1 Reorder, slower than the standalone binarization; u8 data
+  into a BinaryConvolution compiles and computes wrong results;
+- a `BinaryConvolution` fuses no u8 quantizer either, so int8 after a 1-bit conv costs a
+  standalone FakeQuantize (`core.export.int8`, `int8_after_1bit`).
+pedestrian_adas_0002's post-processing is OpenVINO's DetectionOutput, not a traced NMS
+(`core.export.ssd`).
+
 What the IR computes end to end (input, outputs, post-processing) is documented in
 `core.export.runtime`, which also runs it, and travels in the zip as `flexbin_detect.py`.
 """
@@ -66,6 +84,13 @@ from core.binary import (
 from core.binary.activation import INPUT_BINARIZER
 from core.checkpoint import ModelCard, unpack_checkpoint
 from core.export import runtime
+from core.export.ssd import OUTPUT_NAME as SSD_OUTPUT
+from core.export.ssd import (
+    AdasNetworkExport,
+    append_detection_output,
+    detection_output_spec,
+    fold_input_normalisation,
+)
 from core.models.adas import PedestrianAdas
 from core.models.pednet import STRIDE, PedNet
 
@@ -152,7 +177,7 @@ def export_openvino(model: nn.Module, card: ModelCard, *,
     binary_bits = dict(card.binary_layers)
     binary_inputs = {name for name, m in model.named_modules() if has_binary_input(m)}
     units = _fold_batchnorm(model, binary_bits)
-    wrapper, spec = _adapter(model, card)
+    wrapper, spec = _export_adapter(model, card, units)
     for name in binary_inputs:
         module = dict(model.named_modules())[name]
         setattr(module, INPUT_BINARIZER, _ThresholdExport(input_binarizer(module).threshold.detach()))
@@ -164,6 +189,9 @@ def export_openvino(model: nn.Module, card: ModelCard, *,
         traced = torch.jit.trace(  # type: ignore[no-untyped-call]
             wrapper, (torch.rand(*shape),), check_trace=False, strict=False)
         ov_model = ov.convert_model(traced, example_input=(torch.rand(*shape),), input=[tuple(shape)])
+    if isinstance(wrapper, AdasNetworkExport):
+        assert wrapper.priors is not None  # set by the traced forward
+        ov_model = append_detection_output(ov_model, wrapper.priors, spec["postprocess"])
     _name_io(ov_model, spec)
     layers = {name: _precision(name, binary_bits, binary_inputs) for name, m in model.named_modules()
               if isinstance(m, nn.Conv2d | nn.Linear)}
@@ -310,8 +338,23 @@ class _AdasExport(nn.Module):
         return out["boxes"], out["scores"], out["labels"]
 
 
+def _export_adapter(model: nn.Module, card: ModelCard, units: dict[str, _Unit]) -> tuple[nn.Module, dict[str, Any]]:
+    """What `export_openvino` traces, and the spec of the exported graph: `_adapter`'s, except
+    for pedestrian_adas_0002, whose graph is the network (its pre-processing folded into conv1)
+    followed by OpenVINO's DetectionOutput (`core.export.ssd`)."""
+    wrapper, spec = _adapter(model, card)
+    if not isinstance(model, PedestrianAdas):
+        return wrapper, spec
+    unit = next(u for u in units.values() if u.module is model.features["conv1"].conv)
+    first = unit.module
+    unit.signs, unit.scale = fold_input_normalisation(first, unit.signs, unit.scale)
+    spec = {**spec, "outputs": [SSD_OUTPUT], "postprocess": detection_output_spec(model)}
+    return AdasNetworkExport(model).eval(), spec
+
+
 def _adapter(model: nn.Module, card: ModelCard) -> tuple[nn.Module, dict[str, Any]]:
-    """The module to trace and the `export` spec of its input, outputs and post-processing."""
+    """The module that runs the whole detector on a prepared input (what bench/speed.py times in
+    PyTorch) and the `export` spec of its input, outputs and post-processing."""
     size = card.input_size
     if isinstance(model, PedestrianAdas):
         h, w = model.input_height, model.input_width

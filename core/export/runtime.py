@@ -30,6 +30,11 @@ The zip's `card.json` has an `export` section that says how to feed the model:
 - `postprocess.kind == "detections"` (the torchvision detectors and pedestrian_adas_0002, whole
   detector in the graph after the resize, NMS included, batch 1): outputs `boxes` [K, 4] x1, y1,
   x2, y2 in canvas pixels, `scores` [K], `labels` [K]; only the mapping back to the image remains.
+- `postprocess.kind == "detection_output"` (pedestrian_adas_0002 since issue 19: the network and
+  OpenVINO's DetectionOutput, as Intel's IR of that detector): output `detections` [1, 1, K, 7],
+  one row per detection (image id, label, score, x1, y1, x2, y2) with the box normalised to the
+  network input (multiply by its width / height for canvas pixels), best first per label; the
+  list ends at the first row whose image id is -1 (rows after it are padding).
 
 Boxes come out as x1, y1, x2, y2 in pixels of the image as given, best first.
 """
@@ -232,6 +237,17 @@ def decode_centernet(heatmap: np.ndarray, regression: np.ndarray, prepared: Prep
     return Detections(boxes[kept], scores[kept].astype(np.float32))
 
 
+def decode_detection_output(rows: np.ndarray, prepared: Prepared, spec: dict[str, Any], image: int = 0) -> Detections:
+    """DetectionOutput's [1, 1, K, 7] rows -> one image's detections (module docstring)."""
+    rows = rows.reshape(-1, 7)
+    end = np.flatnonzero(rows[:, 0] == -1)
+    rows = rows[:end[0] if end.size else len(rows)]
+    rows = rows[rows[:, 0] == image]
+    height, width = _input_hw(spec["input"])
+    boxes = rows[:, 3:7] * np.array([width, height, width, height], dtype=np.float32)
+    return decode_detections(boxes, rows[:, 2], prepared)
+
+
 def decode_detections(boxes: np.ndarray, scores: np.ndarray, prepared: Prepared) -> Detections:
     order = np.argsort(-scores, kind="stable")
     return Detections(_to_image(boxes[order].reshape(-1, 4), prepared), scores[order].astype(np.float32))
@@ -301,12 +317,7 @@ class Detector:
     def infer(self, canvases: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs by name for a float32 [N, 3, H, W] batch (`canvas_batch`)."""
         compiled = self.compiled(canvases.shape)
-        result = compiled(canvases)
-        names = self.spec["outputs"]
-        # By the spec's names; a port whose tensor lost its name in the IR round trip (seen on the
-        # torchvision graphs) by position: OpenVINO keeps the order of a model's results.
-        return {next((n for n in names if n in out.get_names()), names[i]): np.asarray(result[out])
-                for i, out in enumerate(compiled.outputs)}
+        return outputs_by_name(compiled, compiled(canvases), self.spec)
 
     def detect(self, images: Sequence[np.ndarray], *, together: bool = False) -> list[Detections]:
         """Detections for RGB float32 [3, H, W] images in [0, 1] of any sizes.
@@ -326,13 +337,29 @@ class Detector:
                 out.append(self._decode(raw, i, p, post))
         return out
 
-    @staticmethod
-    def _decode(raw: dict[str, np.ndarray], i: int, prepared: Prepared, post: dict[str, Any]) -> Detections:
-        if post["kind"] == "centernet":
-            return decode_centernet(raw["heatmap"][i], raw["regression"][i], prepared, post)
-        if post["kind"] == "detections":
-            return decode_detections(raw["boxes"], raw["scores"], prepared)
-        raise ValueError(f"unknown postprocess kind {post['kind']!r}")
+    def _decode(self, raw: dict[str, np.ndarray], i: int, prepared: Prepared, post: dict[str, Any]) -> Detections:
+        return decode(raw, i, prepared, self.spec)
+
+
+def outputs_by_name(compiled: Any, result: Any, spec: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A compiled model's raw outputs by the spec's names. A port whose tensor lost its name in the
+    IR round trip (seen on the torchvision graphs) is named by position: OpenVINO keeps the order
+    of a model's results."""
+    names = spec["outputs"]
+    return {next((n for n in names if n in out.get_names()), names[i]): np.asarray(result[out])
+            for i, out in enumerate(compiled.outputs)}
+
+
+def decode(raw: dict[str, np.ndarray], i: int, prepared: Prepared, spec: dict[str, Any]) -> Detections:
+    """Image `i` of a batch's raw outputs -> its detections, by the spec's post-processing."""
+    post = spec["postprocess"]
+    if post["kind"] == "detection_output":
+        return decode_detection_output(raw["detections"], prepared, spec, i)
+    if post["kind"] == "centernet":
+        return decode_centernet(raw["heatmap"][i], raw["regression"][i], prepared, post)
+    if post["kind"] == "detections":
+        return decode_detections(raw["boxes"], raw["scores"], prepared)
+    raise ValueError(f"unknown postprocess kind {post['kind']!r}")
 
 
 def median_forward_ms(infer: Callable[[], Any], *, warmup: int = 3, budget_s: float = 1.0,

@@ -1,0 +1,445 @@
+"""The 1-bit speed ceiling of pedestrian_adas_0002 against int8 (issue 19), in one run.
+
+    python -m bench.ceiling                 # about 5 minutes on 2 idle cores
+    python -m bench.ceiling --quick         # under 2 minutes: checks the script works
+
+Rows, all at 192x336 (network input; Intel's IRs reshaped to it), timed on random inputs:
+- `float`: FlexBin's OpenVINO export of the pretrained float model;
+- `nncf_int8`: `nncf.quantize` of that IR (core.export.int8, calibrated on Penn-Fudan's
+  training split, prepared as the runtime prepares inputs);
+- `nncf_int8_ac`: `nncf.quantize_with_accuracy_control` of that IR, max_drop 0.03 in
+  1 - MR^-2 on the validation split;
+- `all_1bit_old`: every dense conv that can take binary inputs (41 of 42) 1-bit in weights and
+  inputs, no training (accuracy destroyed: speed only), exported by the export code of commit
+  OLD_EXPORT_COMMIT (the branch start: loaded from git, so it needs the repository's history);
+- `all_1bit`: the same model through today's export (core.export.ceiling);
+- `mixed`: `all_1bit` + NNCF int8 on every other conv (1-bit layers in NNCF's ignored scope);
+- `mixed_fusing`: the same, but int8 only where NNCF's input quantizer can fuse (convs fed by
+  a 1-bit conv stay float: a BinaryConvolution fuses no u8 quantizer after it);
+- `intel_fp16`, `intel_fp16_int8`: Intel's IRs of the same detector (--intel-ir).
+
+Every row is timed the same way, whole graph with its post-processing (FlexBin's: the network +
+DetectionOutput; the old export: its traced decode and NMS; Intel's: DetectionOutput), as
+`request.infer([x])` on the compiled model (`core.export.runtime.median_forward_ms`), at 1 and 2
+threads, at f32 and at OpenVINO's default precision for the CPU (`compile_config(n, None)`).
+Timings are interleaved: each round times every row once per setting, and a cell is the median
+over rounds, so a slow spell of a shared machine does not land on one row. Per-op-type times
+come from a separate compile with PERF_COUNT (they exclude the per-inference overhead outside
+the nodes, so they sum to less than the forward time).
+
+MR^-2 / AP@0.5 on Penn-Fudan's validation split (the IR actually timed, run by
+core.export.runtime.Detector) for FlexBin's rows; the 1-bit rows are untrained, so theirs only
+shows that they are accuracy-blind.
+
+Writes bench/results/ceiling.json and ceiling.md (`_quick` with --quick).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+OLD_EXPORT_COMMIT = "a8b4147c00393ea03709b719bd1db611b909fd81"
+HEIGHT, WIDTH = 192, 336
+DEFAULT_INTEL_IR = next((p for p in (ROOT.parent / "shared" / "models" / "pedestrian-detection-adas-0002",
+                                     ROOT.parent.parent / "shared" / "models" / "pedestrian-detection-adas-0002")
+                         if p.is_dir()), None)
+LABELS = {
+    "float": "OpenVINO float (FlexBin export)",
+    "nncf_int8": "NNCF int8 of the float IR",
+    "nncf_int8_ac": "NNCF accuracy-controlled int8 (max_drop 0.03 in 1 - MR^-2)",
+    "all_1bit_old": "all 41 dense convs 1-bit, export at the branch start",
+    "all_1bit": "all 41 dense convs 1-bit, today's export",
+    "mixed": "all 1-bit + NNCF int8 on every other conv",
+    "mixed_fusing": "all 1-bit + NNCF int8 where its quantizer fuses (conv1, conv2_1.dw)",
+    "intel_fp16": "Intel FP16 IR",
+    "intel_fp16_int8": "Intel FP16-INT8 IR",
+}
+SETTINGS = ((1, "f32"), (2, "f32"), (1, None), (2, None))  # (threads, precision hint; None: OpenVINO's default)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def setting_key(threads: int, precision: str | None) -> str:
+    return f"{threads}t_{precision or 'default'}"
+
+
+# -- the machine ---------------------------------------------------------------------------
+def cpu_info() -> dict[str, Any]:
+    """CPU model and the ISA flags that decide the kernels (AVX2 / AVX-512 / AMX), from /proc/cpuinfo."""
+    import openvino as ov
+
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "openvino": ov.get_version()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
+    flags = sorted(f for f in fields.get("flags", "").split() if f == "avx2" or f.startswith(("avx512", "amx", "avx_vnni")))
+    core = ov.Core()
+    hint = core.get_property("CPU", "INFERENCE_PRECISION_HINT")
+    info.update(cpu_model=fields.get("model name", "?"), isa=flags, cpus=len(__import__("os").sched_getaffinity(0)),
+                openvino_default_precision=str(hint.to_string() if hasattr(hint, "to_string") else hint))
+    return info
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False)
+    return out.stdout.strip()[:10] + ("+dirty" if dirty.stdout.strip() else "")
+
+
+# -- the rows ------------------------------------------------------------------------------
+def penn_fudan(calibration: int, validation: int) -> dict[str, Any]:
+    """Training images for calibration, validation images and their boxes (the fixed split)."""
+    from core.data import read_pennfudan, split_records
+    from core.paths import default_data_dir
+    from core.train import ImageCache
+
+    train, val = split_records(read_pennfudan(default_data_dir()))
+    cache = ImageCache()
+    val = val[:validation]
+    return {"calibration": [cache.image(r).numpy() for r in train[:calibration]],
+            "val": [cache.image(r).numpy() for r in val], "truth": [r.boxes for r in val]}
+
+
+def miss_rate(detections: list[Any], truth: list[Any]) -> Any:
+    import torch
+
+    from core.metrics import evaluate_detections
+
+    return evaluate_detections([{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)}
+                                for d in detections], truth)
+
+
+def old_export_module(commit: str) -> types.ModuleType:
+    """core/export/openvino.py as it was at `commit`, loaded from git as its own module (it
+    imports today's core.binary, core.checkpoint, core.export.runtime and core.models)."""
+    source = subprocess.run(["git", "show", f"{commit}:core/export/openvino.py"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    name = f"flexbin_export_{commit[:10]}"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(source, f"git:{commit[:10]}:core/export/openvino.py", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """name -> {"model": openvino.Model, "spec": its export spec, ...}."""
+    import copy
+
+    from core.checkpoint import pack_checkpoint
+    from core.export.ceiling import (
+        binarize_all,
+        export_all_one_bit,
+        export_float,
+        float_model,
+    )
+    from core.export.int8 import quantize_int8, quantize_int8_with_accuracy_control
+
+    model, card = float_model(HEIGHT, WIDTH)
+    rows: dict[str, dict[str, Any]] = {}
+    log("exporting the float model and the all-1-bit model")
+    float_export = export_float(model, card)
+    one_bit, layers = export_all_one_bit(model, card)
+    rows["float"] = {"model": float_export.model, "spec": float_export.spec}
+    images = data["calibration"]
+    started = time.monotonic()
+    rows["nncf_int8"] = {"model": quantize_int8(float_export, images), "spec": float_export.spec,
+                         "quantize_seconds": round(time.monotonic() - started, 1)}
+    log(f"NNCF int8 of the float IR: {time.monotonic() - started:.0f} s on {len(images)} images")
+    if args.accuracy_control:
+        def metric(detections: list[Any], indices: list[int]) -> float:
+            return 1.0 - float(miss_rate(detections, [data["truth"][i] for i in indices]).miss_rate)
+
+        started = time.monotonic()
+        rows["nncf_int8_ac"] = {
+            "model": quantize_int8_with_accuracy_control(float_export, images, data["val"], metric, max_drop=0.03),
+            "spec": float_export.spec, "quantize_seconds": round(time.monotonic() - started, 1)}
+        log(f"NNCF accuracy-controlled int8: {time.monotonic() - started:.0f} s")
+    try:
+        old = old_export_module(args.old_export_commit)
+        binary = copy.deepcopy(model)
+        binarize_all(binary)
+        old_export = old.export_checkpoint(pack_checkpoint(binary, card))
+        rows["all_1bit_old"] = {"model": old_export.model, "spec": old_export.spec,
+                                "source": f"core/export/openvino.py at {args.old_export_commit[:10]}"}
+    except (subprocess.CalledProcessError, ImportError, AttributeError, TypeError) as exc:
+        log(f"old export unavailable: {exc}")
+        rows["all_1bit_old"] = {"model": None, "missing": f"{type(exc).__name__}: {exc}"}
+    rows["all_1bit"] = {"model": one_bit.model, "spec": one_bit.spec, "one_bit_layers": len(layers)}
+    rows["mixed"] = {"model": quantize_int8(one_bit, images), "spec": one_bit.spec}
+    rows["mixed_fusing"] = {"model": quantize_int8(one_bit, images, int8_after_1bit=False), "spec": one_bit.spec}
+    return rows
+
+
+def accuracy(rows: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
+    """MR^-2 / AP@0.5 of each FlexBin row's IR on the validation images (into the rows)."""
+    from core.export.runtime import Detector
+
+    for row in rows.values():
+        if row["model"] is None or "spec" not in row:
+            continue
+        xml, weights = serialized(row["model"])
+        detector = Detector(xml, weights, {"export": row["spec"]})
+        m = miss_rate(detector.detect(data["val"]), data["truth"])
+        row["miss_rate"], row["ap50"] = round(m.miss_rate, 4), round(m.ap50, 4)
+
+
+def intel_rows(ir_dir: Path | None) -> dict[str, dict[str, Any]]:
+    import openvino as ov
+
+    rows: dict[str, dict[str, Any]] = {}
+    for name, precision in (("intel_fp16", "FP16"), ("intel_fp16_int8", "FP16-INT8")):
+        xml = ir_dir / precision / "pedestrian-detection-adas-0002.xml" if ir_dir else None
+        if xml is None or not xml.is_file():
+            rows[name] = {"model": None, "missing": f"no IR at {xml}"}
+            continue
+        model = ov.Core().read_model(xml)
+        model.reshape([1, 3, HEIGHT, WIDTH])  # its PriorBoxes follow the feature maps
+        rows[name] = {"model": model, "scale": 255.0, "files": [str(xml), str(xml.with_suffix(".bin"))],
+                      "source": str(xml)}
+    return rows
+
+
+def serialized(model: Any) -> tuple[bytes, bytes]:
+    """(model.xml, model.bin) as FlexBin ships an IR (float32 weights, no FP16 compression)."""
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.xml"
+        ov.save_model(model, path, compress_to_fp16=False)
+        return path.read_bytes(), path.with_suffix(".bin").read_bytes()
+
+
+def ir_bytes(row: dict[str, Any]) -> int:
+    """Bytes of model.xml + model.bin as shipped: Intel's files, FlexBin's as `OpenVinoExport.ir_bytes`
+    writes them (float32 weights, no FP16 compression)."""
+    if "files" in row:
+        return sum(Path(f).stat().st_size for f in row["files"])
+    return sum(len(part) for part in serialized(row["model"]))
+
+
+# -- measurements --------------------------------------------------------------------------
+def _input(model: Any, scale: float) -> np.ndarray:
+    shape = [int(d) for d in model.inputs[0].get_shape()]
+    return np.random.default_rng(0).random(shape, dtype=np.float32) * np.float32(scale)
+
+
+def time_rows(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """{row: {setting: median over rounds of the median forward ms}} and, under "rounds", every
+    round's value: rounds interleave the rows, so a slow spell of the machine hits all of them."""
+    import openvino as ov
+
+    from core.export.runtime import compile_config, median_forward_ms
+
+    core = ov.Core()
+    names = [name for name, row in rows.items() if row["model"] is not None]
+    out: dict[str, dict[str, Any]] = {name: {"rounds": {}} for name in names}
+    for threads, precision in SETTINGS:
+        key = setting_key(threads, precision)
+        requests = {}
+        for name in names:
+            compiled = core.compile_model(rows[name]["model"], "CPU", compile_config(threads, precision))
+            requests[name] = (compiled.create_infer_request(), _input(rows[name]["model"], rows[name].get("scale", 1.0)))
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        for _ in range(args.rounds):
+            for name, (request, x) in requests.items():
+                samples[name].append(round(median_forward_ms(lambda r=request, x=x: r.infer([x]), warmup=5,
+                                                             budget_s=args.seconds, max_runs=5000), 3))
+        for name, values in samples.items():
+            out[name][key] = round(float(np.median(values)), 3)
+            out[name]["rounds"][key] = values
+        log(f"timed {key}: " + ", ".join(f"{n} {out[n][key]:.2f}" for n in names))
+    return out
+
+
+def machine_load() -> dict[str, float]:
+    """Load average and the CPU time counters (/proc/stat: user, system, idle, steal ticks)."""
+    try:
+        load = float(Path("/proc/loadavg").read_text().split()[0])
+        ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return {}
+    return {"loadavg_1min": load, "busy_ticks": sum(ticks[:3]) + sum(ticks[5:7]), "idle_ticks": ticks[3] + ticks[4],
+            "steal_ticks": ticks[7] if len(ticks) > 7 else 0}
+
+
+def load_summary(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    if not before or not after:
+        return {}
+    total = sum(after[k] - before[k] for k in ("busy_ticks", "idle_ticks", "steal_ticks")) or 1
+    return {"loadavg_1min_start": before["loadavg_1min"], "loadavg_1min_end": after["loadavg_1min"],
+            "cpu_busy_share": round((after["busy_ticks"] - before["busy_ticks"]) / total, 3),
+            "cpu_steal_share": round((after["steal_ticks"] - before["steal_ticks"]) / total, 3)}
+
+
+def profile_rows(rows: dict[str, dict[str, Any]], runs: int) -> dict[str, dict[str, Any]]:
+    """Per row and setting: ms per op type (PERF_COUNT, median over `runs` inferences), and how the
+    convolutions run (layer type and runtime precision counts of the compiled graph)."""
+    import openvino as ov
+
+    from core.export.int8 import runtime_precisions
+    from core.export.runtime import compile_config
+
+    core = ov.Core()
+    out: dict[str, dict[str, Any]] = {}
+    for name, row in rows.items():
+        if row["model"] is None:
+            continue
+        out[name] = {}
+        x = _input(row["model"], row.get("scale", 1.0))
+        for threads, precision in SETTINGS:
+            config = {**compile_config(threads, precision), "PERF_COUNT": True}
+            compiled = core.compile_model(row["model"], "CPU", config)
+            request = compiled.create_infer_request()
+            for _ in range(5):
+                request.infer([x])
+            per_run: list[Counter[str]] = []
+            for _ in range(runs):
+                request.infer([x])
+                run: Counter[str] = Counter()
+                for info in request.profiling_info:
+                    run[info.node_type] += info.real_time.total_seconds() * 1e3
+                per_run.append(run)
+            # median over runs, per op type and of the per-run total (robust to a disturbed run)
+            by_type = Counter({k: float(np.median([r[k] for r in per_run])) for k in set().union(*per_run)})
+            out[name][setting_key(threads, precision)] = {
+                "ms_by_op_type": {k: round(v, 3) for k, v in by_type.most_common() if v >= 0.0005},
+                "profiled_total_ms": round(float(np.median([sum(r.values()) for r in per_run])), 3),
+                "convolutions": {f"{k}/{p}": n for (k, p), n in sorted(runtime_precisions(compiled).items())},
+            }
+    return out
+
+
+# -- the report ----------------------------------------------------------------------------
+def ratios(times: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    pairs = (("all_1bit", "nncf_int8"), ("all_1bit_old", "nncf_int8"), ("all_1bit", "all_1bit_old"),
+             ("all_1bit", "float"), ("mixed", "nncf_int8"), ("mixed_fusing", "nncf_int8"),
+             ("all_1bit", "intel_fp16_int8"), ("nncf_int8", "float"))
+    for a, b in pairs:
+        if a in times and b in times:
+            keys = [setting_key(t, p) for t, p in SETTINGS]
+            out[f"{a} / {b}"] = {k: round(times[a][k] / times[b][k], 3) for k in keys if k in times[a] and k in times[b]}
+    return out
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cpu = result["machine"]
+    times, profile, rows = result["forward_ms"], result["profile"], result["rows"]
+    keys = [setting_key(t, p) for t, p in SETTINGS]
+    header = (f"192x336 network input, random inputs, whole graph with its post-processing. CPU: {cpu.get('cpu_model')}, "
+              f"ISA {' '.join(cpu.get('isa', [])) or '-'}, {cpu.get('cpus')} CPUs; OpenVINO {cpu.get('openvino')} "
+              f"(its default precision here: {cpu.get('openvino_default_precision')}); commit {result['git']}. "
+              f"Each cell: median over {result['config']['rounds']} interleaved rounds of the median forward time "
+              f"({result['config']['seconds']} s per row per round). Machine load during the run: 1-min load average "
+              f"{cpu.get('loadavg_1min_start')} -> {cpu.get('loadavg_1min_end')}, CPU busy {cpu.get('cpu_busy_share')}, "
+              f"stolen by the hypervisor {cpu.get('cpu_steal_share')} (a shared machine: compare rows, not runs).")
+    lines = [
+        "# The 1-bit speed ceiling of pedestrian_adas_0002 (`python -m bench.ceiling`)", "", header, "",
+        "| row | forward ms 1t f32 | 2t f32 | 1t default | 2t default | IR MB | MR^-2 | convolutions (compiled, 1t f32) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, row in rows.items():
+        if name not in times:
+            lines.append(f"| {LABELS[name]} | - | - | - | - | - | - | missing: {row.get('missing')} |")
+            continue
+        convs = profile[name][keys[0]]["convolutions"]
+        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{times[name][k]:.2f}" for k in keys)
+                     + f" | {row['ir_bytes'] / 1e6:.2f} | {row.get('miss_rate', '-')} | "
+                     + ", ".join(f"{k} x{n}" for k, n in convs.items()) + " |")
+    lines += ["", "Least-disturbed round (min over rounds of the median forward ms; noise only adds time):", "",
+              "| row | 1t f32 | 2t f32 | 1t default | 2t default |", "|---|---:|---:|---:|---:|"]
+    for name in times:
+        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{min(times[name]['rounds'][k]):.2f}" for k in keys) + " |")
+    lines += ["", "Ratios (forward ms, medians):", ""]
+    for pair, values in result["ratios"].items():
+        lines.append(f"- {pair}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+    types_seen: list[str] = []
+    for name in times:
+        for op in profile[name][keys[0]]["ms_by_op_type"]:
+            if op not in types_seen:
+                types_seen.append(op)
+    lines += ["", "## Where the time goes (ms per op type, PERF_COUNT, median of the runs, 1 thread f32)", "",
+              "| op type | " + " | ".join(times) + " |", "|---|" + "---:|" * len(times)]
+    for op in types_seen:
+        cells = [profile[n][keys[0]]["ms_by_op_type"].get(op) for n in times]
+        if all(c is None or c < 0.005 for c in cells):
+            continue
+        lines.append(f"| {op} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
+    lines.append("| **sum of nodes** | " + " | ".join(f"**{profile[n][keys[0]]['profiled_total_ms']:.3f}**"
+                                                       for n in times) + " |")
+    lines += ["", "Per-op-type profiles at every setting are in ceiling.json (`profile`).", "",
+              f"Total run time: {result['total_seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script works")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per row per round (default 0.6)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 9)")
+    parser.add_argument("--calibration-images", type=int, default=98, help="NNCF calibration images (train split)")
+    parser.add_argument("--validation-images", type=int, default=32, help="validation images for MR^-2 (val split)")
+    parser.add_argument("--no-accuracy-control", dest="accuracy_control", action="store_false",
+                        help="skip the accuracy-controlled int8 row")
+    parser.add_argument("--old-export-commit", default=OLD_EXPORT_COMMIT)
+    parser.add_argument("--intel-ir", type=Path, default=DEFAULT_INTEL_IR)
+    args = parser.parse_args()
+    args.seconds = args.seconds or (0.2 if args.quick else 0.6)
+    args.rounds = args.rounds or (2 if args.quick else 9)
+    if args.quick:
+        args.calibration_images = min(args.calibration_images, 8)
+        args.validation_images = min(args.validation_images, 8)
+    started = time.monotonic()
+
+    load_before = machine_load()
+    data = penn_fudan(args.calibration_images, args.validation_images)
+    rows = {**flexbin_rows(args, data), **intel_rows(args.intel_ir)}
+    log("MR^-2 of FlexBin's rows")
+    accuracy(rows, data)
+    for row in rows.values():
+        if row["model"] is not None:
+            row["ir_bytes"] = ir_bytes(row)
+    times = time_rows(rows, args)
+    log("profiling")
+    profile = profile_rows(rows, runs=5 if args.quick else 30)
+
+    result = {
+        "machine": {**cpu_info(), **load_summary(load_before, machine_load())}, "git": git_commit(), "quick": args.quick,
+        "config": {"input": [1, 3, HEIGHT, WIDTH], "seconds": args.seconds, "rounds": args.rounds,
+                   "calibration_images": args.calibration_images, "validation_images": args.validation_images,
+                   "old_export_commit": args.old_export_commit,
+                   "timing": "request.infer([x]) on the compiled model, median_forward_ms, interleaved rounds"},
+        "rows": {name: {"label": LABELS[name], **{k: v for k, v in row.items() if k not in ("model", "files", "spec")}}
+                 for name, row in rows.items()},
+        "forward_ms": times, "ratios": ratios(times), "profile": profile,
+        "total_seconds": round(time.monotonic() - started, 1),
+    }
+    suffix = "_quick" if args.quick else ""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"ceiling{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"ceiling{suffix}.md").write_text(markdown(result))
+    log(f"wrote {RESULTS / f'ceiling{suffix}.md'}")
+
+
+if __name__ == "__main__":
+    main()

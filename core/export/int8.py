@@ -1,0 +1,186 @@
+"""Real int8 through NNCF's post-training quantization (issue 19), for any FlexBin export.
+
+`quantize_int8(export, images)` runs `nncf.quantize` on the exported `openvino.Model`, calibrated
+on images prepared exactly as the runtime prepares its inputs (`core.export.runtime.prepare` +
+`canvas_batch`), and returns the int8 `openvino.Model` (same input, outputs and `export` spec as
+the export it came from, so `runtime.Detector` runs it unchanged):
+
+- a float checkpoint gets plain NNCF int8 (FakeQuantize pairs that the CPU plugin turns into
+  u8 x i8 convolutions);
+- a checkpoint with 1-bit layers keeps them: every `BinaryConvolution` and the 2-level
+  FakeQuantize that binarizes its input are in NNCF's ignored scope (`one_bit_scope`), so the
+  result is mixed, 1-bit where inputs are binary and int8 elsewhere;
+- the post-processing (`core.export.ssd`: Softmax, DetectionOutput; or the traced NMS of the
+  other detectors) is left float: NNCF would otherwise quantize the head of the class scores.
+
+What the CPU plugin makes of a mixed graph (OpenVINO 2026.4, measured by bench/ceiling.py): a
+`BinaryConvolution` can fuse only a *binarization* FakeQuantize after it, so the u8 quantizer
+that NNCF puts on the input of an int8 depthwise conv fed by a 1-bit conv runs as a standalone
+FakeQuantize. `int8_after_1bit=False` leaves those layers float (NNCF's ignored scope), which
+keeps int8 only where its quantizer fuses (e.g. the first conv, fed by the input).
+
+`quantize_int8_with_accuracy_control` is NNCF's accuracy-aware variant (`max_drop` on a
+validation metric of the decoded detections, e.g. 1 - MR^-2 on the validation split); `runtime_precisions` reads the
+compiled graph (what actually runs as u1 / i8 / u8 / f32).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from core.export import runtime
+
+POST_PREFIXES = ("flexbin:post/",)
+"""Friendly-name prefixes of post-processing nodes that stay float."""
+POST_TYPES = ("DetectionOutput", "Softmax", "NonMaxSuppression", "TopK")
+CONV_TYPES = ("Convolution", "GroupConvolution", "BinaryConvolution")
+
+
+def calibration_inputs(images: Iterable[np.ndarray], spec: dict[str, Any]) -> list[np.ndarray]:
+    """The model inputs for RGB float32 [3, H, W] images in [0, 1]: each resized and placed on its
+    canvas as `runtime.Detector` does (one image per inference)."""
+    return [runtime.canvas_batch([runtime.prepare(image, spec)], spec) for image in images]
+
+
+def _model_and_spec(export: Any, spec: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """(openvino.Model, export spec) of an `OpenVinoExport` or of a model given with its spec."""
+    if spec is None:
+        spec = getattr(export, "spec", None)
+        if spec is None:
+            raise ValueError("pass the export spec with a bare openvino.Model")
+        return export.model, spec
+    return getattr(export, "model", export), spec
+
+
+def one_bit_nodes(model: Any) -> list[str]:
+    """Friendly names of every BinaryConvolution and of each FakeQuantize feeding one."""
+    names = []
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "BinaryConvolution":
+            continue
+        names.append(node.get_friendly_name())
+        source = node.input_value(0).get_node()
+        if source.get_type_name() == "FakeQuantize":
+            names.append(source.get_friendly_name())
+    return names
+
+
+def _fed_by_1bit(model: Any) -> list[str]:
+    """Convolutions whose input comes from a BinaryConvolution through elementwise ops only
+    (its scale and bias, ReLU): NNCF's input quantizer on them could not fuse."""
+    elementwise = {"Add", "Multiply", "Subtract", "Relu", "Clamp"}
+    names = []
+    for node in model.get_ordered_ops():
+        if node.get_type_name() not in ("Convolution", "GroupConvolution"):
+            continue
+        source = node.input_value(0).get_node()
+        while source.get_type_name() in elementwise:
+            source = source.input_value(0).get_node()
+        if source.get_type_name() == "BinaryConvolution":
+            names.append(node.get_friendly_name())
+    return names
+
+
+def ignored_scope(model: Any, *, int8_after_1bit: bool = True) -> Any:
+    """NNCF's ignored scope for a FlexBin export: the 1-bit layers (`one_bit_nodes`), the
+    post-processing, and, without `int8_after_1bit`, the convs fed by a 1-bit conv."""
+    import nncf  # type: ignore[import-untyped]
+
+    names = one_bit_nodes(model)
+    if not int8_after_1bit:
+        names += _fed_by_1bit(model)
+    for node in model.get_ordered_ops():
+        name = node.get_friendly_name()
+        if name.startswith(POST_PREFIXES) or node.get_type_name() in POST_TYPES:
+            names.append(name)
+    return nncf.IgnoredScope(names=sorted(set(names)), validate=False)
+
+
+def quantize_int8(export: Any, images: Sequence[np.ndarray], *, spec: dict[str, Any] | None = None,
+                  subset_size: int = 300, int8_after_1bit: bool = True, fast_bias_correction: bool = True,
+                  **nncf_kwargs: Any) -> Any:
+    """An int8 `openvino.Model` of `export` (an `OpenVinoExport`, or an `openvino.Model` with its
+    `spec`) by `nncf.quantize`, calibrated on `images` (RGB float32 [3, H, W] in [0, 1], e.g. the
+    job's training images; at most `subset_size` are used). 1-bit layers and post-processing stay
+    as they are (`ignored_scope`). The export's own model is not changed."""
+    import nncf
+
+    model, spec = _model_and_spec(export, spec)
+    inputs = calibration_inputs(images, spec)
+    if not inputs:
+        raise ValueError("int8 calibration needs at least one image")
+    return nncf.quantize(model.clone(), nncf.Dataset(inputs), subset_size=min(subset_size, len(inputs)),
+                         fast_bias_correction=fast_bias_correction,
+                         ignored_scope=ignored_scope(model, int8_after_1bit=int8_after_1bit), **nncf_kwargs)
+
+
+def int8_export(export: Any, images: Sequence[np.ndarray], **kwargs: Any) -> Any:
+    """`quantize_int8` of an `OpenVinoExport`, as an `OpenVinoExport` (same card, input, outputs
+    and post-processing; its spec records the quantization), so `.detector()` and `.zip_bytes()`
+    work as for any export."""
+    import dataclasses
+
+    import nncf
+
+    model = quantize_int8(export, images, **kwargs)
+    spec = {**export.spec, "quantization": {"tool": f"nncf {nncf.__version__}", "method": "nncf.quantize",
+                                            "calibration_images": min(len(images), kwargs.get("subset_size", 300)),
+                                            "int8_after_1bit": kwargs.get("int8_after_1bit", True)}}
+    return dataclasses.replace(export, model=model, spec=spec)
+
+
+def quantize_int8_with_accuracy_control(
+        export: Any, calibration_images: Sequence[np.ndarray], validation_images: Sequence[np.ndarray],
+        metric: Callable[[list[runtime.Detections], list[int]], float], *, spec: dict[str, Any] | None = None,
+        max_drop: float = 0.03, subset_size: int = 300, **nncf_kwargs: Any) -> Any:
+    """`nncf.quantize_with_accuracy_control`: int8 as `quantize_int8`, then layers reverted to
+    float, the most harmful first, until the validation metric is at most `max_drop` (absolute)
+    below the float model's.
+
+    metric(detections, indices) -> a float where higher is better (e.g. 1 - MR^-2), for the
+    detections of `validation_images[i]` for i in `indices` (in that order; NNCF also scores
+    single images to rank the layers). The model is run as `runtime.Detector` runs it: same
+    pre-processing, one image per inference, same decoding."""
+    import nncf
+
+    model, spec = _model_and_spec(export, spec)
+    calibration = calibration_inputs(calibration_images, spec)
+    prepared = [runtime.prepare(image, spec) for image in validation_images]
+    items = [(i, runtime.canvas_batch([p], spec)) for i, p in enumerate(prepared)]
+
+    def validation_fn(compiled: Any, data: Iterable[tuple[int, np.ndarray]]) -> tuple[float, None]:
+        indices, detections = [], []
+        for i, canvas in data:
+            raw = runtime.outputs_by_name(compiled, compiled(canvas), spec)
+            detections.append(runtime.decode(raw, 0, prepared[i], spec))
+            indices.append(i)
+        return float(metric(detections, indices)), None
+
+    return nncf.quantize_with_accuracy_control(
+        model.clone(), nncf.Dataset(calibration), nncf.Dataset(items, lambda item: item[1]), validation_fn,
+        max_drop=max_drop, subset_size=min(subset_size, len(calibration)), ignored_scope=ignored_scope(model),
+        **nncf_kwargs)
+
+
+def runtime_precisions(compiled: Any) -> Counter[tuple[str, str]]:
+    """How many nodes of each (layer type, runtime precision) the compiled model runs, for the
+    convolution types: e.g. {("BinaryConvolution", "u1"): 41, ("Convolution", "u8"): 18}
+    (an int8 convolution reports its input precision, u8 or i8)."""
+    found: Counter[tuple[str, str]] = Counter()
+    for node in compiled.get_runtime_model().get_ordered_ops():
+        info = node.get_rt_info()
+        kind = info["layerType"].astype(str)
+        if kind in CONV_TYPES:
+            found[(kind, info["runtimePrecision"].astype(str))] += 1
+    return found
+
+
+def is_int8(precision: str) -> bool:
+    return precision in ("i8", "u8")
+
+
+__all__ = ["calibration_inputs", "ignored_scope", "int8_export", "is_int8", "one_bit_nodes", "quantize_int8",
+           "quantize_int8_with_accuracy_control", "runtime_precisions"]
