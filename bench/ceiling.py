@@ -122,7 +122,7 @@ def penn_fudan(calibration: int, validation: int) -> dict[str, Any]:
 def miss_rate(detections: list[Any], truth: list[Any]) -> Any:
     import torch
 
-    from core.metrics import evaluate_detections
+    from core.detection_metrics import evaluate_detections
 
     return evaluate_detections([{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)}
                                 for d in detections], truth)
