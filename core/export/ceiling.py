@@ -17,6 +17,7 @@ from torch import nn
 from core.binary import binarize_input, binarize_module, supports_binary_input
 from core.checkpoint import ModelCard, pack_checkpoint
 from core.export.openvino import OpenVinoExport, export_checkpoint
+from core.pretrained import load_pretrained
 
 ARCHITECTURE = "pedestrian_adas_0002"
 HEIGHT, WIDTH = 192, 336
@@ -35,8 +36,6 @@ def binarize_all(model: nn.Module) -> list[str]:
 
 
 def float_model(input_height: int = HEIGHT, input_width: int = WIDTH) -> tuple[nn.Module, ModelCard]:
-    from core.models import load_pretrained
-
     model, card = load_pretrained(ARCHITECTURE, input_height=input_height, input_width=input_width)
     return model.eval(), card
 
