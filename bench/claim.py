@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bench._stack import cpu_model
 from core.checkpoint import ModelCard, load_model, save_model
 from core.data import ImageRecord, read_pennfudan
+from core.device import add_device_argument, device_from_args
 from core.metrics import match_image
 from core.models.registry import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from core.paths import default_data_dir
@@ -93,7 +94,8 @@ def _float_dir(work: Path, fold: int) -> Path:
     return work / f"fold{fold}" / "float"
 
 
-def float_unit(design_json: str, data: str, work: str, fold: int, pretrained: str | None) -> None:
+def float_unit(design_json: str, data: str, work: str, fold: int, pretrained: str | None,
+               device: str = "cpu") -> None:
     """The fold's float detector: trained on the fold's training images (or the given
     pretrained model, unchanged)."""
     from core.train import train_float_detector
@@ -106,19 +108,20 @@ def float_unit(design_json: str, data: str, work: str, fold: int, pretrained: st
         train, evaluate = folds_of(_records(data), design)[fold]
         model, card = train_float_detector(train, evaluate, architecture=design.architecture,
                                            builder_kwargs=design.builder_kwargs,
-                                           iterations=design.float_iterations, seed=fold)
+                                           iterations=design.float_iterations, seed=fold, device=device)
+        model.to("cpu")
     save_model(model, card, out.with_name("float.tmp"))
     os.replace(out.with_name("float.tmp"), out)
 
 
-def tune_unit(design_json: str, data: str, work: str, fold: int, arm: str, lr: float) -> None:
+def tune_unit(design_json: str, data: str, work: str, fold: int, arm: str, lr: float, device: str = "cpu") -> None:
     """Inner-validation MR^-2 of one arm at one learning rate (training images only)."""
     design = StudyDesign.model_validate_json(design_json)
     train, _ = folds_of(_records(data), design)[fold]
     inner_train, inner_val = inner_split(train, design)
     model, card = load_model(_float_dir(Path(work), fold))
     result = run_arm(design, arm, model, card, inner_train, inner_val, learning_rate=lr, seed=0,
-                     deepest_only=True, evaluate_steps=False, measure_drift=False)
+                     deepest_only=True, evaluate_steps=False, measure_drift=False, device=device)
     out = _tune_path(Path(work), fold, arm, lr)
     out.parent.mkdir(parents=True, exist_ok=True)
     final = result.evaluations[-1]
@@ -129,11 +132,12 @@ def tune_unit(design_json: str, data: str, work: str, fold: int, arm: str, lr: f
     os.replace(tmp, out)
 
 
-def main_unit(design_json: str, data: str, work: str, fold: int, seed: int, arm: str, lr: float) -> None:
+def main_unit(design_json: str, data: str, work: str, fold: int, seed: int, arm: str, lr: float,
+              device: str = "cpu") -> None:
     design = StudyDesign.model_validate_json(design_json)
     train, evaluate = folds_of(_records(data), design)[fold]
     model, card = load_model(_float_dir(Path(work), fold))
-    result = run_arm(design, arm, model, card, train, evaluate, learning_rate=lr, seed=seed)
+    result = run_arm(design, arm, model, card, train, evaluate, learning_rate=lr, seed=seed, device=device)
     save_arm_run(result, Path(work) / f"fold{fold}" / "runs", f"{arm}_seed{seed}",
                  [r.name for r in evaluate], {"fold": fold, "train_images": len(train)})
 
@@ -207,7 +211,7 @@ unit_started: dict[str, float] = {}
 
 
 def execute(units: list[Unit], design: StudyDesign, data: Path, work: Path, workers: int, threads: int,
-            pretrained: str | None) -> None:
+            pretrained: str | None, device: str = "cpu") -> None:
     """Run every unfinished unit, `workers` processes at a time, dependencies first, the
     longest ready unit first."""
     pending = {u.key: u for u in units if not _done(u, work)}
@@ -227,13 +231,15 @@ def execute(units: list[Unit], design: StudyDesign, data: Path, work: Path, work
             for unit in ready[: max(0, workers - len(running))]:
                 del pending[unit.key]
                 if unit.kind == "float":
-                    future = pool.submit(float_unit, design_json, str(data), str(work), unit.fold, pretrained)
+                    future = pool.submit(float_unit, design_json, str(data), str(work), unit.fold, pretrained,
+                                         device)
                 elif unit.kind == "tune":
-                    future = pool.submit(tune_unit, design_json, str(data), str(work), unit.fold, unit.arm, unit.lr)
+                    future = pool.submit(tune_unit, design_json, str(data), str(work), unit.fold, unit.arm, unit.lr,
+                                         device)
                 else:
                     lr = chosen_learning_rates(design, work)[unit.fold][unit.arm]["chosen"]
                     future = pool.submit(main_unit, design_json, str(data), str(work), unit.fold, unit.seed,
-                                         unit.arm, lr)
+                                         unit.arm, lr, device)
                 running[future] = unit
                 unit_started[unit.key] = time.monotonic()
             if not running:
@@ -583,7 +589,9 @@ def main() -> None:
                         "while the other core is busy too (0.37-0.41 s measured with 2 x 1 thread)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=WORK)
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = device_from_args(args, parser)
 
     if args.model not in ARCHITECTURES:
         raise SystemExit(f"unavailable: architecture {args.model!r} is not registered in this build "
@@ -605,12 +613,12 @@ def main() -> None:
     run_study(design, name=name, variant=variant + ("-quick" if args.quick else ""), data=args.data,
               out=args.out, work_root=args.work, workers=args.workers, threads=args.threads,
               pretrained=args.pretrained, quick=args.quick, plan_only=args.plan,
-              seconds_per_iteration=args.seconds_per_iteration)
+              seconds_per_iteration=args.seconds_per_iteration, device=device)
 
 
 def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: Path, work_root: Path,
               workers: int, threads: int, pretrained: Path | None, quick: bool, plan_only: bool = False,
-              seconds_per_iteration: float = 0.25) -> dict[str, Any] | None:
+              seconds_per_iteration: float = 0.25, device: str = "cpu") -> dict[str, Any] | None:
     """Run (or resume) every unfinished run of `design`, analyse, and write the report."""
     digest = hashlib.sha1(design.model_dump_json().encode()).hexdigest()[:10]
     work = work_root / f"{variant}-{digest}"
@@ -642,7 +650,7 @@ def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: 
 
     started, commit = time.monotonic(), _commit()  # the code the runs below use
     fresh = not any(_done(u, work) for u in units)
-    execute(units, design, data, work, workers, threads, str(pretrained) if pretrained else None)
+    execute(units, design, data, work, workers, threads, str(pretrained) if pretrained else None, device)
     wall = time.monotonic() - started
     log("analysing")
     analysis = analyse(design, records, work)

@@ -40,6 +40,7 @@ from core.binary import binarize_module
 from core.checkpoint import ModelCard
 from core.data import read_pennfudan, split_records
 from core.demo import ADAS_DEMO
+from core.device import add_device_argument, device_from_args
 from core.metrics import evaluate_detections
 from core.models import load_pretrained
 from core.models.adas_reference import (
@@ -101,7 +102,8 @@ def parity(records, cache: ImageCache, limit: int | None) -> dict:
             "seconds": round(time.monotonic() - t0, 1)}
 
 
-def depthwise(model, card: ModelCard, train, val, cache: ImageCache, config: PipelineConfig) -> dict:
+def depthwise(model, card: ModelCard, train, val, cache: ImageCache, config: PipelineConfig,
+              device: str = "cpu") -> dict:
     """What binarizing every depthwise conv costs (and saves) on the float model."""
     layers = discover_layers(model, card.input_size)
     dw = [layer for layer in layers if layer.groups > 1]
@@ -112,10 +114,10 @@ def depthwise(model, card: ModelCard, train, val, cache: ImageCache, config: Pip
     modules = dict(binary.named_modules())
     for layer in dw:
         binarize_module(modules[layer.name], config.bits)
-    before = evaluate_model(binary, val, cache=cache)
+    before = evaluate_model(binary, val, cache=cache, device=device)
     train_detector(binary, train, iterations=config.finetune_iters, batch_size=config.batch_size,
-                   learning_rate=config.learning_rate, seed=config.seed, cache=cache)
-    after = evaluate_model(binary, val, cache=cache)
+                   learning_rate=config.learning_rate, seed=config.seed, cache=cache, device=device)
+    after = evaluate_model(binary, val, cache=cache, device=device)
     log(f"depthwise: {len(dw)} convs, {100 * sum(x.num_params for x in dw) / total:.1f} % of conv weights; all "
         f"binarized: MR^-2 {before.miss_rate:.3f} (no fine-tuning), {after.miss_rate:.3f} after "
         f"{config.finetune_iters} iterations")
@@ -140,7 +142,9 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=settings.demo_min_compression_ratio,
                         help="the demo's compression target: its job time is the steps until it")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    add_device_argument(parser)
     args = parser.parse_args()
+    device = device_from_args(args, parser)
     parity_limit = None
     if args.quick:
         args.input_height, args.input_width = 96, 160
@@ -163,13 +167,14 @@ def main() -> None:
     size = {"input_height": args.input_height, "input_width": args.input_width}
     full, _ = load_pretrained(NAME)
     model, card = load_pretrained(NAME, **size)
-    float_rows = {"384x672": metrics_row(evaluate_model(full, val, cache=cache)),
-                  f"{args.input_height}x{args.input_width}": metrics_row(evaluate_model(model, val, cache=cache))}
+    float_rows = {"384x672": metrics_row(evaluate_model(full, val, cache=cache, device=device)),
+                  f"{args.input_height}x{args.input_width}": metrics_row(evaluate_model(model, val, cache=cache,
+                                                                                        device=device))}
     tuned, _ = load_pretrained(NAME, **size)
     t0 = time.monotonic()
     train_detector(tuned, train, iterations=args.float_finetune_iters, batch_size=8,
-                   learning_rate=args.learning_rate, seed=0, cache=cache)
-    tuned_metrics = evaluate_model(tuned, val, cache=cache)
+                   learning_rate=args.learning_rate, seed=0, cache=cache, device=device)
+    tuned_metrics = evaluate_model(tuned, val, cache=cache, device=device)
     report["float"] = {
         "before_finetuning": float_rows,
         "after_finetuning": {**metrics_row(tuned_metrics), "iterations": args.float_finetune_iters,
@@ -185,7 +190,7 @@ def main() -> None:
     t0 = time.monotonic()
     result = run(model, card, train, val, config, on_step=lambda s: log(
         f"step {s.index} ({len(s.binary_layers)} binary layers) ratio {s.compression_ratio:.2f} "
-        f"MR^-2 {s.miss_rate:.3f} AP {s.ap50:.3f} {s.step_seconds:.0f}s"))
+        f"MR^-2 {s.miss_rate:.3f} AP {s.ap50:.3f} {s.step_seconds:.0f}s"), device=device)
     steps = [{"index": s.index, "layers": s.layers, "num_binary_layers": len(s.binary_layers),
               "compression_ratio": round(s.compression_ratio, 3),
               "binary_layer_compression": s.binary_layer_compression and round(s.binary_layer_compression, 2),
@@ -199,7 +204,7 @@ def main() -> None:
                      "demo_target": args.target, "demo_job_seconds": demo_seconds and round(demo_seconds, 1)}
 
     # 4. Depthwise convolutions.
-    report["depthwise"] = depthwise(model, card, train, val, cache, config)
+    report["depthwise"] = depthwise(model, card, train, val, cache, config, device=device)
 
     # 5. Speed on one thread.
     threads = torch.get_num_threads()

@@ -1,12 +1,14 @@
-"""Which torch device a worker uses (`FLEXBIN_DEVICE`: auto = CUDA when present)."""
+"""Which torch device a worker uses (`FLEXBIN_DEVICE`: auto = CUDA when present): the rule lives in
+`core.device`, shared with every command line's `--device`."""
 from __future__ import annotations
+
+from core.device import DeviceUnavailable
 
 
 def resolve_device(setting: str) -> str:
-    import torch
+    from core.device import resolve_device as resolve
 
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"FLEXBIN_DEVICE={setting} but CUDA is not available")
-    return setting
+    return resolve(setting, what="FLEXBIN_DEVICE")
+
+
+__all__ = ["DeviceUnavailable", "resolve_device"]

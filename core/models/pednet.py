@@ -96,7 +96,8 @@ class PedNet(nn.Module):
         width = -(-max(w for _, w in sizes) // STRIDE) * STRIDE
         canvas = images[0].new_zeros(len(images), 3, height, width)
         for i, (image, (nh, nw)) in enumerate(zip(images, sizes)):
-            resized = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            resized = image if tuple(image.shape[-2:]) == (nh, nw) else F.interpolate(  # same size: identity
+                image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
             canvas[i, :, :nh, :nw] = (resized - self.mean) / self.std
         return canvas, scales
 
