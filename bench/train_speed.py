@@ -274,7 +274,7 @@ def speed_cells(train: Sequence[ImageRecord], *, devices: Sequence[str], threads
                         for loop, workers in variants:
                             results[(loop, workers)].append(time_loop(
                                 loop, base, train, batch_size=batch, device=device, budget_s=budget_s / rounds,
-                                old_cache=old_cache, cache=cache, workers=workers))
+                                min_iters=2, warmup_iters=1, old_cache=old_cache, cache=cache, workers=workers))
                     for (loop, workers), parts in results.items():
                         row = {"model": name, "batch": batch, "device": device, "threads": n_threads if cpu else None,
                                "loop": loop, "loader_workers": workers if workers is not None else
