@@ -214,7 +214,8 @@ def time_loop(loop: str, model: nn.Module, records: Sequence[ImageRecord], *, ba
                            seed=1, cache=cache, on_iteration=on_new, should_stop=stop, device=device,
                            options=options)
 
-    run(warmup_iters, None)
+    if warmup_iters:
+        run(warmup_iters, None)
     _sync(device)
     marks.clear()
     started = time.monotonic()
@@ -247,11 +248,12 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def speed_cells(train: Sequence[ImageRecord], *, devices: Sequence[str], threads: Sequence[int],
-                models: Sequence[str], batches: Sequence[int], budget_s: float, rounds: int = 2,
+                models: Sequence[str], batches: Sequence[int], budget_s: float, rounds: int = 3,
                 extra_workers: bool = True, emit: Callable[[dict[str, Any]], None] | None = None
                 ) -> list[dict[str, Any]]:
     """Old and new loop for every (model, batch, device, threads) cell, in `rounds` alternating
-    rounds of `budget_s / rounds` each (so that a burst of load on a shared machine hits both);
+    rounds of `budget_s / rounds` each (so that a burst of load on a shared machine hits both; a
+    warm-up iteration in the first round only);
     with `extra_workers`, the new loop with 1 loader worker too on the CPU at the most threads,
     for the first model and batch (is a worker worth it on this machine?)."""
     rows: list[dict[str, Any]] = []
@@ -270,11 +272,12 @@ def speed_cells(train: Sequence[ImageRecord], *, devices: Sequence[str], threads
                     if extra_workers and cpu and n_threads == max(threads) and name == models[0] and batch == batches[0]:
                         variants.append(("new", 1))
                     results: dict[tuple[str, int | None], list[dict[str, Any]]] = {v: [] for v in variants}
-                    for _ in range(rounds):
+                    for round_ in range(rounds):
                         for loop, workers in variants:
                             results[(loop, workers)].append(time_loop(
                                 loop, base, train, batch_size=batch, device=device, budget_s=budget_s / rounds,
-                                min_iters=2, warmup_iters=1, old_cache=old_cache, cache=cache, workers=workers))
+                                min_iters=1, warmup_iters=1 if round_ == 0 else 0, old_cache=old_cache, cache=cache,
+                                workers=workers))
                     for (loop, workers), parts in results.items():
                         row = {"model": name, "batch": batch, "device": device, "threads": n_threads if cpu else None,
                                "loop": loop, "loader_workers": workers if workers is not None else
@@ -392,7 +395,7 @@ def write(report: dict[str, Any], out: Path) -> None:
              "resolution in the main process, resize inside the model, loss read every iteration); the new one is "
              "`core.train.train_detector`. ms per iteration = wall time of the timed call / iterations; data wait = "
              "time the loop waited for its batch (the new loop's photometric distortion runs on the batch, as "
-             "compute). Each cell alternates old and new in two rounds; on this shared 2-core machine the median "
+             "compute). Each cell alternates old and new in three rounds; on this shared 2-core machine the median "
              "iteration is the robust figure (bursts of other users' load inflate the mean)."), ""]
     if report.get("goals"):
         lines += ["## Goals", "", *report["goals"], ""]
