@@ -281,6 +281,7 @@ class PedestrianAdas(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in train mode")
+            loc, conf = loc.float(), conf.float()  # the loss in float32, also under bf16 autocast
             normalised = [_normalise(t["boxes"].to(loc), image) for t, image in zip(targets, images)]
             labels = [t["labels"].to(loc.device) for t in targets]
             return multibox_loss(loc, conf, priors, normalised, labels, self.box_coder, self.matcher)

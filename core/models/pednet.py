@@ -112,7 +112,8 @@ class PedNet(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in train mode")
-            return self._losses(logits, regression, targets, scales)
+            # the loss in float32, also under bf16 autocast
+            return self._losses(logits.float(), regression.float(), targets, scales)
         return self._decode(logits, regression, images, scales)
 
     # -- training ----------------------------------------------------------------
