@@ -426,6 +426,11 @@ def write(report: dict[str, Any], out: Path) -> None:
                   f"on {demo['device']} with {demo['threads']} threads, OpenVINO export "
                   f"{'on' if demo['export_openvino'] else 'off'}: {demo['wall_minutes']:.1f} min in all (the float "
                   f"model's evaluation included), {len(demo['steps']) - 1} steps."), "",
+                  *([(f"Right before the job, the same machine timed an ADAS 192x336 batch-8 iteration at "
+                     f"{demo['speed_right_before'][0]['old_median_ms']:.0f} ms (old loop) and "
+                     f"{demo['speed_right_before'][0]['new_median_ms']:.0f} ms (new loop), medians; the job before "
+                     f"issue 18 ({DEMO_BEFORE['minutes_until_target']} min) ran in another session, on a machine "
+                     "whose speed is not known to have been the same."), ""] if demo.get("speed_right_before") else []),
                   "| step | compression | val MR^-2 | AP@0.5 | step s |", "|---:|---:|---:|---:|---:|"]
         for s in demo["steps"]:
             bold = "**" if s["index"] == demo["selected"]["index"] else ""
@@ -470,9 +475,15 @@ def main() -> None:
             export = not args.no_export
         except ImportError:
             export = False
-        torch.set_num_threads(max(int(t) for t in args.threads.split(",")))
-        report["demo"] = demo_job(train, val, device=device, export=export)
-    report["machine"] = machine()
+        n_threads = max(int(t) for t in args.threads.split(","))
+        # The machine's speed drifts (shared cores): the key cell again, right before the job.
+        calibration = speed_cells(train, devices=["cpu"], threads=[n_threads], models=["adas_192x336"], batches=[8],
+                                  budget_s=2.0 if args.quick else 30.0, extra_workers=False)
+        torch.set_num_threads(n_threads)
+        report["demo"] = {**demo_job(train, val, device=device, export=export), "machine": machine(),
+                          "speed_right_before": speedups(calibration)}
+    if not args.demo_only or "machine" not in report:
+        report["machine"] = machine()
     report["goals"] = goals(report)
     write(report, out)
     log(f"wrote {out.with_suffix('.json')} and .md")
