@@ -458,7 +458,7 @@ def main() -> None:
     out = args.out or RESULTS / ("train_speed_quick" if args.quick else "train_speed")
     train, val = split_records(read_dataset_dir(args.data))
     report: dict[str, Any] = {}
-    if args.demo_only and out.with_suffix(".json").is_file():
+    if out.with_suffix(".json").is_file():  # a run updates the sections it measures, keeps the others
         report = json.loads(out.with_suffix(".json").read_text())
     if not args.demo_only:
         devices = ["cpu"] + ([device] if torch.device(device).type != "cpu" else [])
