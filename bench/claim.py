@@ -53,6 +53,7 @@ from bench.study.report import design_text, statistics_text, variant_text, write
 from bench.study.results import is_done, save_arm_run
 from core.checkpoint import ModelCard, load_model, save_model
 from core.data import ImageRecord, read_pennfudan
+from core.device import add_device_argument, device_from_args
 from core.models.registry import ARCHITECTURES, DEFAULT_ARCHITECTURE
 from core.paths import default_data_dir
 from core.pretrained import pretrained_for
@@ -80,7 +81,7 @@ def main() -> None:
     run_study(design, name=name, variant=variant + ("-quick" if args.quick else ""), data=args.data,
               out=args.out, work_root=args.work, workers=args.workers, threads=args.threads,
               pretrained=args.pretrained, quick=args.quick, plan_only=args.plan,
-              seconds_per_iteration=args.seconds_per_iteration)
+              seconds_per_iteration=args.seconds_per_iteration, device=args.device)
 
 
 def parse_args() -> argparse.Namespace:
@@ -106,7 +107,9 @@ def parse_args() -> argparse.Namespace:
                         "while the other core is busy too (0.37-0.41 s measured with 2 x 1 thread)")
     parser.add_argument("--out", type=Path, default=report.RESULTS)
     parser.add_argument("--work", type=Path, default=WORK)
+    add_device_argument(parser)
     args = parser.parse_args()
+    args.device = device_from_args(args, parser)
     if args.model not in ARCHITECTURES:
         raise SystemExit(f"unavailable: architecture {args.model!r} is not registered in this build "
                          f"(pedestrian_adas_0002 arrives with issue 10); known: {sorted(ARCHITECTURES)}")
@@ -150,7 +153,7 @@ def _size(text: str) -> tuple[int, int]:
 # -- the study ------------------------------------------------------------------------------
 def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: Path, work_root: Path,
               workers: int, threads: int, pretrained: Path | None, quick: bool, plan_only: bool = False,
-              seconds_per_iteration: float = 0.25) -> dict[str, Any] | None:
+              seconds_per_iteration: float = 0.25, device: str = "cpu") -> dict[str, Any] | None:
     """Run (or resume) every unfinished run of `design`, analyse, and write the report."""
     digest = hashlib.sha1(design.model_dump_json().encode()).hexdigest()[:10]
     work = work_root / f"{variant}-{digest}"
@@ -167,7 +170,7 @@ def run_study(design: StudyDesign, *, name: str, variant: str, data: Path, out: 
         (work / "design.json").write_text(design.model_dump_json(indent=1))
     started, commit = time.monotonic(), report.git_commit()  # the code the runs below use
     fresh = not any(_done(u, work) for u in units)
-    execute(units, design, data, work, workers, threads, str(pretrained) if pretrained else None)
+    execute(units, design, data, work, workers, threads, str(pretrained) if pretrained else None, device)
     wall = time.monotonic() - started
     report.log("analysing")
     analysis = analyse(design, _records(str(data)), work)
@@ -242,7 +245,8 @@ def _float_dir(work: Path, fold: int) -> Path:
     return work / f"fold{fold}" / "float"
 
 
-def float_unit(design_json: str, data: str, work: str, fold: int, pretrained: str | None) -> None:
+def float_unit(design_json: str, data: str, work: str, fold: int, pretrained: str | None,
+               device: str = "cpu") -> None:
     """The fold's float detector: trained on the fold's training images (or the given
     pretrained model, unchanged)."""
     design = StudyDesign.model_validate_json(design_json)
@@ -253,19 +257,20 @@ def float_unit(design_json: str, data: str, work: str, fold: int, pretrained: st
         train, evaluate = folds_of(_records(data), design)[fold]
         model, card = train_float_detector(train, evaluate, architecture=design.architecture,
                                            builder_kwargs=design.builder_kwargs,
-                                           iterations=design.float_iterations, seed=fold)
+                                           iterations=design.float_iterations, seed=fold, device=device)
+        model.to("cpu")
     save_model(model, card, out.with_name("float.tmp"))
     os.replace(out.with_name("float.tmp"), out)
 
 
-def tune_unit(design_json: str, data: str, work: str, fold: int, arm: str, lr: float) -> None:
+def tune_unit(design_json: str, data: str, work: str, fold: int, arm: str, lr: float, device: str = "cpu") -> None:
     """Inner-validation MR^-2 of one arm at one learning rate (training images only)."""
     design = StudyDesign.model_validate_json(design_json)
     train, _ = folds_of(_records(data), design)[fold]
     inner_train, inner_val = inner_split(train, design)
     model, card = load_model(_float_dir(Path(work), fold))
     result = run_arm(design, arm, model, card, inner_train, inner_val, learning_rate=lr, seed=0,
-                     deepest_only=True, evaluate_steps=False, measure_drift=False)
+                     deepest_only=True, evaluate_steps=False, measure_drift=False, device=device)
     out = _tune_path(Path(work), fold, arm, lr)
     out.parent.mkdir(parents=True, exist_ok=True)
     final = result.evaluations[-1]
@@ -276,11 +281,12 @@ def tune_unit(design_json: str, data: str, work: str, fold: int, arm: str, lr: f
     os.replace(tmp, out)
 
 
-def main_unit(design_json: str, data: str, work: str, fold: int, seed: int, arm: str, lr: float) -> None:
+def main_unit(design_json: str, data: str, work: str, fold: int, seed: int, arm: str, lr: float,
+              device: str = "cpu") -> None:
     design = StudyDesign.model_validate_json(design_json)
     train, evaluate = folds_of(_records(data), design)[fold]
     model, card = load_model(_float_dir(Path(work), fold))
-    result = run_arm(design, arm, model, card, train, evaluate, learning_rate=lr, seed=seed)
+    result = run_arm(design, arm, model, card, train, evaluate, learning_rate=lr, seed=seed, device=device)
     save_arm_run(result, Path(work) / f"fold{fold}" / "runs", f"{arm}_seed{seed}",
                  [r.name for r in evaluate], {"fold": fold, "train_images": len(train)})
 
@@ -351,7 +357,7 @@ def chosen_learning_rates(design: StudyDesign, work: Path) -> dict[int, dict[str
 
 
 def execute(units: list[Unit], design: StudyDesign, data: Path, work: Path, workers: int, threads: int,
-            pretrained: str | None) -> None:
+            pretrained: str | None, device: str = "cpu") -> None:
     """Run every unfinished unit, `workers` processes at a time, dependencies first, the
     longest ready unit first."""
     pending = {u.key: u for u in units if not _done(u, work)}
@@ -369,7 +375,7 @@ def execute(units: list[Unit], design: StudyDesign, data: Path, work: Path, work
                            key=lambda u: ({"float": 0, "tune": 1, "main": 2}[u.kind], -u.iterations, u.key))
             for unit in ready[: max(0, workers - len(running))]:
                 del pending[unit.key]
-                running[submit(pool, unit, design, data, work, pretrained)] = (unit, time.monotonic())
+                running[submit(pool, unit, design, data, work, pretrained, device)] = (unit, time.monotonic())
             if not running:
                 raise RuntimeError(f"runs whose dependencies cannot finish: {sorted(pending)}")
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -382,15 +388,17 @@ def execute(units: list[Unit], design: StudyDesign, data: Path, work: Path, work
 
 
 def submit(pool: ProcessPoolExecutor, unit: Unit, design: StudyDesign, data: Path, work: Path,
-           pretrained: str | None) -> Future[None]:
+           pretrained: str | None, device: str) -> Future[None]:
     """One unit to the worker processes (which import this module as `bench.claim`)."""
     design_json = design.model_dump_json()
     if unit.kind == "float":
-        return pool.submit(float_unit, design_json, str(data), str(work), unit.fold, pretrained)
+        return pool.submit(float_unit, design_json, str(data), str(work), unit.fold, pretrained, device)
     if unit.kind == "tune":
-        return pool.submit(tune_unit, design_json, str(data), str(work), unit.fold, unit.arm, unit.lr)
+        return pool.submit(tune_unit, design_json, str(data), str(work), unit.fold, unit.arm, unit.lr,
+                           device)
     lr = chosen_learning_rates(design, work)[unit.fold][unit.arm]["chosen"]
-    return pool.submit(main_unit, design_json, str(data), str(work), unit.fold, unit.seed, unit.arm, lr)
+    return pool.submit(main_unit, design_json, str(data), str(work), unit.fold, unit.seed, unit.arm, lr,
+                       device)
 
 
 # -- bench/results/README.md ----------------------------------------------------------------

@@ -38,6 +38,7 @@ from core.binary import binarize_module
 from core.checkpoint import ModelCard
 from core.data import ImageRecord, read_pennfudan, split_records
 from core.detection_metrics import DetectionMetrics, evaluate_detections
+from core.device import add_device_argument, device_from_args
 from core.models.adas_reference import (
     OpenVinoReference,
     default_ir_path,
@@ -79,7 +80,7 @@ def main() -> None:
     model, card = load_pretrained(NAME, **size)
     result["float"] = float_model(full, model, data, args)
     config, result["job"] = layer_priority_job(model, card, data, args)
-    result["depthwise"] = depthwise(model, card, data, config)
+    result["depthwise"] = depthwise(model, card, data, config, args.device)
     result["speed"] = speed(full, model, data, f"{args.input_height}x{args.input_width}")
     result["goals"] = goals(result, args)
     result.update(total_seconds=round(time.monotonic() - started, 1),
@@ -102,7 +103,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--target", type=float, default=settings.demo_min_compression_ratio,
                         help="the demo's compression target: its job time is the steps until it")
     parser.add_argument("--out", type=Path, default=report.RESULTS)
+    add_device_argument(parser)
     args = parser.parse_args()
+    args.device = device_from_args(args, parser)
     args.parity_limit = None
     if args.quick:
         args.input_height, args.input_width = 96, 160
@@ -153,13 +156,13 @@ def parity(data: Data, limit: int | None) -> dict[str, Any]:
 def float_model(full: torch.nn.Module, model: torch.nn.Module, data: Data, args: argparse.Namespace) -> dict[str, Any]:
     """The float model on the validation split at both resolutions, and fine-tuned at the job's."""
     size = f"{args.input_height}x{args.input_width}"
-    before = {FULL_SIZE: metrics_row(evaluate_model(full, data.val, cache=data.cache)),
-              size: metrics_row(evaluate_model(model, data.val, cache=data.cache))}
+    before = {FULL_SIZE: metrics_row(evaluate_model(full, data.val, cache=data.cache, device=args.device)),
+              size: metrics_row(evaluate_model(model, data.val, cache=data.cache, device=args.device))}
     tuned, _ = load_pretrained(NAME, input_height=args.input_height, input_width=args.input_width)
     t0 = time.monotonic()
     train_detector(tuned, data.train, iterations=args.float_finetune_iters, batch_size=8,
-                   learning_rate=args.learning_rate, seed=0, cache=data.cache)
-    after = metrics_row(evaluate_model(tuned, data.val, cache=data.cache))
+                   learning_rate=args.learning_rate, seed=0, cache=data.cache, device=args.device)
+    after = metrics_row(evaluate_model(tuned, data.val, cache=data.cache, device=args.device))
     report.log(f"float val: {before}; fine-tuned {args.float_finetune_iters} iterations: "
                f"MR^-2 {after['miss_rate']:.4f} AP {after['ap50']:.4f}")
     return {"before_finetuning": before,
@@ -177,7 +180,7 @@ def layer_priority_job(model: torch.nn.Module, card: ModelCard, data: Data,
     t0 = time.monotonic()
     result = run(model, card, data.train, data.val, config, on_step=lambda s: report.log(
         f"step {s.index} ({len(s.binary_layers)} binary layers) ratio {s.compression_ratio:.2f} "
-        f"MR^-2 {s.miss_rate:.3f} AP {s.ap50:.3f} {s.step_seconds:.0f}s"))
+        f"MR^-2 {s.miss_rate:.3f} AP {s.ap50:.3f} {s.step_seconds:.0f}s"), device=args.device)
     steps = report.step_rows(result.steps)
     reached = next((s for s in steps if s["compression_ratio"] >= args.target), None)
     demo_seconds = None if reached is None else sum(s["step_seconds"] for s in steps[: reached["index"] + 1])
@@ -186,7 +189,8 @@ def layer_priority_job(model: torch.nn.Module, card: ModelCard, data: Data,
                     "demo_job_seconds": demo_seconds and round(demo_seconds, 1)}
 
 
-def depthwise(model: torch.nn.Module, card: ModelCard, data: Data, config: PipelineConfig) -> dict[str, Any]:
+def depthwise(model: torch.nn.Module, card: ModelCard, data: Data, config: PipelineConfig,
+              device: str = "cpu") -> dict[str, Any]:
     """What binarizing every depthwise conv costs (and saves) on the float model."""
     layers = discover_layers(model, card.input_size)
     dw = [layer for layer in layers if layer.groups > 1]
@@ -197,10 +201,10 @@ def depthwise(model: torch.nn.Module, card: ModelCard, data: Data, config: Pipel
     modules = dict(binary.named_modules())
     for layer in dw:
         binarize_module(modules[layer.name], config.bits)
-    before = evaluate_model(binary, data.val, cache=data.cache)
+    before = evaluate_model(binary, data.val, cache=data.cache, device=device)
     train_detector(binary, data.train, iterations=config.finetune_iters, batch_size=config.batch_size,
-                   learning_rate=config.learning_rate, seed=config.seed, cache=data.cache)
-    after = evaluate_model(binary, data.val, cache=data.cache)
+                   learning_rate=config.learning_rate, seed=config.seed, cache=data.cache, device=device)
+    after = evaluate_model(binary, data.val, cache=data.cache, device=device)
     report.log(f"depthwise: {len(dw)} convs, {100 * sum(x.num_params for x in dw) / total:.1f} % of conv weights; all "
                f"binarized: MR^-2 {before.miss_rate:.3f} (no fine-tuning), {after.miss_rate:.3f} after "
                f"{config.finetune_iters} iterations")

@@ -52,6 +52,7 @@ def _runs_table(results: Path) -> str:
         data = report.load_results(path.stem, results) or {}
         record = data.get("machine") or data.get("environment") or {}
         git = data.get("git") or {}
+        git = git if isinstance(git, dict) else {"commit": str(git)}
         rows.append({"file": f"[`{path.stem}`]({path.stem}.md)" if path.with_suffix(".md").is_file() else path.stem,
                      "date": (record.get("date") if isinstance(record, dict) else None),
                      "commit": (git.get("commit") or "")[:10] or (record.get("commit") if isinstance(record, dict) else None),

@@ -51,6 +51,7 @@ from bench import report, stack
 from core.checkpoint import ModelCard, load_model, save_model, save_model_bytes
 from core.data import ImageRecord, read_pennfudan, split_records
 from core.detection_metrics import evaluate_detections
+from core.device import add_device_argument, device_from_args
 from core.export.openvino import (
     OpenVinoExport,
     export_checkpoint,
@@ -148,7 +149,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--intel-ir", type=Path, default=DEFAULT_INTEL_IR,
                         help="pedestrian-detection-adas-0002 folder with FP16/ and FP16-INT8/ IRs")
     parser.add_argument("--torch-threads", type=int, default=1, help="threads for training and fine-tuning")
+    add_device_argument(parser)  # training and fine-tuning; the speed figures stay on the CPU
     args = parser.parse_args()
+    args.device = device_from_args(args, parser)
     args.train_iters = args.train_iters or (60 if args.quick else 1500)
     args.finetune_iters = args.finetune_iters if args.finetune_iters is not None else (3 if args.quick else 60)
     if args.learning_rate is None:
@@ -176,7 +179,8 @@ def float_model(args: argparse.Namespace, train: list[ImageRecord],
         return model, card, {"source": str(cached), "cached": True}
     report.log(f"training PedNet for {args.train_iters} iterations ...")
     started = time.monotonic()
-    model, card = train_float_detector(train, val, iterations=args.train_iters, seed=0)
+    model, card = train_float_detector(train, val, iterations=args.train_iters, seed=0, device=args.device)
+    model.to("cpu")
     save_model(model, card, cached)
     return model, card, {"source": "trained", "train_seconds": round(time.monotonic() - started, 1)}
 
@@ -187,7 +191,7 @@ def run_job(model: torch.nn.Module, card: ModelCard, train: list[ImageRecord], v
                             finetune_iters=args.finetune_iters, learning_rate=args.learning_rate,
                             layers_per_step=args.layers_per_step, seed=0)
     started = time.monotonic()
-    result = run(model, card, train, val, config,
+    result = run(model, card, train, val, config, device=args.device,
                  on_step=lambda s: report.log(f"  step {s.index}: ratio {s.compression_ratio:.1f} MR {s.miss_rate:.3f} "
                                               f"latency {s.latency_ms if s.latency_ms is None else round(s.latency_ms, 2)} ms"))
     report.log(f"job activation_bits={activation_bits}: {len(result.steps)} steps in {time.monotonic() - started:.0f} s, "

@@ -1,6 +1,6 @@
 """FlexBin command line: `python -m core {train,binarize,evaluate,detect,export} ...`.
 
-    python -m core train --out var/models/pednet
+    python -m core train --out var/models/pednet                 # --device auto|cpu|cuda|cuda:1 (auto: CUDA when present)
     python -m core binarize --model var/models/pednet --out var/runs/r1 --min-compression-ratio 8
     python -m core binarize ... --activation-bits 1        # binary inputs too: 1-bit kernels
     python -m core evaluate --checkpoint var/runs/r1/step_05.safetensors
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from core.device import add_device_argument, device_from_args
 from core.paths import default_data_dir
 
 if TYPE_CHECKING:
@@ -54,11 +55,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     def on_iteration(report: IterationReport) -> None:
         bar.update(1)
-        bar.set_postfix(loss=f"{report.loss:.3f}")
+        if report.iteration % 25 == 0 or report.iteration == report.total:  # reading the loss waits for the device
+            bar.set_postfix(loss=f"{report.loss:.3f}")
 
     kwargs = {k: v for k, v in (("width", args.width), ("input_size", args.input_size)) if v is not None}
     model, card = train_float_detector(train, val, builder_kwargs=kwargs, iterations=args.iterations,
-                                       seed=args.seed, on_iteration=on_iteration)
+                                       seed=args.seed, on_iteration=on_iteration, device=args.device)
+    model.to("cpu")
     bar.close()
     save_model(model, card, args.out)
     print(json.dumps({"out": str(args.out), **card.metrics}, indent=2))
@@ -108,7 +111,7 @@ def cmd_binarize(args: argparse.Namespace) -> None:
         bar.refresh()
 
     result = run(model, card, train, val, config, completed=completed, on_step=on_step,
-                 on_progress=on_progress)
+                 on_progress=on_progress, device=args.device)
     bar.close()
     summary = {"selected_step": result.selected_index, "target_met": result.target_met,
                "steps": [s.model_dump(exclude={"fppi_curve"}) for s in result.steps]}
@@ -122,7 +125,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     model, _ = _load(args)
     _, val = _records(args.data)
-    metrics = evaluate_model(model, val)
+    metrics = evaluate_model(model, val, device=args.device)
     print(metrics.model_dump_json(indent=2, exclude={"fppi_curve"}))
 
 
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--width", type=int, help="PedNet width (default: the registry's)")
     p.add_argument("--input-size", type=int, help="longer image side fed to the net (default: the registry's)")
     p.add_argument("--seed", type=int, default=0)
+    add_device_argument(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("binarize", help="layer-priority (or all-at-once) binarization")
@@ -209,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--activation-bits", type=int, default=32, choices=[1, 32],
                    help="1: binarized layers take binary inputs too (1-bit kernels once exported)")
+    add_device_argument(p)
     p.set_defaults(func=cmd_binarize)
 
     p = sub.add_parser("export", help="export a checkpoint to an OpenVINO IR zip (runs with plain OpenVINO)")
@@ -229,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         source.add_argument("--model", help="float model folder")
         if name == "evaluate":
             data_arg(p)
+            add_device_argument(p)
         else:
             p.add_argument("images", nargs="+")
             p.add_argument("--score-threshold", type=float, default=0.3)
@@ -236,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         p.set_defaults(func=func)
 
     args = parser.parse_args(argv)
+    if hasattr(args, "device"):
+        args.device = device_from_args(args, parser)
     args.func(args)
 
 

@@ -60,6 +60,7 @@ from core.priority import (
 from core.train import (
     ImageCache,
     IterationReport,
+    TrainOptions,
     detection_loss,
     evaluate_model,
     train_detector,
@@ -167,7 +168,7 @@ def training_iterations(plan: _Plan, config: PipelineConfig, step: int) -> int:
 def consolidate(model: nn.Module, train_records: Sequence[ImageRecord], config: PipelineConfig, *,
                 num_binary_layers: int, cache: ImageCache | None = None, device: str = "cpu",
                 on_iteration: Callable[[IterationReport], None] | None = None,
-                should_stop: ShouldStop | None = None) -> None:
+                should_stop: ShouldStop | None = None, options: TrainOptions | None = None) -> None:
     """Fine-tune `model` in place for `config.consolidation_iters` iterations (fresh AdamW, one
     cosine schedule, `config.learning_rate`).
 
@@ -179,7 +180,7 @@ def consolidate(model: nn.Module, train_records: Sequence[ImageRecord], config: 
         model, train_records, iterations=config.consolidation_iters,
         batch_size=config.batch_size, learning_rate=config.learning_rate,
         seed=config.seed * 1000 + 500 + num_binary_layers, cache=cache, device=device,
-        on_iteration=on_iteration, should_stop=should_stop)
+        on_iteration=on_iteration, should_stop=should_stop, options=options)
 
 
 def eligible_layers(model: nn.Module, card: ModelCard, config: PipelineConfig) -> list[LayerInfo]:
@@ -226,6 +227,7 @@ def run(
     should_stop: ShouldStop | None = None,
     device: str = "cpu",
     export_openvino: bool = True,
+    train_options: TrainOptions | None = None,
 ) -> PipelineResult:
     """Run (or resume) a binarization job.
 
@@ -240,9 +242,23 @@ def run(
       step in progress is reported.
     export_openvino: export every step's checkpoint to OpenVINO IR and measure its latency
       (about 1-3 s per step); a failed export is logged and leaves those fields empty.
+    train_options: how fine-tuning uses the hardware (`core.train.TrainOptions`: bf16 autocast,
+      loader workers...); each step's card records the device and bf16 in its provenance.
     """
-    model = copy.deepcopy(model)  # the caller's float model stays as it was
     cache = ImageCache()
+    try:
+        return _run(model, card, train_records, val_records, config, cache, completed=completed, on_step=on_step,
+                    on_progress=on_progress, should_stop=should_stop, device=device, export_openvino=export_openvino,
+                    options=train_options or TrainOptions())
+    finally:
+        cache.close()  # the training loader's worker processes
+
+
+def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord],
+         val_records: Sequence[ImageRecord], config: PipelineConfig, cache: ImageCache, *,
+         completed: Sequence[StepOutcome], on_step: OnStep | None, on_progress: OnProgress | None,
+         should_stop: ShouldStop | None, device: str, export_openvino: bool, options: TrainOptions) -> PipelineResult:
+    model = copy.deepcopy(model)  # the caller's float model stays as it was
     sensitivity = None
     if config.order == "sensitivity":
         sensitivity = _sensitivity(model, card, train_records, config, cache, device)
@@ -261,7 +277,7 @@ def run(
         model = load_state(card, steps[-1].state)
     else:
         report(_measure(model, card, config, 0, [], 0.0, val_records, cache, device,
-                        export_openvino=export_openvino))
+                        export_openvino=export_openvino, options=options))
         progress.step_done(0)
     modules = dict(model.named_modules())
     while len(steps) <= len(plan.steps) and not (len(steps) > 1 and _target_reached(steps, config.target)):
@@ -278,20 +294,21 @@ def run(
             batch_size=config.batch_size, learning_rate=config.learning_rate,
             seed=config.seed * 1000 + index, cache=cache, device=device,
             on_iteration=functools.partial(progress.iteration, index),
-            should_stop=stop)
+            should_stop=stop, options=options)
         if stop.requested:
             raise Cancelled(f"cancelled during step {index}")
         served = model
         if config.consolidation_iters:
             served = copy.deepcopy(model)
             consolidate(served, train_records, config, num_binary_layers=sum(map(len, plan.steps[:index])),
-                        cache=cache, device=device, should_stop=stop,
+                        cache=cache, device=device, should_stop=stop, options=options,
                         on_iteration=functools.partial(progress.iteration, index,
                                                        offset=plan.iterations[index - 1]))
             if stop.requested:
                 raise Cancelled(f"cancelled during step {index}")
         report(_measure(served, card, config, index, new_layers, time.monotonic() - started,
-                        val_records, cache, device, chain=model, export_openvino=export_openvino))
+                        val_records, cache, device, chain=model, export_openvino=export_openvino,
+                        options=options))
         progress.step_done(index)
     progress.finish(len(steps) - 1)
     selected, met = select_step(steps, config.target)
@@ -311,7 +328,7 @@ class _StopFlag:
 def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: int,
              new_layers: list[str], seconds: float, val_records: Sequence[ImageRecord],
              cache: ImageCache, device: str, chain: nn.Module | None = None,
-             export_openvino: bool = True) -> StepOutcome:
+             export_openvino: bool = True, options: TrainOptions | None = None) -> StepOutcome:
     """Pack the model, evaluate what the packed checkpoint serves, export it to OpenVINO and
     time it, and describe the step.
 
@@ -327,6 +344,8 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
         "finetune_iters": config.finetune_iters, "source_architecture": card.architecture}}
     if config.consolidation_iters:
         provenance["flexbin"]["consolidation_iters"] = config.consolidation_iters
+    if index:  # how the step was fine-tuned (the float step 0 was not)
+        provenance["flexbin"]["training"] = (options or TrainOptions()).provenance(device)
     ratio = compression_ratio(model)
     packed = pack_checkpoint(model, card.model_copy(update={
         "provenance": provenance,

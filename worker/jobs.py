@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from core import pipeline
 from core.checkpoint import load_model_bytes
 from core.data import read_dataset_zip, split_records
+from core.device import resolve_device
 from core.job_spec import PipelineConfig
 from core.pipeline import Cancelled, PipelineResult, Progress, StepOutcome
 from service.queue import send_job
@@ -38,7 +39,6 @@ from service.store import (
 )
 from service.store.jobs import JobStatus, LeaseLost
 from worker.celery_app import celery_app
-from worker.device import resolve_device
 from worker.lease import Heartbeat, new_worker_id
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class _JobExecution:
 
     def _run_pipeline(self, model: Any, card: Any, train: Any, val: Any, config: Any,
                       completed: Any) -> PipelineResult:
-        device = resolve_device(self.settings.device)
+        device = resolve_device(self.settings.device, what="FLEXBIN_DEVICE")
         log.info("job %s: running on %s (%d train / %d val images)", self.job_id, device, len(train), len(val))
         return pipeline.run(
             model, card, train, val, config,

@@ -8,13 +8,13 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
+from core.device import resolve_device
 from service.demo import DemoInterrupted, seed_demo
 from service.queue import BINARIZE_QUEUE, BINARIZE_TASK, DEMO_TASK, send_job
 from service.settings import get_settings
 from service.store import TRANSIENT_DB_ERRORS, session_scope
 from service.store.jobs import requeue_orphans, unsent_jobs
 from worker.celery_app import celery_app
-from worker.device import resolve_device
 from worker.jobs import SHUTTING_DOWN, run_job
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ def demo_seed() -> str:
     """Train the demo detector, store it with the Penn-Fudan dataset, start its job."""
     try:
         settings = get_settings()
-        return seed_demo(settings, device=resolve_device(settings.device), interrupted=SHUTTING_DOWN.is_set,
-                         send_job=lambda job_id: send_job(celery_app, settings, job_id))
+        return seed_demo(settings, device=resolve_device(settings.device, what="FLEXBIN_DEVICE"),
+                         interrupted=SHUTTING_DOWN.is_set, send_job=lambda job_id: send_job(celery_app, settings, job_id))
     except DemoInterrupted as exc:
         log.warning("demo: %s", exc)
         return "interrupted"

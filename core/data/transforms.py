@@ -21,6 +21,10 @@ def train_transforms() -> v2.Compose:
     keeping at least half of each side (p=0.5), horizontal flip (p=0.5), float32 in [0, 1]
     and removal of boxes that became degenerate (with their labels). Images stay roughly at
     their original scale: the detectors resize internally.
+
+    The training loop no longer runs this per sample (issue 18): `core.data.augment` draws the
+    same augmentation and makes the pixels once, at the network's resolution. This pipeline
+    stays as the reference it reproduces (bench/train_speed.py keeps its own copy as the old loop).
     """
     return v2.Compose([
         v2.ToImage(),

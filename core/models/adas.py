@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms
 
 # Input of the IR: 1x3x384x672, BGR, 0-255; the IR subtracts this mean and multiplies by
 # this scale (both stored as FP16 constants in the IR: these are their exact values).
@@ -231,14 +231,18 @@ class PedestrianAdas(nn.Module):
         self.box_coder = det_utils.BoxCoder(weights=tuple(1.0 / v for v in IR_VARIANCES))
         # SSD matching (Liu et al. 2016): IoU >= 0.5, and every ground truth keeps its best prior.
         self.matcher = det_utils.SSDMatcher(0.5)
-        self._priors: dict[tuple[tuple[int, int], ...], Tensor] = {}
+        self._priors: dict[tuple[tuple[int, int], ...], Tensor] = {}  # on the device last used
 
     # -- input -------------------------------------------------------------------
     def preprocess(self, images: Sequence[Tensor]) -> Tensor:
         """FloatTensor[N, 3, input_height, input_width]: the IR's input (BGR, 0-255) for RGB
-        images in [0, 1]. Antialiased bilinear resize (plain bilinear when upscaling)."""
-        batch = [F.interpolate(image[None] * 255.0, size=(self.input_height, self.input_width),
-                               mode="bilinear", align_corners=False, antialias=True)
+        images in [0, 1]. Antialiased bilinear resize (plain bilinear when upscaling); images
+        already at the input size (training's crops, `core.data.augment`) are not resampled: that
+        resize would be an exact identity."""
+        size = (self.input_height, self.input_width)
+        if all(tuple(image.shape[-2:]) == size for image in images):
+            return (torch.stack(list(images)) * 255.0).flip(1)  # RGB -> BGR
+        batch = [F.interpolate(image[None] * 255.0, size=size, mode="bilinear", align_corners=False, antialias=True)
                  for image in images]
         return torch.cat(batch).flip(1)  # RGB -> BGR
 
@@ -267,7 +271,9 @@ class PedestrianAdas(nn.Module):
         key = (image_hw, *(sizes[s.head] for s in PRIORS))
         if key not in self._priors:
             self._priors[key] = torch.cat([prior_boxes(s, sizes[s.head], image_hw) for s in PRIORS])
-        return self._priors[key].to(device)
+        if self._priors[key].device != device:  # kept on the device in use: no copy per forward
+            self._priors[key] = self._priors[key].to(device)
+        return self._priors[key]
 
     def forward(self, images: list[Tensor],
                 targets: list[dict[str, Tensor]] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
@@ -275,7 +281,8 @@ class PedestrianAdas(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in train mode")
-            normalised = [t["boxes"].to(loc) / _whwh(image) for t, image in zip(targets, images)]
+            loc, conf = loc.float(), conf.float()  # the loss in float32, also under bf16 autocast
+            normalised = [_normalise(t["boxes"].to(loc), image) for t, image in zip(targets, images)]
             labels = [t["labels"].to(loc.device) for t in targets]
             return multibox_loss(loc, conf, priors, normalised, labels, self.box_coder, self.matcher)
         return self._detections(loc, conf, priors, images)
@@ -314,6 +321,12 @@ class PedestrianAdas(nn.Module):
         return results
 
 
+def _normalise(boxes: Tensor, image: Tensor) -> Tensor:
+    """Boxes in the image's pixels divided by its width and height (no host-device round trip)."""
+    h, w = image.shape[-2:]
+    return boxes * torch.tensor([1.0 / w, 1.0 / h, 1.0 / w, 1.0 / h]).to(boxes.device, non_blocking=True)
+
+
 def _whwh(image: Tensor) -> Tensor:
     h, w = image.shape[-2:]
     return torch.tensor([w, h, w, h], dtype=torch.float32, device=image.device)
@@ -334,34 +347,64 @@ def multibox_loss(loc: Tensor, conf: Tensor, priors: Tensor, boxes: Sequence[Ten
     (plus each ground truth's best prior); smooth L1 on the encoded boxes of the matched
     priors; cross-entropy on the matched priors and on the hardest background priors, three
     per positive. Both sums are divided by the number of matched priors.
+
+    The whole batch is matched at once (ground truth padded to the most boxes of an image),
+    with masks instead of index lists, so nothing waits on the device. `matcher` must be an
+    `SSDMatcher` (the only kind this module builds); its rule is applied here, batched.
     """
     n, num_priors, num_classes = conf.shape
-    cls_targets = conf.new_zeros((n, num_priors), dtype=torch.int64)
-    box_losses = []
-    num_positive = []
-    for i in range(n):
-        if boxes[i].numel() == 0:
-            num_positive.append(0)
-            continue
-        matched = matcher(box_iou(boxes[i], priors))
-        positive = torch.nonzero(matched >= 0).squeeze(1)
-        gt = matched[positive]
-        cls_targets[i, positive] = labels[i][gt]
-        target = box_coder.encode_single(boxes[i][gt], priors[positive])
-        box_losses.append(F.smooth_l1_loss(loc[i, positive], target, reduction="sum"))
-        num_positive.append(int(positive.numel()))
+    device = conf.device
+    most = max((len(b) for b in boxes), default=0)
+    if most == 0:  # no ground truth: no positives, so no negatives are mined either
+        zero = loc.sum() * 0.0 + conf.sum() * 0.0
+        return {"bbox_regression": zero, "classification": zero}
+    gt = loc.new_zeros((n, most, 4))
+    gt_labels = torch.zeros((n, most), dtype=torch.int64, device=device)
+    valid = torch.zeros((n, most), dtype=torch.bool, device=device)
+    for i, (b, lab) in enumerate(zip(boxes, labels)):
+        if len(b):
+            gt[i, :len(b)] = b.to(gt)
+            gt_labels[i, :len(b)] = lab.to(device)
+            valid[i, :len(b)] = True
+    iou = _batched_iou(gt, priors.to(gt)).masked_fill_(~valid[:, :, None], -1.0)  # [N, M, P]
+    # torchvision's Matcher(0.5, 0.5): each prior takes its best ground truth if IoU >= 0.5 ...
+    best_iou, matches = iou.max(dim=1)  # [N, P]
+    matches = matches.masked_fill(best_iou < matcher.low_threshold, -1)
+    # ... and SSDMatcher: every ground truth keeps its best prior (the later one where two share it).
+    best_prior = iou.argmax(dim=2)  # [N, M]
+    index = torch.where(valid, best_prior, num_priors)  # padding writes to a spare column
+    widened = torch.cat([matches, matches.new_full((n, 1), -1)], 1)
+    widened.scatter_(1, index, torch.arange(most, device=device).expand(n, most))
+    matches = widened[:, :num_priors]
+    positive = matches >= 0  # [N, P]
+    gt_index = matches.clamp(min=0)
+    matched = gt.gather(1, gt_index[:, :, None].expand(n, num_priors, 4))
+    matched = torch.where(positive[:, :, None], matched, priors[None].to(gt))  # finite targets everywhere
+    target = box_coder.encode_single(matched.reshape(-1, 4), priors.to(gt).repeat(n, 1)).view(n, num_priors, 4)
+    box_loss = torch.where(positive, F.smooth_l1_loss(loc, target, reduction="none").sum(-1), 0.0).sum()
+    cls_targets = torch.where(positive, gt_labels.gather(1, gt_index), 0)
+    num_positive = positive.sum(1)  # [N]
     cls_loss = F.cross_entropy(conf.reshape(-1, num_classes), cls_targets.reshape(-1),
                                reduction="none").view(n, num_priors)
     foreground = cls_targets > 0
     # Hard negative mining: the background priors with the highest loss, 3 per positive.
-    negative = cls_loss.detach().clone()
-    negative[foreground] = -float("inf")
+    negative = cls_loss.detach().masked_fill(foreground, -float("inf"))
     rank = negative.argsort(dim=1, descending=True).argsort(dim=1)
-    limit = NEGATIVES_PER_POSITIVE * torch.tensor(num_positive, device=conf.device)[:, None]
-    background = rank < limit
-    normaliser = max(1, sum(num_positive))
-    box_loss = torch.stack(box_losses).sum() if box_losses else loc.sum() * 0.0
+    background = rank < NEGATIVES_PER_POSITIVE * num_positive[:, None]
+    normaliser = num_positive.sum().clamp(min=1).to(loc.dtype)
     return {
         "bbox_regression": box_loss / normaliser,
-        "classification": (cls_loss[foreground].sum() + cls_loss[background].sum()) / normaliser,
+        "classification": (torch.where(foreground, cls_loss, 0.0).sum()
+                           + torch.where(background, cls_loss, 0.0).sum()) / normaliser,
     }
+
+
+def _batched_iou(boxes: Tensor, priors: Tensor) -> Tensor:
+    """IoU of boxes [N, M, 4] with priors [P, 4] (x1, y1, x2, y2): [N, M, P], as `box_iou`."""
+    area_b = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # [N, M]
+    area_p = (priors[:, 2] - priors[:, 0]) * (priors[:, 3] - priors[:, 1])  # [P]
+    lt = torch.max(boxes[:, :, None, :2], priors[None, None, :, :2])
+    rb = torch.min(boxes[:, :, None, 2:], priors[None, None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_b[:, :, None] + area_p[None, None, :] - inter)

@@ -96,7 +96,8 @@ class PedNet(nn.Module):
         width = -(-max(w for _, w in sizes) // STRIDE) * STRIDE
         canvas = images[0].new_zeros(len(images), 3, height, width)
         for i, (image, (nh, nw)) in enumerate(zip(images, sizes)):
-            resized = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            resized = image if tuple(image.shape[-2:]) == (nh, nw) else F.interpolate(  # same size: identity
+                image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
             canvas[i, :, :nh, :nw] = (resized - self.mean) / self.std
         return canvas, scales
 
@@ -111,7 +112,8 @@ class PedNet(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in train mode")
-            return self._losses(logits, regression, targets, scales)
+            # the loss in float32, also under bf16 autocast
+            return self._losses(logits.float(), regression.float(), targets, scales)
         return self._decode(logits, regression, images, scales)
 
     # -- training ----------------------------------------------------------------
