@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, *, run_bootstrap: bool = True) 
     app.state.serving = ServingRuntime(
         settings, app.state.metrics,
         fetch=partial(services.checkpoint_bytes, settings.database_url),
-        deployed=partial(services.deployed_checkpoint_ids, settings.database_url),
+        deployed=partial(services.deployed_serving_keys, settings.database_url),
     )
     install_error_handlers(app)
 

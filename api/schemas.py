@@ -147,6 +147,17 @@ class LayerPrecision(BaseModel):
                                   "int8 or a 1-bit (binary_weights_activations) convolution; null if not measured.")
 
 
+class CheckpointFiles(BaseModel):
+    """The real byte size of each download of a checkpoint (`GET /checkpoints/{id}/download?format=`)."""
+
+    safetensors: int = Field(description="FlexBin's packed checkpoint (binary weights bit-packed): what "
+                             "`compression_ratio` describes, against the float32 checkpoint.")
+    openvino: int | None = Field(description="The OpenVINO IR zip as trained (1-bit layers packed 1 bit per weight; "
+                                 "weights-only binary layers as int8 ±1, float layers float32); null until exported.")
+    openvino_int8: int | None = Field(description="`format=openvino-int8`: the NNCF int8 IR zip (1-bit layers "
+                                      "unchanged); null until first requested.")
+
+
 class CheckpointPublic(CheckpointMetrics):
     """A packed checkpoint: what it is (`core.job_spec.CheckpointMetrics`), where it came from and
     its file."""
@@ -160,6 +171,8 @@ class CheckpointPublic(CheckpointMetrics):
     sha256: str
     created_at: datetime
     openvino: bool = Field(description="Whether `download?format=openvino` serves a stored IR zip.")
+    files: CheckpointFiles = Field(description="Byte size of each download, next to `size_bytes` (the packed "
+                                   "checkpoint).")
     serving_backend: Literal["openvino", "torch"] = Field(
         default="torch", description="What /detect runs this checkpoint with in this API process (openvino unless "
                                      "configured otherwise or the checkpoint has no OpenVINO export).")
@@ -172,16 +185,28 @@ class CheckpointPublic(CheckpointMetrics):
         return {} if value is None else value  # checkpoints made before exports existed
 
 
+DeploymentFormat = Literal["openvino", "openvino-int8"]
+
+
 class DeploymentUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint_id: str
+    format: DeploymentFormat | None = Field(
+        default=None, description="openvino (default): the checkpoint as trained; openvino-int8: its NNCF int8 IR "
+        "(1-bit layers stay 1-bit; made now when it does not exist yet, which takes seconds to a minute).")
 
 
 class DeploymentPublic(BaseModel):
     checkpoint_id: str | None
     model_id: str | None
+    format: DeploymentFormat = Field(default="openvino", description="Which file of the checkpoint /detect runs.")
     updated_at: datetime | None
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _null_is_as_trained(cls, value: Any) -> Any:
+        return value or "openvino"
 
 
 class Detection(BaseModel):
@@ -202,6 +227,7 @@ class ImageDetections(BaseModel):
 class DetectPublic(BaseModel):
     checkpoint_id: str = Field(description="The packed checkpoint that ran.")
     model_id: str = Field(description="The float model the checkpoint was made from.")
+    format: DeploymentFormat = Field(default="openvino", description="Which file of it ran: as trained, or its int8 IR.")
     results: list[ImageDetections] = Field(description="One entry per uploaded image, in upload order.")
 
 

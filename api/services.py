@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api import schemas
+from api.serving import serving_key
 from core.images import DataError, image_size
 from core.images import decode_image as load_image
 from core.job_spec import PipelineConfig
@@ -194,32 +195,78 @@ def checkpoint_openvino_zip(session: Session, row: Checkpoint) -> bytes:
     return data
 
 
+def checkpoint_openvino_int8_zip(session: Session, row: Checkpoint, settings: Settings) -> bytes:
+    """The checkpoint's int8 OpenVINO zip (`?format=openvino-int8`): its 1-bit layers stay
+    1-bit and every other layer goes to int8 through `nncf.quantize`, calibrated on the job's
+    training images (`core.export.int8.int8_zip`). Made on first request (seconds to a minute:
+    the dataset is read and NNCF calibrates), then stored like the other files; 422 when it
+    cannot be made."""
+    if row.openvino_int8_blob_id is not None:
+        return get_blob_bytes(session, row.openvino_int8_blob_id)
+    trained = checkpoint_openvino_zip(session, row)
+    # torch and NNCF load into the API only to make an int8 file
+    from core.data import read_dataset_zip, split_records
+    from core.export.int8 import int8_zip
+
+    job = session.get(Job, row.job_id)
+    dataset = session.get(Dataset, job.dataset_id) if job is not None else None
+    if dataset is None:
+        raise InvalidUpload(f"checkpoint {row.id}: its job's dataset is gone, so there is nothing to calibrate on")
+    try:
+        train, _ = split_records(read_dataset_zip(get_blob_bytes(session, dataset.archive_blob_id),
+                                                  **settings.dataset_zip_limits()))
+        images = [load_image(r.image, name=r.name) for r in train[: settings.int8_calibration_images]]
+        data = int8_zip(trained, images)
+    except (ValueError, RuntimeError) as exc:  # DataError, NNCF's and OpenVINO's errors
+        raise InvalidUpload(f"checkpoint {row.id} cannot be quantized to int8: {exc}"[:2000]) from None
+    row.openvino_int8_blob_id = put_blob(session, data).id
+    session.flush()
+    return data
+
+
+def checkpoint_file(session: Session, row: Checkpoint, format: str, settings: Settings) -> tuple[bytes, str, str]:
+    """(bytes, media type, file name) of a checkpoint download in `format`."""
+    stem = f"flexbin-{row.id}-step{row.step}"
+    if format == "openvino":
+        return checkpoint_openvino_zip(session, row), "application/zip", f"{stem}-openvino.zip"
+    if format == deployments.INT8:
+        return checkpoint_openvino_int8_zip(session, row, settings), "application/zip", f"{stem}-openvino-int8.zip"
+    return get_blob_bytes(session, row.blob_id), "application/octet-stream", f"{stem}.safetensors"
+
+
 # -- deployment -----------------------------------------------------------------------------
 def get_deployment(session: Session, tenant: Tenant) -> Deployment | None:
     return session.get(Deployment, tenant.id)
 
 
-def set_deployment(session: Session, tenant: Tenant, checkpoint_id: str) -> Deployment:
+def set_deployment(session: Session, tenant: Tenant, checkpoint_id: str, format: str | None,
+                   settings: Settings) -> Deployment:
+    """Deploy a checkpoint as trained (`format` None or "openvino") or as its int8 file (made
+    now when it has none)."""
     checkpoint = get_checkpoint(session, tenant, checkpoint_id)
-    return deployments.deploy(session, tenant.id, checkpoint_id=checkpoint.id, model_id=checkpoint.model_id)
+    stored = deployments.INT8 if format == deployments.INT8 else None
+    if stored is not None:
+        checkpoint_openvino_int8_zip(session, checkpoint, settings)
+    return deployments.deploy(session, tenant.id, checkpoint_id=checkpoint.id, model_id=checkpoint.model_id,
+                              format=stored)
 
 
-def deployed_checkpoint_ids(database_url: str) -> list[str]:
-    """Every tenant's deployed checkpoint (what the serving runtime keeps warm)."""
+def deployed_serving_keys(database_url: str) -> list[str]:
+    """Every tenant's deployment as the serving runtime names it (what it keeps warm)."""
     with session_scope(database_url) as s:
-        return deployments.deployed_checkpoint_ids(s)
+        return [serving_key(checkpoint_id, format) for checkpoint_id, format in deployments.deployed_files(s)]
 
 
 # -- detection ------------------------------------------------------------------------------
 DETECT_MEDIA_TYPES = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/pjpeg": "JPEG", "image/png": "PNG"}
 
 
-def detect_target(session: Session, tenant: Tenant, checkpoint_id: str | None) -> tuple[str, str]:
-    """(checkpoint id, model id) that `/detect` runs: the named checkpoint (tenant-scoped,
-    404 otherwise) or the tenant's deployment (409 when nothing is deployed)."""
+def detect_target(session: Session, tenant: Tenant, checkpoint_id: str | None) -> tuple[str, str, str | None]:
+    """(checkpoint id, model id, format) that `/detect` runs: the named checkpoint as trained
+    (tenant-scoped, 404 otherwise) or the tenant's deployment (409 when nothing is deployed)."""
     if checkpoint_id:
         row = get_checkpoint(session, tenant, checkpoint_id)
-        return row.id, row.model_id
+        return row.id, row.model_id, None
     deployment = get_deployment(session, tenant)
     if deployment is None or deployment.checkpoint_id is None:
         if deployment is not None and deployment.model_id:
@@ -228,20 +275,19 @@ def detect_target(session: Session, tenant: Tenant, checkpoint_id: str | None) -
         raise Conflict('nothing is deployed for this tenant: PUT /deployment {"checkpoint_id": ...} first, '
                        "or pass checkpoint_id")
     row = get_checkpoint(session, tenant, deployment.checkpoint_id)
-    return row.id, row.model_id
+    return row.id, row.model_id, deployment.format
 
 
 def checkpoint_bytes(database_url: str, checkpoint_id: str, kind: str = "checkpoint") -> bytes | None:
     """A checkpoint's stored bytes, any tenant (the serving runtime's loader; callers scope):
-    `kind` "checkpoint" (the packed safetensors file) or "openvino" (its IR zip; None when it
-    has none)."""
+    `kind` "checkpoint" (the packed safetensors file), "openvino" (its IR zip) or
+    "openvino-int8" (its int8 IR zip); None for a file it does not have."""
     with session_scope(database_url) as s:
         row = s.get(Checkpoint, checkpoint_id)
         if row is None:
             raise NotFound(f"checkpoint {checkpoint_id} not found")
-        if kind == "openvino":
-            return None if row.openvino_blob_id is None else get_blob_bytes(s, row.openvino_blob_id)
-        return get_blob_bytes(s, row.blob_id)
+        blob_id = {"openvino": row.openvino_blob_id, deployments.INT8: row.openvino_int8_blob_id}.get(kind, row.blob_id)
+        return None if blob_id is None else get_blob_bytes(s, blob_id)
 
 
 def sniff_image_format(data: bytes) -> str | None:
@@ -282,7 +328,7 @@ def decode_detect_image(data: bytes, filename: str, max_pixels: int) -> Any:
         raise InvalidUpload(str(exc)) from None
 
 
-def detections_public(checkpoint_id: str, model_id: str, names: list[str], images: list[Any],
+def detections_public(checkpoint_id: str, model_id: str, format: str | None, names: list[str], images: list[Any],
                       predictions: list[Any], score_threshold: float) -> schemas.DetectPublic:
     results = []
     for name, image, pred in zip(names, images, predictions, strict=True):
@@ -293,4 +339,5 @@ def detections_public(checkpoint_id: str, model_id: str, names: list[str], image
             if score >= score_threshold and all(math.isfinite(v) for v in box)  # NaN never reaches JSON
         ]
         results.append(schemas.ImageDetections(filename=name, width=width, height=height, detections=detections))
-    return schemas.DetectPublic(checkpoint_id=checkpoint_id, model_id=model_id, results=results)
+    return schemas.DetectPublic(checkpoint_id=checkpoint_id, model_id=model_id, format=format or "openvino",
+                                results=results)

@@ -65,7 +65,22 @@ Image = np.ndarray
 
 Fetch = Callable[[str, str], "bytes | None"]
 """`fetch(checkpoint_id, kind)`: the stored bytes of a checkpoint, `kind` "checkpoint" (packed
-safetensors) or "openvino" (its IR zip, None when it has none). Blocking."""
+safetensors), "openvino" (its IR zip) or "openvino-int8" (its int8 IR zip); None when it has
+no such file. Blocking."""
+
+KEY_SEPARATOR = "@"
+
+
+def serving_key(checkpoint_id: str, format: str | None = None) -> str:
+    """What the runtime caches and batches by: a checkpoint as trained (its id), or one of its
+    other files (`<id>@openvino-int8`)."""
+    return checkpoint_id if format in (None, "openvino") else f"{checkpoint_id}{KEY_SEPARATOR}{format}"
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """(checkpoint id, format or None) of a serving key."""
+    checkpoint_id, _, format = key.partition(KEY_SEPARATOR)
+    return checkpoint_id, format or None
 
 
 class Runner(Protocol):
@@ -118,10 +133,14 @@ class TorchBackend:
     def __init__(self, threads: int) -> None:
         self.threads = threads
 
-    def load(self, checkpoint_id: str, fetch: Fetch) -> Runner:
+    def load(self, key: str, fetch: Fetch) -> Runner:
         # torch loads only when a checkpoint is served by the torch backend
         from core.checkpoint import unpack_checkpoint
 
+        checkpoint_id, format = split_key(key)
+        if format is not None:
+            raise LookupError(f"checkpoint {checkpoint_id}: the torch backend serves checkpoints as trained, "
+                              f"not their {format} file (FLEXBIN_SERVING_BACKEND=openvino does)")
         data = fetch(checkpoint_id, "checkpoint")
         if data is None:
             raise LookupError(f"checkpoint {checkpoint_id} has no stored file")
@@ -150,11 +169,15 @@ class OpenVinoBackend:
     def __init__(self, threads: int, compiled_shapes: int, fallback: Backend) -> None:
         self.threads, self.compiled_shapes, self.fallback = threads, compiled_shapes, fallback
 
-    def load(self, checkpoint_id: str, fetch: Fetch) -> Runner:
+    def load(self, key: str, fetch: Fetch) -> Runner:
         # OpenVINO loads only when a checkpoint is served by the OpenVINO backend
         from core.export.runtime import Detector
 
-        data = fetch(checkpoint_id, "openvino")
+        checkpoint_id, format = split_key(key)
+        data = fetch(checkpoint_id, format or "openvino")
+        if data is None and format is not None:
+            raise LookupError(f"checkpoint {checkpoint_id} has no {format} file (download or deploy it in that "
+                              "format to make it)")
         if data is None:
             log.warning("serving: checkpoint %s has no OpenVINO export; serving it with %s", checkpoint_id,
                         self.fallback.name)

@@ -145,6 +145,9 @@ class Settings(BaseSettings):
         default=8, ge=1, description="OpenVINO backend: compiled input shapes kept per checkpoint (LRU; "
         "1-bit convolutions need static shapes, so each batch shape compiles once)."
     )
+    int8_calibration_images: int = Field(
+        default=100, ge=1, le=1000, description="Training images NNCF calibrates a checkpoint's int8 file on "
+        "(`?format=openvino-int8`, made on first request in the API).")
     export_openvino: bool = Field(
         default=True, description="Workers export every step's checkpoint to OpenVINO IR and time its forward "
         "pass (latency_ms; about 1-3 s per step). Off: no IR, no latency, /detect serves those with torch."

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Query, Response
 
 from api import schemas, services
 from api.deps import SessionDep, SettingsDep, TenantDep
-from service.store import get_blob_bytes
 
 router = APIRouter(tags=["checkpoints"])
 
@@ -24,23 +23,22 @@ def get_checkpoint(checkpoint_id: str, session: SessionDep, tenant: TenantDep,
     responses={200: {"content": {"application/octet-stream": {}, "application/zip": {}},
                      "description": "The packed checkpoint (safetensors; card in its metadata), or with "
                                     "`format=openvino` a zip of its OpenVINO IR: model.xml, model.bin, card.json, "
-                                    "README.txt and flexbin_detect.py (runs it with numpy + openvino only)."},
-               404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."}},
+                                    "README.txt and flexbin_detect.py (runs it with numpy + openvino only); "
+                                    "`format=openvino-int8` the same zip quantized to int8."},
+               404: {"model": schemas.Message, "description": "Unknown id, or another tenant's."},
+               422: {"model": schemas.Message, "description": "The checkpoint cannot be exported or quantized."}},
 )
 def download_checkpoint(
     checkpoint_id: str, session: SessionDep, tenant: TenantDep,
-    format: Annotated[Literal["safetensors", "openvino"], Query(
-        description="safetensors (default): the packed checkpoint; openvino: its OpenVINO IR zip.")] = "safetensors",
+    settings: SettingsDep,
+    format: Annotated[Literal["safetensors", "openvino", "openvino-int8"], Query(
+        description="safetensors (default): the packed checkpoint; openvino: its OpenVINO IR zip as trained; "
+                    "openvino-int8: that IR with every layer that is not 1-bit quantized to int8 by NNCF, "
+                    "calibrated on the job's training images (made on the first request: seconds to a "
+                    "minute; stored after).")] = "safetensors",
 ) -> Response:
     row = services.get_checkpoint(session, tenant, checkpoint_id)
-    if format == "openvino":
-        data = services.checkpoint_openvino_zip(session, row)
-        session.commit()  # an export made just now is kept
-        return Response(content=data, media_type="application/zip", headers={
-            "Content-Disposition": f'attachment; filename="flexbin-{row.id}-step{row.step}-openvino.zip"'})
-    data = get_blob_bytes(session, row.blob_id)
-    return Response(
-        content=data,
-        media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="flexbin-{row.id}-step{row.step}.safetensors"'},
-    )
+    data, media_type, filename = services.checkpoint_file(session, row, format, settings)
+    session.commit()  # a file made just now is kept
+    return Response(content=data, media_type=media_type,
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})

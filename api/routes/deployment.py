@@ -4,7 +4,8 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from api import schemas, services
-from api.deps import SessionDep, TenantDep
+from api.deps import SessionDep, SettingsDep, TenantDep
+from api.serving import serving_key
 
 router = APIRouter(tags=["deployment"])
 
@@ -21,17 +22,19 @@ def get_deployment(session: SessionDep, tenant: TenantDep) -> schemas.Deployment
 
 
 @router.put("/deployment", response_model=schemas.DeploymentPublic,
-            responses={404: {"model": schemas.Message, "description": "checkpoint_id unknown or another tenant's."}})
+            responses={404: {"model": schemas.Message, "description": "checkpoint_id unknown or another tenant's."},
+                       422: {"model": schemas.Message, "description": "its int8 file cannot be made."}})
 async def put_deployment(body: schemas.DeploymentUpdate, request: Request, session: SessionDep,
-                         tenant: TenantDep) -> schemas.DeploymentPublic:
+                         tenant: TenantDep, settings: SettingsDep) -> schemas.DeploymentPublic:
     """Choose the checkpoint `/detect` serves by default for this tenant. New requests use it
     at once (loading it on first use); requests in flight finish on the previous one."""
 
     def update() -> schemas.DeploymentPublic:
-        row = services.set_deployment(session, tenant, body.checkpoint_id)
+        row = services.set_deployment(session, tenant, body.checkpoint_id, body.format, settings)
         session.commit()
         return _public(row)
 
     public = await run_in_threadpool(update)
-    request.app.state.serving.preload(body.checkpoint_id)  # warm it before traffic arrives
+    # warm it before traffic arrives
+    request.app.state.serving.preload(serving_key(body.checkpoint_id, public.format))
     return public

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 from api import schemas, services
 from api.deps import SessionDep, SettingsDep, TenantDep
 from api.services import InvalidUpload, TooLarge
-from api.serving import InferenceError
+from api.serving import InferenceError, serving_key
 
 router = APIRouter(tags=["detect"])
 
@@ -38,7 +38,7 @@ async def detect(
     packed checkpoint, or `checkpoint_id`; images are micro-batched with other requests."""
     if len(images) > settings.max_detect_images:
         raise TooLarge(f"images: {len(images)} files, over the limit of {settings.max_detect_images} per request")
-    target_id, model_id = await run_in_threadpool(services.detect_target, session, tenant, checkpoint_id)
+    target_id, model_id, format = await run_in_threadpool(services.detect_target, session, tenant, checkpoint_id)
     names, tensors, total = [], [], 0
     for i, upload in enumerate(images):
         name = upload.filename or f"image{i}"
@@ -51,8 +51,8 @@ async def detect(
         names.append(name)
     runtime = request.app.state.serving
     try:
-        predictions = await runtime.detect(target_id, tensors)
+        predictions = await runtime.detect(serving_key(target_id, format), tensors)
     except InferenceError as exc:
         raise InvalidUpload(f"the model could not process {', '.join(names)}: {exc}") from None
     request.app.state.metrics.detect_images.inc(len(tensors))
-    return services.detections_public(target_id, model_id, names, tensors, predictions, score_threshold)
+    return services.detections_public(target_id, model_id, format, names, tensors, predictions, score_threshold)

@@ -499,20 +499,25 @@ function renderSteps(job) {
       h("td", { class: "actions" },
         h("button", { class: "small ghost", onclick: () => chooseCheckpoint(ck) }, "Curve"),
         h("button", { class: "small", "data-action": "deploy", onclick: () => deploy(ck) }, "Deploy"),
-        h("button", { class: "small ghost", "data-action": "download", onclick: () => download(ck) }, "Download"),
+        h("button", { class: "small ghost", "data-action": "download", title: `packed checkpoint, ${fmtBytes(st.checkpoint_bytes)}`,
+          onclick: () => download(ck) }, "Download"),
         h("button", { class: "small ghost", "data-action": "download-openvino", title: "OpenVINO IR zip: runs with plain OpenVINO",
           onclick: () => download(ck, "openvino") }, "OpenVINO"),
+        h("button", { class: "small ghost", "data-action": "download-openvino-int8",
+          title: "OpenVINO IR zip with every layer that is not 1-bit in int8 (NNCF); made on the first request",
+          onclick: () => download(ck, "openvino-int8") }, "int8"),
         h("a", { class: "button small ghost", href: `#/tryit/${ck}` }, "Try it")));
   }));
 }
 
-async function deploy(checkpointId) {
+async function deploy(checkpointId, format = "openvino") {
   try {
-    await api("/deployment", { method: "PUT", json: { checkpoint_id: checkpointId } });
+    await api("/deployment", { method: "PUT", json: { checkpoint_id: checkpointId, format } });
+    checkpointCache.delete(checkpointId); // its int8 file may have been made just now
     await refreshDeployment();
     const msg = $("#steps-message");
     msg.hidden = false;
-    msg.textContent = `Checkpoint ${short(checkpointId)} deployed: /detect now serves it by default.`;
+    msg.textContent = `Checkpoint ${short(checkpointId)} deployed${format === "openvino-int8" ? " as int8" : ""}: /detect now serves it by default.`;
     if (currentJob) renderSteps(currentJob);
   } catch (e) { toast(e.message); }
 }
@@ -530,6 +535,10 @@ async function download(checkpointId, format = "safetensors") {
     a.click();
     a.remove();
     setTimeout(() => URL.revokeObjectURL(url), 10000);
+    if (format === "openvino-int8" || format === "openvino") { // a file may have been made just now
+      checkpointCache.delete(checkpointId);
+      if (chosenCheckpoint === checkpointId) renderFppi(await getCheckpoint(checkpointId));
+    }
   } catch (e) { toast(e.message); }
 }
 
@@ -743,6 +752,20 @@ function renderFppi(ck) {
   $("#fppi-legend").replaceChildren(
     legendItem(PALETTE[0], `step ${ck.step}: MR⁻² ${fmt(ck.miss_rate)} · AP@0.5 ${fmt(ck.ap50)} · ${curve.length} points`),
     legendItem("#93c5fd", "FPPI range of MR⁻² (10⁻² … 10⁰)"));
+  renderFiles(ck);
+}
+
+// What each download of a checkpoint really weighs: the compression ratio describes the packed one.
+function renderFiles(ck) {
+  const files = ck.files || {};
+  const size = (n, missing) => (n == null ? missing : fmtBytes(n));
+  $("#checkpoint-files").replaceChildren(
+    "Files: packed checkpoint ", h("strong", {}, size(files.safetensors, "?")),
+    ` (${fmtRatio(ck.compression_ratio)} smaller than float32) · OpenVINO zip `,
+    h("strong", { "data-file": "openvino" }, size(files.openvino, "not exported")),
+    " · int8 zip ", h("strong", { "data-file": "openvino-int8" }, size(files.openvino_int8, "made on first download")),
+    " ", h("button", { class: "small ghost", "data-action": "deploy-int8", onclick: () => deploy(ck.id, "openvino-int8") },
+      "Deploy int8"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -132,6 +132,18 @@ def int8_export(export: Any, images: Sequence[np.ndarray], **kwargs: Any) -> Any
     return dataclasses.replace(export, model=model, spec=spec)
 
 
+def int8_zip(openvino_zip: bytes, images: Sequence[np.ndarray], **kwargs: Any) -> bytes:
+    """`?format=openvino-int8`: the zip of a FlexBin OpenVINO export (`OpenVinoExport.zip_bytes`)
+    quantized by `int8_export`, calibrated on `images`, as a zip of the same layout (its card's
+    `export.quantization` and README.txt say how it was made). Runs with the same
+    `flexbin_detect.py`."""
+    # torch (the model card) loads only to make an int8 file, not to run one
+    from core.export.openvino import OpenVinoExport
+
+    export = int8_export(OpenVinoExport.from_zip(openvino_zip), images, **kwargs)
+    return export.zip_bytes()  # type: ignore[no-any-return]
+
+
 def quantize_int8_with_accuracy_control(
         export: Any, calibration_images: Sequence[np.ndarray], validation_images: Sequence[np.ndarray],
         metric: Callable[[list[runtime.Detections], list[int]], float], *, spec: dict[str, Any] | None = None,
@@ -182,5 +194,5 @@ def is_int8(precision: str) -> bool:
     return precision in ("i8", "u8")
 
 
-__all__ = ["calibration_inputs", "ignored_scope", "int8_export", "is_int8", "one_bit_nodes", "quantize_int8",
+__all__ = ["calibration_inputs", "ignored_scope", "int8_export", "int8_zip", "is_int8", "one_bit_nodes", "quantize_int8",
            "quantize_int8_with_accuracy_control", "runtime_precisions"]

@@ -124,6 +124,22 @@ class OpenVinoExport:
     spec: dict[str, Any]
     layers: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def from_zip(cls, data: bytes) -> OpenVinoExport:
+        """The export a FlexBin OpenVINO zip holds (`zip_bytes`): its IR, card and `export` spec.
+        ValueError when the bytes are not such a zip."""
+        import openvino as ov
+
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                xml, weights = zf.read("model.xml"), zf.read("model.bin")
+                card_json = json.loads(zf.read("card.json"))
+            spec = card_json.pop("export")
+        except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+            raise ValueError(f"not a FlexBin OpenVINO zip: {exc}") from None
+        model = ov.Core().read_model(xml.decode(), ov.Tensor(np.frombuffer(weights, dtype=np.uint8).copy()))
+        return cls(model, ModelCard.model_validate(card_json), spec, dict(spec.get("layers", {})))
+
     def card_json(self) -> dict[str, Any]:
         return {**self.card.model_dump(mode="json"), "export": self.spec}
 
@@ -564,6 +580,12 @@ def layer_report(export: OpenVinoExport, runs_as: dict[str, str] | None) -> dict
     return {name: {"precision": precision, "runs_as": runs_as.get(name)} for name, precision in export.layers.items()}
 
 
+def _resize_target(source: dict[str, Any]) -> str:
+    if source.get("height") and source.get("width"):
+        return f"{source['height']}x{source['width']} (height x width)"
+    return f"{source['size']} px"
+
+
 def readme(card: dict[str, Any]) -> str:
     spec = card["export"]
     source = spec["input"]
@@ -576,7 +598,8 @@ def readme(card: dict[str, Any]) -> str:
         f"Run it:  pip install openvino numpy pillow && python {RUNTIME_FILENAME} . image.jpg",
         "",
         f"Input '{source['name']}': float32 {source['shape']} (N, 3, H, W), RGB in [0, 1].",
-        f"  resize: {source['resize']} to {source['size']} px (bilinear, half-pixel centres, no antialiasing);",
+        (f"  resize: {source['resize']} to {_resize_target(source)} (bilinear, half-pixel centres, "
+         f"{'antialiased as torch interpolate(antialias=True)' if source.get('antialias') else 'no antialiasing'});"),
         f"  canvas: {source['canvas']} (pad bottom/right with {source['pad_value']}); the graph normalises.",
         f"  batch: {'any (reshape the model)' if source.get('max_batch') is None else source['max_batch']}.",
         f"Outputs: {', '.join(spec['outputs'])}; post-processing '{spec['postprocess']['kind']}': see the",
@@ -586,6 +609,9 @@ def readme(card: dict[str, Any]) -> str:
         "1-bit BinaryConvolution):",
         *[f"  {name}: {precision}" for name, precision in spec["layers"].items()],
         "",
+        *([f"Quantized: {spec['quantization']['method']} ({spec['quantization']['tool']}), every layer that",
+           "is not 1-bit in int8 (BinaryConvolution layers and post-processing untouched).", ""]
+          if spec.get("quantization") else []),
         "Compile with INFERENCE_PRECISION_HINT=f32 for results equal to FlexBin's PyTorch model.",
     ]
     return "\n".join(lines) + "\n"

@@ -11,16 +11,22 @@ from sqlalchemy.orm import Session
 
 from service.store.tables import Deployment, utcnow
 
+INT8 = "openvino-int8"
+"""The one deployment format besides the checkpoint as trained (NULL): its NNCF int8 IR."""
 
-def deploy(session: Session, tenant_id: str, *, checkpoint_id: str | None, model_id: str) -> Deployment:
-    """Make `checkpoint_id` (of `model_id`) the tenant's deployment; `checkpoint_id=None`
-    deploys the float model before its job has a checkpoint."""
+
+def deploy(session: Session, tenant_id: str, *, checkpoint_id: str | None, model_id: str,
+           format: str | None = None) -> Deployment:
+    """Make `checkpoint_id` (of `model_id`) the tenant's deployment, served as trained
+    (`format` None) or as its int8 IR (`INT8`, which must exist); `checkpoint_id=None` deploys
+    the float model before its job has a checkpoint."""
     row = session.get(Deployment, tenant_id)
     if row is None:
         row = Deployment(tenant_id=tenant_id)
         session.add(row)
     row.checkpoint_id = checkpoint_id
     row.model_id = model_id
+    row.format = format
     row.updated_at = utcnow()
     session.flush()
     return row
@@ -37,6 +43,8 @@ def serve_float_step(session: Session, tenant_id: str, model_id: str, checkpoint
     return True
 
 
-def deployed_checkpoint_ids(session: Session) -> list[str]:
-    """Every tenant's deployed checkpoint (what the serving runtime keeps warm)."""
-    return sorted(set(session.scalars(select(Deployment.checkpoint_id).where(Deployment.checkpoint_id.is_not(None)))))
+def deployed_files(session: Session) -> list[tuple[str, str | None]]:
+    """Every tenant's deployed (checkpoint id, format), what the serving runtime keeps warm."""
+    rows = session.execute(select(Deployment.checkpoint_id, Deployment.format)
+                           .where(Deployment.checkpoint_id.is_not(None))).all()
+    return sorted({(str(checkpoint_id), format) for checkpoint_id, format in rows}, key=lambda r: (r[0], r[1] or ""))

@@ -213,14 +213,26 @@ class Checkpoint(CheckpointMetricColumns, Base):
     # OpenVINO export (migration 0003; NULL for older checkpoints and failed exports)
     openvino_blob_id: Mapped[str | None] = mapped_column(ForeignKey("blobs.id"))
     layer_precision: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # its int8 IR zip, made through NNCF on first request (migration 0004)
+    openvino_int8_blob_id: Mapped[str | None] = mapped_column(ForeignKey("blobs.id"))
 
     blob: Mapped[Blob] = relationship(viewonly=True, foreign_keys=[blob_id])
+    openvino_blob: Mapped[Blob | None] = relationship(viewonly=True, foreign_keys=[openvino_blob_id])
+    openvino_int8_blob: Mapped[Blob | None] = relationship(viewonly=True, foreign_keys=[openvino_int8_blob_id])
     job_step: Mapped[JobStep | None] = relationship(viewonly=True, uselist=False)
 
     @property
     def sha256(self) -> str:
         """The checksum of the checkpoint file."""
         return self.blob.sha256
+
+    @property
+    def files(self) -> dict[str, int | None]:
+        """Byte size of each stored file of the checkpoint: the packed checkpoint, its OpenVINO zip
+        and its int8 OpenVINO zip (None: not made yet)."""
+        return {"safetensors": self.size_bytes,
+                "openvino": self.openvino_blob.size_bytes if self.openvino_blob is not None else None,
+                "openvino_int8": self.openvino_int8_blob.size_bytes if self.openvino_int8_blob is not None else None}
 
     @property
     def openvino(self) -> bool:
@@ -265,4 +277,6 @@ class Deployment(Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     checkpoint_id: Mapped[str | None] = mapped_column(ForeignKey("checkpoints.id"))
     model_id: Mapped[str | None] = mapped_column(ForeignKey("models.id"))
+    # which file of the checkpoint /detect runs: NULL = as trained, "openvino-int8" (migration 0004)
+    format: Mapped[str | None] = mapped_column(String(32))
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

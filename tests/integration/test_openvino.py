@@ -113,3 +113,56 @@ def test_a_checkpoint_without_a_stored_ir_is_exported_on_download(client: httpx.
     r = client.get(f"/checkpoints/{checkpoint_id}/download", params={"format": "openvino"})
     assert r.status_code == 200 and r.content[:4] == b"PK\x03\x04"
     assert client.get(f"/checkpoints/{checkpoint_id}").json()["openvino"] is True
+
+
+def _compiled_precisions(zip_bytes: bytes) -> set[tuple[str, str]]:
+    import openvino as ov
+
+    from core.export.int8 import runtime_precisions
+
+    with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zf:
+        model = ov.Core().read_model(model=zf.read("model.xml"), weights=zf.read("model.bin"))
+    return set(runtime_precisions(ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})))
+
+
+def test_the_int8_download_is_made_once_with_nncf_and_keeps_the_1bit_layers(client: httpx.Client,
+                                                                             binary_job: dict) -> None:
+    float_id, binary_id = binary_job["steps"][0]["checkpoint_id"], binary_job["selected_checkpoint_id"]
+    assert client.get(f"/checkpoints/{binary_id}").json()["files"]["openvino_int8"] is None
+    r = client.get(f"/checkpoints/{binary_id}/download", params={"format": "openvino-int8"})
+    assert r.status_code == 200, r.text
+    assert "openvino-int8.zip" in r.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+        card = json.loads(zf.read("card.json"))
+        assert "int8" in zf.read("README.txt").decode()
+    assert card["export"]["quantization"]["method"] == "nncf.quantize"
+    mixed = _compiled_precisions(r.content)
+    assert ("BinaryConvolution", "u1") in mixed  # the 1-bit layers stay 1-bit ...
+    assert any(kind == "Convolution" and p in ("u8", "i8") for kind, p in mixed)  # ... the rest is int8
+    # stored on first request: the same bytes again, and its real size in the checkpoint's record
+    again = client.get(f"/checkpoints/{binary_id}/download", params={"format": "openvino-int8"})
+    assert again.content == r.content
+    files = client.get(f"/checkpoints/{binary_id}").json()["files"]
+    assert files["openvino_int8"] == len(r.content) and files["openvino"] > 0 and files["safetensors"] > 0
+    # a float checkpoint's int8 file is plain NNCF int8: every convolution int8
+    plain = client.get(f"/checkpoints/{float_id}/download", params={"format": "openvino-int8"})
+    precisions = _compiled_precisions(plain.content)
+    assert not any(kind == "BinaryConvolution" for kind, _ in precisions)
+    assert any(kind == "Convolution" and p in ("u8", "i8") for kind, p in precisions)
+
+
+def test_a_deployment_can_serve_the_int8_file(client: httpx.Client, binary_job: dict) -> None:
+    checkpoint_id = binary_job["selected_checkpoint_id"]
+    r = client.put("/deployment", json={"checkpoint_id": checkpoint_id, "format": "openvino-int8"})
+    assert r.status_code == 200, r.text
+    assert r.json()["format"] == "openvino-int8" == client.get("/deployment").json()["format"]
+    image = (default_data_dir() / "PNGImages" / "FudanPed00001.png").read_bytes()
+    r = client.post("/detect", files={"images": ("a.png", image, "image/png")}, data={"score_threshold": "0"})
+    assert r.status_code == 200, r.text
+    assert r.json()["checkpoint_id"] == checkpoint_id and r.json()["format"] == "openvino-int8"
+    # naming the checkpoint runs it as trained; a format that does not exist is a 422 naming it
+    r = client.post("/detect", files={"images": ("a.png", image, "image/png")}, data={"checkpoint_id": checkpoint_id})
+    assert r.json()["format"] == "openvino"
+    bad = client.put("/deployment", json={"checkpoint_id": checkpoint_id, "format": "onnx"})
+    assert bad.status_code == 422 and "format" in bad.json()["detail"]
+    assert client.put("/deployment", json={"checkpoint_id": checkpoint_id}).json()["format"] == "openvino"
