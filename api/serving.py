@@ -166,8 +166,9 @@ class OpenVinoBackend:
 
     name = "openvino"
 
-    def __init__(self, threads: int, compiled_shapes: int, fallback: Backend) -> None:
+    def __init__(self, threads: int, compiled_shapes: int, fallback: Backend, precision: str = "f32") -> None:
         self.threads, self.compiled_shapes, self.fallback = threads, compiled_shapes, fallback
+        self.precision = precision
 
     def load(self, key: str, fetch: Fetch) -> Runner:
         # OpenVINO loads only when a checkpoint is served by the OpenVINO backend
@@ -182,7 +183,8 @@ class OpenVinoBackend:
             log.warning("serving: checkpoint %s has no OpenVINO export; serving it with %s", checkpoint_id,
                         self.fallback.name)
             return self.fallback.load(checkpoint_id, fetch)
-        detector = Detector.from_zip(data, threads=self.threads, max_compiled=self.compiled_shapes)
+        detector = Detector.from_zip(data, threads=self.threads, max_compiled=self.compiled_shapes,
+                                     precision=self.precision)
         return OpenVinoRunner(detector, len(data))
 
 
@@ -190,7 +192,7 @@ def make_backend(settings: Settings, threads: int) -> Backend:
     torch_backend = TorchBackend(threads)
     if settings.serving_backend == "torch":
         return torch_backend
-    return OpenVinoBackend(threads, settings.serving_compiled_shapes, torch_backend)
+    return OpenVinoBackend(threads, settings.serving_compiled_shapes, torch_backend, settings.serving_precision)
 
 
 @dataclass

@@ -148,6 +148,13 @@ class Settings(BaseSettings):
     int8_calibration_images: int = Field(
         default=100, ge=1, le=1000, description="Training images NNCF calibrates a checkpoint's int8 file on "
         "(`?format=openvino-int8`, made on first request in the API).")
+    serving_precision: Literal["f32", "bf16", "auto"] = Field(
+        default="f32", description="OpenVINO backend: f32 (what a job measured: detections equal to its "
+        "metrics'), bf16, or auto (each compiled shape timed at both, the faster kept; f32 on CPUs without "
+        "bf16). bf16 moves the 1-bit layers' thresholds slightly; its effect on accuracy is not measured.")
+    train_bf16: bool = Field(
+        default=False, description="Workers fine-tune with bfloat16 autocast on CUDA (recorded in each step's "
+        "provenance). Off until measured equal in accuracy (bench.gpu_check compares it).")
     export_openvino: bool = Field(
         default=True, description="Workers export every step's checkpoint to OpenVINO IR and time its forward "
         "pass (latency_ms; about 1-3 s per step). Off: no IR, no latency, /detect serves those with torch."

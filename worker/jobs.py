@@ -25,6 +25,7 @@ from core.data import read_dataset_zip, split_records
 from core.device import resolve_device
 from core.job_spec import PipelineConfig
 from core.pipeline import Cancelled, PipelineResult, Progress, StepOutcome
+from core.train import TrainOptions
 from service.queue import send_job
 from service.settings import Settings
 from service.store import (
@@ -162,6 +163,7 @@ class _JobExecution:
             model, card, train, val, config,
             completed=completed, on_step=self._on_step, on_progress=self._on_progress,
             should_stop=self._should_stop, device=device, export_openvino=self.settings.export_openvino,
+            train_options=TrainOptions(bf16=self.settings.train_bf16),
         )
 
     # -- callbacks --------------------------------------------------------------------------

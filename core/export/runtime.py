@@ -40,6 +40,7 @@ Boxes come out as x1, y1, x2, y2 in pixels of the image as given, best first.
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections import OrderedDict
@@ -256,11 +257,16 @@ def decode_detections(boxes: np.ndarray, scores: np.ndarray, prepared: Prepared)
 # -- the runtime ----------------------------------------------------------------------
 class Detector:
     """An exported FlexBin detector on OpenVINO's CPU plugin: compiled once per input shape
-    (at most `max_compiled` kept, least recently used dropped), `threads` inference threads,
-    float32 precision (the exported thresholds and parity depend on it)."""
+    (at most `max_compiled` kept, least recently used dropped), `threads` inference threads.
+
+    `precision`: "f32" (default: what the job measured; the exported thresholds and parity depend
+    on it), "bf16", or "auto": each shape is compiled at both and the faster one kept (timed on a
+    few inferences when compiled; f32 where the CPU has no bf16 arithmetic). Neither wins
+    everywhere: bf16 halved pedestrian_adas_0002's float forward on a Xeon with AMX and was
+    slower than f32 on one with AVX-512 alone."""
 
     def __init__(self, xml: str | bytes, weights: bytes, card: dict[str, Any], *, threads: int = 1,
-                 max_compiled: int = 8, device: str = "CPU") -> None:
+                 max_compiled: int = 8, device: str = "CPU", precision: str = "f32") -> None:
         import openvino as ov
 
         self.core = ov.Core()
@@ -270,6 +276,10 @@ class Detector:
         self.threads = threads
         self.device = device
         self.max_compiled = max_compiled
+        if precision not in ("f32", "bf16", "auto"):
+            raise ValueError(f"precision must be f32, bf16 or auto, not {precision!r}")
+        self.precision = precision
+        self.chosen: dict[tuple[int, ...], str] = {}  # the precision each compiled shape runs at
         self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()
 
     @classmethod
@@ -308,11 +318,24 @@ class Detector:
         if list(key) != list(self.spec["input"]["shape"]):
             model = model.clone()
             model.reshape({self.spec["input"]["name"]: list(key)})
-        compiled = self.core.compile_model(model, self.device, compile_config(self.threads))
+        compiled, self.chosen[key] = self._compile(model, key)
         self._compiled[key] = compiled
         while len(self._compiled) > self.max_compiled:
             self._compiled.popitem(last=False)
         return compiled
+
+    def _compile(self, model: Any, shape: tuple[int, ...]) -> tuple[Any, str]:
+        """(compiled model, its precision): the configured one, or the faster of f32 and bf16."""
+        candidates = [self.precision] if self.precision != "auto" else ["f32"]
+        if self.precision == "auto" and "BF16" in self.core.get_property(self.device, "OPTIMIZATION_CAPABILITIES"):
+            candidates.append("bf16")
+        compiled = {p: self.core.compile_model(model, self.device, compile_config(self.threads, p)) for p in candidates}
+        if len(compiled) == 1:
+            return compiled[candidates[0]], candidates[0]
+        canvas = np.zeros(shape, dtype=np.float32)
+        times = {p: median_forward_ms(functools.partial(c, canvas), warmup=2, budget_s=0.3) for p, c in compiled.items()}
+        best = min(times, key=times.__getitem__)
+        return compiled[best], best
 
     def infer(self, canvases: np.ndarray) -> dict[str, np.ndarray]:
         """Raw outputs by name for a float32 [N, 3, H, W] batch (`canvas_batch`)."""

@@ -16,6 +16,7 @@ from torch import nn
 
 from core.binary import binarize_input, binarize_module
 from core.checkpoint import ModelCard, pack_checkpoint, unpack_checkpoint
+from core.export import runtime
 from core.export.openvino import (
     BINARY_WEIGHTS,
     BINARY_WEIGHTS_ACTIVATIONS,
@@ -116,3 +117,21 @@ def test_unsupported_binary_inputs_are_refused_at_training_time() -> None:
     model = ModelCard.model_validate({**CARD, "width": 4}).build()
     with pytest.raises(ValueError, match="multiple of 8"):
         binarize_input(model.features[1][0])  # 4 input channels
+
+
+def test_serving_precision_f32_bf16_or_the_faster_of_the_two() -> None:
+    export = export_checkpoint(binarized_pednet(with_inputs=("features.5.0",)))
+    xml, weights = export.ir_bytes()
+    card = export.card_json()
+    image = np.random.default_rng(0).random((3, 96, 128), dtype=np.float32)
+    reference = runtime.Detector(xml, weights, card).detect([image])[0]
+    auto = runtime.Detector(xml, weights, card, precision="auto")
+    found = auto.detect([image])[0]
+    (chosen,) = auto.chosen.values()
+    has_bf16 = "BF16" in auto.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert chosen in (("f32", "bf16") if has_bf16 else ("f32",))
+    if chosen == "f32":  # the same compiled model as the default: the same detections
+        np.testing.assert_array_equal(found.scores, reference.scores)
+    assert runtime.Detector(xml, weights, card, precision="bf16").detect([image])[0].boxes.shape[1:] == (4,)
+    with pytest.raises(ValueError, match="precision must be f32, bf16 or auto"):
+        runtime.Detector(xml, weights, card, precision="fp16")
