@@ -145,6 +145,10 @@ class LayerPrecision(BaseModel):
     runs_as: Literal["float", "int8", "binary_weights", "binary_weights_activations"] | None = Field(
         default=None, description="How OpenVINO's compiled model runs the layer on the worker's CPU: a float, an "
                                   "int8 or a 1-bit (binary_weights_activations) convolution; null if not measured.")
+    ms: float | None = Field(
+        default=None, description="The layer's measured time in the exported model on the worker's CPU (1 thread; "
+                                  "OpenVINO's per-node counters, its standalone binarization included); null if not "
+                                  "measured.")
 
 
 class CheckpointFiles(BaseModel):

@@ -114,12 +114,17 @@ def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Dataset:
 
 
 # -- jobs -----------------------------------------------------------------------------------
-def create_job(session: Session, tenant: Tenant, body: schemas.JobCreate) -> Job:
-    """Insert a queued job on the tenant's model and dataset (the caller commits, then enqueues)."""
+def create_job(session: Session, tenant: Tenant, body: schemas.JobCreate, settings: Settings) -> Job:
+    """Insert a queued job on the tenant's model and dataset (the caller commits, then enqueues).
+    422 for a latency target or order where the workers do not export and time each step."""
+    config = body.pipeline_config()
+    if (config.target.speaks_latency or config.order == "latency") and not settings.export_openvino:
+        raise InvalidUpload("target: latency targets and the latency order are measured on each step's OpenVINO "
+                            "export, which this deployment turned off (FLEXBIN_EXPORT_OPENVINO=false)")
     model = get_model(session, tenant, body.model_id)
     dataset = get_dataset(session, tenant, body.dataset_id)
     return jobs.create_job(session, tenant_id=tenant.id, model_id=model.id, dataset_id=dataset.id,
-                           config=body.pipeline_config(), deploy_on_success=body.deploy_on_success)
+                           config=config, deploy_on_success=body.deploy_on_success)
 
 
 def withdraw_job(session: Session, job: Job) -> None:

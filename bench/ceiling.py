@@ -12,7 +12,7 @@ Rows, all at 192x336 (network input; Intel's IRs reshaped to it), timed on rando
 - `all_1bit_old`: every dense conv that can take binary inputs (41 of 42) 1-bit in weights and
   inputs, no training (accuracy destroyed: speed only), exported by the export code of commit
   OLD_EXPORT_COMMIT (the branch start: loaded from git, so it needs the repository's history);
-- `all_1bit`: the same model through today's export (core.export.ceiling);
+- `all_1bit`: the same model through today's export (core.export.one_bit);
 - `mixed`: `all_1bit` + NNCF int8 on every other conv (1-bit layers in NNCF's ignored scope);
 - `mixed_fusing`: the same, but int8 only where NNCF's input quantizer can fuse (convs fed by
   a 1-bit conv stay float: a BinaryConvolution fuses no u8 quantizer after it);
@@ -147,7 +147,7 @@ def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, di
     import copy
 
     from core.checkpoint import pack_checkpoint
-    from core.export.ceiling import (
+    from core.export.one_bit import (
         binarize_all,
         export_all_one_bit,
         export_float,

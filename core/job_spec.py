@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Method = Literal["layer_priority", "all_at_once"]
-Order = Literal["inverse_depth", "forward", "sensitivity"]
+Order = Literal["inverse_depth", "forward", "sensitivity", "latency"]
 ACTIVATION_BITS = (1, 32)
 """Bits of a binarized layer's inputs: 32 = float (weights-only binarization), 1 = binary."""
 WeightQuantizerName = Literal["sign", "kbit"]
@@ -30,21 +30,38 @@ def default_weight_quantizer(bits: int) -> WeightQuantizerName:
     return "sign" if bits == 1 else "kbit"
 
 
+TARGET_FIELDS = ("min_compression_ratio", "max_miss_rate_increase", "max_latency_ms", "min_speedup")
+
+
 class Target(BaseModel):
-    """Where to stop: exactly one of the two fields is set."""
+    """Where to stop: exactly one field is set. The latency targets are checked on each step's
+    measured latency (`CheckpointMetrics.latency_ms`), so they need the per-step OpenVINO export."""
 
     model_config = ConfigDict(extra="forbid")
 
-    min_compression_ratio: float | None = Field(default=None, gt=1.0, le=32.0)
-    max_miss_rate_increase: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_compression_ratio: float | None = Field(
+        default=None, gt=1.0, le=32.0, description="Stop at the first step whose packed checkpoint is this many "
+        "times smaller than the float32 one.")
+    max_miss_rate_increase: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Go on while MR^-2 stays within this much of the float "
+        "model's; select the most compressed step inside the budget.")
+    max_latency_ms: float | None = Field(
+        default=None, gt=0.0, le=60_000.0, description="Stop at the first step whose exported model's forward "
+        "(1 thread, the worker's CPU) takes at most this many ms.")
+    min_speedup: float | None = Field(
+        default=None, gt=1.0, le=100.0, description="Stop at the first step whose exported model is this many times "
+        "faster than the job's float model (step 0), as measured on the worker's CPU.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Target:
-        if (self.min_compression_ratio is None) == (self.max_miss_rate_increase is None):
-            raise ValueError(
-                "target must set exactly one of min_compression_ratio, max_miss_rate_increase"
-            )
+        if sum(getattr(self, name) is not None for name in TARGET_FIELDS) != 1:
+            raise ValueError(f"target must set exactly one of {', '.join(TARGET_FIELDS)}")
         return self
+
+    @property
+    def speaks_latency(self) -> bool:
+        """Whether the target is checked on measured latency (needs the per-step export)."""
+        return self.max_latency_ms is not None or self.min_speedup is not None
 
     def public(self) -> dict[str, float]:
         """The target as a client wrote it: only the field that is set."""
@@ -61,7 +78,10 @@ class PipelineConfig(BaseModel):
 
     target: Target
     method: Method = "layer_priority"
-    order: Order = "inverse_depth"
+    order: Order = Field(
+        default="inverse_depth", description="Which layer next: inverse_depth (the paper's, deepest first), "
+        "forward (shallowest first), sensitivity (least loss per saved bit, measured) or latency (most time "
+        "saved at 1 bit on the worker's CPU, measured once per job; needs activation_bits 1).")
     bits: int = Field(default=1, ge=1, le=4, description="Bits per binarized weight.")
     weight_quantizer: WeightQuantizerName | None = Field(
         default=None,
@@ -130,6 +150,9 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _method_fits_target(self) -> PipelineConfig:
+        if self.order == "latency" and self.activation_bits != 1:
+            raise ValueError("order latency needs activation_bits 1: only layers with binary inputs run faster "
+                             "(1-bit weights alone run as float convolutions)")
         if self.method == "all_at_once" and self.target.min_compression_ratio is None \
                 and self.num_layers is None:
             raise ValueError("method all_at_once needs target.min_compression_ratio (or "

@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
@@ -86,9 +87,9 @@ class StepOutcome(StepMetrics):
     checkpoint: bytes = Field(repr=False, exclude=True)
     state: bytes = Field(repr=False, exclude=True)
     binary_input_layers: list[str] = Field(default_factory=list, description="layers with binary inputs too")
-    layer_precision: dict[str, dict[str, str | None]] = Field(
+    layer_precision: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="layer -> {precision: what the checkpoint holds, runs_as: what "
-        "OpenVINO's compiled model runs} (core.export.openvino.layer_report)")
+        "OpenVINO's compiled model runs, ms: its measured time} (core.export.openvino.layer_report)")
     openvino: bytes | None = Field(default=None, repr=False, exclude=True,
                                    description="the OpenVINO IR zip of the checkpoint (None if not exported)")
 
@@ -126,9 +127,17 @@ class _Plan:
 
 
 def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
-               sensitivity: dict[str, float] | None = None) -> _Plan:
-    """Which layers each step binarizes, and how many fine-tuning iterations it gets."""
-    layers = order_layers(eligible_layers(model, card, config), config.order, sensitivity)
+               sensitivity: dict[str, float] | None = None, savings: dict[str, float] | None = None,
+               done: Sequence[Sequence[str]] = ()) -> _Plan:
+    """Which layers each step binarizes, and how many fine-tuning iterations it gets.
+
+    `done`: the layers of steps 1..k already committed (a resumed run); they keep their place and
+    only the rest is ordered again. That matters for the measured orders: a resumed `latency`
+    job times its layers again, and the new table must not reorder what is already binarized."""
+    layers = order_layers(eligible_layers(model, card, config), config.order, sensitivity, savings)
+    prefix = [name for step in done for name in step]
+    by_name = {layer.name: layer for layer in layers}
+    layers = [by_name[name] for name in prefix if name in by_name] + [l for l in layers if l.name not in prefix]
     if not layers:
         raise ValueError("the model has no binarizable (Conv2d / Linear) layer with at least "
                          f"{config.min_layer_params} weights"
@@ -191,25 +200,41 @@ def eligible_layers(model: nn.Module, card: ModelCard, config: PipelineConfig) -
             and (config.binarize_depthwise or layer.groups == 1)]
 
 
-def _target_reached(steps: Sequence[StepOutcome], target: Target) -> bool:
-    last = steps[-1]
+def _meets(step: StepOutcome, float_step: StepOutcome, target: Target) -> bool:
+    """Whether a step meets a compression or latency target (not a miss-rate budget)."""
     if target.min_compression_ratio is not None:
-        return last.compression_ratio >= target.min_compression_ratio
-    return last.miss_rate - steps[0].miss_rate > (target.max_miss_rate_increase or 0.0)
+        return step.compression_ratio >= target.min_compression_ratio
+    if step.latency_ms is None:  # not measured: cannot meet a latency target
+        return False
+    if target.max_latency_ms is not None:
+        return step.latency_ms <= target.max_latency_ms
+    assert target.min_speedup is not None
+    return float_step.latency_ms is not None and float_step.latency_ms / step.latency_ms >= target.min_speedup
+
+
+def _target_reached(steps: Sequence[StepOutcome], target: Target) -> bool:
+    """Whether the run stops after `steps[-1]`: a compression or latency target is met, or the
+    miss rate left a miss-rate budget."""
+    if target.max_miss_rate_increase is None:
+        return _meets(steps[-1], steps[0], target)
+    return steps[-1].miss_rate - steps[0].miss_rate > target.max_miss_rate_increase
 
 
 def select_step(steps: Sequence[StepOutcome], target: Target) -> tuple[int, bool]:
     """(index of the selected step, whether the target was met).
 
-    Compression target: the first step reaching the ratio (else the most compressed one).
-    Miss-rate budget: the most compressed step whose miss-rate increase stays in budget.
+    Compression or latency target: the first step meeting it (else the most compressed, or the
+    fastest measured, step). Miss-rate budget: the most compressed step whose miss-rate increase
+    stays in budget.
     """
-    if target.min_compression_ratio is not None:
+    if target.max_miss_rate_increase is None:
         for step in steps:
-            if step.compression_ratio >= target.min_compression_ratio:
+            if _meets(step, steps[0], target):
                 return step.index, True
+        if target.speaks_latency and any(s.latency_ms is not None for s in steps):
+            return min((s for s in steps if s.latency_ms is not None), key=lambda s: s.latency_ms or 0.0).index, False
         return max(steps, key=lambda s: s.compression_ratio).index, False
-    budget = target.max_miss_rate_increase or 0.0
+    budget = target.max_miss_rate_increase
     within = [s for s in steps if s.miss_rate - steps[0].miss_rate <= budget]
     return max(within, key=lambda s: s.compression_ratio).index, True
 
@@ -259,10 +284,16 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
          completed: Sequence[StepOutcome], on_step: OnStep | None, on_progress: OnProgress | None,
          should_stop: ShouldStop | None, device: str, export_openvino: bool, options: TrainOptions) -> PipelineResult:
     model = copy.deepcopy(model)  # the caller's float model stays as it was
-    sensitivity = None
+    if (config.target.speaks_latency or config.order == "latency") and not export_openvino:
+        raise ValueError("a latency target or the latency order needs the per-step OpenVINO export "
+                         "(FLEXBIN_EXPORT_OPENVINO=true)")
+    sensitivity = savings = None
     if config.order == "sensitivity":
         sensitivity = _sensitivity(model, card, train_records, config, cache, device)
-    plan = plan_steps(model, card, config, sensitivity)
+    if config.order == "latency":
+        savings = _latency_savings(model, card, config)
+        log.info("latency order: ms saved at 1 bit per layer %s", savings)
+    plan = plan_steps(model, card, config, sensitivity, savings, done=[s.layers for s in completed[1:]])
     steps = list(completed)
     if any(s.index != i for i, s in enumerate(steps)):
         raise ValueError("completed steps must be steps 0..n-1 in order")
@@ -370,26 +401,35 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
 class _Exported:
     zip: bytes
     latency_ms: float
-    layers: dict[str, dict[str, str | None]]
+    layers: dict[str, dict[str, Any]]
 
 
 def _export(packed: bytes, index: int) -> _Exported | None:
     """The checkpoint's OpenVINO IR zip, its median forward time (1 thread, the export's static
-    input shape) and its per-layer precision; None (logged) when OpenVINO cannot export it."""
+    input shape) and each layer's precision and time; None (logged) when OpenVINO cannot export it."""
     try:
         # OpenVINO loads only when a step is exported (a GPU worker may run without it)
         from core.export.openvino import (
             export_checkpoint,
             layer_report,
+            layer_times,
             measure_latency,
         )
 
         export = export_checkpoint(packed)
         latency, runs_as = measure_latency(export, threads=1)
-        return _Exported(export.zip_bytes(), latency, layer_report(export, runs_as))
+        return _Exported(export.zip_bytes(), latency, layer_report(export, runs_as, layer_times(export, runs=5)))
     except Exception:  # a step is still a result without its speed figure
         log.exception("step %d: OpenVINO export failed; no latency recorded", index)
         return None
+
+
+def _latency_savings(model: nn.Module, card: ModelCard, config: PipelineConfig) -> dict[str, float]:
+    """The `latency` order's table: ms each eligible layer saves at 1 bit on this CPU (1 thread)."""
+    # OpenVINO loads only for jobs that time their layers
+    from core.export.one_bit import layer_savings
+
+    return layer_savings(model, card, [layer.name for layer in eligible_layers(model, card, config)])
 
 
 def _sensitivity(model: nn.Module, card: ModelCard, records: Sequence[ImageRecord],

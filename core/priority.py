@@ -10,6 +10,17 @@ Orders:
 - `sensitivity`: measured — detection-loss increase per saved bit when only that layer is
   binarized (no fine-tuning), least harmful per bit first. The paper names a better
   priority metric as future work; this is one.
+- `latency`: measured — milliseconds a layer saves at 1 bit (weights and inputs) on the worker's
+  CPU, largest first, so the speed comes early rather than last (`core.export.one_bit.layer_savings`:
+  the float model exported and timed per layer, once as it is and once with every candidate at
+  1 bit). Ties, and layers that save nothing, go deepest first.
+
+  Savings need not add up. The table is measured with every candidate at 1 bit at once, so it
+  leaves out what exists only in a mixed graph: the layout conversions (`Reorder` nodes) between a
+  1-bit layer and a float neighbour, and a binarization that fuses into the producing 1-bit
+  convolution in the all-1-bit graph but stands alone after a float one. The order is a
+  ranking, not a forecast: each step's real latency is measured on its own export, and a latency
+  target is checked on that measurement, never on the table's sum.
 """
 from __future__ import annotations
 
@@ -28,7 +39,7 @@ from core.binary import (
 )
 
 BINARIZABLE = (nn.Conv2d, nn.Linear)
-ORDERS = ("inverse_depth", "forward", "sensitivity")
+ORDERS = ("inverse_depth", "forward", "sensitivity", "latency")
 
 
 @dataclass(frozen=True)
@@ -82,8 +93,10 @@ def saved_bytes(layer: LayerInfo, quantizer: WeightQuantizer) -> int:
     return 4 * layer.num_params - quantizer.packed_nbytes(layer.shape)
 
 
-def order_layers(layers: Sequence[LayerInfo], order: str,
-                 sensitivity: dict[str, float] | None = None) -> list[LayerInfo]:
+def order_layers(layers: Sequence[LayerInfo], order: str, sensitivity: dict[str, float] | None = None,
+                 savings: dict[str, float] | None = None) -> list[LayerInfo]:
+    """`layers` in the binarization order `order` (module docstring); `sensitivity` and `savings`
+    are the measured tables the `sensitivity` and `latency` orders need."""
     if order == "inverse_depth":
         return sorted(layers, key=lambda layer: -layer.depth)
     if order == "forward":
@@ -92,6 +105,10 @@ def order_layers(layers: Sequence[LayerInfo], order: str,
         if sensitivity is None:
             raise ValueError("order 'sensitivity' needs measured sensitivities")
         return sorted(layers, key=lambda layer: (sensitivity[layer.name], -layer.depth))
+    if order == "latency":
+        if savings is None:
+            raise ValueError("order 'latency' needs the measured time each layer saves at 1 bit")
+        return sorted(layers, key=lambda layer: (-max(savings.get(layer.name, 0.0), 0.0), -layer.depth, layer.name))
     raise ValueError(f"unknown order {order!r}; known: {list(ORDERS)}")
 
 

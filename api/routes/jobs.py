@@ -20,7 +20,7 @@ router = APIRouter(tags=["jobs"])
 def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
                settings: SettingsDep) -> schemas.JobCreated:
     """Queue a binarization job; a worker picks it up (`GET /jobs/{id}` shows progress)."""
-    job = services.create_job(session, tenant, body)
+    job = services.create_job(session, tenant, body, settings)
     session.commit()  # the worker must find the row
     try:
         queue.enqueue_job(settings, job.id)

@@ -83,6 +83,8 @@ function fmtTarget(target) {
   if (!target) return "—";
   if (target.min_compression_ratio != null) return `ratio ≥ ${target.min_compression_ratio}`;
   if (target.max_miss_rate_increase != null) return `ΔMR⁻² ≤ ${target.max_miss_rate_increase}`;
+  if (target.max_latency_ms != null) return `latency ≤ ${target.max_latency_ms} ms`;
+  if (target.min_speedup != null) return `speed-up ≥ ×${target.min_speedup}`;
   return JSON.stringify(target);
 }
 
@@ -368,6 +370,7 @@ $("#job-form").addEventListener("submit", async (ev) => {
     target: { [f.target_kind.value]: Number(f.target_value.value) },
     method: f.method.value,
     order: f.order.value,
+    activation_bits: Number(f.activation_bits.value),
     bits: Number(f.bits.value),
     finetune_iters: Number(f.finetune_iters.value),
     seed: Number(f.seed.value),
@@ -641,7 +644,10 @@ function renderTradeoff(job, others) {
   const target = job.target || {};
   const float = job.steps.find((st) => st.index === 0);
   const mrBudget = target.max_miss_rate_increase != null && float ? float.miss_rate + target.max_miss_rate_increase : null;
-  const ratioTarget = byLatency ? null : target.min_compression_ratio;
+  // a vertical target line where the x axis speaks the target's unit: ratio, or latency in ms
+  const latencyTarget = target.max_latency_ms ?? (target.min_speedup != null && float?.latency_ms
+    ? float.latency_ms / target.min_speedup : null);
+  const ratioTarget = byLatency ? latencyTarget : target.min_compression_ratio;
   const xs = pts.map(xOf).concat(ratioTarget ?? [], byLatency ? [] : 1);
   const ys = pts.map((p) => p.miss_rate).concat(mrBudget ?? []);
   const xMin = byLatency ? Math.min(1, ...xs) / 1.15 : 1;
@@ -658,10 +664,11 @@ function renderTradeoff(job, others) {
 
   const items = [];
   if (ratioTarget != null) {
-    const px = x(target.min_compression_ratio);
-    svg.append(s("line", { x1: px, x2: px, y1: top, y2: ht - bottom, class: "target" }),
-      s("text", { x: px - 4, y: ht - bottom - 6, "text-anchor": "end", class: "annot" },
-        `target ×${target.min_compression_ratio}`));
+    const px = x(ratioTarget);
+    const label = !byLatency ? `target ×${ratioTarget}` : target.max_latency_ms != null
+      ? `target ${target.max_latency_ms} ms` : `target ×${target.min_speedup} faster (${fmtMs(ratioTarget)})`;
+    svg.append(s("line", { x1: px, x2: px, y1: top, y2: ht - bottom, class: "target", "data-target": ratioTarget }),
+      s("text", { x: px - 4, y: ht - bottom - 6, "text-anchor": "end", class: "annot" }, label));
     items.push(legendItem("#dc2626", "target", { dashed: true }));
   }
   if (mrBudget != null) {

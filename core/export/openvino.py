@@ -574,10 +574,50 @@ def measure_latency(export: OpenVinoExport, *, threads: int = 1, budget_s: float
     return latency, runtime_layer_precision(compiled)
 
 
-def layer_report(export: OpenVinoExport, runs_as: dict[str, str] | None) -> dict[str, dict[str, str | None]]:
-    """`{layer: {"precision": what the checkpoint holds, "runs_as": what the compiled model runs}}`."""
-    runs_as = runs_as or {}
-    return {name: {"precision": precision, "runs_as": runs_as.get(name)} for name, precision in export.layers.items()}
+def _original_layers(node: Any) -> list[str]:
+    """The exported Conv2d layers a compiled node computes (`flexbin:<layer>#<k>` originals; a
+    layer's `/binarize` FakeQuantize counts as that layer's)."""
+    names = node.get_rt_info()["originalLayersNames"].astype(str).split(",")
+    layers = {n[len(LAYER_NODE_PREFIX):].removesuffix("/binarize").rsplit("#", 1)[0]
+              for n in names if n.startswith(LAYER_NODE_PREFIX)}
+    return sorted(layers)
+
+
+def layer_times(export: OpenVinoExport, *, threads: int = 1, runs: int = 20) -> dict[str, float]:
+    """Milliseconds each exported Conv2d layer takes on this CPU: OpenVINO's per-node times
+    (PERF_COUNT, a compile of its own so the latency timing is not slowed), median over `runs`
+    inferences, each compiled node's time split over the layers it fused, a layer's standalone
+    binarization included. Nodes of no layer (reorders, post-processing) are left out, so the
+    times sum to less than the forward."""
+    import openvino as ov
+
+    config = {**runtime.compile_config(threads), "PERF_COUNT": True}
+    compiled = ov.Core().compile_model(export.model, "CPU", config)
+    owners = {node.get_friendly_name(): _original_layers(node) for node in compiled.get_runtime_model().get_ordered_ops()}
+    canvas = np.random.default_rng(0).random(export.spec["input"]["shape"], dtype=np.float32)
+    request = compiled.create_infer_request()
+    for _ in range(3):
+        request.infer([canvas])
+    per_run: list[dict[str, float]] = []
+    for _ in range(runs):
+        request.infer([canvas])
+        run: dict[str, float] = {}
+        for info in request.profiling_info:
+            layers = owners.get(info.node_name, [])
+            for layer in layers:
+                run[layer] = run.get(layer, 0.0) + info.real_time.total_seconds() * 1e3 / len(layers)
+        per_run.append(run)
+    return {layer: round(float(np.median([r.get(layer, 0.0) for r in per_run])), 4)
+            for layer in sorted(set().union(*per_run))}
+
+
+def layer_report(export: OpenVinoExport, runs_as: dict[str, str] | None,
+                 times: dict[str, float] | None = None) -> dict[str, dict[str, Any]]:
+    """`{layer: {"precision": what the checkpoint holds, "runs_as": what the compiled model runs,
+    "ms": its measured time (`layer_times`)}}`."""
+    runs_as, times = runs_as or {}, times or {}
+    return {name: {"precision": precision, "runs_as": runs_as.get(name), "ms": times.get(name)}
+            for name, precision in export.layers.items()}
 
 
 def _resize_target(source: dict[str, Any]) -> str:
@@ -619,6 +659,6 @@ def readme(card: dict[str, Any]) -> str:
 
 __all__: list[str] = [
     "BINARY_WEIGHTS", "BINARY_WEIGHTS_ACTIVATIONS", "FLOAT", "INT8", "ExportError", "OpenVinoExport",
-    "export_checkpoint", "export_network", "export_openvino", "layer_report", "measure_latency",
+    "export_checkpoint", "export_network", "export_openvino", "layer_report", "layer_times", "measure_latency",
     "runtime_layer_precision",
 ]

@@ -1,4 +1,4 @@
-"""Issue 19's speed ceiling and real int8 (core.export.ceiling, core.export.int8, core.export.ssd):
+"""Issue 19's speed ceiling and real int8 (core.export.one_bit, core.export.int8, core.export.ssd):
 the all-1-bit pedestrian_adas_0002 still computes what PyTorch computes, NNCF int8 of a float
 export runs int8 convolutions and detects what float detects, and a mixed export keeps its 1-bit
 convolutions next to int8 ones. Small input (96x168) and few images: the tests are about the
@@ -19,8 +19,8 @@ from core.binary import binarize_input, binarize_module
 from core.checkpoint import ModelCard, pack_checkpoint, unpack_checkpoint
 from core.data import read_pennfudan, split_records
 from core.export import runtime
-from core.export.ceiling import binarize_all, float_model
 from core.export.int8 import int8_export, is_int8, quantize_int8, runtime_precisions
+from core.export.one_bit import binarize_all, float_model
 from core.export.openvino import (
     BINARY_WEIGHTS_ACTIVATIONS,
     LAYER_NODE_PREFIX,

@@ -38,8 +38,8 @@ def test_steps_and_checkpoints_carry_latency_and_layer_precision(client: httpx.C
     assert binary and binary <= set(last["binary_layers"])
     # every layer the checkpoint holds as 1-bit weights + activations runs as a 1-bit convolution
     assert all(last["layer_precision"][n]["runs_as"] == "binary_weights_activations" for n in binary)
-    assert client.get(f"/checkpoints/{steps[0]['checkpoint_id']}").json()["layer_precision"]["heatmap"] == \
-        {"precision": "float", "runs_as": "float"}
+    heatmap = client.get(f"/checkpoints/{steps[0]['checkpoint_id']}").json()["layer_precision"]["heatmap"]
+    assert heatmap["precision"] == heatmap["runs_as"] == "float" and heatmap["ms"] > 0  # its measured time too
 
 
 def test_the_openvino_download_runs_with_plain_openvino(client: httpx.Client, binary_job: dict,
@@ -166,3 +166,19 @@ def test_a_deployment_can_serve_the_int8_file(client: httpx.Client, binary_job: 
     bad = client.put("/deployment", json={"checkpoint_id": checkpoint_id, "format": "onnx"})
     assert bad.status_code == 422 and "format" in bad.json()["detail"]
     assert client.put("/deployment", json={"checkpoint_id": checkpoint_id}).json()["format"] == "openvino"
+
+
+def test_latency_targets_and_order_need_the_per_step_export(client: httpx.Client) -> None:
+    """This suite's API runs with FLEXBIN_EXPORT_OPENVINO=false: latency cannot be measured, so a job
+    that needs it is refused up front; nonsense values are 422s naming the field."""
+    ids = upload_tiny(client, 4)
+    for body in ({"target": {"max_latency_ms": 5.0}},
+                 {"target": {"min_compression_ratio": 2.0}, "order": "latency", "activation_bits": 1}):
+        r = client.post("/jobs", json={**ids, **body})
+        assert r.status_code == 422 and "FLEXBIN_EXPORT_OPENVINO" in r.json()["detail"], r.text
+    for target, field in (({"min_speedup": 0.5}, "min_speedup"), ({"max_latency_ms": -1}, "max_latency_ms"),
+                          ({"max_latency_ms": 5, "min_speedup": 2}, "exactly one")):
+        r = client.post("/jobs", json={**ids, "target": target})
+        assert r.status_code == 422 and field in r.json()["detail"], r.text
+    r = client.post("/jobs", json={**ids, "target": {"min_speedup": 2.0}, "order": "latency"})
+    assert r.status_code == 422 and "order latency needs activation_bits 1" in r.json()["detail"]

@@ -1,4 +1,5 @@
-"""The speed ceiling of 1-bit pedestrian_adas_0002 (issue 19): every dense conv that can take
+"""What 1-bit buys in time. `layer_savings` times each layer of a model as float and as 1-bit
+(the `latency` order's table, any architecture). The speed ceiling of 1-bit pedestrian_adas_0002 (issue 19): every dense conv that can take
 binary inputs gets 1-bit weights and 1-bit inputs, with no training (accuracy destroyed: the
 export is for timing only), and is exported as FlexBin exports any checkpoint.
 
@@ -10,25 +11,27 @@ float, as do the 17 depthwise convs (OpenVINO's 1-bit kernel has no groups).
 """
 from __future__ import annotations
 
+import copy
+from collections.abc import Collection
 from typing import Any
 
 from torch import nn
 
 from core.binary import binarize_input, binarize_module, supports_binary_input
 from core.checkpoint import ModelCard, pack_checkpoint
-from core.export.openvino import OpenVinoExport, export_checkpoint
+from core.export.openvino import OpenVinoExport, export_checkpoint, layer_times
 from core.pretrained import load_pretrained
 
 ARCHITECTURE = "pedestrian_adas_0002"
 HEIGHT, WIDTH = 192, 336
 
 
-def binarize_all(model: nn.Module) -> list[str]:
-    """Make every Conv2d that `supports_binary_input` 1-bit in weights and inputs (in place);
-    returns their names in module order."""
+def binarize_all(model: nn.Module, only: Collection[str] | None = None) -> list[str]:
+    """Make every Conv2d that `supports_binary_input` (of `only`, when given) 1-bit in weights and
+    inputs (in place); returns their names in module order."""
     names = []
     for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and supports_binary_input(module):
+        if isinstance(module, nn.Conv2d) and supports_binary_input(module) and (only is None or name in only):
             binarize_module(module, 1)
             binarize_input(module)
             names.append(name)
@@ -61,4 +64,19 @@ def export_float(model: nn.Module | None = None, card: ModelCard | None = None, 
     return export_checkpoint(pack_checkpoint(model, card))
 
 
-__all__: list[Any] = ["binarize_all", "export_all_one_bit", "export_float", "float_model"]
+def layer_savings(model: nn.Module, card: ModelCard, layers: Collection[str], *, threads: int = 1,
+                  runs: int = 20) -> dict[str, float]:
+    """Milliseconds each of `layers` saves at 1 bit (weights and inputs) on this CPU: its time in
+    the float export minus its time in an export where every one of `layers` that can take
+    binary inputs is 1-bit (`core.export.openvino.layer_times`: its standalone binarization
+    counts against it). Layers that cannot run at 1 bit save 0. The `latency` order binarizes by
+    this table, largest saving first (`core.priority`)."""
+    float_times = layer_times(export_checkpoint(pack_checkpoint(model, card)), threads=threads, runs=runs)
+    binary = copy.deepcopy(model).eval()
+    one_bit = set(binarize_all(binary, only=layers))
+    binary_times = layer_times(export_checkpoint(pack_checkpoint(binary, card)), threads=threads, runs=runs)
+    return {layer: round(float_times.get(layer, 0.0) - binary_times.get(layer, 0.0), 4) if layer in one_bit else 0.0
+            for layer in layers}
+
+
+__all__: list[Any] = ["binarize_all", "export_all_one_bit", "export_float", "float_model", "layer_savings"]

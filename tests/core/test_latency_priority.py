@@ -1,0 +1,92 @@
+"""Priority by what it buys (issue 19): layers timed on this CPU as float and as 1-bit, the
+`latency` order built from that table, and targets that speak speed."""
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from core.checkpoint import ModelCard
+from core.data import read_pennfudan, split_records
+from core.export.one_bit import layer_savings
+from core.job_spec import PipelineConfig, Target
+from core.paths import default_data_dir
+from core.pipeline import StepOutcome, eligible_layers, plan_steps, run, select_step
+from core.priority import LayerInfo, order_layers
+
+CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 64, "width": 8}
+
+
+def _layers() -> list[LayerInfo]:
+    return [LayerInfo(name, "Conv2d", depth, (8, 8, 3, 3)) for depth, name in enumerate("abcde")]
+
+
+def test_the_latency_order_is_deterministic_for_a_timing_table() -> None:
+    savings = {"a": 0.2, "b": 1.5, "c": 0.2, "d": -0.1, "e": 0.9}
+    order = [layer.name for layer in order_layers(_layers(), "latency", savings=savings)]
+    # most time saved first; a tie (a, c) and the layers that save nothing (d: slower at 1 bit) go deepest first
+    assert order == ["b", "e", "c", "a", "d"]
+    assert order == [layer.name for layer in order_layers(list(reversed(_layers())), "latency", savings=savings)]
+    with pytest.raises(ValueError, match="needs the measured time"):
+        order_layers(_layers(), "latency")
+
+
+def test_latency_targets_validate_like_the_others() -> None:
+    assert Target(max_latency_ms=5.0).speaks_latency and Target(min_speedup=1.5).speaks_latency
+    assert not Target(min_compression_ratio=8).speaks_latency
+    for bad in ({"max_latency_ms": 0}, {"max_latency_ms": -3}, {"min_speedup": 1.0}, {"min_speedup": 1000},
+                {"max_latency_ms": 5, "min_speedup": 2}, {"max_latency_ms": 5, "min_compression_ratio": 8}, {}):
+        with pytest.raises(ValidationError):
+            Target.model_validate(bad)
+    with pytest.raises(ValidationError, match="order latency needs activation_bits 1"):
+        PipelineConfig(target=Target(min_speedup=1.5), order="latency")
+    assert PipelineConfig(target=Target(min_speedup=1.5), order="latency", activation_bits=1).order == "latency"
+
+
+def _step(index: int, latency: float | None, ratio: float) -> StepOutcome:
+    return StepOutcome(index=index, layers=[], binary_layers=[], bits=1, compression_ratio=ratio,
+                       binary_layer_compression=None, miss_rate=0.2, ap50=0.8, step_seconds=1.0, checkpoint_bytes=1,
+                       checkpoint=b"", state=b"", latency_ms=latency)
+
+
+def test_a_latency_target_selects_the_first_step_that_meets_it_on_measured_latency() -> None:
+    steps = [_step(0, 10.0, 1.0), _step(1, 8.0, 1.2), _step(2, None, 1.5), _step(3, 4.9, 2.0), _step(4, 3.0, 3.0)]
+    assert select_step(steps, Target(max_latency_ms=5.0)) == (3, True)
+    assert select_step(steps, Target(min_speedup=2.0)) == (3, True)  # 10 / 4.9 >= 2
+    assert select_step(steps, Target(min_speedup=1.25)) == (1, True)
+    assert select_step(steps, Target(max_latency_ms=1.0)) == (4, False)  # not met: the fastest measured step
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    card = ModelCard.model_validate(CARD)
+    train, val = split_records(read_pennfudan(default_data_dir()))
+    return card.build().eval(), card, train[:4], val[:3]
+
+
+def test_layer_savings_time_each_layer_as_float_and_as_1bit(tiny) -> None:
+    model, card, _, _ = tiny
+    names = ["features.0.0", "features.5.0", "features.6.0", "heatmap"]
+    savings = layer_savings(model, card, names, runs=3)
+    assert set(savings) == set(names)
+    assert savings["features.0.0"] == 0.0  # 3 input channels: cannot take binary inputs, saves nothing
+    assert all(isinstance(v, float) for v in savings.values())
+
+
+def test_a_latency_job_orders_by_measured_savings_keeps_its_prefix_on_resume_and_stops_on_speed(tiny) -> None:
+    model, card, train, val = tiny
+    config = PipelineConfig(target=Target(min_speedup=50.0), order="latency", activation_bits=1, finetune_iters=1,
+                            batch_size=2, min_layer_params=0, layers_per_step=6)
+    with pytest.raises(ValueError, match="needs the per-step OpenVINO export"):
+        run(model, card, train, val, config, export_openvino=False)
+    seen: list[StepOutcome] = []
+    result = run(model, card, train, val, config, on_step=seen.append)
+    assert all(s.latency_ms is not None for s in seen)
+    assert not result.target_met  # 50x faster is out of reach: the fastest measured step is selected
+    assert result.selected_index == min(seen, key=lambda s: s.latency_ms or 0).index
+    # a resumed run keeps the layers already committed where they are, whatever the new timings say
+    done = [s.layers for s in seen[1:2]]
+    plan = plan_steps(model, card, config, savings={n.name: 0.0 for n in eligible_layers(model, card, config)},
+                      done=done)
+    assert plan.steps[0] == done[0]
