@@ -147,13 +147,13 @@ def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, di
     import copy
 
     from core.checkpoint import pack_checkpoint
+    from core.export.int8 import quantize_int8, quantize_int8_with_accuracy_control
     from core.export.one_bit import (
         binarize_all,
         export_all_one_bit,
         export_float,
         float_model,
     )
-    from core.export.int8 import quantize_int8, quantize_int8_with_accuracy_control
 
     model, card = float_model(HEIGHT, WIDTH)
     rows: dict[str, dict[str, Any]] = {}
