@@ -16,13 +16,13 @@ from bench.study.arms import (
     BASELINE,
     CONTROL,
     PRIMARY_ORDER,
+    STUDY_ORDERS,
     StudyDesign,
     folds_of,
 )
 from bench.study.results import load_arm_run
 from core.data import ImageRecord
 from core.detection_metrics import match_image
-from core.priority import ORDERS
 
 Sample = tuple[str, str]  # (arm, checkpoint label)
 
@@ -115,7 +115,7 @@ def comparisons(design: StudyDesign, pooled: Pooled, points: list[int]) -> list[
         ratio = pooled.checkpoints[BASELINE][x]["compression_ratio"]
         compare(f"{PRIMARY_ORDER} - {BASELINE}, {x.removeprefix('consolidated')} layers ({ratio:.1f}x)",
                 "secondary", [(PRIMARY_ORDER, x)], [(BASELINE, x)])
-    for order in ORDERS:
+    for order in STUDY_ORDERS:
         if order != PRIMARY_ORDER:
             compare(f"{order} - {BASELINE}, all layers", "secondary", [(order, deepest)], [(BASELINE, deepest)])
     for a, b in ((PRIMARY_ORDER, "forward"), (PRIMARY_ORDER, "sensitivity"), ("sensitivity", "forward")):

@@ -24,8 +24,7 @@ from bench.report import (
     span,
     write_results,
 )
-from bench.study.arms import BASELINE, CONTROL, PRIMARY_ORDER
-from core.priority import ORDERS
+from bench.study.arms import BASELINE, CONTROL, PRIMARY_ORDER, STUDY_ORDERS
 
 RESUMED = "N/A (resumed run)"
 COLOURS = {"inverse_depth": "tab:blue", "forward": "tab:orange", "sensitivity": "tab:purple",
@@ -150,7 +149,7 @@ def plot_forest(report: dict[str, Any], path: Path) -> None:
 def plot_curves(report: dict[str, Any], path: Path) -> None:
     fig, ax = figure(size=(8, 5))
     cps = report["analysis"]["checkpoints"]
-    for arm in ORDERS:
+    for arm in STUDY_ORDERS:
         steps = sorted((int(k.removeprefix("step")), v) for k, v in cps[arm].items() if k.startswith("step"))
         if steps:
             xs = [v["compression_ratio"] for _, v in steps]
@@ -158,7 +157,7 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
                     label=f"{arm}: steps (no consolidation)")
             ax.fill_between(xs, [v["ci95"][0] for _, v in steps], [v["ci95"][1] for _, v in steps],
                             color=COLOURS[arm], alpha=0.1)
-    for shift, arm in enumerate((*ORDERS, BASELINE, CONTROL)):
+    for shift, arm in enumerate((*STUDY_ORDERS, BASELINE, CONTROL)):
         points = [v for k, v in cps[arm].items() if k.startswith("consolidated")]
         if arm == CONTROL:  # float: plotted at the compression of the point whose iterations it matches
             ratios = {v["iterations"]: v["compression_ratio"] for v in cps[BASELINE].values()}
