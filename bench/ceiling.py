@@ -36,9 +36,8 @@ Writes bench/results/ceiling.json and ceiling.md (`_quick` with --quick).
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
-import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -49,9 +48,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openvino as ov
+import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
+from bench import report
+from core.checkpoint import pack_checkpoint
+from core.data import read_pennfudan, split_records
+from core.detection_metrics import evaluate_detections
+from core.export.int8 import (
+    quantize_int8,
+    quantize_int8_with_accuracy_control,
+    runtime_precisions,
+)
+from core.export.one_bit import (
+    binarize_all,
+    export_all_one_bit,
+    export_float,
+    float_model,
+)
+from core.export.runtime import Detector, compile_config, median_forward_ms
+from core.paths import REPO_ROOT as ROOT
+from core.paths import default_data_dir
+from core.train import ImageCache
+
 OLD_EXPORT_COMMIT = "a8b4147c00393ea03709b719bd1db611b909fd81"
 HEIGHT, WIDTH = 192, 336
 DEFAULT_INTEL_IR = next((p for p in (ROOT.parent / "shared" / "models" / "pedestrian-detection-adas-0002",
@@ -71,8 +90,7 @@ LABELS = {
 SETTINGS = ((1, "f32"), (2, "f32"), (1, None), (2, None))  # (threads, precision hint; None: OpenVINO's default)
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+log = report.log
 
 
 def setting_key(threads: int, precision: str | None) -> str:
@@ -81,37 +99,15 @@ def setting_key(threads: int, precision: str | None) -> str:
 
 # -- the machine ---------------------------------------------------------------------------
 def cpu_info() -> dict[str, Any]:
-    """CPU model and the ISA flags that decide the kernels (AVX2 / AVX-512 / AMX), from /proc/cpuinfo."""
-    import openvino as ov
-
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "openvino": ov.get_version()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
-    flags = sorted(f for f in fields.get("flags", "").split() if f == "avx2" or f.startswith(("avx512", "amx", "avx_vnni")))
-    core = ov.Core()
-    hint = core.get_property("CPU", "INFERENCE_PRECISION_HINT")
-    info.update(cpu_model=fields.get("model name", "?"), isa=flags, cpus=len(__import__("os").sched_getaffinity(0)),
-                openvino_default_precision=str(hint.to_string() if hasattr(hint, "to_string") else hint))
-    return info
-
-
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=False)
-    return out.stdout.strip()[:10] + ("+dirty" if dirty.stdout.strip() else "")
+    """`bench.report.machine()` and the precision OpenVINO picks by default on this CPU (bf16
+    with AMX / AVX-512 BF16, f32 on AVX2)."""
+    hint = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
+    return report.machine(openvino_default_precision=str(hint.to_string() if hasattr(hint, "to_string") else hint))
 
 
 # -- the rows ------------------------------------------------------------------------------
 def penn_fudan(calibration: int, validation: int) -> dict[str, Any]:
     """Training images for calibration, validation images and their boxes (the fixed split)."""
-    from core.data import read_pennfudan, split_records
-    from core.paths import default_data_dir
-    from core.train import ImageCache
-
     train, val = split_records(read_pennfudan(default_data_dir()))
     cache = ImageCache()
     val = val[:validation]
@@ -120,10 +116,6 @@ def penn_fudan(calibration: int, validation: int) -> dict[str, Any]:
 
 
 def miss_rate(detections: list[Any], truth: list[Any]) -> Any:
-    import torch
-
-    from core.detection_metrics import evaluate_detections
-
     return evaluate_detections([{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)}
                                 for d in detections], truth)
 
@@ -144,17 +136,6 @@ def old_export_module(commit: str) -> types.ModuleType:
 
 def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """name -> {"model": openvino.Model, "spec": its export spec, ...}."""
-    import copy
-
-    from core.checkpoint import pack_checkpoint
-    from core.export.int8 import quantize_int8, quantize_int8_with_accuracy_control
-    from core.export.one_bit import (
-        binarize_all,
-        export_all_one_bit,
-        export_float,
-        float_model,
-    )
-
     model, card = float_model(HEIGHT, WIDTH)
     rows: dict[str, dict[str, Any]] = {}
     log("exporting the float model and the all-1-bit model")
@@ -193,8 +174,6 @@ def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, di
 
 def accuracy(rows: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
     """MR^-2 / AP@0.5 of each FlexBin row's IR on the validation images (into the rows)."""
-    from core.export.runtime import Detector
-
     for row in rows.values():
         if row["model"] is None or "spec" not in row:
             continue
@@ -205,8 +184,6 @@ def accuracy(rows: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
 
 
 def intel_rows(ir_dir: Path | None) -> dict[str, dict[str, Any]]:
-    import openvino as ov
-
     rows: dict[str, dict[str, Any]] = {}
     for name, precision in (("intel_fp16", "FP16"), ("intel_fp16_int8", "FP16-INT8")):
         xml = ir_dir / precision / "pedestrian-detection-adas-0002.xml" if ir_dir else None
@@ -222,8 +199,6 @@ def intel_rows(ir_dir: Path | None) -> dict[str, dict[str, Any]]:
 
 def serialized(model: Any) -> tuple[bytes, bytes]:
     """(model.xml, model.bin) as FlexBin ships an IR (float32 weights, no FP16 compression)."""
-    import openvino as ov
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.xml"
         ov.save_model(model, path, compress_to_fp16=False)
@@ -247,10 +222,6 @@ def _input(model: Any, scale: float) -> np.ndarray:
 def time_rows(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """{row: {setting: median over rounds of the median forward ms}} and, under "rounds", every
     round's value: rounds interleave the rows, so a slow spell of the machine hits all of them."""
-    import openvino as ov
-
-    from core.export.runtime import compile_config, median_forward_ms
-
     core = ov.Core()
     names = [name for name, row in rows.items() if row["model"] is not None]
     out: dict[str, dict[str, Any]] = {name: {"rounds": {}} for name in names}
@@ -295,11 +266,6 @@ def load_summary(before: dict[str, float], after: dict[str, float]) -> dict[str,
 def profile_rows(rows: dict[str, dict[str, Any]], runs: int) -> dict[str, dict[str, Any]]:
     """Per row and setting: ms per op type (PERF_COUNT, median over `runs` inferences), and how the
     convolutions run (layer type and runtime precision counts of the compiled graph)."""
-    import openvino as ov
-
-    from core.export.int8 import runtime_precisions
-    from core.export.runtime import compile_config
-
     core = ov.Core()
     out: dict[str, dict[str, Any]] = {}
     for name, row in rows.items():
@@ -343,13 +309,20 @@ def ratios(times: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def machine_line(cpu: dict[str, Any]) -> str:
+    """`bench.report.machine_text`, also for the first run's record (`isa` as a list)."""
+    if "isa" in cpu and "cpu_isa" not in cpu:
+        cpu = {**cpu, "cpu_isa": " ".join(cpu["isa"])}
+    return report.machine_text(cpu) + "."
+
+
 def markdown(result: dict[str, Any]) -> str:
     cpu = result["machine"]
     times, profile, rows = result["forward_ms"], result["profile"], result["rows"]
     keys = [setting_key(t, p) for t, p in SETTINGS]
-    header = (f"192x336 network input, random inputs, whole graph with its post-processing. CPU: {cpu.get('cpu_model')}, "
-              f"ISA {' '.join(cpu.get('isa', [])) or '-'}, {cpu.get('cpus')} CPUs; OpenVINO {cpu.get('openvino')} "
-              f"(its default precision here: {cpu.get('openvino_default_precision')}); commit {result['git']}. "
+    header = (f"192x336 network input, random inputs, whole graph with its post-processing. {machine_line(cpu)} "
+              f"(OpenVINO's default precision here: {cpu.get('openvino_default_precision')}); commit "
+              f"{report.commit_text(result['git'])}. "
               f"Each cell: median over {result['config']['rounds']} interleaved rounds of the median forward time "
               f"({result['config']['seconds']} s per row per round). Machine load during the run: 1-min load average "
               f"{cpu.get('loadavg_1min_start')} -> {cpu.get('loadavg_1min_end')}, CPU busy {cpu.get('cpu_busy_share')}, "
@@ -392,6 +365,30 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_section(results: Path) -> str:
+    head = "### The 1-bit speed ceiling against int8 (`make bench-ceiling`, [`ceiling.md`](ceiling.md))"
+    return report.section(head, report.load_results("ceiling", results), _readme_lines)
+
+
+def _readme_lines(result: dict[str, Any]) -> list[str]:
+    cpu, times, rows = result["machine"], result["forward_ms"], result["rows"]
+    keys = [setting_key(1, "f32"), setting_key(2, "f32")]
+    timed = [name for name in rows if name in times]
+    lines = [(f"`python -m bench.ceiling`: pedestrian_adas_0002 at 192x336, every row timed the same way "
+              f"(whole graph, interleaved rounds, median forward ms); {machine_line(cpu)} The 1-bit rows are "
+              "untrained (speed only: their MR^-2 shows they are accuracy-blind)."), "",
+             *report.markdown_table(timed, [
+                 ("row", lambda n: rows[n]["label"]),
+                 *((f"ms {k.replace('_', ' ')}", lambda n, k=k: f"{times[n][k]:.2f}") for k in keys),
+                 ("IR MB", lambda n: f"{rows[n]['ir_bytes'] / 1e6:.2f}"),
+                 ("MR^-2", lambda n: rows[n].get("miss_rate"))], align="lrrrr"), ""]
+    pair = result["ratios"].get("all_1bit / nncf_int8", {})
+    if pair:
+        lines.append("All-1-bit against NNCF int8 (forward ms ratio, < 1 is faster): "
+                     + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in pair.items()) + ".")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks the script works")
@@ -424,7 +421,7 @@ def main() -> None:
     profile = profile_rows(rows, runs=5 if args.quick else 30)
 
     result = {
-        "machine": {**cpu_info(), **load_summary(load_before, machine_load())}, "git": git_commit(), "quick": args.quick,
+        "machine": {**cpu_info(), **load_summary(load_before, machine_load())}, "git": report.git_commit(), "quick": args.quick,
         "config": {"input": [1, 3, HEIGHT, WIDTH], "seconds": args.seconds, "rounds": args.rounds,
                    "calibration_images": args.calibration_images, "validation_images": args.validation_images,
                    "old_export_commit": args.old_export_commit,
@@ -434,11 +431,8 @@ def main() -> None:
         "forward_ms": times, "ratios": ratios(times), "profile": profile,
         "total_seconds": round(time.monotonic() - started, 1),
     }
-    suffix = "_quick" if args.quick else ""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"ceiling{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"ceiling{suffix}.md").write_text(markdown(result))
-    log(f"wrote {RESULTS / f'ceiling{suffix}.md'}")
+    path = report.write_results("ceiling_quick" if args.quick else "ceiling", result, markdown(result))
+    log(f"wrote {path} and .md")
 
 
 if __name__ == "__main__":

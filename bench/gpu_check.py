@@ -20,7 +20,7 @@ Phases:
 2. parity: validation MR^-2 of the float pedestrian_adas_0002 (192x336) evaluated on the CPU and
    on the device.
 3. iteration: ms per iteration, data wait against compute, old loop (a8b4147's, kept in
-   bench/train_speed.py) and new loop (`core.train.train_detector`) in the same run: ADAS 192x336
+   bench/training_loops.py) and new loop (`core.train.train_detector`) in the same run: ADAS 192x336
    at batch 8 and 32 (the new loop also with 0 loader workers and with bf16), ADAS 384x672 batch
    32, PedNet batch 8.
 4. job_192x336: the demo's job (one layer per step, 60 iterations per step, lr 1e-4, target 8x),
@@ -41,23 +41,33 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-
 import torch
 
-from bench.train_speed import OldImageCache, build_model, merge, time_loop
-from core.data import read_dataset_dir, split_records
+from bench.training_loops import OldImageCache, build_model, merge, time_loop
+from core.data import ImageRecord, read_dataset_dir, split_records
+from core.device import resolve_device
+from core.job_spec import PipelineConfig, Target
+from core.paths import REPO_ROOT as ROOT
+from core.pipeline import Cancelled, run
+from core.pretrained import load_pretrained
 from core.train import ImageCache, TrainOptions, evaluate_model
 
 CPU_RESULTS = ROOT / "bench" / "results" / "train_speed.json"
 
 
 class Check:
-    def __init__(self, out: Path, budget_s: float, device: str) -> None:
+    """The run: its data (decoded once), its time budget, and the records written so far."""
+
+    def __init__(self, out: Path, budget_s: float, device: str, train: list[ImageRecord],
+                 val: list[ImageRecord]) -> None:
         self.out, self.lines = out, out.with_suffix(".jsonl")
+        self.device, self.train, self.val = device, train, val
+        self.cache, self.old_cache = ImageCache(), OldImageCache()
+        for r in train:
+            self.cache.pixels(r)
+            self.old_cache.image(r)
         self.deadline = time.monotonic() + budget_s
         self.started = time.monotonic()
-        self.device = device
         self.records: list[dict[str, Any]] = []
         out.parent.mkdir(parents=True, exist_ok=True)
         self.lines.write_text("")
@@ -72,8 +82,8 @@ class Check:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record)[:600], flush=True)
 
-    def phase(self, name: str, budget_s: float, minimum_s: float, fn: Callable[[float], None]) -> None:
-        """Run `fn(seconds)` with at most `budget_s` (less if the run's budget is nearly spent);
+    def phase(self, name: str, budget_s: float, minimum_s: float, fn: Callable[[Check, float], None]) -> None:
+        """Run `fn(self, seconds)` with at most `budget_s` (less if the run's budget is nearly spent);
         skipped below `minimum_s`; an error is recorded and the next phase runs."""
         seconds = min(budget_s, self.left())
         if seconds < minimum_s:
@@ -81,7 +91,7 @@ class Check:
             return
         t0 = time.monotonic()
         try:
-            fn(seconds)
+            fn(self, seconds)
         except Exception as exc:  # noqa: BLE001 - the next phase still runs
             self.emit({"phase": name, "status": "error", "error": repr(exc), "traceback": traceback.format_exc()[-3000:]})
         finally:
@@ -132,6 +142,83 @@ def goals(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+ITERATION_PLAN: list[tuple[str, int, str, str, dict[str, Any]]] = [  # (model, batch, loop, variant, options)
+    ("adas_192x336", 8, "old", "default", {}), ("adas_192x336", 8, "new", "default", {}),
+    ("adas_192x336", 8, "new", "0 loader workers", {"workers": 0}),
+    ("adas_192x336", 8, "new", "bf16", {"bf16": True}),
+    ("adas_192x336", 32, "old", "default", {}), ("adas_192x336", 32, "new", "default", {}),
+    ("adas_384x672", 32, "old", "default", {}), ("adas_384x672", 32, "new", "default", {}),
+    ("adas_384x672", 32, "new", "bf16", {"bf16": True}),
+    ("pednet", 8, "old", "default", {}), ("pednet", 8, "new", "default", {}),
+]
+
+
+def environment(check: Check) -> None:
+    on_cuda = torch.device(check.device).type == "cuda"
+    check.emit({"phase": "env", "torch": torch.__version__, "cuda": torch.version.cuda, "device": check.device,
+                "gpu": torch.cuda.get_device_name(0) if on_cuda else None, "host_cpus": len(os.sched_getaffinity(0)),
+                "loader_workers": TrainOptions().workers(check.device), "python": sys.version.split()[0],
+                "train_images": len(check.train), "val_images": len(check.val)})
+
+
+def parity(check: Check, _seconds: float) -> None:
+    """Validation MR^-2 of the float model evaluated on the CPU and on the device."""
+    model = build_model("adas_192x336")
+    t0 = time.monotonic()
+    cpu = evaluate_model(model, check.val, cache=check.cache, device="cpu")
+    t1 = time.monotonic()
+    dev = evaluate_model(model, check.val, cache=check.cache, device=check.device)
+    check.emit({"phase": "parity", "cpu_mr": round(cpu.miss_rate, 5), "device_mr": round(dev.miss_rate, 5),
+                "cpu_ap50": round(cpu.ap50, 5), "device_ap50": round(dev.ap50, 5),
+                "cpu_eval_s": round(t1 - t0, 1), "device_eval_s": round(time.monotonic() - t1, 1),
+                "equal_within_0.005": abs(cpu.miss_rate - dev.miss_rate) <= 0.005})
+
+
+def iteration(check: Check, seconds: float) -> None:
+    """ms per iteration of each ITERATION_PLAN cell, while the phase's time box lasts."""
+    deadline = time.monotonic() + seconds
+    models: dict[str, Any] = {}
+    for name, batch, loop, variant, extra in ITERATION_PLAN:
+        cell = {"phase": "iteration", "model": name, "batch": batch, "loop": loop, "variant": variant}
+        if deadline - time.monotonic() < 15:
+            check.emit({**cell, "status": "skipped (phase time box)"})
+            continue
+        model = models.setdefault(name, build_model(name))
+        result = time_loop(loop, model, check.train, batch_size=batch, device=check.device, budget_s=4.0, min_iters=3,
+                           old_cache=check.old_cache, cache=check.cache, **extra)
+        check.emit({**cell, "loader_workers": extra.get("workers", TrainOptions().workers(check.device))
+                    if loop == "new" else 0, **merge([result])})
+
+
+def job(name: str, h: int, w: int, ratio: float, iters: int, bf16: bool = False) -> Callable[[Check, float], None]:
+    """A phase: a binarization job on pedestrian_adas_0002 at h x w, stopped at the time box."""
+    def run_job(check: Check, seconds: float) -> None:
+        model, card = load_pretrained("pedestrian_adas_0002", input_height=h, input_width=w)
+        config = PipelineConfig(target=Target(min_compression_ratio=ratio), finetune_iters=iters,
+                                learning_rate=1e-4, layers_per_step=1, seed=0)
+        deadline = time.monotonic() + seconds
+        steps: list[dict[str, Any]] = []
+
+        def on_step(s: Any) -> None:
+            steps.append({"i": s.index, "layers": list(s.layers), "cr": round(s.compression_ratio, 2),
+                          "mr": round(s.miss_rate, 4), "ap": round(s.ap50, 4), "s": round(s.step_seconds, 2)})
+
+        started, status = time.monotonic(), "finished"
+        try:
+            run(model, card, check.train, check.val, config, on_step=on_step, device=check.device,
+                export_openvino=False, should_stop=lambda: time.monotonic() > deadline,
+                train_options=TrainOptions(bf16=bf16))
+        except Cancelled:
+            status = "time-boxed"
+        fine_tuned = [s["s"] for s in steps if s["i"] > 0]
+        check.emit({"phase": name, "status": status, "wall_s": round(time.monotonic() - started, 1), "input": [h, w],
+                    "bf16": bf16, "config": config.model_dump(mode="json"), "steps": steps,
+                    "mean_step_s": round(sum(fine_tuned) / len(fine_tuned), 2) if fine_tuned else None,
+                    "ms_per_finetune_iteration_incl_eval": round(1000 * sum(fine_tuned) / (len(fine_tuned) * iters), 1)
+                    if fine_tuned else None})
+    return run_job
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="Penn-Fudan folder")
@@ -139,92 +226,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--budget", type=float, default=450.0, help="seconds for everything (default 450)")
     args = ap.parse_args()
-    from core.device import resolve_device
-
-    device = resolve_device(args.device, what="--device")
-    check = Check(args.out, args.budget, device)
     train, val = split_records(read_dataset_dir(args.data))
-    on_cuda = torch.device(device).type == "cuda"
-    check.emit({"phase": "env", "torch": torch.__version__, "cuda": torch.version.cuda, "device": device,
-                "gpu": torch.cuda.get_device_name(0) if on_cuda else None, "host_cpus": len(os.sched_getaffinity(0)),
-                "loader_workers": TrainOptions().workers(device), "python": sys.version.split()[0],
-                "train_images": len(train), "val_images": len(val)})
-    cache, old_cache = ImageCache(), OldImageCache()
-    for r in train:
-        cache.pixels(r)
-        old_cache.image(r)
-
-    def parity(_seconds: float) -> None:
-        model = build_model("adas_192x336")
-        t0 = time.monotonic()
-        cpu = evaluate_model(model, val, cache=cache, device="cpu")
-        t1 = time.monotonic()
-        dev = evaluate_model(model, val, cache=cache, device=device)
-        check.emit({"phase": "parity", "cpu_mr": round(cpu.miss_rate, 5), "device_mr": round(dev.miss_rate, 5),
-                    "cpu_ap50": round(cpu.ap50, 5), "device_ap50": round(dev.ap50, 5),
-                    "cpu_eval_s": round(t1 - t0, 1), "device_eval_s": round(time.monotonic() - t1, 1),
-                    "equal_within_0.005": abs(cpu.miss_rate - dev.miss_rate) <= 0.005})
-
-    def iteration(seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        plan: list[tuple[str, int, str, str, dict[str, Any]]] = [
-            ("adas_192x336", 8, "old", "default", {}), ("adas_192x336", 8, "new", "default", {}),
-            ("adas_192x336", 8, "new", "0 loader workers", {"workers": 0}),
-            ("adas_192x336", 8, "new", "bf16", {"bf16": True}),
-            ("adas_192x336", 32, "old", "default", {}), ("adas_192x336", 32, "new", "default", {}),
-            ("adas_384x672", 32, "old", "default", {}), ("adas_384x672", 32, "new", "default", {}),
-            ("adas_384x672", 32, "new", "bf16", {"bf16": True}),
-            ("pednet", 8, "old", "default", {}), ("pednet", 8, "new", "default", {}),
-        ]
-        models: dict[str, Any] = {}
-        for name, batch, loop, variant, extra in plan:
-            if deadline - time.monotonic() < 15:
-                check.emit({"phase": "iteration", "model": name, "batch": batch, "loop": loop, "variant": variant,
-                            "status": "skipped (phase time box)"})
-                continue
-            model = models.setdefault(name, build_model(name))
-            result = time_loop(loop, model, train, batch_size=batch, device=device, budget_s=4.0, min_iters=3,
-                               old_cache=old_cache, cache=cache, **extra)
-            check.emit({"phase": "iteration", "model": name, "batch": batch, "loop": loop, "variant": variant,
-                        "loader_workers": extra.get("workers", TrainOptions().workers(device)) if loop == "new" else 0,
-                        **merge([result])})
-
-    def job(name: str, h: int, w: int, ratio: float, iters: int, bf16: bool = False) -> Callable[[float], None]:
-        def run_job(seconds: float) -> None:
-            from core.job_spec import PipelineConfig, Target
-            from core.pipeline import Cancelled, run
-            from core.pretrained import load_pretrained
-
-            model, card = load_pretrained("pedestrian_adas_0002", input_height=h, input_width=w)
-            config = PipelineConfig(target=Target(min_compression_ratio=ratio), finetune_iters=iters,
-                                    learning_rate=1e-4, layers_per_step=1, seed=0)
-            deadline = time.monotonic() + seconds
-            steps: list[dict[str, Any]] = []
-
-            def on_step(s: Any) -> None:
-                steps.append({"i": s.index, "layers": list(s.layers), "cr": round(s.compression_ratio, 2),
-                              "mr": round(s.miss_rate, 4), "ap": round(s.ap50, 4), "s": round(s.step_seconds, 2)})
-
-            started, status = time.monotonic(), "finished"
-            try:
-                run(model, card, train, val, config, on_step=on_step, device=device, export_openvino=False,
-                    should_stop=lambda: time.monotonic() > deadline, train_options=TrainOptions(bf16=bf16))
-            except Cancelled:
-                status = "time-boxed"
-            fine_tuned = [s["s"] for s in steps if s["i"] > 0]
-            check.emit({"phase": name, "status": status, "wall_s": round(time.monotonic() - started, 1), "input": [h, w],
-                        "bf16": bf16, "config": config.model_dump(mode="json"), "steps": steps,
-                        "mean_step_s": round(sum(fine_tuned) / len(fine_tuned), 2) if fine_tuned else None,
-                        "ms_per_finetune_iteration_incl_eval": round(1000 * sum(fine_tuned) / (len(fine_tuned) * iters), 1)
-                        if fine_tuned else None})
-        return run_job
-
+    check = Check(args.out, args.budget, resolve_device(args.device, what="--device"), train, val)
+    environment(check)
     check.phase("parity", 60, 10, parity)
     check.phase("iteration", 150, 30, iteration)
     check.phase("job_192x336", 70, 20, job("job_192x336", 192, 336, 8.0, 60))
     check.phase("job_384x672", 90, 30, job("job_384x672", 384, 672, 14.0, 300))
     check.phase("job_192x336_bf16", 70, 20, job("job_192x336_bf16", 192, 336, 8.0, 60, bf16=True))
-    cache.close()
+    check.cache.close()
     check.emit({"phase": "end", "goals": goals(check.records)})
     check.write()
 

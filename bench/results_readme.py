@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from bench import (
+    ceiling,
     claim,
     compose,
     jobs,
@@ -23,9 +24,10 @@ from bench import (
     serve,
     speed,
     tradeoff,
+    train_speed,
 )
 
-SECTIONS = (tradeoff, claim, serve, jobs, reliability, pretrained, speed, compose)
+SECTIONS = (tradeoff, claim, serve, jobs, reliability, pretrained, speed, ceiling, train_speed, compose)
 
 INTRO = """# Benchmark results
 

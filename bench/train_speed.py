@@ -14,8 +14,8 @@ present); each cell times the old loop, then the new one, on the same images and
 - The old loop is the training loop as it was at commit a8b4147 (`core.train.train_detector`
   with `_batches`): torchvision v2 transforms per sample on full-resolution images in the main
   process, the detector resizing inside its forward, the loss read every iteration. It is kept
-  here, bench-local (`old_train_loop`), so that later changes to core do not change what the
-  new loop is compared with; bench/gpu_check.py imports it from here.
+  in bench/training_loops.py (`old_train_loop`), so that later changes to core do not change
+  what the new loop is compared with; bench/gpu_check.py times it too.
 - The new loop is `core.train.train_detector` (its default `TrainOptions`: loader workers
   chosen for the device, channels_last).
 - ms per iteration is the wall time of the timed call over its iterations; data wait is the
@@ -32,219 +32,31 @@ Writes bench/results/train_speed.{json,md} (`_quick` with --quick).
 from __future__ import annotations
 
 import argparse
-import copy
+import importlib.util
 import json
-import math
-import os
-import platform
-import statistics
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
 
-from core.data import ImageRecord, load_image, read_dataset_dir, split_records
+from bench import report
+from bench.training_loops import OldImageCache, build_model, merge, time_loop
+from core.data import ImageRecord, read_dataset_dir, split_records
 from core.device import add_device_argument, device_from_args
-from core.paths import REPO_ROOT, default_data_dir
-from core.train import ImageCache, train_detector
+from core.paths import default_data_dir
+from core.pipeline import run
+from core.train import ImageCache
+from service.demo import demo_float_model, demo_pipeline_config
+from service.settings import Settings
 
-RESULTS = REPO_ROOT / "bench" / "results"
 # The demo's job before issue 18 (bench/results/pretrained.md, README "The demo").
 DEMO_BEFORE = {"selected_compression_ratio": 9.91, "selected_miss_rate": 0.106, "minutes_until_target": 22.9}
 CELL_MODELS = ("adas_192x336", "adas_384x672", "pednet")
 GOAL_SPEEDUP, GOAL_DATA_SHARE = 1.5, 0.10
 
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# -- the old loop (a8b4147), bench-local ----------------------------------------------------
-def old_train_transforms() -> Any:
-    """a8b4147's `core.data.train_transforms`: the v2 pipeline, per sample, full resolution."""
-    from torchvision import tv_tensors
-    from torchvision.transforms import v2
-
-    return v2.Compose([
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.RandomPhotometricDistort(p=0.5),
-        v2.RandomZoomOut(fill={tv_tensors.Image: 0.5, "others": 0}, side_range=(1.0, 1.5), p=0.3),
-        v2.RandomApply([v2.RandomIoUCrop(min_scale=0.5)], p=0.5),
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(min_size=2.0),
-    ])
-
-
-class OldImageCache:
-    """a8b4147's `core.train.ImageCache`: uint8 in memory, converted to float on every access."""
-
-    def __init__(self) -> None:
-        self._images: dict[str, Tensor] = {}
-
-    def image(self, record: ImageRecord) -> Tensor:
-        if record.name not in self._images:
-            image = load_image(record.image, name=record.name)
-            self._images[record.name] = (image * 255).round().to(torch.uint8)
-        return self._images[record.name].float() / 255
-
-
-def _old_sample(record: ImageRecord, transforms: Any, cache: OldImageCache) -> tuple[Tensor, dict[str, Tensor]]:
-    """a8b4147's `DetectionDataset.__getitem__` with the cache as its loader."""
-    from torchvision import tv_tensors
-
-    image = cache.image(record)
-    boxes = tv_tensors.BoundingBoxes(record.boxes.float(), format="XYXY", canvas_size=tuple(image.shape[-2:]))
-    target: dict[str, Any] = {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)}
-    image, target = transforms(image, target)
-    return (image.as_subclass(torch.Tensor).float(),
-            {"boxes": target["boxes"].as_subclass(torch.Tensor).float().reshape(-1, 4),
-             "labels": target["labels"].as_subclass(torch.Tensor).long()})
-
-
-def old_batches(records: Sequence[ImageRecord], batch_size: int, generator: torch.Generator,
-                cache: OldImageCache) -> Iterator[tuple[list[Tensor], list[dict[str, Tensor]]]]:
-    """a8b4147's `core.train._batches`."""
-    transforms = old_train_transforms()
-    while True:
-        order = torch.randperm(len(records), generator=generator).tolist()
-        for start in range(0, max(1, len(order) - batch_size + 1), batch_size):
-            items = [_old_sample(records[i], transforms, cache) for i in order[start:start + batch_size]]
-            yield [img for img, _ in items], [tgt for _, tgt in items]
-
-
-def old_train_loop(model: nn.Module, records: Sequence[ImageRecord], *, iterations: int, batch_size: int = 8,
-                   learning_rate: float = 1e-3, seed: int = 0, warmup: int = 0, cache: OldImageCache | None = None,
-                   on_iteration: Callable[[int, float, float, float], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None, device: str = "cpu") -> float:
-    """a8b4147's `core.train.train_detector`, plus the time spent waiting for batches:
-    `on_iteration(iteration, seconds, data_wait_seconds, loss)` (1-based, since the call started)."""
-    cache = cache or OldImageCache()
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-4)
-
-    def lr_at(i: int) -> float:
-        if i < warmup:
-            return (i + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, iterations - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    start, waited, loss_value = time.monotonic(), 0.0, float("nan")
-    batches = old_batches(records, batch_size, generator, cache)
-    for i in range(iterations):
-        if should_stop is not None and should_stop():
-            break
-        fetch = time.monotonic()
-        images, targets = next(batches)
-        images = [im.to(device) for im in images]
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        waited += time.monotonic() - fetch
-        losses = model(images, targets)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        optimizer.step()
-        scheduler.step()
-        loss_value = float(loss.detach())  # type: ignore[union-attr]
-        if on_iteration is not None:
-            on_iteration(i + 1, time.monotonic() - start, waited, loss_value)
-    model.eval()
-    return loss_value
-
-
-# -- models ----------------------------------------------------------------------------------
-def build_model(name: str) -> nn.Module:
-    """A fresh detector for a cell: pedestrian_adas_0002 (bundled weights) at an input size, or
-    PedNet at the registry's defaults (untrained: speed does not depend on the weights)."""
-    if name.startswith("adas_"):
-        from core.pretrained import load_pretrained
-
-        h, w = (int(v) for v in name.removeprefix("adas_").split("x"))
-        model, _ = load_pretrained("pedestrian_adas_0002", input_height=h, input_width=w)
-        return model
-    if name == "pednet":
-        from core.checkpoint import ModelCard
-
-        torch.manual_seed(0)
-        return ModelCard(architecture="flexbin_pednet").build()
-    raise ValueError(f"unknown cell model {name!r}")
-
-
-# -- timing ----------------------------------------------------------------------------------
-def _sync(device: str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_loop(loop: str, model: nn.Module, records: Sequence[ImageRecord], *, batch_size: int, device: str,
-              budget_s: float, min_iters: int = 3, max_iters: int = 200, warmup_iters: int = 2,
-              old_cache: OldImageCache | None = None, cache: ImageCache | None = None,
-              workers: int | None = None, bf16: bool = False) -> dict[str, Any]:
-    """ms per iteration of `loop` ("old" or "new") on a copy of `model`: a warm-up call, then a
-    call that stops after `budget_s` (at least `min_iters` iterations). Mean (wall time of the
-    call / iterations, after a device sync) and median of the per-iteration host times (on the
-    CPU the robust figure on a shared machine; on CUDA the host runs ahead, so use the mean)."""
-    from core.train import TrainOptions
-
-    model = copy.deepcopy(model)
-    options = TrainOptions(loader_workers=workers, bf16=bf16)
-    marks: list[tuple[float, float]] = []  # (seconds, data wait) since the call started
-
-    def run(iterations: int, stop: Callable[[], bool] | None) -> None:
-        if loop == "old":
-            def on_old(_i: int, seconds: float, waited: float, _loss: float) -> None:
-                marks.append((seconds, waited))
-
-            old_train_loop(model, records, iterations=iterations, batch_size=batch_size, learning_rate=1e-4,
-                           seed=1, cache=old_cache, on_iteration=on_old, should_stop=stop, device=device)
-        else:
-            def on_new(report: Any) -> None:
-                marks.append((report.seconds, report.data_wait))
-
-            train_detector(model, records, iterations=iterations, batch_size=batch_size, learning_rate=1e-4,
-                           seed=1, cache=cache, on_iteration=on_new, should_stop=stop, device=device,
-                           options=options)
-
-    if warmup_iters:
-        run(warmup_iters, None)
-    _sync(device)
-    marks.clear()
-    started = time.monotonic()
-    run(max_iters, lambda: len(marks) >= min_iters and time.monotonic() - started > budget_s)
-    _sync(device)
-    wall = time.monotonic() - started
-    n = len(marks)
-    steps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip([(0.0, 0.0), *marks[:-1]], marks)]
-    ms = 1000 * wall / n
-    data_ms = 1000 * marks[-1][1] / n
-    median_ms = 1000 * statistics.median(dt for dt, _ in steps)
-    median_data = 1000 * statistics.median(dw for _, dw in steps)
-    return {"iterations": n, "ms_per_iteration": round(ms, 1), "data_wait_ms": round(data_ms, 1),
-            "compute_ms": round(ms - data_ms, 1), "data_wait_share": round(data_ms / ms, 3),
-            "median_ms": round(median_ms, 1), "median_data_wait_ms": round(median_data, 1),
-            "raw": {"wall": wall, "waited": marks[-1][1], "steps": steps}}
-
-
-def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Several `time_loop` results of one variant (rounds alternating with the other loop) as one."""
-    n = sum(r["iterations"] for r in results)
-    wall = sum(r["raw"]["wall"] for r in results)
-    waited = sum(r["raw"]["waited"] for r in results)
-    steps = [s for r in results for s in r["raw"]["steps"]]
-    ms, data_ms = 1000 * wall / n, 1000 * waited / n
-    return {"iterations": n, "rounds": len(results), "ms_per_iteration": round(ms, 1), "data_wait_ms": round(data_ms, 1),
-            "compute_ms": round(ms - data_ms, 1), "data_wait_share": round(data_ms / ms, 3),
-            "median_ms": round(1000 * statistics.median(dt for dt, _ in steps), 1),
-            "median_data_wait_ms": round(1000 * statistics.median(dw for _, dw in steps), 1)}
+log = report.log
 
 
 def speed_cells(train: Sequence[ImageRecord], *, devices: Sequence[str], threads: Sequence[int],
@@ -293,10 +105,6 @@ def speed_cells(train: Sequence[ImageRecord], *, devices: Sequence[str], threads
 # -- the demo's job ---------------------------------------------------------------------------
 def demo_job(train: Sequence[ImageRecord], val: Sequence[ImageRecord], *, device: str, export: bool) -> dict[str, Any]:
     """The demo's job as the worker runs it; its wall time and its selected checkpoint."""
-    from core.pipeline import run
-    from service.demo import demo_float_model, demo_pipeline_config
-    from service.settings import Settings
-
     settings = Settings(demo_model="pedestrian_adas_0002")
     started = time.monotonic()
     model, card = demo_float_model(settings, train, val, device=device)
@@ -322,17 +130,8 @@ def demo_job(train: Sequence[ImageRecord], val: Sequence[ImageRecord], *, device
 
 # -- report ----------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), "")
-    except OSError:
-        pass
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip()
-    return {"cpus": len(os.sched_getaffinity(0)), "cpu_model": model, "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_average": os.getloadavg()}
+    return report.machine(cuda=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                          load_average=report.load_average(), git=report.git_commit())
 
 
 def speedups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -355,9 +154,9 @@ def speedups(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def goals(report: dict[str, Any]) -> list[str]:
+def goals(result: dict[str, Any]) -> list[str]:
     lines = []
-    ups = report.get("speedups", [])
+    ups = result.get("speedups", [])
     key = next((u for u in ups if u["model"] == "adas_192x336" and u["batch"] == 8 and u["device"] == "cpu"
                 and u["threads"] == 2), None)
     if key:
@@ -365,7 +164,7 @@ def goals(report: dict[str, Any]) -> list[str]:
         lines.append(f"- CPU, 2 threads, ADAS 192x336 batch 8: {key['old_median_ms']:.0f} -> {key['new_median_ms']:.0f} "
                      f"ms per iteration (median), {key['speedup_median']:.2f}x; on the mean {key['old_mean_ms']:.0f} -> "
                      f"{key['new_mean_ms']:.0f} ms, {key['speedup_mean']:.2f}x (goal >= {GOAL_SPEEDUP}x): {met}.")
-    new_rows = [r for r in report.get("cells", []) if r["loop"] == "new" and r["loader_workers"] == "auto"]
+    new_rows = [r for r in result.get("cells", []) if r["loop"] == "new" and r["loader_workers"] == "auto"]
     if new_rows:
         worst = max(new_rows, key=lambda r: r["data_wait_share"])
         over = [r for r in new_rows if r["data_wait_share"] > GOAL_DATA_SHARE]
@@ -373,7 +172,7 @@ def goals(report: dict[str, Any]) -> list[str]:
                      f"{'met' if not over else 'missed'} in {len(new_rows) - len(over)} of {len(new_rows)} cells "
                      f"(worst {worst['data_wait_share']:.1%}: {worst['model']}, batch {worst['batch']}, "
                      f"{worst['device']}, {worst['threads']} threads).")
-    demo = report.get("demo")
+    demo = result.get("demo")
     if demo:
         sel = demo["selected"]
         ok = sel["compression_ratio"] >= 8 and demo["miss_rate_delta_vs_before"] <= 0.02
@@ -385,41 +184,35 @@ def goals(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write(report: dict[str, Any], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    m = report.get("machine", {})
-    lines = [(f"# Training-loop speed (issue 18; {m.get('date', '')}, torch {m.get('torch', '')}, "
-             f"{m.get('cpus', '')} CPUs: {m.get('cpu_model', '')}, commit {str(m.get('commit', ''))[:10]})"), "",
+def markdown(result: dict[str, Any]) -> str:
+    m = result.get("machine", {})
+    lines = [(f"# Training-loop speed (issue 18; {m.get('date', '')}, {report.machine_text(m)}, "
+              f"commit {report.commit_text(m.get('git') or str(m.get('commit'))[:10])})"), "",
              ("Written by `python -m bench.train_speed`. The old loop is a8b4147's (v2 transforms per sample at full "
              "resolution in the main process, resize inside the model, loss read every iteration); the new one is "
              "`core.train.train_detector`. ms per iteration = wall time of the timed call / iterations; data wait = "
              "time the loop waited for its batch (the new loop's photometric distortion runs on the batch, as "
              "compute). Each cell alternates old and new in three rounds; on this shared 2-core machine the median "
              "iteration is the robust figure (bursts of other users' load inflate the mean)."), ""]
-    if report.get("goals"):
-        lines += ["## Goals", "", *report["goals"], ""]
-    if report.get("speedups"):
-        lines += ["## Old against new", "", ("| model | batch | device | threads | old ms (median / mean) | "
-                  "new ms (median / mean) | speed-up (median / mean) | data wait old / new |"),
-                  "|---|---:|---|---:|---:|---:|---:|---:|"]
-        for u in report["speedups"]:
-            lines.append(f"| {u['model']} | {u['batch']} | {u['device']} | {u['threads'] or '-'} | "
-                         f"{u['old_median_ms']:.0f} / {u['old_mean_ms']:.0f} | {u['new_median_ms']:.0f} / "
-                         f"{u['new_mean_ms']:.0f} | {u['speedup_median']:.2f}x / {u['speedup_mean']:.2f}x | "
-                         f"{u['old_data_wait_share']:.1%} / {u['new_data_wait_share']:.1%} |")
-        lines.append("")
-    if report.get("cells"):
-        lines += ["## Every cell", "", ("| model | batch | device | threads | loop | loader workers | iterations | "
-                  "median ms | mean ms | data wait ms (mean) | compute ms (mean) | data share |"),
-                  "|---|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
-        for r in report["cells"]:
-            lines.append(f"| {r['model']} | {r['batch']} | {r['device']} | {r['threads'] or '-'} | {r['loop']} | "
-                         f"{r['loader_workers'] if r['loader_workers'] is not None else '-'} | {r['iterations']} | "
-                         f"{r['median_ms']:.0f} | {r['ms_per_iteration']:.0f} | {r['data_wait_ms']:.1f} | "
-                         f"{r['compute_ms']:.0f} | {r['data_wait_share']:.1%} |")
-        lines.append("")
-    demo = report.get("demo")
+    if result.get("goals"):
+        lines += ["## Goals", "", *result["goals"], ""]
+    if result.get("speedups"):
+        lines += ["## Old against new", "", *report.markdown_table(result["speedups"], [
+            ("model", "model"), ("batch", "batch"), ("device", "device"), ("threads", lambda u: u["threads"] or "-"),
+            ("old ms (median / mean)", lambda u: f"{u['old_median_ms']:.0f} / {u['old_mean_ms']:.0f}"),
+            ("new ms (median / mean)", lambda u: f"{u['new_median_ms']:.0f} / {u['new_mean_ms']:.0f}"),
+            ("speed-up (median / mean)", lambda u: f"{u['speedup_median']:.2f}x / {u['speedup_mean']:.2f}x"),
+            ("data wait old / new", lambda u: f"{u['old_data_wait_share']:.1%} / {u['new_data_wait_share']:.1%}")],
+            align="lrlrrrrr"), ""]
+    if result.get("cells"):
+        lines += ["## Every cell", "", *report.markdown_table(result["cells"], [
+            ("model", "model"), ("batch", "batch"), ("device", "device"), ("threads", lambda r: r["threads"] or "-"),
+            ("loop", "loop"), ("loader workers", "loader_workers"), ("iterations", "iterations"),
+            ("median ms", lambda r: f"{r['median_ms']:.0f}"), ("mean ms", lambda r: f"{r['ms_per_iteration']:.0f}"),
+            ("data wait ms (mean)", lambda r: f"{r['data_wait_ms']:.1f}"),
+            ("compute ms (mean)", lambda r: f"{r['compute_ms']:.0f}"),
+            ("data share", lambda r: f"{r['data_wait_share']:.1%}")], align="lrlrllrrrrrr"), ""]
+    demo = result.get("demo")
     if demo:
         lines += ["## The demo's job", "",
                   (f"pedestrian_adas_0002 at 192x336, one layer per step, 60 iterations per step, lr 1e-4, target 8x, "
@@ -437,7 +230,27 @@ def write(report: dict[str, Any], out: Path) -> None:
             lines.append(f"| {bold}{s['index']}{bold} | {s['compression_ratio']:.2f}x | {s['miss_rate']:.3f} | "
                          f"{s['ap50']:.3f} | {s['step_seconds']:.0f} |")
         lines.append("")
-    out.with_suffix(".md").write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
+def readme_section(results: Path) -> str:
+    head = "### Training-loop speed (`make bench-train_speed`, [`train_speed.md`](train_speed.md))"
+    return report.section(head, report.load_results("train_speed", results), _readme_lines)
+
+
+def _readme_lines(result: dict[str, Any]) -> list[str]:
+    m = result.get("machine", {})
+    lines = [(f"`python -m bench.train_speed` times the fine-tuning loop before issue 18 (a8b4147's, kept in "
+              f"`bench/training_loops.py`) and today's `core.train.train_detector` in alternating rounds on the same "
+              f"images and model ({m.get('date', '?')}, {report.machine_text(m)}; median ms per iteration):"), "",
+             *report.markdown_table(result.get("speedups", []), [
+                 ("model", "model"), ("batch", "batch"), ("device", "device"),
+                 ("threads", lambda u: u["threads"] or "-"),
+                 ("old ms", lambda u: f"{u['old_median_ms']:.0f}"), ("new ms", lambda u: f"{u['new_median_ms']:.0f}"),
+                 ("speed-up", lambda u: f"{u['speedup_median']:.2f}x"),
+                 ("data wait old / new", lambda u: f"{u['old_data_wait_share']:.1%} / {u['new_data_wait_share']:.1%}")],
+                 align="lrllrrrr"), ""]
+    return lines + (result.get("goals") or [])
 
 
 def main() -> None:
@@ -455,11 +268,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = device_from_args(args, parser)
-    out = args.out or RESULTS / ("train_speed_quick" if args.quick else "train_speed")
+    out = args.out or report.RESULTS / ("train_speed_quick" if args.quick else "train_speed")
     train, val = split_records(read_dataset_dir(args.data))
-    report: dict[str, Any] = {}
+    result: dict[str, Any] = {}
     if out.with_suffix(".json").is_file():  # a run updates the sections it measures, keeps the others
-        report = json.loads(out.with_suffix(".json").read_text())
+        result = json.loads(out.with_suffix(".json").read_text())
     if not args.demo_only:
         devices = ["cpu"] + ([device] if torch.device(device).type != "cpu" else [])
         models = ["adas_192x336"] if args.quick else args.models.split(",")
@@ -468,26 +281,22 @@ def main() -> None:
         started = time.monotonic()
         rows = speed_cells(train, devices=devices, threads=threads, models=models, batches=batches,
                            budget_s=2.0 if args.quick else args.budget)
-        report.update(cells=rows, speedups=speedups(rows), speed_seconds=round(time.monotonic() - started, 1))
+        result.update(cells=rows, speedups=speedups(rows), speed_seconds=round(time.monotonic() - started, 1))
     if args.demo or args.demo_only:
-        try:
-            import openvino  # noqa: F401
-            export = not args.no_export
-        except ImportError:
-            export = False
+        export = not args.no_export and importlib.util.find_spec("openvino") is not None
         n_threads = max(int(t) for t in args.threads.split(","))
         # The machine's speed drifts (shared cores): the key cell again, right before the job.
         calibration = speed_cells(train, devices=["cpu"], threads=[n_threads], models=["adas_192x336"], batches=[8],
                                   budget_s=2.0 if args.quick else 30.0, extra_workers=False)
         torch.set_num_threads(n_threads)
-        report["demo"] = {**demo_job(train, val, device=device, export=export), "machine": machine(),
+        result["demo"] = {**demo_job(train, val, device=device, export=export), "machine": machine(),
                           "speed_right_before": speedups(calibration)}
-    if not args.demo_only or "machine" not in report:
-        report["machine"] = machine()
-    report["goals"] = goals(report)
-    write(report, out)
+    if not args.demo_only or "machine" not in result:
+        result["machine"] = machine()
+    result["goals"] = goals(result)
+    report.write_results(out.name, result, markdown(result), out=out.parent)
     log(f"wrote {out.with_suffix('.json')} and .md")
-    for line in report["goals"]:
+    for line in result["goals"]:
         log(line)
 
 

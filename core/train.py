@@ -39,6 +39,8 @@ from core.data.augment import (
     collate_batch,
 )
 from core.detection_metrics import DetectionMetrics, evaluate_detections
+from core.models.adas import PedestrianAdas
+from core.models.pednet import PedNet
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,6 @@ class TrainOptions:
 
 def network_input(model: nn.Module) -> NetworkInput:
     """How `model` resizes an image to its input (what training's crop-and-resize reproduces)."""
-    from core.models.adas import PedestrianAdas
-    from core.models.pednet import PedNet
-
     if isinstance(model, PedestrianAdas):  # the IR's plain antialiased stretch
         return NetworkInput("stretch", height=model.input_height, width=model.input_width, antialias=True)
     if isinstance(model, PedNet):  # longer side to input_size, plain bilinear

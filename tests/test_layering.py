@@ -55,3 +55,12 @@ def test_api_idles_without_torch() -> None:
     checkpoint to serve): job specs and step records come from the torch-free `core.job_spec`."""
     modules = _modules_after("import api.app, api.run")
     assert not {m for m in modules if m.split(".")[0] in ("torch", "torchvision")}
+
+
+def test_the_gpu_check_loads_only_what_the_gpu_machine_has() -> None:
+    """bench.gpu_check runs on a lent GPU machine with torch, torchvision, numpy, pillow,
+    safetensors, tqdm and carried pydantic wheels: importing it loads no OpenVINO, matplotlib,
+    service package or HTTP client."""
+    absent = {"openvino", "nncf", "matplotlib", "httpx", "service", "api", "worker", *SERVICE_PACKAGES}
+    loaded = {m.split(".")[0] for m in _modules_after("import bench.gpu_check")}
+    assert "torch" in loaded and not loaded & absent, loaded & absent
