@@ -221,21 +221,25 @@ def _input(model: Any, scale: float) -> np.ndarray:
 
 def time_rows(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """{row: {setting: median over rounds of the median forward ms}} and, under "rounds", every
-    round's value: rounds interleave the rows, so a slow spell of the machine hits all of them."""
+    round's value: rounds interleave the rows, so a slow spell of the machine hits all of them.
+
+    Each measurement compiles its row afresh and drops it after: one compiled model alive at a
+    time, as in a process serving one detector. (With every row compiled at once, the idle
+    models' worker threads competed with the timed one's: 2-thread times doubled in most rounds.)"""
     core = ov.Core()
     names = [name for name, row in rows.items() if row["model"] is not None]
     out: dict[str, dict[str, Any]] = {name: {"rounds": {}} for name in names}
     for threads, precision in SETTINGS:
         key = setting_key(threads, precision)
-        requests = {}
-        for name in names:
-            compiled = core.compile_model(rows[name]["model"], "CPU", compile_config(threads, precision))
-            requests[name] = (compiled.create_infer_request(), _input(rows[name]["model"], rows[name].get("scale", 1.0)))
         samples: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.rounds):
-            for name, (request, x) in requests.items():
+            for name in names:
+                model = rows[name]["model"]
+                request = core.compile_model(model, "CPU", compile_config(threads, precision)).create_infer_request()
+                x = _input(model, rows[name].get("scale", 1.0))
                 samples[name].append(round(median_forward_ms(lambda r=request, x=x: r.infer([x]), warmup=5,
                                                              budget_s=args.seconds, max_runs=5000), 3))
+                del request
         for name, values in samples.items():
             out[name][key] = round(float(np.median(values)), 3)
             out[name]["rounds"][key] = values
@@ -429,7 +433,8 @@ def main() -> None:
         "config": {"input": [1, 3, HEIGHT, WIDTH], "seconds": args.seconds, "rounds": args.rounds,
                    "calibration_images": args.calibration_images, "validation_images": args.validation_images,
                    "old_export_commit": args.old_export_commit,
-                   "timing": "request.infer([x]) on the compiled model, median_forward_ms, interleaved rounds"},
+                   "timing": "request.infer([x]) on the compiled model, median_forward_ms, interleaved rounds, "
+                             "one compiled model alive at a time"},
         "rows": {name: {"label": LABELS[name], **{k: v for k, v in row.items() if k not in ("model", "files", "spec")}}
                  for name, row in rows.items()},
         "forward_ms": times, "ratios": ratios(times), "profile": profile,
