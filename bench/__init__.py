@@ -1,7 +1,7 @@
 """FlexBin's benchmarks, run from the repo root as `python -m bench.<name>` (the Makefile's
-`bench-<name>` targets): tradeoff, claim, serve, jobs, reliability, pretrained, speed, ceiling,
-train_speed, compose; and gpu_check, for a lent GPU machine (`bench.training_loops` holds the
-training loops it and train_speed time: core and torch only).
+`bench-<name>` targets): tradeoff, claim, serve, jobs, reliability, pretrained, speed,
+ceiling, distillation, train_speed, compose; and gpu_check, for a lent GPU machine
+(`bench.training_loops` holds the training loops it and train_speed time: core and torch only).
 
 Each writes `bench/results/<name>.{json,md}` (and plots) and renders its own section of
 `bench/results/README.md` from that JSON (`readme_section`); `python -m bench.results_readme`

@@ -221,21 +221,25 @@ def _input(model: Any, scale: float) -> np.ndarray:
 
 def time_rows(rows: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """{row: {setting: median over rounds of the median forward ms}} and, under "rounds", every
-    round's value: rounds interleave the rows, so a slow spell of the machine hits all of them."""
+    round's value: rounds interleave the rows, so a slow spell of the machine hits all of them.
+
+    Each measurement compiles its row afresh and drops it after: one compiled model alive at a
+    time, as in a process serving one detector. (With every row compiled at once, the idle
+    models' worker threads competed with the timed one's: 2-thread times doubled in most rounds.)"""
     core = ov.Core()
     names = [name for name, row in rows.items() if row["model"] is not None]
     out: dict[str, dict[str, Any]] = {name: {"rounds": {}} for name in names}
     for threads, precision in SETTINGS:
         key = setting_key(threads, precision)
-        requests = {}
-        for name in names:
-            compiled = core.compile_model(rows[name]["model"], "CPU", compile_config(threads, precision))
-            requests[name] = (compiled.create_infer_request(), _input(rows[name]["model"], rows[name].get("scale", 1.0)))
         samples: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(args.rounds):
-            for name, (request, x) in requests.items():
+            for name in names:
+                model = rows[name]["model"]
+                request = core.compile_model(model, "CPU", compile_config(threads, precision)).create_infer_request()
+                x = _input(model, rows[name].get("scale", 1.0))
                 samples[name].append(round(median_forward_ms(lambda r=request, x=x: r.infer([x]), warmup=5,
                                                              budget_s=args.seconds, max_runs=5000), 3))
+                del request
         for name, values in samples.items():
             out[name][key] = round(float(np.median(values)), 3)
             out[name]["rounds"][key] = values
@@ -313,7 +317,7 @@ def machine_line(cpu: dict[str, Any]) -> str:
     """`bench.report.machine_text`, also for the first run's record (`isa` as a list)."""
     if "isa" in cpu and "cpu_isa" not in cpu:
         cpu = {**cpu, "cpu_isa": " ".join(cpu["isa"])}
-    return report.machine_text(cpu) + "."
+    return report.machine_text(cpu)
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -327,39 +331,43 @@ def markdown(result: dict[str, Any]) -> str:
               f"({result['config']['seconds']} s per row per round). Machine load during the run: 1-min load average "
               f"{cpu.get('loadavg_1min_start')} -> {cpu.get('loadavg_1min_end')}, CPU busy {cpu.get('cpu_busy_share')}, "
               f"stolen by the hypervisor {cpu.get('cpu_steal_share')} (a shared machine: compare rows, not runs).")
-    lines = [
-        "# The 1-bit speed ceiling of pedestrian_adas_0002 (`python -m bench.ceiling`)", "", header, "",
-        "| row | forward ms 1t f32 | 2t f32 | 1t default | 2t default | IR MB | MR^-2 | convolutions (compiled, 1t f32) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|"]
-    for name, row in rows.items():
+    def ms(name: str, key: str) -> str | None:
+        return f"{times[name][key]:.2f}" if name in times else None
+
+    def convolutions(name: str) -> str:
         if name not in times:
-            lines.append(f"| {LABELS[name]} | - | - | - | - | - | - | missing: {row.get('missing')} |")
-            continue
-        convs = profile[name][keys[0]]["convolutions"]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{times[name][k]:.2f}" for k in keys)
-                     + f" | {row['ir_bytes'] / 1e6:.2f} | {row.get('miss_rate', '-')} | "
-                     + ", ".join(f"{k} x{n}" for k, n in convs.items()) + " |")
-    lines += ["", "Least-disturbed round (min over rounds of the median forward ms; noise only adds time):", "",
-              "| row | 1t f32 | 2t f32 | 1t default | 2t default |", "|---|---:|---:|---:|---:|"]
-    for name in times:
-        lines.append(f"| {LABELS[name]} | " + " | ".join(f"{min(times[name]['rounds'][k]):.2f}" for k in keys) + " |")
-    lines += ["", "Ratios (forward ms, medians):", ""]
-    for pair, values in result["ratios"].items():
-        lines.append(f"- {pair}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
-    types_seen: list[str] = []
-    for name in times:
-        for op in profile[name][keys[0]]["ms_by_op_type"]:
-            if op not in types_seen:
-                types_seen.append(op)
+            return f"missing: {rows[name].get('missing')}"
+        return ", ".join(f"{k} x{n}" for k, n in profile[name][keys[0]]["convolutions"].items())
+
+    lines = ["# The 1-bit speed ceiling of pedestrian_adas_0002 (`python -m bench.ceiling`)", "", header, "",
+             *report.markdown_table(rows, [
+                 ("row", lambda n: LABELS[n]),
+                 *((f"forward ms {k.replace('_', ' ')}", lambda n, k=k: ms(n, k)) for k in keys),
+                 ("IR MB", lambda n: f"{rows[n]['ir_bytes'] / 1e6:.2f}" if n in times else None),
+                 ("MR^-2", lambda n: rows[n].get("miss_rate") if n in times else None),
+                 ("convolutions (compiled, 1t f32)", convolutions)], align="lrrrrrrl"),
+             "", "Least-disturbed round (min over rounds of the median forward ms; noise only adds time):", "",
+             *report.markdown_table(times, [
+                 ("row", lambda n: LABELS[n]),
+                 *((k.replace("_", " "), lambda n, k=k: f"{min(times[n]['rounds'][k]):.2f}") for k in keys)],
+                 align="lrrrr"),
+             "", "Ratios (forward ms, medians):", "",
+             *(f"- {pair}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items())
+               for pair, values in result["ratios"].items())]
+    op_types = list(dict.fromkeys(op for n in times for op in profile[n][keys[0]]["ms_by_op_type"]))
+    shown = [op for op in op_types if any((profile[n][keys[0]]["ms_by_op_type"].get(op) or 0) >= 0.005 for n in times)]
+    totals = {"**sum of nodes**": {n: f"**{profile[n][keys[0]]['profiled_total_ms']:.3f}**" for n in times}}
+
+    def op_ms(op: str, name: str) -> str | None:
+        if op in totals:
+            return totals[op][name]
+        value = profile[name][keys[0]]["ms_by_op_type"].get(op)
+        return None if value is None else f"{value:.3f}"
+
     lines += ["", "## Where the time goes (ms per op type, PERF_COUNT, median of the runs, 1 thread f32)", "",
-              "| op type | " + " | ".join(times) + " |", "|---|" + "---:|" * len(times)]
-    for op in types_seen:
-        cells = [profile[n][keys[0]]["ms_by_op_type"].get(op) for n in times]
-        if all(c is None or c < 0.005 for c in cells):
-            continue
-        lines.append(f"| {op} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
-    lines.append("| **sum of nodes** | " + " | ".join(f"**{profile[n][keys[0]]['profiled_total_ms']:.3f}**"
-                                                       for n in times) + " |")
+              *report.markdown_table([*shown, *totals], [
+                  ("op type", lambda op: op), *((n, lambda op, n=n: op_ms(op, n)) for n in times)],
+                  align="l" + "r" * len(times))]
     lines += ["", "Per-op-type profiles at every setting are in ceiling.json (`profile`).", "",
               f"Total run time: {result['total_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
@@ -375,7 +383,7 @@ def _readme_lines(result: dict[str, Any]) -> list[str]:
     keys = [setting_key(1, "f32"), setting_key(2, "f32")]
     timed = [name for name in rows if name in times]
     lines = [(f"`python -m bench.ceiling`: pedestrian_adas_0002 at 192x336, every row timed the same way "
-              f"(whole graph, interleaved rounds, median forward ms); {machine_line(cpu)} The 1-bit rows are "
+              f"(whole graph, interleaved rounds, median forward ms); {machine_line(cpu)}. The 1-bit rows are "
               "untrained (speed only: their MR^-2 shows they are accuracy-blind)."), "",
              *report.markdown_table(timed, [
                  ("row", lambda n: rows[n]["label"]),
@@ -425,7 +433,8 @@ def main() -> None:
         "config": {"input": [1, 3, HEIGHT, WIDTH], "seconds": args.seconds, "rounds": args.rounds,
                    "calibration_images": args.calibration_images, "validation_images": args.validation_images,
                    "old_export_commit": args.old_export_commit,
-                   "timing": "request.infer([x]) on the compiled model, median_forward_ms, interleaved rounds"},
+                   "timing": "request.infer([x]) on the compiled model, median_forward_ms, interleaved rounds, "
+                             "one compiled model alive at a time"},
         "rows": {name: {"label": LABELS[name], **{k: v for k, v in row.items() if k not in ("model", "files", "spec")}}
                  for name, row in rows.items()},
         "forward_ms": times, "ratios": ratios(times), "profile": profile,

@@ -17,6 +17,7 @@ from bench import (
     ceiling,
     claim,
     compose,
+    distillation,
     jobs,
     pretrained,
     reliability,
@@ -27,7 +28,7 @@ from bench import (
     train_speed,
 )
 
-SECTIONS = (tradeoff, claim, serve, jobs, reliability, pretrained, speed, ceiling, train_speed, compose)
+SECTIONS = (tradeoff, claim, serve, jobs, reliability, pretrained, speed, ceiling, distillation, train_speed, compose)
 
 INTRO = """# Benchmark results
 

@@ -224,12 +224,11 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{demo['speed_right_before'][0]['new_median_ms']:.0f} ms (new loop), medians; the job before "
                      f"issue 18 ({DEMO_BEFORE['minutes_until_target']} min) ran in another session, on a machine "
                      "whose speed is not known to have been the same."), ""] if demo.get("speed_right_before") else []),
-                  "| step | compression | val MR^-2 | AP@0.5 | step s |", "|---:|---:|---:|---:|---:|"]
-        for s in demo["steps"]:
-            bold = "**" if s["index"] == demo["selected"]["index"] else ""
-            lines.append(f"| {bold}{s['index']}{bold} | {s['compression_ratio']:.2f}x | {s['miss_rate']:.3f} | "
-                         f"{s['ap50']:.3f} | {s['step_seconds']:.0f} |")
-        lines.append("")
+                  *report.markdown_table(demo["steps"], [
+                      ("step", lambda s: f"**{s['index']}**" if s["index"] == demo["selected"]["index"] else s["index"]),
+                      ("compression", lambda s: f"{s['compression_ratio']:.2f}x"),
+                      ("val MR^-2", lambda s: f"{s['miss_rate']:.3f}"), ("AP@0.5", lambda s: f"{s['ap50']:.3f}"),
+                      ("step s", lambda s: f"{s['step_seconds']:.0f}")], align="rrrrr"), ""]
     return "\n".join(lines)
 
 

@@ -126,6 +126,12 @@ class PipelineConfig(BaseModel):
         "1-bit XNOR-popcount convolution once exported (dense Conv2d with a multiple of 8 input channels; "
         "other layers keep float inputs).")
 
+    distillation_weight: float = Field(
+        default=0.0, ge=0.0, le=100.0,
+        description="0 = off. Otherwise fine-tuning also learns the job's frozen float model's predictions on each "
+        "batch (core.distillation: class scores by KL at temperature 2, box regressions on its confident priors), "
+        "this weight times that loss added to the detector's own.")
+
     @model_validator(mode="before")
     @classmethod
     def _null_means_default(cls, data: Any) -> Any:

@@ -50,6 +50,7 @@ from core.checkpoint import (
     unpack_checkpoint,
 )
 from core.data import ImageRecord
+from core.distillation import Distillation, frozen_teacher
 from core.job_spec import PipelineConfig, StepMetrics, Target
 from core.priority import (
     LayerInfo,
@@ -177,7 +178,8 @@ def training_iterations(plan: _Plan, config: PipelineConfig, step: int) -> int:
 def consolidate(model: nn.Module, train_records: Sequence[ImageRecord], config: PipelineConfig, *,
                 num_binary_layers: int, cache: ImageCache | None = None, device: str = "cpu",
                 on_iteration: Callable[[IterationReport], None] | None = None,
-                should_stop: ShouldStop | None = None, options: TrainOptions | None = None) -> None:
+                should_stop: ShouldStop | None = None, options: TrainOptions | None = None,
+                distillation: Distillation | None = None) -> None:
     """Fine-tune `model` in place for `config.consolidation_iters` iterations (fresh AdamW, one
     cosine schedule, `config.learning_rate`).
 
@@ -189,7 +191,15 @@ def consolidate(model: nn.Module, train_records: Sequence[ImageRecord], config: 
         model, train_records, iterations=config.consolidation_iters,
         batch_size=config.batch_size, learning_rate=config.learning_rate,
         seed=config.seed * 1000 + 500 + num_binary_layers, cache=cache, device=device,
-        on_iteration=on_iteration, should_stop=should_stop, options=options)
+        on_iteration=on_iteration, should_stop=should_stop, options=options, distillation=distillation)
+
+
+def teacher_for(model: nn.Module, config: PipelineConfig, device: str) -> Distillation | None:
+    """The job's distillation (`config.distillation_weight`), its teacher a frozen copy of the
+    float `model`; None when off."""
+    if not config.distillation_weight:
+        return None
+    return Distillation(frozen_teacher(copy.deepcopy(model), device), config.distillation_weight)
 
 
 def eligible_layers(model: nn.Module, card: ModelCard, config: PipelineConfig) -> list[LayerInfo]:
@@ -283,6 +293,7 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
          val_records: Sequence[ImageRecord], config: PipelineConfig, cache: ImageCache, *,
          completed: Sequence[StepOutcome], on_step: OnStep | None, on_progress: OnProgress | None,
          should_stop: ShouldStop | None, device: str, export_openvino: bool, options: TrainOptions) -> PipelineResult:
+    distillation = teacher_for(model, config, device)  # from the float model, also when resuming
     model = copy.deepcopy(model)  # the caller's float model stays as it was
     if (config.target.speaks_latency or config.order == "latency") and not export_openvino:
         raise ValueError("a latency target or the latency order needs the per-step OpenVINO export "
@@ -325,14 +336,14 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
             batch_size=config.batch_size, learning_rate=config.learning_rate,
             seed=config.seed * 1000 + index, cache=cache, device=device,
             on_iteration=functools.partial(progress.iteration, index),
-            should_stop=stop, options=options)
+            should_stop=stop, options=options, distillation=distillation)
         if stop.requested:
             raise Cancelled(f"cancelled during step {index}")
         served = model
         if config.consolidation_iters:
             served = copy.deepcopy(model)
             consolidate(served, train_records, config, num_binary_layers=sum(map(len, plan.steps[:index])),
-                        cache=cache, device=device, should_stop=stop, options=options,
+                        cache=cache, device=device, should_stop=stop, options=options, distillation=distillation,
                         on_iteration=functools.partial(progress.iteration, index,
                                                        offset=plan.iterations[index - 1]))
             if stop.requested:

@@ -39,6 +39,7 @@ from core.data.augment import (
     collate_batch,
 )
 from core.detection_metrics import DetectionMetrics, evaluate_detections
+from core.distillation import Distillation, distilled_losses, supports_distillation
 from core.models.adas import PedestrianAdas
 from core.models.pednet import PedNet
 
@@ -193,12 +194,15 @@ def train_detector(
     should_stop: Callable[[], bool] | None = None,
     device: str = "cpu",
     options: TrainOptions | None = None,
+    distillation: Distillation | None = None,
 ) -> float:
     """Train all parameters with AdamW and a cosine schedule; returns the last loss.
 
     `should_stop` is polled before every iteration; when it answers True the loop ends
     early (the caller decides what that means). `options`: how the hardware is used
-    (`TrainOptions`). The model is left in eval mode, on `device`, in the default memory format.
+    (`TrainOptions`). `distillation`: add `core.distillation`'s loss against a frozen teacher
+    (its weight times the loss, as the loss "distillation"). The model is left in eval mode, on
+    `device`, in the default memory format.
     """
     if iterations <= 0:
         return float("nan")
@@ -224,6 +228,8 @@ def train_detector(
         return 0.5 * (1 + math.cos(math.pi * (i - warmup) / max(1, iterations - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    if distillation is not None and not (supports_distillation(model) and supports_distillation(distillation.teacher)):
+        raise ValueError(f"{type(model).__name__} does not expose dense outputs: it cannot be distilled")
     batches = cache.training_batches(records, network_input(model), seed=seed, batch_size=batch_size,
                                      iterations=iterations, workers=options.workers(device), pin_memory=on_cuda)
     autocast = (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if options.bf16
@@ -239,7 +245,10 @@ def train_detector(
             waited += time.monotonic() - fetch
             images, targets = batch.model_inputs()
             with autocast:
-                losses = model(images, targets)
+                if distillation is None:
+                    losses = model(images, targets)
+                else:
+                    losses = distilled_losses(model, distillation, images, targets)
                 loss = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -377,6 +377,7 @@ $("#job-form").addEventListener("submit", async (ev) => {
     deploy_on_success: f.deploy_on_success.checked,
   };
   if (f.batch_size.value) body.batch_size = Number(f.batch_size.value);
+  if (f.distillation_weight.value) body.distillation_weight = Number(f.distillation_weight.value);
   const button = $("button[type=submit]", f);
   button.disabled = true;
   try {

@@ -38,7 +38,6 @@ from core.models.adas import (
     IR_SCALE,
     IR_VARIANCES,
     PRE_NMS_TOP_K,
-    PRIORS,
     PedestrianAdas,
 )
 
@@ -83,18 +82,8 @@ class AdasNetworkExport(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         model = self.model
-        x = image - self.get_buffer("mean_rgb")
-        locs: dict[str, Tensor] = {}
-        confs: dict[str, Tensor] = {}
-        sizes: dict[str, tuple[int, int]] = {}
-        for name, block in model.features.items():
-            x = block(x)
-            for head in model._heads_after[name]:
-                locs[head], confs[head] = model.heads[head](x)
-                sizes[head] = (int(x.shape[-2]), int(x.shape[-1]))
+        loc, conf, sizes = model.head_outputs(image - self.get_buffer("mean_rgb"))
         self.priors = model._prior_boxes(sizes, (int(image.shape[-2]), int(image.shape[-1])), image.device)
-        loc = torch.cat([locs[s.head] for s in PRIORS], 1)
-        conf = torch.cat([confs[s.head] for s in PRIORS], 1)
         return loc, conf
 
 

@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import batched_nms
 
+from core.models.outputs import DenseOutputs
+
 # Input of the IR: 1x3x384x672, BGR, 0-255; the IR subtracts this mean and multiplies by
 # this scale (both stored as FP16 constants in the IR: these are their exact values).
 IR_INPUT_HEIGHT, IR_INPUT_WIDTH = 384, 672
@@ -250,7 +252,12 @@ class PedestrianAdas(nn.Module):
         """Network outputs for the IR's input: (box offsets FloatTensor[N, P, 4] as encoded
         with the variances, confidence logits FloatTensor[N, P, num_classes], priors
         FloatTensor[P, 4] x1, y1, x2, y2 normalised to 0..1), P priors in the IR's order."""
-        x = (bgr - self.mean) * IR_SCALE
+        loc, conf, sizes = self.head_outputs((bgr - self.mean) * IR_SCALE)
+        return loc, conf, self._prior_boxes(sizes, (bgr.shape[-2], bgr.shape[-1]), bgr.device)
+
+    def head_outputs(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, tuple[int, int]]]:
+        """(box offsets [N, P, 4], confidence logits [N, P, num_classes], each head's feature
+        map size) for the normalised input `x`, P priors in the IR's order."""
         locs: dict[str, Tensor] = {}
         confs: dict[str, Tensor] = {}
         sizes: dict[str, tuple[int, int]] = {}
@@ -261,10 +268,8 @@ class PedestrianAdas(nn.Module):
             x = block(x)
             for head in self._heads_after[name]:
                 locs[head], confs[head] = self.heads[head](x)
-                sizes[head] = (x.shape[-2], x.shape[-1])
-        loc = torch.cat([locs[s.head] for s in PRIORS], 1)
-        conf = torch.cat([confs[s.head] for s in PRIORS], 1)
-        return loc, conf, self._prior_boxes(sizes, (bgr.shape[-2], bgr.shape[-1]), bgr.device)
+                sizes[head] = (int(x.shape[-2]), int(x.shape[-1]))
+        return (torch.cat([locs[s.head] for s in PRIORS], 1), torch.cat([confs[s.head] for s in PRIORS], 1), sizes)
 
     def _prior_boxes(self, sizes: dict[str, tuple[int, int]], image_hw: tuple[int, int],
                      device: torch.device) -> Tensor:
@@ -277,15 +282,25 @@ class PedestrianAdas(nn.Module):
 
     def forward(self, images: list[Tensor],
                 targets: list[dict[str, Tensor]] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        loc, conf, priors = self.raw_outputs(self.preprocess(images))
+        outputs = self.dense_outputs(images)
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in train mode")
-            loc, conf = loc.float(), conf.float()  # the loss in float32, also under bf16 autocast
-            normalised = [_normalise(t["boxes"].to(loc), image) for t, image in zip(targets, images)]
-            labels = [t["labels"].to(loc.device) for t in targets]
-            return multibox_loss(loc, conf, priors, normalised, labels, self.box_coder, self.matcher)
-        return self._detections(loc, conf, priors, images)
+            return self.dense_losses(outputs, images, targets)
+        return self._detections(outputs.boxes, outputs.logits, outputs.raw, images)
+
+    def dense_outputs(self, images: Sequence[Tensor]) -> DenseOutputs:
+        """Box offsets and class logits per prior (softmax scores; `raw` holds the priors)."""
+        loc, conf, priors = self.raw_outputs(self.preprocess(images))
+        return DenseOutputs(loc, conf, "softmax", raw=priors)
+
+    def dense_losses(self, outputs: DenseOutputs, images: Sequence[Tensor],
+                     targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The SSD multibox losses of `outputs` (this model's, for `images`) against `targets`."""
+        loc, conf = outputs.boxes.float(), outputs.logits.float()  # float32, also under bf16 autocast
+        normalised = [_normalise(t["boxes"].to(loc), image) for t, image in zip(targets, images)]
+        labels = [t["labels"].to(loc.device) for t in targets]
+        return multibox_loss(loc, conf, outputs.raw, normalised, labels, self.box_coder, self.matcher)
 
     # -- inference ---------------------------------------------------------------
     def detect_resized(self, rgb: Tensor) -> list[dict[str, Tensor]]:

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss
 
+from core.models.outputs import DenseOutputs
+
 STRIDE = 16
 
 
@@ -107,14 +109,28 @@ class PedNet(nn.Module):
 
     def forward(self, images: list[Tensor],
                 targets: list[dict[str, Tensor]] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        x, scales = self._batch(images)
-        logits, regression = self._heads(x)
+        outputs = self.dense_outputs(images)
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in train mode")
-            # the loss in float32, also under bf16 autocast
-            return self._losses(logits.float(), regression.float(), targets, scales)
+            return self.dense_losses(outputs, images, targets)
+        logits, regression, scales = outputs.raw
         return self._decode(logits, regression, images, scales)
+
+    def dense_outputs(self, images: list[Tensor]) -> DenseOutputs:
+        """Regression and heatmap logits per output cell (sigmoid scores; `raw` holds the maps
+        and the images' scales)."""
+        x, scales = self._batch(images)
+        logits, regression = self._heads(x)
+        return DenseOutputs(regression.flatten(2).transpose(1, 2), logits.flatten(2).transpose(1, 2), "sigmoid",
+                            raw=(logits, regression, scales))
+
+    def dense_losses(self, outputs: DenseOutputs, images: list[Tensor],
+                     targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The heatmap, regression and GIoU losses of `outputs` against `targets`."""
+        logits, regression, scales = outputs.raw
+        # the loss in float32, also under bf16 autocast
+        return self._losses(logits.float(), regression.float(), targets, scales)
 
     # -- training ----------------------------------------------------------------
     def _losses(self, logits: Tensor, regression: Tensor, targets: list[dict[str, Tensor]],

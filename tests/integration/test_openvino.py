@@ -92,8 +92,9 @@ def test_detect_runs_the_openvino_export(client: httpx.Client, binary_job: dict)
 
 @pytest.mark.parametrize("body, field", [({"activation_bits": 8}, "activation_bits"),
                                          ({"activation_bits": 0}, "activation_bits"),
-                                         ({"activation_bits": 1, "bits": 2}, "activation_bits 1 needs bits 1")])
-def test_bad_activation_bits_answer_422(client: httpx.Client, body: dict, field: str) -> None:
+                                         ({"activation_bits": 1, "bits": 2}, "activation_bits 1 needs bits 1"),
+                                         ({"distillation_weight": -0.5}, "distillation_weight")])
+def test_bad_job_options_answer_422(client: httpx.Client, body: dict, field: str) -> None:
     ids = upload_tiny(client, 4)
     r = client.post("/jobs", json={**ids, "target": {"min_compression_ratio": 2.0}, **body})
     assert r.status_code == 422 and field in r.json()["detail"], r.text
