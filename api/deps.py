@@ -60,3 +60,13 @@ TenantDep = Annotated[Tenant, Depends(get_tenant)]
 # Paging of the list endpoints (`GET /models`, `/datasets`, `/jobs`): newest first.
 Skip = Annotated[int, Query(ge=0, le=2**31 - 1, description="Rows to skip.")]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Rows to return.")]
+
+
+class Page:
+    """`?skip=&limit=` of a list endpoint."""
+
+    def __init__(self, skip: Skip = 0, limit: Limit = 100) -> None:
+        self.skip, self.limit = skip, limit
+
+
+PageDep = Annotated[Page, Depends()]

@@ -13,13 +13,13 @@ NNCF's binarization recipe and ReActNet always distil; Hinton et al. (2015) for 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.models.outputs import DenseOutputs
+from core.models.outputs import DenseDetector, DenseOutputs
 
 TEMPERATURE = 2.0
 CONFIDENCE = 0.5
@@ -35,33 +35,20 @@ class Distillation:
     confidence: float = CONFIDENCE
 
 
-class DenseDetector(Protocol):
-    """A detector that exposes its dense outputs (PedestrianAdas, PedNet)."""
-
-    def dense_outputs(self, images: list[Tensor]) -> DenseOutputs: ...
-
-    def dense_losses(self, outputs: DenseOutputs, images: list[Tensor],
-                     targets: list[dict[str, Tensor]]) -> dict[str, Tensor]: ...
-
-
 def supports_distillation(model: nn.Module) -> bool:
-    """Whether `model` exposes its dense outputs (`dense_outputs` / `dense_losses`)."""
-    return callable(getattr(model, "dense_outputs", None)) and callable(getattr(model, "dense_losses", None))
-
-
-def dense(model: nn.Module) -> DenseDetector:
-    """`model` as a `DenseDetector` (check `supports_distillation` first)."""
-    return cast(DenseDetector, model)
+    """Whether `model` exposes its dense outputs (a `core.models.outputs.DenseDetector`)."""
+    return isinstance(model, DenseDetector)
 
 
 def distilled_losses(model: nn.Module, distillation: Distillation, images: list[Tensor],
                      targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """The model's own training losses and the weighted distillation loss, from one forward of
     the student and one (without gradients) of the teacher."""
-    outputs = dense(model).dense_outputs(images)
+    student_model, teacher_model = cast(DenseDetector, model), cast(DenseDetector, distillation.teacher)
+    outputs = student_model.dense_outputs(images)
     with torch.no_grad():
-        teacher = dense(distillation.teacher).dense_outputs(images)
-    losses = dense(model).dense_losses(outputs, images, targets)
+        teacher = teacher_model.dense_outputs(images)
+    losses = student_model.dense_losses(outputs, images, targets)
     return {**losses, "distillation": distillation.weight * distillation_loss(
         outputs, teacher, temperature=distillation.temperature, confidence=distillation.confidence)}
 

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from api import schemas, services
-from api.deps import Limit, SessionDep, SettingsDep, Skip, TenantDep
+from api.deps import PageDep, SessionDep, SettingsDep, TenantDep
 from service.store import Dataset
 
 router = APIRouter(tags=["datasets"])
@@ -37,13 +37,8 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant: TenantDep) -> sche
 
 
 @router.get("/datasets", response_model=schemas.DatasetsPublic)
-def list_datasets(
-    session: SessionDep,
-    tenant: TenantDep,
-    skip: Skip = 0,
-    limit: Limit = 100,
-) -> schemas.DatasetsPublic:
+def list_datasets(session: SessionDep, tenant: TenantDep, page: PageDep) -> schemas.DatasetsPublic:
     """This tenant's datasets, newest first."""
-    rows, count = services.list_owned(session, tenant, Dataset, skip, limit)
+    rows, count = services.list_owned(session, tenant, Dataset, page.skip, page.limit)
     return schemas.DatasetsPublic(data=[schemas.DatasetPublic.model_validate(d, from_attributes=True) for d in rows],
                                   count=count)

@@ -5,7 +5,7 @@ import logging
 from fastapi import APIRouter, HTTPException, status
 
 from api import queue, schemas, services
-from api.deps import Limit, SessionDep, SettingsDep, Skip, TenantDep
+from api.deps import PageDep, SessionDep, SettingsDep, TenantDep
 from service.store import Job
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,9 @@ def create_job(body: schemas.JobCreate, session: SessionDep, tenant: TenantDep,
 
 
 @router.get("/jobs", response_model=schemas.JobsPublic)
-def list_jobs(
-    session: SessionDep,
-    tenant: TenantDep,
-    skip: Skip = 0,
-    limit: Limit = 100,
-) -> schemas.JobsPublic:
+def list_jobs(session: SessionDep, tenant: TenantDep, page: PageDep) -> schemas.JobsPublic:
     """This tenant's jobs, newest first."""
-    rows, count = services.list_owned(session, tenant, Job, skip, limit)
+    rows, count = services.list_owned(session, tenant, Job, page.skip, page.limit)
     return schemas.JobsPublic(data=[services.job_public(j) for j in rows], count=count)
 
 

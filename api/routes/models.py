@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from api import schemas, services
-from api.deps import Limit, SessionDep, SettingsDep, Skip, TenantDep
+from api.deps import PageDep, SessionDep, SettingsDep, TenantDep
 from service.store import DetectorModel
 
 router = APIRouter(tags=["models"])
@@ -44,12 +44,7 @@ def get_model(model_id: str, session: SessionDep, tenant: TenantDep) -> schemas.
 
 
 @router.get("/models", response_model=schemas.ModelsPublic)
-def list_models(
-    session: SessionDep,
-    tenant: TenantDep,
-    skip: Skip = 0,
-    limit: Limit = 100,
-) -> schemas.ModelsPublic:
+def list_models(session: SessionDep, tenant: TenantDep, page: PageDep) -> schemas.ModelsPublic:
     """This tenant's models, newest first."""
-    rows, count = services.list_owned(session, tenant, DetectorModel, skip, limit)
+    rows, count = services.list_owned(session, tenant, DetectorModel, page.skip, page.limit)
     return schemas.ModelsPublic(data=[services.model_public(m) for m in rows], count=count)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import _utils as det_utils
 from torchvision.ops import batched_nms
 
-from core.models.outputs import DenseOutputs
+from core.models.outputs import DenseDetector, DenseOutputs
 
 # Input of the IR: 1x3x384x672, BGR, 0-255; the IR subtracts this mean and multiplies by
 # this scale (both stored as FP16 constants in the IR: these are their exact values).
@@ -181,7 +181,7 @@ def prior_boxes(spec: PriorSpec, feature_hw: tuple[int, int], image_hw: tuple[in
     return boxes.reshape(-1, 4)
 
 
-class PedestrianAdas(nn.Module):
+class PedestrianAdas(DenseDetector):
     """pedestrian-detection-adas-0002: SSD + channel-reduced MobileNet v1, following
     torchvision's detection API like every registered FlexBin detector.
 
@@ -280,13 +280,7 @@ class PedestrianAdas(nn.Module):
             self._priors[key] = self._priors[key].to(device)
         return self._priors[key]
 
-    def forward(self, images: list[Tensor],
-                targets: list[dict[str, Tensor]] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        outputs = self.dense_outputs(images)
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in train mode")
-            return self.dense_losses(outputs, images, targets)
+    def decode(self, outputs: DenseOutputs, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         return self._detections(outputs.boxes, outputs.logits, outputs.raw, images)
 
     def dense_outputs(self, images: Sequence[Tensor]) -> DenseOutputs:

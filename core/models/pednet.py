@@ -10,13 +10,14 @@ pedestrian centres at stride 16, plus per-cell centre offset and log box size.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, generalized_box_iou_loss
 
-from core.models.outputs import DenseOutputs
+from core.models.outputs import DenseDetector, DenseOutputs
 
 STRIDE = 16
 
@@ -29,7 +30,7 @@ def _conv(c_in: int, c_out: int, *, stride: int = 1, dilation: int = 1) -> nn.Se
     )
 
 
-class PedNet(nn.Module):
+class PedNet(DenseDetector):
     """CenterNet-style pedestrian detector following torchvision's detection API.
 
     Input: list of FloatTensor[3, H, W] in [0, 1], any sizes. Each image is resized so its
@@ -107,25 +108,19 @@ class PedNet(nn.Module):
         x = self.neck(self.features(x))
         return self.heatmap(x), self.regression(x)
 
-    def forward(self, images: list[Tensor],
-                targets: list[dict[str, Tensor]] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        outputs = self.dense_outputs(images)
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in train mode")
-            return self.dense_losses(outputs, images, targets)
+    def decode(self, outputs: DenseOutputs, images: Sequence[Tensor]) -> list[dict[str, Tensor]]:
         logits, regression, scales = outputs.raw
-        return self._decode(logits, regression, images, scales)
+        return self._decode(logits, regression, list(images), scales)
 
-    def dense_outputs(self, images: list[Tensor]) -> DenseOutputs:
+    def dense_outputs(self, images: Sequence[Tensor]) -> DenseOutputs:
         """Regression and heatmap logits per output cell (sigmoid scores; `raw` holds the maps
         and the images' scales)."""
-        x, scales = self._batch(images)
+        x, scales = self._batch(list(images))
         logits, regression = self._heads(x)
         return DenseOutputs(regression.flatten(2).transpose(1, 2), logits.flatten(2).transpose(1, 2), "sigmoid",
                             raw=(logits, regression, scales))
 
-    def dense_losses(self, outputs: DenseOutputs, images: list[Tensor],
+    def dense_losses(self, outputs: DenseOutputs, images: Sequence[Tensor],
                      targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """The heatmap, regression and GIoU losses of `outputs` against `targets`."""
         logits, regression, scales = outputs.raw
