@@ -14,7 +14,8 @@ worker's way) and how many layers run at 1 bit.
 A screen, as the issue asks for the ablation grid: one seed, few iterations, the 32-image
 validation split (step-to-step noise about ±0.04 MR^-2). What survives earns full runs.
 
-Writes bench/results/distillation.{json,md} (`_quick` with --quick).
+Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
+`distillation_<steps>steps_<iterations>iterations.*`).
 """
 from __future__ import annotations
 
@@ -89,7 +90,14 @@ def markdown(result: dict[str, Any]) -> str:
 
 def readme_section(results: Path) -> str:
     head = "### Distillation screen (`make bench-distillation`, [`distillation.md`](distillation.md))"
-    return report.section(head, report.load_results("distillation", results), _readme_lines)
+    return report.section(head, report.load_all("distillation", results), _readme_runs)
+
+
+def _readme_runs(runs: dict[str, dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    for name, result in runs.items():
+        lines += [f"[`{name}.md`]({name}.md):", "", *_readme_lines(result), ""]
+    return lines
 
 
 def _readme_lines(result: dict[str, Any]) -> list[str]:
@@ -118,7 +126,9 @@ def main() -> None:
               f"±0.04); forward ms of each step's OpenVINO export, 1 thread f32. One seed: a screen, not a verdict.")
     result = {"machine": report.machine(threads=torch.get_num_threads()), "git": report.git_commit(),
               "design": design, "arms": arms}
-    path = report.write_results("distillation_quick" if args.quick else "distillation", result, markdown(result))
+    name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
+                             else f"_{steps}steps_{iterations}iterations")
+    path = report.write_results(name, result, markdown(result))
     report.log(f"wrote {path}")
 
 
