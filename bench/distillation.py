@@ -1,21 +1,27 @@
-"""Does distillation from the float model keep binary activations accurate (issue 19)? A screen.
+"""Do distillation from the float model, or NNCF's scale-threshold input binarizer, keep binary
+activations accurate (issue 19)? A screen.
 
     python -m bench.distillation             # about 10 minutes on 2 idle cores
     python -m bench.distillation --quick     # a minute: checks the script
+    python -m bench.distillation --steps 1 --iterations 600 --binarizers rsign,scale_threshold
+    python -m bench.distillation --steps 1 --iterations 600 --weights 0 --staged
+    python -m bench.distillation --steps 1 --iterations 600 --weights 0 --binarizer-lr 100
 
-The same job twice on pedestrian_adas_0002 at 192x336 (the demo's resolution and learning
-rate), once per `distillation_weight` (default 0 and 1), everything else equal: binary weights
-and inputs (`activation_bits: 1`), the `latency` order (the layers that save the most measured
-time first: the costly pointwise convs, where binary inputs break this detector), 2 layers per
-step, 60 fine-tuning iterations per step, seed 0, a fixed number of steps. Each step records
-its validation MR^-2 (32 images), the forward time of its OpenVINO export (1 thread, f32, the
-worker's way) and how many layers run at 1 bit.
+The same job once per arm on pedestrian_adas_0002 at 192x336 (the demo's resolution and learning
+rate), one arm per `distillation_weight` (default 0 and 1) and input binarizer (`activation_quantizer`,
+default `rsign`), with `staged_schedule` on for every arm under --staged and `binarizer_lr_multiplier` from
+--binarizer-lr (default 1), everything else equal: binary weights and inputs (`activation_bits: 1`), the
+`latency` order (the layers that save the most measured time first: the costly pointwise convs,
+where binary inputs break this detector), 2 layers per step, 60 fine-tuning iterations per step,
+seed 0, a fixed number of steps. Each step records its validation MR^-2 (32 images), the forward
+time of its OpenVINO export (1 thread, f32, the worker's way) and how many layers run at 1 bit.
 
 A screen, as the issue asks for the ablation grid: one seed, few iterations, the 32-image
 validation split (step-to-step noise about ±0.04 MR^-2). What survives earns full runs.
 
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
-`distillation_<steps>steps_<iterations>iterations.*`).
+`distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
+`_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`).
 """
 from __future__ import annotations
 
@@ -36,14 +42,16 @@ from core.pretrained import load_pretrained
 BUDGET = 0.03  # the issue's accuracy bar: MR^-2 within float + 0.03
 
 
-def job_config(weight: float, iterations: int) -> PipelineConfig:
+def job_config(weight: float, binarizer: str, iterations: int, staged: bool, lr_multiplier: float) -> PipelineConfig:
     # a compression target out of reach: the bench stops the job after its steps
     return PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, order="latency",
                           layers_per_step=2, finetune_iters=iterations, learning_rate=1e-4, seed=0,
-                          distillation_weight=weight)
+                          distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=staged,
+                          binarizer_lr_multiplier=lr_multiplier)
 
 
-def run_arm(weight: float, steps: int, iterations: int) -> dict[str, Any]:
+def run_arm(weight: float, binarizer: str, steps: int, iterations: int, staged: bool,
+            lr_multiplier: float) -> dict[str, Any]:
     """One job, stopped after `steps` binarization steps; its steps as results record them."""
     train, val = split_records(read_pennfudan(default_data_dir()))
     model, card = load_pretrained("pedestrian_adas_0002", input_height=192, input_width=336)
@@ -52,18 +60,32 @@ def run_arm(weight: float, steps: int, iterations: int) -> dict[str, Any]:
 
     def on_step(step: StepOutcome) -> None:
         done.append(step)
-        report.log(f"weight {weight}: step {step.index}, {len(step.binary_layers)} layers, MR^-2 "
+        report.log(f"{binarizer}, weight {weight}: step {step.index}, {len(step.binary_layers)} layers, MR^-2 "
                    f"{step.miss_rate:.3f}, {step.latency_ms or float('nan'):.2f} ms")
 
     try:
-        run(model, card, train, val, job_config(weight, iterations), on_step=on_step,
+        run(model, card, train, val, job_config(weight, binarizer, iterations, staged, lr_multiplier), on_step=on_step,
             should_stop=lambda: len(done) > steps)
     except Cancelled:
         pass  # the bench's stop after `steps` steps
     rows = report.step_rows(done)
     for row, step in zip(rows, done, strict=True):
         row["latency_ms"] = step.latency_ms and round(step.latency_ms, 3)
-    return {"distillation_weight": weight, "steps": rows, "seconds": round(time.monotonic() - started, 1)}
+    return {"distillation_weight": weight, "activation_quantizer": binarizer, "staged_schedule": staged,
+            "binarizer_lr_multiplier": lr_multiplier, "steps": rows,
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def arm_name(arm: dict[str, Any]) -> str:
+    """`activation_quantizer` (rsign in results from before it was recorded) and weight."""
+    return f"{arm_label(arm)}, distillation_weight {arm['distillation_weight']}"
+
+
+def arm_label(arm: dict[str, Any]) -> str:
+    """The input binarizer and how it was trained (defaults for results from before these were recorded)."""
+    staged = ", staged" if arm.get("staged_schedule") else ""
+    lr = arm.get("binarizer_lr_multiplier", 1.0)
+    return f"{arm.get('activation_quantizer', 'rsign')}{staged}" + (f", binarizer lr x{lr:g}" if lr != 1.0 else "")
 
 
 def summary(arm: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +102,7 @@ def markdown(result: dict[str, Any]) -> str:
              (f"{result['machine']['date']}, {report.machine_text(result['machine'])}, commit "
              f"{report.commit_text(result['git'])}. {result['design']}"), ""]
     for arm in result["arms"]:
-        lines += [f"## distillation_weight {arm['distillation_weight']} ({report.minutes(arm['seconds'])})", "",
+        lines += [f"## {arm_name(arm)} ({report.minutes(arm['seconds'])})", "",
                   *report.markdown_table(arm["steps"], [
                       ("step", "index"), ("binarized layers", "num_binary_layers"),
                       ("val MR^-2", lambda s: f"{s['miss_rate']:.3f}"), ("AP@0.5", lambda s: f"{s['ap50']:.3f}"),
@@ -101,33 +123,46 @@ def _readme_runs(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _readme_lines(result: dict[str, Any]) -> list[str]:
-    rows = [{"weight": a["distillation_weight"], **summary(a)} for a in result["arms"]]
+    rows = [{"binarizer": arm_label(a), "weight": a["distillation_weight"], **summary(a)}
+            for a in result["arms"]]
     return [result["design"], "", *report.markdown_table(rows, [
-        ("distillation_weight", "weight"), ("float MR^-2", lambda r: f"{r['float_miss_rate']:.3f}"),
+        ("input binarizer", "binarizer"), ("distillation_weight", "weight"), ("float MR^-2", lambda r: f"{r['float_miss_rate']:.3f}"),
         (f"binarized layers within +{BUDGET}", "layers_within_budget"),
         ("their forward ms", "latency_within_budget_ms"),
         ("last step: layers", lambda r: r["last"]["num_binary_layers"]),
         ("last step: MR^-2", lambda r: f"{r['last']['miss_rate']:.3f}"),
-        ("last step: forward ms", lambda r: r["last"]["latency_ms"])], align="rrrrrrr")]
+        ("last step: forward ms", lambda r: r["last"]["latency_ms"])], align="lrrrrrrr")]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.distillation", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="0,1", help="distillation weights, one job each (default 0,1)")
+    parser.add_argument("--binarizers", default="rsign",
+                        help="input binarizers (activation_quantizer), one job per weight each (default rsign)")
+    parser.add_argument("--staged", action="store_true", help="staged_schedule on: inputs first, then weights")
+    parser.add_argument("--binarizer-lr", type=float, default=1.0,
+                        help="binarizer_lr_multiplier of every arm (default 1)")
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
     parser.add_argument("--quick", action="store_true", help="2 steps of 4 iterations: checks the script")
     args = parser.parse_args()
     steps, iterations = (2, 4) if args.quick else (args.steps, args.iterations)
     torch.set_num_threads(2)
-    arms = [run_arm(float(w), steps, iterations) for w in args.weights.split(",")]
-    design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1, order latency, 2 layers per step, {iterations} "
+    binarizers = args.binarizers.split(",")
+    arms = [run_arm(float(w), b, steps, iterations, args.staged, args.binarizer_lr) for b in binarizers for w in args.weights.split(",")]
+    design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}), {', staged schedule' if args.staged else ''}, binarizer lr x{args.binarizer_lr:g}, order latency, 2 layers per step, {iterations} "
               f"iterations per step, lr 1e-4, seed 0, {steps} steps; validation MR^-2 on 32 images (noise about "
               f"±0.04); forward ms of each step's OpenVINO export, 1 thread f32. One seed: a screen, not a verdict.")
     result = {"machine": report.machine(threads=torch.get_num_threads()), "git": report.git_commit(),
               "design": design, "arms": arms}
     name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
                              else f"_{steps}steps_{iterations}iterations")
+    if binarizers != ["rsign"]:
+        name += "_" + "_".join(binarizers)
+    if args.staged:
+        name += "_staged"
+    if args.binarizer_lr != 1.0:
+        name += f"_blr{args.binarizer_lr:g}"
     path = report.write_results(name, result, markdown(result))
     report.log(f"wrote {path}")
 

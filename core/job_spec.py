@@ -23,6 +23,8 @@ ACTIVATION_BITS = (1, 32)
 """Bits of a binarized layer's inputs: 32 = float (weights-only binarization), 1 = binary."""
 WeightQuantizerName = Literal["sign", "kbit"]
 """The registered weight quantizers (`core.binary.quantizers`; a test keeps the two equal)."""
+ActivationQuantizerName = Literal["rsign", "scale_threshold"]
+"""The registered input binarizers (`core.binary.activation`; a test keeps the two equal)."""
 
 
 def default_weight_quantizer(bits: int) -> WeightQuantizerName:
@@ -126,6 +128,22 @@ class PipelineConfig(BaseModel):
         "1-bit XNOR-popcount convolution once exported (dense Conv2d with a multiple of 8 input channels; "
         "other layers keep float inputs).")
 
+    activation_quantizer: ActivationQuantizerName = Field(
+        default="rsign",
+        description="activation_bits 1 only: how inputs are binarized (core.binary.activation). rsign: H(x - τ_c), a "
+        "learnable threshold per channel (ReActNet's RSign in {0, 1} form); scale_threshold: NNCF's s·H(x - s·t_c), "
+        "a learnable scale per layer started at the 99.9th percentile of its input, so binary inputs keep the float "
+        "inputs' magnitude. Both export to the same 1-bit convolution.")
+    staged_schedule: bool = Field(
+        default=False,
+        description="activation_bits 1 only: NNCF's staged schedule within each step. The step's layers first take "
+        "binary inputs with float weights for half its fine-tuning iterations, then their weights are binarized "
+        "too for the other half; false: both at once, all iterations.")
+    binarizer_lr_multiplier: float = Field(
+        default=1.0, gt=0.0, le=1000.0,
+        description="activation_bits 1 only: the input binarizers' thresholds (and scales) learn at this times "
+        "learning_rate (NNCF's compression_lr_multiplier). At a pretrained detector's 1e-4 a threshold moves a few "
+        "hundredths in a step's iterations.")
     distillation_weight: float = Field(
         default=0.0, ge=0.0, le=100.0,
         description="0 = off. Otherwise fine-tuning also learns the job's frozen float model's predictions on each "
@@ -165,6 +183,13 @@ class PipelineConfig(BaseModel):
                              "num_layers): a miss-rate budget has no single layer set")
         if self.method == "layer_priority" and self.num_layers is not None:
             raise ValueError("num_layers applies to method all_at_once only")
+        if self.activation_quantizer != "rsign" and self.activation_bits != 1:
+            raise ValueError(f"activation_quantizer {self.activation_quantizer} needs activation_bits 1: with float "
+                             "inputs nothing binarizes them")
+        if self.binarizer_lr_multiplier != 1.0 and self.activation_bits != 1:
+            raise ValueError("binarizer_lr_multiplier needs activation_bits 1: with float inputs there is no binarizer")
+        if self.staged_schedule and self.activation_bits != 1:
+            raise ValueError("staged_schedule needs activation_bits 1: it binarizes inputs before weights")
         if self.activation_bits == 1 and self.bits != 1:
             raise ValueError("activation_bits 1 needs bits 1: a 1-bit convolution takes 1-bit weights")
         return self

@@ -15,6 +15,10 @@ many more iterations with one fresh AdamW and one cosine schedule, while the run
 from the unconsolidated network. A layer-priority step k and an all-at-once run over the same
 k layers then both end with the same final anneal and the same total iterations
 (`training_iterations`). The claim study (`bench/study/`, `bench/claim.py`) uses it.
+
+`staged_schedule` (binary-input jobs) is NNCF's staged schedule inside each step: the step's
+layers take binary inputs with float weights for the first half of its iterations, and their
+weights are binarized for the second half.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from core.binary import (
     activation_quantizers,
     binarize_input,
     binarize_module,
+    new_input_binarizer,
     supports_binary_input,
     weight_quantizer,
 )
@@ -116,6 +121,11 @@ log = logging.getLogger(__name__)
 # -- the run -------------------------------------------------------------------------
 SENSITIVITY_BATCHES = 4
 PROGRESS_INTERVAL_S = 1.0
+STAGED_SEED_OFFSET = 700
+"""A staged step's second half (weights binarized too) samples with seed `seed·1000 + 700 + step`
+(its first half: `seed·1000 + step`, as every step; consolidation: `seed·1000 + 500 + layers`)."""
+STAGES = ("fine-tuning with binary inputs", "fine-tuning with binary inputs and weights")
+"""A staged step's two halves, as progress messages name them."""
 
 
 @dataclass
@@ -191,7 +201,8 @@ def consolidate(model: nn.Module, train_records: Sequence[ImageRecord], config: 
         model, train_records, iterations=config.consolidation_iters,
         batch_size=config.batch_size, learning_rate=config.learning_rate,
         seed=config.seed * 1000 + 500 + num_binary_layers, cache=cache, device=device,
-        on_iteration=on_iteration, should_stop=should_stop, options=options, distillation=distillation)
+        on_iteration=on_iteration, should_stop=should_stop, options=options, distillation=distillation,
+        binarizer_lr_multiplier=config.binarizer_lr_multiplier)
 
 
 def teacher_for(model: nn.Module, config: PipelineConfig, device: str) -> Distillation | None:
@@ -326,17 +337,26 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
         index = len(steps)
         new_layers = plan.steps[index - 1]
         for name in new_layers:
-            binarize_module(modules[name], layer_quantizer(config))
+            if not config.staged_schedule:
+                binarize_module(modules[name], layer_quantizer(config))
             if config.activation_bits == 1 and supports_binary_input(modules[name]):
-                binarize_input(modules[name])
+                binarize_input(modules[name], new_input_binarizer(config.activation_quantizer,
+                                                                  modules[name].in_channels))
         started = time.monotonic()
         stop = _StopFlag(should_stop)
-        train_detector(
-            model, train_records, iterations=plan.iterations[index - 1],
-            batch_size=config.batch_size, learning_rate=config.learning_rate,
-            seed=config.seed * 1000 + index, cache=cache, device=device,
-            on_iteration=functools.partial(progress.iteration, index),
-            should_stop=stop, options=options, distillation=distillation)
+        finetune = functools.partial(
+            train_detector, model, train_records, batch_size=config.batch_size,
+            learning_rate=config.learning_rate, cache=cache, device=device, should_stop=stop,
+            options=options, distillation=distillation, binarizer_lr_multiplier=config.binarizer_lr_multiplier)
+        iterations = plan.iterations[index - 1]
+        first = iterations // 2 if config.staged_schedule else iterations
+        finetune(iterations=first, seed=config.seed * 1000 + index, on_iteration=functools.partial(
+            progress.iteration, index, what=STAGES[0] if config.staged_schedule else "fine-tuning"))
+        if config.staged_schedule:  # NNCF's staged schedule within the step: inputs first, then weights
+            for name in new_layers:
+                binarize_module(modules[name], layer_quantizer(config))
+            finetune(iterations=iterations - first, seed=config.seed * 1000 + STAGED_SEED_OFFSET + index,
+                     on_iteration=functools.partial(progress.iteration, index, offset=first, what=STAGES[1]))
         if stop.requested:
             raise Cancelled(f"cancelled during step {index}")
         served = model
@@ -345,7 +365,7 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
             consolidate(served, train_records, config, num_binary_layers=sum(map(len, plan.steps[:index])),
                         cache=cache, device=device, should_stop=stop, options=options, distillation=distillation,
                         on_iteration=functools.partial(progress.iteration, index,
-                                                       offset=plan.iterations[index - 1]))
+                                                       offset=plan.iterations[index - 1], what="consolidating"))
             if stop.requested:
                 raise Cancelled(f"cancelled during step {index}")
         report(_measure(served, card, config, index, new_layers, time.monotonic() - started,
@@ -471,13 +491,13 @@ class _ProgressTracker:
         self.done_at_start = self.done
         self.last = 0.0
 
-    def iteration(self, step: int, it: IterationReport, offset: int = 0) -> None:
-        """`offset`: iterations of the step already done before this loop (consolidation)."""
+    def iteration(self, step: int, it: IterationReport, offset: int = 0, what: str = "fine-tuning") -> None:
+        """`offset`: iterations of the step already done before this loop (a staged step's first
+        half, consolidation); `what`: the loop, as the progress message names it."""
         now = time.monotonic()
         if self.on_progress is None or (now - self.last < PROGRESS_INTERVAL_S and it.iteration < it.total):
             return
         self.last = now
-        what = "consolidating" if offset else "fine-tuning"
         self._emit(step, it.iteration, it.total, self.done + offset + it.iteration,
                    f"{what} {it.iteration}/{it.total}")
 

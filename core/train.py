@@ -23,6 +23,7 @@ from typing import Any, TypedDict
 import torch
 from torch import Tensor, nn
 
+from core.binary import InputBinarizer
 from core.checkpoint import ModelCard
 from core.data import (
     ImageRecord,
@@ -195,14 +196,17 @@ def train_detector(
     device: str = "cpu",
     options: TrainOptions | None = None,
     distillation: Distillation | None = None,
+    binarizer_lr_multiplier: float = 1.0,
 ) -> float:
     """Train all parameters with AdamW and a cosine schedule; returns the last loss.
 
     `should_stop` is polled before every iteration; when it answers True the loop ends
     early (the caller decides what that means). `options`: how the hardware is used
     (`TrainOptions`). `distillation`: add `core.distillation`'s loss against a frozen teacher
-    (its weight times the loss, as the loss "distillation"). The model is left in eval mode, on
-    `device`, in the default memory format.
+    (its weight times the loss, as the loss "distillation"). `binarizer_lr_multiplier`: the
+    input binarizers' parameters (thresholds, scales) learn at this times `learning_rate` (NNCF's
+    `compression_lr_multiplier`). The model is left in eval mode, on `device`, in the default
+    memory format.
     """
     if iterations <= 0:
         return float("nan")
@@ -218,9 +222,14 @@ def train_detector(
         model.to(memory_format=torch.channels_last)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
+    binarizer_ids = {id(p) for m in model.modules() if isinstance(m, InputBinarizer) for p in m.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in binarizer_ids], "lr": learning_rate},
+              {"params": [p for p in params if id(p) in binarizer_ids],
+               "lr": learning_rate * binarizer_lr_multiplier}]
     # The fused kernel (CPU and CUDA): the same update as the per-parameter loop, a few ms instead
     # of 16 per iteration on 2 cores for pedestrian_adas_0002.
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-4, fused=True)
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, weight_decay=1e-4,
+                                  fused=True)
 
     def lr_at(i: int) -> float:
         if i < warmup:

@@ -378,6 +378,11 @@ $("#job-form").addEventListener("submit", async (ev) => {
   };
   if (f.batch_size.value) body.batch_size = Number(f.batch_size.value);
   if (f.distillation_weight.value) body.distillation_weight = Number(f.distillation_weight.value);
+  if (body.activation_bits === 1) {
+    body.activation_quantizer = f.activation_quantizer.value;
+    body.staged_schedule = f.staged_schedule.checked;
+    if (f.binarizer_lr_multiplier.value) body.binarizer_lr_multiplier = Number(f.binarizer_lr_multiplier.value);
+  }
   const button = $("button[type=submit]", f);
   button.disabled = true;
   try {

@@ -1,6 +1,6 @@
 """Binary weight approximation, STE fine-tuning and 1-bit packing (Zhuang et al. 2017,
 arXiv 1709.04344): `approximate` fits `W ≈ Σ α_i B_i` per output channel, the registered
-quantizers (`sign`, `kbit` for weights; `rsign` for inputs; `quantizers.py`, `activation.py`)
+quantizers (`sign`, `kbit` for weights; `rsign`, `scale_threshold` for inputs; `quantizers.py`, `activation.py`)
 wrap that maths with a name and a config, `binarize_module` makes a Conv2d / Linear train
 through one, `binarize_input` makes a Conv2d binarize its inputs too (`H(x - τ)`, for 1-bit
 kernels), `pack_approx` stores the weights.
@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from core.binary.activation import (
     ACTIVATION_QUANTIZER,
+    INPUT_BINARIZERS,
     BinaryActivation,
+    InputBinarizer,
+    ScaleThresholdActivation,
     activation_quantizer_from_config,
     activation_quantizers,
     binarize_input,
     binary_activation,
     has_binary_input,
     input_binarizer,
+    new_input_binarizer,
     supports_binary_input,
 )
 from core.binary.approx import MAX_BITS, BinaryApprox, approximate, check_bits
@@ -50,12 +54,15 @@ from core.binary.ste import binarize_ste
 
 __all__ = [
     "ACTIVATION_QUANTIZER",
+    "INPUT_BINARIZERS",
     "MAX_BITS",
     "QUANTIZERS",
     "BinaryActivation",
     "BinaryApprox",
+    "InputBinarizer",
     "KBitQuantizer",
     "Quantizer",
+    "ScaleThresholdActivation",
     "SignQuantizer",
     "WeightQuantizer",
     "activation_quantizer_from_config",
@@ -72,6 +79,7 @@ __all__ = [
     "input_binarizer",
     "is_binarized",
     "latent_weight",
+    "new_input_binarizer",
     "pack_approx",
     "pack_signs",
     "packed_nbytes",

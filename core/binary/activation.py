@@ -24,6 +24,20 @@ binarization only with output levels 0 and 1 (measured: (-1, +1) levels compiled
 every -1 as a set bit and gave wrong results).
 
 Ties: `x == τ` gives 0, as OpenVINO's binarization (`x > threshold`) does.
+
+Two input binarizers are registered (`InputBinarizer`, chosen by a job's `activation_quantizer`):
+
+- `rsign` (`BinaryActivation`): `H(x - τ_c)` as above, values {0, 1}.
+- `scale_threshold` (`ScaleThresholdActivation`): NNCF's activation binarization (NNCF ≤ 2.9,
+  `nncf/torch/binarization/`): `s·H(x - s·t_c)` with one learnable scale `s = exp(log_s)` per
+  layer, initialised on the first training batch at the 99.9th percentile of its input (so the
+  binary input keeps about the float input's magnitude, and the BatchNorm after the conv sees
+  what it was trained on), and a learnable per-channel `t_c = sigmoid(θ_c)`, initialised at ½.
+  Its STE passes gradients for `0 ≤ x ≤ s` (PACT-like), NNCF's backward.
+
+Both export the same way: `τ_c` (`export_threshold()`) feeds the 1-bit convolution's
+binarization and the scale `s` (`output_scale()`, 1 for `rsign`) folds into the convolution's
+per-channel weight scale, `conv(s·a, α·B) = conv(a, s·α·B)`: no extra op at run time.
 """
 from __future__ import annotations
 
@@ -71,15 +85,30 @@ def binary_activation(x: Tensor, threshold: Tensor) -> Tensor:
     return out
 
 
+class InputBinarizer(Quantizer):
+    """An activation quantizer that binarizes a conv's input per channel: its forward pass is
+    `output_scale() · H(x - export_threshold())` (straight-through gradients), which the export
+    runs as a 1-bit convolution (module docstring)."""
+
+    kind: ClassVar[QuantizerKind] = "activation"
+
+    def export_threshold(self) -> Tensor:
+        """τ [C]: the input is 1 where `x > τ_c`."""
+        raise NotImplementedError
+
+    def output_scale(self) -> float:
+        """The value a 1 stands for (the export folds it into the conv's weight scale)."""
+        raise NotImplementedError
+
+
 @register_quantizer
-class BinaryActivation(Quantizer):
+class BinaryActivation(InputBinarizer):
     """The registered activation quantizer `rsign`: `x ↦ H(x - τ_c)` with a learnable threshold
     per input channel, initialised at 0 (ReActNet initialises its shift at 0 too; after a
     BatchNorm + ReLU, "is this feature on" is a fair first guess). Its config,
     `{"name": "rsign", "channels": C}`, is stored in model cards (`activation_quantizers`)."""
 
     name: ClassVar[str] = "rsign"
-    kind: ClassVar[QuantizerKind] = "activation"
 
     def __init__(self, channels: int) -> None:
         super().__init__()
@@ -93,18 +122,109 @@ class BinaryActivation(Quantizer):
     def get_config(self) -> dict[str, Any]:
         return {"channels": int(self.threshold.shape[0])}
 
+    def export_threshold(self) -> Tensor:
+        return self.threshold.detach()
+
+    def output_scale(self) -> float:
+        return 1.0
+
+
+class _ScaleThresholdSTE(torch.autograd.Function):
+    """`s·H(x - s·t)` with NNCF's backward (NNCF ≤ 2.9, ActivationBinarizationScaleThresholdFn)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: Tensor, t: Tensor) -> Tensor:
+        out = (x > scale * t).to(x.dtype) * scale
+        ctx.save_for_backward(x, scale, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, scale, out = ctx.saved_tensors
+        below = (x <= scale).to(grad.dtype)
+        grad_x = grad * (x >= 0).to(grad.dtype) * below
+        grad_scale = (grad * (below * (out - x) / scale + (1 - below))).sum().view(1)
+        grad_t = -grad * ((x > 0) & (x < scale)).to(grad.dtype)
+        grad_t = grad_t.sum(dim=[d for d in range(grad_t.dim()) if d != 1], keepdim=True)
+        return grad_x, grad_scale, grad_t
+
+
+SCALE_PERCENTILE = 99.9
+"""`scale_threshold` starts its scale at this percentile of the first training batch's input
+(NNCF: the smallest of the top 0.1 %)."""
+
+
+@register_quantizer
+class ScaleThresholdActivation(InputBinarizer):
+    """The registered activation quantizer `scale_threshold`: NNCF's `s·H(x - s·t_c)` (module
+    docstring), `{"name": "scale_threshold", "channels": C}` in model cards. Its state: `log_scale`
+    [1], `threshold` [C] (the logits θ of `t = sigmoid(θ)`) and `scale_initialized` [1] (0 until
+    the first training batch has set the scale)."""
+
+    name: ClassVar[str] = "scale_threshold"
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        self.log_scale = nn.Parameter(torch.zeros(1))
+        self.threshold = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("scale_initialized", torch.zeros(1, dtype=torch.int32))
+        self._scale_ready = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2 or x.shape[1] != self.threshold.shape[0]:
+            raise ValueError(f"a {self.threshold.shape[0]}-channel binarizer got an input {tuple(x.shape)}")
+        if self.training and not self._scale_ready:
+            # the buffer is read (a host sync) only until the scale is set, or loaded with the state
+            self._scale_ready = bool(self.get_buffer("scale_initialized").item())
+            if not self._scale_ready:
+                self._init_scale(x.detach())
+        t = self.threshold.sigmoid().view(1, -1, *([1] * (x.dim() - 2)))
+        out: Tensor = _ScaleThresholdSTE.apply(x, self.log_scale.exp(), t)
+        return out
+
+    @torch.no_grad()
+    def _init_scale(self, x: Tensor) -> None:
+        flat = x.reshape(-1)
+        top = flat.topk(max(1, round(flat.numel() * (1 - SCALE_PERCENTILE / 100)))).values
+        self.log_scale.fill_(float(top.min().clamp(min=1e-3).log()))
+        self.get_buffer("scale_initialized").fill_(1)
+        self._scale_ready = True
+
+    def get_config(self) -> dict[str, Any]:
+        return {"channels": int(self.threshold.shape[0])}
+
+    def export_threshold(self) -> Tensor:
+        return (self.log_scale.exp() * self.threshold.sigmoid()).detach()
+
+    def output_scale(self) -> float:
+        return float(self.log_scale.detach().exp())
+
 
 ACTIVATION_QUANTIZER = BinaryActivation.name
-"""Registry name of the activation quantizer, as stored in job configs and model cards."""
+"""Registry name of the default input binarizer, as stored in job configs and model cards."""
+
+INPUT_BINARIZERS = {cls.name: cls for cls in (BinaryActivation, ScaleThresholdActivation)}
+"""The registered input binarizers by name (a job's `activation_quantizer`)."""
 
 
-def activation_quantizer_from_config(config: dict[str, Any]) -> BinaryActivation:
+def activation_quantizer_from_config(config: dict[str, Any]) -> InputBinarizer:
     """`quantizer_from_config` for a layer's input binarizer (ValueError for any other quantizer)."""
     quantizer = quantizer_from_config(config)
-    if not isinstance(quantizer, BinaryActivation):
-        msg = f"quantizer {quantizer.name} is a {quantizer.kind} quantizer, not an input binarizer ({ACTIVATION_QUANTIZER})"
+    if not isinstance(quantizer, InputBinarizer):
+        msg = (f"quantizer {quantizer.name} is a {quantizer.kind} quantizer, not an input binarizer "
+               f"({', '.join(INPUT_BINARIZERS)})")
         raise ValueError(msg)  # noqa: TRY004 - a bad config is bad data, a ValueError here
     return quantizer
+
+
+def new_input_binarizer(name: str, channels: int) -> InputBinarizer:
+    """A fresh input binarizer `name` (`rsign`, `scale_threshold`) for `channels` channels."""
+    cls = INPUT_BINARIZERS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown activation quantizer {name!r}; registered: {', '.join(INPUT_BINARIZERS)}")
+    return cls(channels)
 
 
 INPUT_BINARIZER = "input_binarizer"
@@ -129,8 +249,8 @@ def _binarize_input_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any,
     return (getattr(module, INPUT_BINARIZER)(args[0]), *args[1:])
 
 
-def binarize_input(module: nn.Module, binarizer: BinaryActivation | None = None) -> BinaryActivation:
-    """Make a Conv2d binarize its input with a `BinaryActivation` (a new one at τ = 0 unless
+def binarize_input(module: nn.Module, binarizer: InputBinarizer | None = None) -> InputBinarizer:
+    """Make a Conv2d binarize its input with an `InputBinarizer` (a new `rsign` at τ = 0 unless
     given), registered as the submodule `input_binarizer` (so the optimizer trains τ and
     `state_dict()` saves it) and applied by a forward pre-hook."""
     if not supports_binary_input(module):
@@ -141,21 +261,21 @@ def binarize_input(module: nn.Module, binarizer: BinaryActivation | None = None)
         raise ValueError("the layer already binarizes its input")
     assert isinstance(module, nn.Conv2d)
     binarizer = binarizer or BinaryActivation(module.in_channels)
-    if binarizer.threshold.shape[0] != module.in_channels:
-        raise ValueError(f"binarizer has {binarizer.threshold.shape[0]} channels, the layer takes "
-                         f"{module.in_channels}")
-    module.add_module(INPUT_BINARIZER, binarizer.to(module.weight.device))
+    channels = int(binarizer.get_config()["channels"])
+    if channels != module.in_channels:
+        raise ValueError(f"binarizer has {channels} channels, the layer takes {module.in_channels}")
+    module.add_module(INPUT_BINARIZER, binarizer.to(module.weight.device).train(module.training))
     module.register_forward_pre_hook(_binarize_input_hook)
     return binarizer
 
 
 def has_binary_input(module: nn.Module) -> bool:
-    return isinstance(getattr(module, INPUT_BINARIZER, None), BinaryActivation)
+    return isinstance(getattr(module, INPUT_BINARIZER, None), InputBinarizer)
 
 
-def input_binarizer(module: nn.Module) -> BinaryActivation:
+def input_binarizer(module: nn.Module) -> InputBinarizer:
     binarizer = getattr(module, INPUT_BINARIZER, None)
-    if not isinstance(binarizer, BinaryActivation):
+    if not isinstance(binarizer, InputBinarizer):
         raise ValueError(f"{type(module).__name__} does not binarize its input")  # noqa: TRY004 - bad input is a ValueError here
     return binarizer
 

@@ -192,11 +192,16 @@ def export_openvino(model: nn.Module, card: ModelCard, *,
     model = _inference_copy(model)
     binary_bits = dict(card.binary_layers)
     binary_inputs = {name for name, m in model.named_modules() if has_binary_input(m)}
+    for name in binary_inputs:
+        # the binarizer's output scale s folds into the weights: conv(s·a, W) = conv(a, s·W)
+        module = model.get_submodule(name)
+        assert isinstance(module, nn.Conv2d)  # only dense convs take binary inputs
+        binarizer = input_binarizer(module)
+        with torch.no_grad():
+            module.weight.mul_(binarizer.output_scale())
+        setattr(module, INPUT_BINARIZER, _ThresholdExport(binarizer.export_threshold()))
     units = _fold_batchnorm(model, binary_bits)
     wrapper, spec = _export_adapter(model, card, units)
-    for name in binary_inputs:
-        module = dict(model.named_modules())[name]
-        setattr(module, INPUT_BINARIZER, _ThresholdExport(input_binarizer(module).threshold.detach()))
     ranges = _calibrate(wrapper, spec, units, binary_inputs, calibration) if calibration else {}
     shape = spec["input"]["shape"]
     with torch.no_grad():

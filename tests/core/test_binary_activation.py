@@ -1,21 +1,28 @@
 """Binary input activations (core.binary.activation): forward values, the clipped STE, the
-thresholds in checkpoints and resume states, and which layers may take binary inputs."""
+thresholds in checkpoints and resume states, which layers may take binary inputs, and NNCF's
+scale-threshold binarizer (its scale's initialisation, gradients and round trips)."""
 from __future__ import annotations
 
+import copy
 import json
+from typing import get_args
 
 import pytest
 import torch
 from torch import nn
 
 from core.binary import (
+    INPUT_BINARIZERS,
     BinaryActivation,
+    ScaleThresholdActivation,
     activation_quantizer_from_config,
     activation_quantizers,
     binarize_input,
     binarize_module,
     binary_activation,
     has_binary_input,
+    input_binarizer,
+    new_input_binarizer,
     supports_binary_input,
 )
 from core.checkpoint import (
@@ -26,6 +33,7 @@ from core.checkpoint import (
     save_state,
     unpack_checkpoint,
 )
+from core.job_spec import ActivationQuantizerName, PipelineConfig, Target
 
 CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 64, "width": 8}
 
@@ -138,3 +146,93 @@ def test_a_card_naming_an_unknown_layer_is_refused() -> None:
     assert header != data[8:8 + size]
     with pytest.raises(CheckpointError, match="unknown layer 'features.9.9'"):
         unpack_checkpoint(data[:8] + header + data[8 + size:])
+
+
+# -- scale_threshold (NNCF) ------------------------------------------------------------
+def test_scale_threshold_starts_its_scale_at_the_first_training_batch() -> None:
+    x = torch.arange(2000, dtype=torch.float32).view(2, 10, 10, 10)  # 0 .. 1999
+    quantizer = ScaleThresholdActivation(10).eval()
+    assert quantizer.output_scale() == 1.0 and torch.equal(quantizer(x), (x > 0.5).float())  # eval: untouched
+    quantizer.train()
+    out = quantizer(x)
+    assert quantizer.output_scale() == pytest.approx(1998.0)  # the smallest of the top 0.1 % (2 of 2000)
+    assert torch.equal(out, (x > 999.0).float() * quantizer.output_scale())  # s·H(x - s·½)
+    quantizer(2 * x)  # later batches leave it alone
+    assert quantizer.output_scale() == pytest.approx(1998.0)
+
+
+def test_scale_threshold_gradients_are_nncfs() -> None:
+    quantizer = ScaleThresholdActivation(1).eval()  # s = 1, t = ½
+    x = torch.tensor([[[[-0.5, 0.25, 0.75, 2.0]]]], requires_grad=True)
+    out = quantizer(x)
+    assert out.flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
+    out.sum().backward()
+    assert x.grad.flatten().tolist() == [0.0, 1.0, 1.0, 0.0]  # 1{0 <= x <= s}
+    # ∂/∂s: (out - x)/s where x <= s (negative x included, as NNCF's), 1 above: 0.5 - 0.25 + 0.25 + 1;
+    # ∂/∂log s = s·∂/∂s with s = 1
+    assert quantizer.log_scale.grad.item() == pytest.approx(0.5 - 0.25 + 0.25 + 1.0)
+    # ∂/∂t = -Σ 1{0 < x < s}, then through the sigmoid (slope ¼ at θ = 0)
+    assert quantizer.threshold.grad.tolist() == [pytest.approx(-2 * 0.25)]
+
+
+def test_scale_threshold_checkpoints_and_resumes_with_its_scale() -> None:
+    torch.manual_seed(0)
+    card = ModelCard.model_validate(CARD)
+    model = card.build().eval()
+    layer = dict(model.named_modules())["neck.0"]
+    binarize_module(layer, 1)
+    binarize_input(layer, new_input_binarizer("scale_threshold", layer.in_channels))
+    with torch.no_grad():
+        layer.input_binarizer.log_scale.fill_(0.7)
+        layer.input_binarizer.threshold.uniform_(-1.0, 1.0)
+    served, served_card = unpack_checkpoint(pack_checkpoint(model, card))
+    assert served_card.activation_quantizers == {"neck.0": {"name": "scale_threshold", "channels": 64}}
+    binarizer = input_binarizer(dict(served.named_modules())["neck.0"])
+    assert binarizer.output_scale() == pytest.approx(float(torch.tensor(0.7).exp()))
+    assert torch.equal(binarizer.export_threshold(), layer.input_binarizer.export_threshold())
+    resumed = input_binarizer(dict(load_state(card, save_state(model)).named_modules())["neck.0"])
+    assert resumed.output_scale() == binarizer.output_scale()
+    image = [torch.rand(3, 64, 48, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        assert torch.allclose(model(image)[0]["scores"], served(image)[0]["scores"], atol=1e-6)
+
+
+def test_the_job_config_names_exactly_the_registered_input_binarizers() -> None:
+    assert set(get_args(ActivationQuantizerName)) == set(INPUT_BINARIZERS)
+    for name in INPUT_BINARIZERS:
+        config = PipelineConfig(target=Target(min_compression_ratio=2.0), activation_bits=1, activation_quantizer=name)
+        assert new_input_binarizer(config.activation_quantizer, 8).to_config() == {"name": name, "channels": 8}
+    with pytest.raises(ValueError, match="activation_quantizer scale_threshold needs activation_bits 1"):
+        PipelineConfig(target=Target(min_compression_ratio=2.0), activation_quantizer="scale_threshold")
+    with pytest.raises(ValueError, match="unknown activation quantizer 'sign'"):
+        new_input_binarizer("sign", 8)
+
+
+def test_the_binarizer_learning_rate_multiplier_moves_only_the_binarizers() -> None:
+    """One AdamW step moves each parameter by about the learning rate: with a multiplier of 100 the
+    thresholds move 100 times as far, and every other parameter exactly as far as without it."""
+    from core.data import read_pennfudan, split_records
+    from core.paths import default_data_dir
+    from core.train import train_detector
+
+    train, _ = split_records(read_pennfudan(default_data_dir()))
+    torch.manual_seed(0)
+    card = ModelCard.model_validate(CARD)
+    start = card.build().eval()
+    layer = dict(start.named_modules())["neck.0"]
+    binarize_module(layer, 1)
+    binarize_input(layer, new_input_binarizer("rsign", layer.in_channels))
+    moved = {}
+    for multiplier in (1.0, 100.0):
+        model = copy.deepcopy(start)
+        train_detector(model, train[:4], iterations=1, batch_size=2, learning_rate=1e-4, seed=0,
+                       binarizer_lr_multiplier=multiplier)
+        moved[multiplier] = {k: (v - start.state_dict()[k]).abs() for k, v in model.state_dict().items()
+                             if v.is_floating_point()}
+    key = "neck.0.input_binarizer.threshold"
+    assert moved[1.0][key].max() > 0
+    ratio = moved[100.0][key].sum() / moved[1.0][key].sum()
+    assert 50 < float(ratio) < 150
+    for k in moved[1.0]:
+        if k != key and "running" not in k:
+            assert torch.allclose(moved[1.0][k], moved[100.0][k], atol=1e-7), k

@@ -1,8 +1,9 @@
 """Parity: an exported checkpoint detects what the PyTorch model it came from detects.
 
 A small PedNet is trained for a few hundred iterations on the Penn-Fudan training split (enough
-for real, non-trivial detections), then exported as a float checkpoint, a binary-weight one and a
-binary-weight + binary-activation one (each fine-tuned briefly after binarizing). On the
+for real, non-trivial detections), then exported as a float checkpoint, a binary-weight one and two
+binary-weight + binary-activation ones, one per input binarizer (`rsign`, `scale_threshold`, whose
+scale the export folds into the weights), each fine-tuned briefly after binarizing. On the
 validation images, run in batches of 8 as `core.train.evaluate_model` runs them (so both see
 the same padded canvases), OpenVINO's detections must match PyTorch's box for box and MR^-2 must
 agree within 0.005.
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.binary import binarize_input, binarize_module
+from core.binary import binarize_input, binarize_module, new_input_binarizer
 from core.checkpoint import ModelCard, pack_checkpoint, unpack_checkpoint
 from core.data import read_pennfudan, split_records
 from core.detection_metrics import evaluate_detections
@@ -30,6 +31,7 @@ from core.train import ImageCache, predict, train_detector
 CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 128, "width": 8}
 DEEP_LAYERS = ("features.5.0", "features.6.0", "features.7.0", "neck.0")
 VAL_IMAGES = 24
+BINARIZERS = {"binary_activations": "rsign", "binary_activations_scale_threshold": "scale_threshold"}
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +51,14 @@ def _checkpoint(data: dict, kind: str) -> bytes:
         modules = dict(model.named_modules())
         for name in DEEP_LAYERS:
             binarize_module(modules[name], 1)
-            if kind == "binary_activations":
-                binarize_input(modules[name])
+            if kind in BINARIZERS:
+                binarize_input(modules[name], new_input_binarizer(BINARIZERS[kind], modules[name].in_channels))
         train_detector(model, data["train"], iterations=40, batch_size=8, learning_rate=1e-3, seed=1,
                        cache=data["cache"])
     return pack_checkpoint(model.eval(), data["card"])
 
 
-@pytest.mark.parametrize("kind", ["float", "binary_weights", "binary_activations"])
+@pytest.mark.parametrize("kind", ["float", "binary_weights", *BINARIZERS])
 def test_exported_checkpoints_detect_what_torch_detects(data: dict, kind: str) -> None:
     packed = _checkpoint(data, kind)
     served, _ = unpack_checkpoint(packed)
@@ -82,8 +84,13 @@ def test_exported_checkpoints_detect_what_torch_detects(data: dict, kind: str) -
         confident = t["scores"] > 0.05  # the detections anyone looks at: box for box
         n = int(confident.sum())
         assert np.allclose(o["scores"][:n].numpy(), t["scores"][:n].numpy(), atol=2e-3)
-        assert np.allclose(o["boxes"][:n].numpy(), t["boxes"][:n].numpy(), atol=0.5)
+        scores = t["scores"][:n]
+        for box, score in zip(t["boxes"][:n], scores, strict=True):
+            if int((scores - score).abs().le(1e-4).sum()) > 1:
+                continue  # binary networks tie scores exactly; which tied boxes the top-k keeps is arbitrary
+            same = (o["scores"] - score).abs().le(2e-3) & (o["boxes"] - box).abs().le(0.5).all(dim=1)
+            assert bool(same.any()), f"torch's box {box.tolist()} at {float(score):.3f} is not among OpenVINO's"
 
-    if kind == "binary_activations":
+    if kind in BINARIZERS:
         runs_as = runtime_layer_precision(detector.compiled([1, 3, 128, 128]))
         assert {n for n, p in runs_as.items() if p == BINARY_WEIGHTS_ACTIVATIONS} == set(DEEP_LAYERS)

@@ -108,6 +108,36 @@ def test_binary_activations_run_as_1bit_kernels_and_every_step_has_its_latency(s
     assert [s.checkpoint for s in again] == [s.checkpoint for s in steps]
 
 
+def test_a_staged_step_binarizes_inputs_first_then_weights(setup) -> None:
+    """NNCF's staged schedule with its scale-threshold binarizer: the steps record the same layers
+    as an unstaged run, the progress names both halves and never runs backwards, the checkpoints
+    differ (the first half trained float weights), and a resumed run reproduces them."""
+    _, _, train, val = setup
+    torch.manual_seed(0)
+    card = ModelCard(architecture="flexbin_pednet", width=8, input_size=64)
+    model = card.build().eval()
+    config = _config(activation_bits=1, activation_quantizer="scale_threshold", finetune_iters=4,
+                     target=Target(min_compression_ratio=1.5))
+    progress: list = []
+    staged = run(model, card, train, val, config.model_copy(update={"staged_schedule": True}),
+                 on_progress=progress.append, export_openvino=False).steps
+    unstaged = run(model, card, train, val, config, export_openvino=False).steps
+    assert [s.binary_layers for s in staged] == [s.binary_layers for s in unstaged] and len(staged) >= 2
+    assert [s.binary_input_layers for s in staged] == [s.binary_input_layers for s in unstaged]
+    assert staged[1].checkpoint != unstaged[1].checkpoint
+    _, served_card = unpack_checkpoint(staged[-1].checkpoint)
+    assert {c["name"] for c in served_card.activation_quantizers.values()} == {"scale_threshold"}
+    messages = " ".join(p.message for p in progress)
+    assert "with binary inputs 2/2" in messages and "with binary inputs and weights 2/2" in messages
+    percents = [p.percent for p in progress]
+    assert percents == sorted(percents) and percents[-1] == pytest.approx(100.0)
+    again = run(model, card, train, val, config.model_copy(update={"staged_schedule": True}),
+                completed=staged[:2], export_openvino=False).steps
+    assert [s.checkpoint for s in again] == [s.checkpoint for s in staged]
+    with pytest.raises(ValueError, match="staged_schedule needs activation_bits 1"):
+        _config(staged_schedule=True)
+
+
 def test_activation_bits_is_1_or_32_and_needs_1bit_weights() -> None:
     assert _config().activation_bits == 32
     with pytest.raises(ValueError, match="activation_bits must be 1 .* or 32 .*got 8"):

@@ -93,7 +93,15 @@ def test_detect_runs_the_openvino_export(client: httpx.Client, binary_job: dict)
 @pytest.mark.parametrize("body, field", [({"activation_bits": 8}, "activation_bits"),
                                          ({"activation_bits": 0}, "activation_bits"),
                                          ({"activation_bits": 1, "bits": 2}, "activation_bits 1 needs bits 1"),
-                                         ({"distillation_weight": -0.5}, "distillation_weight")])
+                                         ({"distillation_weight": -0.5}, "distillation_weight"),
+                                         ({"activation_quantizer": "scale_threshold"},
+                                          "activation_quantizer scale_threshold needs activation_bits 1"),
+                                         ({"activation_bits": 1, "activation_quantizer": "xnor"},
+                                          "activation_quantizer"),
+                                         ({"staged_schedule": True}, "staged_schedule needs activation_bits 1"),
+                                         ({"binarizer_lr_multiplier": 10}, "binarizer_lr_multiplier needs"),
+                                         ({"activation_bits": 1, "binarizer_lr_multiplier": 0},
+                                          "binarizer_lr_multiplier")])
 def test_bad_job_options_answer_422(client: httpx.Client, body: dict, field: str) -> None:
     ids = upload_tiny(client, 4)
     r = client.post("/jobs", json={**ids, "target": {"min_compression_ratio": 2.0}, **body})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any, get_args
 
 import pytest
@@ -39,10 +40,15 @@ CONFIGS: dict[str, list[dict[str, Any]]] = {
     "sign": [{}],
     "kbit": [{}, {"bits": 1}, {"bits": 3, "iterations": 0}, {"bits": 4, "iterations": 5}],
     "rsign": [{"channels": 5}],  # an input binarizer: one threshold per channel of the [N, 5, ...] input
+    "scale_threshold": [{"channels": 5}],
 }
 # The straight-through gradient inside the clipping window: 1 for the ±1 weight quantizers (the
-# hard tanh's slope), 1/2 for `rsign`, whose outputs are {0, 1} (the hard sigmoid's).
-STE_SLOPE = {"sign": 1.0, "kbit": 1.0, "rsign": 0.5}
+# hard tanh's slope), 1/2 for `rsign`, whose outputs are {0, 1} (the hard sigmoid's), 1 for
+# `scale_threshold`, whose outputs are {0, s}.
+STE_SLOPE = {"sign": 1.0, "kbit": 1.0, "rsign": 0.5, "scale_threshold": 1.0}
+# ... and the window: |x| <= 1, except `scale_threshold`'s 0 <= x <= s (PACT's, as NNCF's).
+STE_WINDOW: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {
+    "scale_threshold": lambda q, x: (x >= 0) & (x <= q.output_scale())}
 CASES = [(name, config) for name in QUANTIZERS for config in CONFIGS.get(name, [{}])]
 
 
@@ -70,13 +76,15 @@ def test_config_round_trips_through_json(quantizer: Quantizer) -> None:
 
 
 def test_straight_through_gradient(quantizer: Quantizer) -> None:
-    """Gradients pass (times the quantizer's STE slope) inside the clipping window |x| <= 1 and
-    are 0 outside it."""
+    """Gradients pass (times the quantizer's STE slope) inside the clipping window (|x| <= 1
+    unless STE_WINDOW says otherwise) and are 0 outside it."""
     x = _input(seed=1).requires_grad_()
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     quantizer(x).backward(upstream)
     assert x.grad is not None
-    assert torch.equal(x.grad, torch.where(x.detach().abs() <= 1, STE_SLOPE[quantizer.name] * upstream, 0.0))
+    window = STE_WINDOW.get(quantizer.name, lambda _, v: v.abs() <= 1)(quantizer, x.detach())
+    assert window.any() and not window.all(), "the window must cut somewhere for this test to mean anything"
+    assert torch.equal(x.grad, torch.where(window, STE_SLOPE[quantizer.name] * upstream, 0.0))
 
 
 def test_weight_quantizer_packs_exactly_what_it_computes(quantizer: Quantizer) -> None:
@@ -95,7 +103,7 @@ def test_weight_quantizer_packs_exactly_what_it_computes(quantizer: Quantizer) -
 
 
 def test_the_registry_refuses_what_it_does_not_know() -> None:
-    with pytest.raises(ValueError, match="unknown quantizer 'ternary'; registered: kbit, rsign, sign"):
+    with pytest.raises(ValueError, match="unknown quantizer 'ternary'; registered: kbit, rsign, scale_threshold, sign"):
         quantizer_from_config({"name": "ternary"})
     with pytest.raises(ValueError, match="quantizer sign: .*'bits'"):
         quantizer_from_config({"name": "sign", "bits": 1})
