@@ -150,7 +150,9 @@ def main() -> None:
     torch.set_num_threads(2)
     binarizers = args.binarizers.split(",")
     arms = [run_arm(float(w), b, steps, iterations, args.staged, args.binarizer_lr) for b in binarizers for w in args.weights.split(",")]
-    design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}), {', staged schedule' if args.staged else ''}, binarizer lr x{args.binarizer_lr:g}, order latency, 2 layers per step, {iterations} "
+    training = ", staged schedule" if args.staged else ""
+    design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
+              f"x{args.binarizer_lr:g}, order latency, 2 layers per step, {iterations} "
               f"iterations per step, lr 1e-4, seed 0, {steps} steps; validation MR^-2 on 32 images (noise about "
               f"±0.04); forward ms of each step's OpenVINO export, 1 thread f32. One seed: a screen, not a verdict.")
     result = {"machine": report.machine(threads=torch.get_num_threads()), "git": report.git_commit(),
