@@ -19,6 +19,9 @@ time of its OpenVINO export (1 thread, f32, the worker's way) and how many layer
 A screen, as the issue asks for the ablation grid: one seed, few iterations, the 32-image
 validation split (step-to-step noise about ±0.04 MR^-2). What survives earns full runs.
 
+Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<arm>/step<k>.safetensors
+(git-ignored), for timing against int8 in one run (`python -m bench.ceiling --checkpoint ...`).
+
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`).
@@ -40,6 +43,7 @@ from core.pipeline import Cancelled, StepOutcome, run
 from core.pretrained import load_pretrained
 
 BUDGET = 0.03  # the issue's accuracy bar: MR^-2 within float + 0.03
+CHECKPOINTS = report.ROOT / "var" / "bench_distillation"
 
 
 def job_config(weight: float, binarizer: str, iterations: int, staged: bool, lr_multiplier: float) -> PipelineConfig:
@@ -51,7 +55,7 @@ def job_config(weight: float, binarizer: str, iterations: int, staged: bool, lr_
 
 
 def run_arm(weight: float, binarizer: str, steps: int, iterations: int, staged: bool,
-            lr_multiplier: float) -> dict[str, Any]:
+            lr_multiplier: float, checkpoints: Path) -> dict[str, Any]:
     """One job, stopped after `steps` binarization steps; its steps as results record them."""
     train, val = split_records(read_pennfudan(default_data_dir()))
     model, card = load_pretrained("pedestrian_adas_0002", input_height=192, input_width=336)
@@ -60,6 +64,8 @@ def run_arm(weight: float, binarizer: str, steps: int, iterations: int, staged: 
 
     def on_step(step: StepOutcome) -> None:
         done.append(step)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        (checkpoints / f"step{step.index}.safetensors").write_bytes(step.checkpoint)
         report.log(f"{binarizer}, weight {weight}: step {step.index}, {len(step.binary_layers)} layers, MR^-2 "
                    f"{step.miss_rate:.3f}, {step.latency_ms or float('nan'):.2f} ms")
 
@@ -134,6 +140,19 @@ def _readme_lines(result: dict[str, Any]) -> list[str]:
         ("last step: forward ms", lambda r: r["last"]["latency_ms"])], align="lrrrrrrr")]
 
 
+def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizers: list[str]) -> str:
+    """distillation[_quick | _<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>]"""
+    name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
+                             else f"_{steps}steps_{iterations}iterations")
+    if binarizers != ["rsign"]:
+        name += "_" + "_".join(binarizers)
+    if args.staged:
+        name += "_staged"
+    if args.binarizer_lr != 1.0:
+        name += f"_blr{args.binarizer_lr:g}"
+    return name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.distillation", description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default="0,1", help="distillation weights, one job each (default 0,1)")
@@ -149,7 +168,9 @@ def main() -> None:
     steps, iterations = (2, 4) if args.quick else (args.steps, args.iterations)
     torch.set_num_threads(2)
     binarizers = args.binarizers.split(",")
-    arms = [run_arm(float(w), b, steps, iterations, args.staged, args.binarizer_lr) for b in binarizers for w in args.weights.split(",")]
+    name = result_name(args, steps, iterations, binarizers)
+    arms = [run_arm(float(w), b, steps, iterations, args.staged, args.binarizer_lr, CHECKPOINTS / name / f"{b}_w{w}")
+            for b in binarizers for w in args.weights.split(",")]
     training = ", staged schedule" if args.staged else ""
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
               f"x{args.binarizer_lr:g}, order latency, 2 layers per step, {iterations} "
@@ -157,14 +178,6 @@ def main() -> None:
               f"±0.04); forward ms of each step's OpenVINO export, 1 thread f32. One seed: a screen, not a verdict.")
     result = {"machine": report.machine(threads=torch.get_num_threads()), "git": report.git_commit(),
               "design": design, "arms": arms}
-    name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
-                             else f"_{steps}steps_{iterations}iterations")
-    if binarizers != ["rsign"]:
-        name += "_" + "_".join(binarizers)
-    if args.staged:
-        name += "_staged"
-    if args.binarizer_lr != 1.0:
-        name += f"_blr{args.binarizer_lr:g}"
     path = report.write_results(name, result, markdown(result))
     report.log(f"wrote {path}")
 
