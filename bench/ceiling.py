@@ -2,6 +2,7 @@
 
     python -m bench.ceiling                 # about 5 minutes on 2 idle cores
     python -m bench.ceiling --quick         # under 2 minutes: checks the script works
+    python -m bench.ceiling --checkpoint var/bench_distillation/.../step12.safetensors   # + trained rows
 
 Rows, all at 192x336 (network input; Intel's IRs reshaped to it), timed on random inputs:
 - `float`: FlexBin's OpenVINO export of the pretrained float model;
@@ -16,7 +17,13 @@ Rows, all at 192x336 (network input; Intel's IRs reshaped to it), timed on rando
 - `mixed`: `all_1bit` + NNCF int8 on every other conv (1-bit layers in NNCF's ignored scope);
 - `mixed_fusing`: the same, but int8 only where NNCF's input quantizer can fuse (convs fed by
   a 1-bit conv stay float: a BinaryConvolution fuses no u8 quantizer after it);
-- `intel_fp16`, `intel_fp16_int8`: Intel's IRs of the same detector (--intel-ir).
+- `intel_fp16`, `intel_fp16_int8`: Intel's IRs of the same detector (--intel-ir);
+- `checkpoint<k>` (with --checkpoint): a trained FlexBin checkpoint of pedestrian_adas_0002 at
+  192x336 (e.g. one `python -m bench.distillation` kept), exported as the API serves it, and
+  `checkpoint<k>_int8`, the same with NNCF int8 on its other convs (`?format=openvino-int8`).
+  Each is judged against issue 19's goal: faster than `nncf_int8` and `intel_fp16_int8` at 1 thread
+  f32, MR^-2 within the float row's + 0.03, an IR at most half `nncf_int8`'s, and at least 50 % of
+  the conv MACs in 1-bit convolutions.
 
 Every row is timed the same way, whole graph with its post-processing (FlexBin's: the network +
 DetectionOutput; the old export: its traced decode and NMS; Intel's: DetectionOutput), as
@@ -52,7 +59,7 @@ import openvino as ov
 import torch
 
 from bench import report
-from core.checkpoint import pack_checkpoint
+from core.checkpoint import pack_checkpoint, unpack_checkpoint
 from core.data import read_pennfudan, split_records
 from core.detection_metrics import evaluate_detections
 from core.export.int8 import (
@@ -66,6 +73,7 @@ from core.export.one_bit import (
     export_float,
     float_model,
 )
+from core.export.openvino import export_checkpoint
 from core.export.runtime import Detector, compile_config, median_forward_ms
 from core.paths import REPO_ROOT as ROOT
 from core.paths import default_data_dir
@@ -170,6 +178,63 @@ def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, di
     rows["mixed"] = {"model": quantize_int8(one_bit, images), "spec": one_bit.spec}
     rows["mixed_fusing"] = {"model": quantize_int8(one_bit, images, int8_after_1bit=False), "spec": one_bit.spec}
     return rows
+
+
+def checkpoint_rows(paths: list[Path], data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Trained checkpoints as exported (`checkpoint<k>`) and with NNCF int8 elsewhere (`checkpoint<k>_int8`)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for k, path in enumerate(paths, start=1):
+        packed = path.read_bytes()
+        model, card = unpack_checkpoint(packed)
+        export = export_checkpoint(packed)
+        one_bit = sorted(card.activation_quantizers)
+        what = f"{path.parent.name}/{path.stem}: {len(one_bit)} convs 1-bit"
+        facts = {"source": str(path), "one_bit_layers": len(one_bit),
+                 "one_bit_mac_share": round(one_bit_mac_share(model, set(one_bit)), 3)}
+        rows[f"checkpoint{k}"] = {"model": export.model, "spec": export.spec, "label": f"FlexBin {what}", **facts}
+        rows[f"checkpoint{k}_int8"] = {"model": quantize_int8(export, data["calibration"]), "spec": export.spec,
+                                       "label": f"FlexBin {what}, NNCF int8 elsewhere", **facts}
+    return rows
+
+
+def one_bit_mac_share(model: torch.nn.Module, one_bit: set[str]) -> float:
+    """Share of the convolutions' multiply-accumulates (one 192x336 forward) in the `one_bit` layers."""
+    macs: dict[str, int] = {}
+
+    def counter(name: str) -> Any:
+        def hook(module: torch.nn.Conv2d, _: Any, out: torch.Tensor) -> None:
+            kh, kw = module.kernel_size
+            macs[name] = out[0].numel() * (module.in_channels // module.groups) * kh * kw
+        return hook
+
+    handles = [m.register_forward_hook(counter(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()([torch.rand(3, HEIGHT, WIDTH)])
+    for handle in handles:
+        handle.remove()
+    return sum(v for n, v in macs.items() if n in one_bit) / max(1, sum(macs.values()))
+
+
+def checkpoint_goals(rows: dict[str, dict[str, Any]], times: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 19's goal for each trained row, on this run's 1-thread f32 medians."""
+    key = setting_key(1, "f32")
+    float_mr = rows["float"].get("miss_rate")
+    goals = []
+    for name, row in rows.items():
+        if not name.startswith("checkpoint") or name not in times:
+            continue
+        ms = times[name][key]
+        checks = {
+            "faster than NNCF int8": ms < times["nncf_int8"][key],
+            "faster than Intel FP16-INT8": "intel_fp16_int8" in times and ms < times["intel_fp16_int8"][key],
+            "MR^-2 within float + 0.03": float_mr is not None and row["miss_rate"] <= float_mr + 0.03,
+            "IR at most half NNCF int8's": row["ir_bytes"] <= rows["nncf_int8"]["ir_bytes"] / 2,
+            ">= 50 % of conv MACs 1-bit": row["one_bit_mac_share"] >= 0.5,
+        }
+        goals.append({"row": name, "forward_ms_1t_f32": ms, "miss_rate": row["miss_rate"],
+                      "ir_bytes": row["ir_bytes"], "one_bit_mac_share": row["one_bit_mac_share"],
+                      "checks": checks, "met": all(checks.values())})
+    return goals
 
 
 def accuracy(rows: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
@@ -305,7 +370,8 @@ def ratios(times: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     pairs = (("all_1bit", "nncf_int8"), ("all_1bit_old", "nncf_int8"), ("all_1bit", "all_1bit_old"),
              ("all_1bit", "float"), ("mixed", "nncf_int8"), ("mixed_fusing", "nncf_int8"),
-             ("all_1bit", "intel_fp16_int8"), ("nncf_int8", "float"))
+             ("all_1bit", "intel_fp16_int8"), ("nncf_int8", "float"),
+             *((c, base) for c in times if c.startswith("checkpoint") for base in ("nncf_int8", "intel_fp16_int8")))
     for a, b in pairs:
         if a in times and b in times:
             keys = [setting_key(t, p) for t, p in SETTINGS]
@@ -341,14 +407,14 @@ def markdown(result: dict[str, Any]) -> str:
 
     lines = ["# The 1-bit speed ceiling of pedestrian_adas_0002 (`python -m bench.ceiling`)", "", header, "",
              *report.markdown_table(rows, [
-                 ("row", lambda n: LABELS[n]),
+                 ("row", lambda n: rows[n]["label"]),
                  *((f"forward ms {k.replace('_', ' ')}", lambda n, k=k: ms(n, k)) for k in keys),
                  ("IR MB", lambda n: f"{rows[n]['ir_bytes'] / 1e6:.2f}" if n in times else None),
                  ("MR^-2", lambda n: rows[n].get("miss_rate") if n in times else None),
                  ("convolutions (compiled, 1t f32)", convolutions)], align="lrrrrrrl"),
              "", "Least-disturbed round (min over rounds of the median forward ms; noise only adds time):", "",
              *report.markdown_table(times, [
-                 ("row", lambda n: LABELS[n]),
+                 ("row", lambda n: rows[n]["label"]),
                  *((k.replace("_", " "), lambda n, k=k: f"{min(times[n]['rounds'][k]):.2f}") for k in keys)],
                  align="lrrrr"),
              "", "Ratios (forward ms, medians):", "",
@@ -368,6 +434,7 @@ def markdown(result: dict[str, Any]) -> str:
               *report.markdown_table([*shown, *totals], [
                   ("op type", lambda op: op), *((n, lambda op, n=n: op_ms(op, n)) for n in times)],
                   align="l" + "r" * len(times))]
+    lines += ["", *goal_lines(result.get("goals", []))]
     lines += ["", "Per-op-type profiles at every setting are in ceiling.json (`profile`).", "",
               f"Total run time: {result['total_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
@@ -394,6 +461,18 @@ def _readme_lines(result: dict[str, Any]) -> list[str]:
     if pair:
         lines.append("All-1-bit against NNCF int8 (forward ms ratio, < 1 is faster): "
                      + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in pair.items()) + ".")
+    return lines + ["", *goal_lines(result.get("goals", []))]
+
+
+def goal_lines(goals: list[dict[str, Any]]) -> list[str]:
+    """Issue 19's goal for trained checkpoints, one line per row."""
+    if not goals:
+        return []
+    lines = ["Trained checkpoints against issue 19's goal (1 thread f32):", ""]
+    for g in goals:
+        checks = "; ".join(f"{k}: {'yes' if v else 'no'}" for k, v in g["checks"].items())
+        lines.append(f"- `{g['row']}` ({g['forward_ms_1t_f32']:.2f} ms, MR^-2 {g['miss_rate']}, "
+                     f"{g['one_bit_mac_share']:.0%} of MACs 1-bit): {'**met**' if g['met'] else 'not met'} ({checks})")
     return lines
 
 
@@ -408,6 +487,8 @@ def main() -> None:
                         help="skip the accuracy-controlled int8 row")
     parser.add_argument("--old-export-commit", default=OLD_EXPORT_COMMIT)
     parser.add_argument("--intel-ir", type=Path, default=DEFAULT_INTEL_IR)
+    parser.add_argument("--checkpoint", type=Path, action="append", default=[],
+                        help="a trained pedestrian_adas_0002 checkpoint at 192x336 to time beside int8 (repeatable)")
     args = parser.parse_args()
     args.seconds = args.seconds or (0.2 if args.quick else 0.6)
     args.rounds = args.rounds or (2 if args.quick else 9)
@@ -418,7 +499,7 @@ def main() -> None:
 
     load_before = machine_load()
     data = penn_fudan(args.calibration_images, args.validation_images)
-    rows = {**flexbin_rows(args, data), **intel_rows(args.intel_ir)}
+    rows = {**flexbin_rows(args, data), **intel_rows(args.intel_ir), **checkpoint_rows(args.checkpoint, data)}
     log("MR^-2 of FlexBin's rows")
     accuracy(rows, data)
     for row in rows.values():
@@ -435,9 +516,9 @@ def main() -> None:
                    "old_export_commit": args.old_export_commit,
                    "timing": "request.infer([x]) on the compiled model, median_forward_ms, interleaved rounds, "
                              "one compiled model alive at a time"},
-        "rows": {name: {"label": LABELS[name], **{k: v for k, v in row.items() if k not in ("model", "files", "spec")}}
+        "rows": {name: {"label": LABELS.get(name), **{k: v for k, v in row.items() if k not in ("model", "files", "spec")}}
                  for name, row in rows.items()},
-        "forward_ms": times, "ratios": ratios(times), "profile": profile,
+        "forward_ms": times, "ratios": ratios(times), "profile": profile, "goals": checkpoint_goals(rows, times),
         "total_seconds": round(time.monotonic() - started, 1),
     }
     path = report.write_results("ceiling_quick" if args.quick else "ceiling", result, markdown(result))
