@@ -442,7 +442,15 @@ def markdown(result: dict[str, Any]) -> str:
 
 def readme_section(results: Path) -> str:
     head = "### The 1-bit speed ceiling against int8 (`make bench-ceiling`, [`ceiling.md`](ceiling.md))"
-    return report.section(head, report.load_results("ceiling", results), _readme_lines)
+    return report.section(head, report.load_all("ceiling", results), _readme_runs)
+
+
+def _readme_runs(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """One block per run: `ceiling` and the runs kept per CPU kind (`ceiling_<cpu>`, renamed by hand)."""
+    lines: list[str] = []
+    for name, result in runs.items():
+        lines += [f"[`{name}.md`]({name}.md):", "", *_readme_lines(result), ""]
+    return lines
 
 
 def _readme_lines(result: dict[str, Any]) -> list[str]:

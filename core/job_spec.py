@@ -25,6 +25,10 @@ WeightQuantizerName = Literal["sign", "kbit"]
 """The registered weight quantizers (`core.binary.quantizers`; a test keeps the two equal)."""
 ActivationQuantizerName = Literal["rsign", "scale_threshold"]
 """The registered input binarizers (`core.binary.activation`; a test keeps the two equal)."""
+BINARY_INPUT_DEFAULTS: dict[str, Any] = {"activation_quantizer": "scale_threshold", "binarizer_lr_multiplier": 100.0}
+"""How a job with `activation_bits` 1 binarizes inputs unless it says otherwise: what measured best in
+`python -m bench.distillation` (one seed, pedestrian_adas_0002 at 192x336, two layers at 600 iterations:
+validation MR^-2 0.097 against rsign at 1x's 0.279, float 0.121)."""
 
 
 def default_weight_quantizer(bits: int) -> WeightQuantizerName:
@@ -128,22 +132,24 @@ class PipelineConfig(BaseModel):
         "1-bit XNOR-popcount convolution once exported (dense Conv2d with a multiple of 8 input channels; "
         "other layers keep float inputs).")
 
-    activation_quantizer: ActivationQuantizerName = Field(
-        default="rsign",
+    activation_quantizer: ActivationQuantizerName | None = Field(
+        default=None,
         description="activation_bits 1 only: how inputs are binarized (core.binary.activation). rsign: H(x - τ_c), a "
         "learnable threshold per channel (ReActNet's RSign in {0, 1} form); scale_threshold: NNCF's s·H(x - s·t_c), "
         "a learnable scale per layer started at the 99.9th percentile of its input, so binary inputs keep the float "
-        "inputs' magnitude. Both export to the same 1-bit convolution.")
+        "inputs' magnitude. Both export to the same 1-bit convolution. Default: scale_threshold with activation_bits "
+        "1 (it measured best: bench/results/README.md, distillation screen), rsign otherwise (unused).")
     staged_schedule: bool = Field(
         default=False,
         description="activation_bits 1 only: NNCF's staged schedule within each step. The step's layers first take "
         "binary inputs with float weights for half its fine-tuning iterations, then their weights are binarized "
         "too for the other half; false: both at once, all iterations.")
-    binarizer_lr_multiplier: float = Field(
-        default=1.0, gt=0.0, le=1000.0,
+    binarizer_lr_multiplier: float | None = Field(
+        default=None, gt=0.0, le=1000.0,
         description="activation_bits 1 only: the input binarizers' thresholds (and scales) learn at this times "
         "learning_rate (NNCF's compression_lr_multiplier). At a pretrained detector's 1e-4 a threshold moves a few "
-        "hundredths in a step's iterations.")
+        "hundredths in a step's iterations. Default: 100 with activation_bits 1 (it measured best with "
+        "scale_threshold), 1 otherwise.")
     distillation_weight: float = Field(
         default=0.0, ge=0.0, le=100.0,
         description="0 = off. Otherwise fine-tuning also learns the job's frozen float model's predictions on each "
@@ -163,6 +169,15 @@ class PipelineConfig(BaseModel):
             self.weight_quantizer = default_weight_quantizer(self.bits)
         elif self.weight_quantizer == "sign" and self.bits != 1:
             raise ValueError(f"weight_quantizer sign has 1 bit per weight, not bits={self.bits} (kbit has k)")
+        return self
+
+    @model_validator(mode="after")
+    def _binarizer_defaults(self) -> PipelineConfig:
+        binary_inputs = self.activation_bits == 1
+        if self.activation_quantizer is None:
+            self.activation_quantizer = BINARY_INPUT_DEFAULTS["activation_quantizer"] if binary_inputs else "rsign"
+        if self.binarizer_lr_multiplier is None:
+            self.binarizer_lr_multiplier = BINARY_INPUT_DEFAULTS["binarizer_lr_multiplier"] if binary_inputs else 1.0
         return self
 
     @field_validator("activation_bits")

@@ -202,7 +202,7 @@ def consolidate(model: nn.Module, train_records: Sequence[ImageRecord], config: 
         batch_size=config.batch_size, learning_rate=config.learning_rate,
         seed=config.seed * 1000 + 500 + num_binary_layers, cache=cache, device=device,
         on_iteration=on_iteration, should_stop=should_stop, options=options, distillation=distillation,
-        binarizer_lr_multiplier=config.binarizer_lr_multiplier)
+        binarizer_lr_multiplier=config.binarizer_lr_multiplier or 1.0)
 
 
 def teacher_for(model: nn.Module, config: PipelineConfig, device: str) -> Distillation | None:
@@ -336,6 +336,7 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
     while len(steps) <= len(plan.steps) and not (len(steps) > 1 and _target_reached(steps, config.target)):
         index = len(steps)
         new_layers = plan.steps[index - 1]
+        assert config.activation_quantizer is not None and config.binarizer_lr_multiplier is not None  # resolved
         for name in new_layers:
             if not config.staged_schedule:
                 binarize_module(modules[name], layer_quantizer(config))

@@ -202,6 +202,10 @@ def test_the_job_config_names_exactly_the_registered_input_binarizers() -> None:
     for name in INPUT_BINARIZERS:
         config = PipelineConfig(target=Target(min_compression_ratio=2.0), activation_bits=1, activation_quantizer=name)
         assert new_input_binarizer(config.activation_quantizer, 8).to_config() == {"name": name, "channels": 8}
+    binary = PipelineConfig(target=Target(min_compression_ratio=2.0), activation_bits=1)
+    assert (binary.activation_quantizer, binary.binarizer_lr_multiplier) == ("scale_threshold", 100.0)
+    weights_only = PipelineConfig(target=Target(min_compression_ratio=2.0))
+    assert (weights_only.activation_quantizer, weights_only.binarizer_lr_multiplier) == ("rsign", 1.0)
     with pytest.raises(ValueError, match="activation_quantizer scale_threshold needs activation_bits 1"):
         PipelineConfig(target=Target(min_compression_ratio=2.0), activation_quantizer="scale_threshold")
     with pytest.raises(ValueError, match="unknown activation quantizer 'sign'"):
