@@ -13,7 +13,7 @@ default `rsign`), with `staged_schedule` on for every arm under --staged and `bi
 --binarizer-lr (default 1), everything else equal: binary weights and inputs (`activation_bits: 1`), the
 `latency` order (the layers that save the most measured time first: the costly pointwise convs,
 where binary inputs break this detector), 2 layers per step, 60 fine-tuning iterations per step,
-seed 0, a fixed number of steps. Each step records its validation MR^-2 (32 images), the forward
+seed 0 (--seed), a fixed number of steps. Each step records its validation MR^-2 (32 images), the forward
 time of its OpenVINO export (1 thread, f32, the worker's way) and how many layers run at 1 bit.
 
 A screen, as the issue asks for the ablation grid: one seed, few iterations, the 32-image
@@ -24,7 +24,7 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
-`_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`).
+`_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --seed s `_seed<s>`).
 """
 from __future__ import annotations
 
@@ -46,16 +46,17 @@ BUDGET = 0.03  # the issue's accuracy bar: MR^-2 within float + 0.03
 CHECKPOINTS = report.ROOT / "var" / "bench_distillation"
 
 
-def job_config(weight: float, binarizer: str, iterations: int, staged: bool, lr_multiplier: float) -> PipelineConfig:
+def job_config(weight: float, binarizer: str, iterations: int, staged: bool, lr_multiplier: float,
+               seed: int = 0) -> PipelineConfig:
     # a compression target out of reach: the bench stops the job after its steps
     return PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, order="latency",
-                          layers_per_step=2, finetune_iters=iterations, learning_rate=1e-4, seed=0,
+                          layers_per_step=2, finetune_iters=iterations, learning_rate=1e-4, seed=seed,
                           distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=staged,
                           binarizer_lr_multiplier=lr_multiplier)
 
 
 def run_arm(weight: float, binarizer: str, steps: int, iterations: int, staged: bool,
-            lr_multiplier: float, checkpoints: Path) -> dict[str, Any]:
+            lr_multiplier: float, checkpoints: Path, seed: int = 0) -> dict[str, Any]:
     """One job, stopped after `steps` binarization steps; its steps as results record them."""
     train, val = split_records(read_pennfudan(default_data_dir()))
     model, card = load_pretrained("pedestrian_adas_0002", input_height=192, input_width=336)
@@ -70,7 +71,7 @@ def run_arm(weight: float, binarizer: str, steps: int, iterations: int, staged: 
                    f"{step.miss_rate:.3f}, {step.latency_ms or float('nan'):.2f} ms")
 
     try:
-        run(model, card, train, val, job_config(weight, binarizer, iterations, staged, lr_multiplier), on_step=on_step,
+        run(model, card, train, val, job_config(weight, binarizer, iterations, staged, lr_multiplier, seed), on_step=on_step,
             should_stop=lambda: len(done) > steps)
     except Cancelled:
         pass  # the bench's stop after `steps` steps
@@ -78,7 +79,7 @@ def run_arm(weight: float, binarizer: str, steps: int, iterations: int, staged: 
     for row, step in zip(rows, done, strict=True):
         row["latency_ms"] = step.latency_ms and round(step.latency_ms, 3)
     return {"distillation_weight": weight, "activation_quantizer": binarizer, "staged_schedule": staged,
-            "binarizer_lr_multiplier": lr_multiplier, "steps": rows,
+            "binarizer_lr_multiplier": lr_multiplier, "seed": seed, "steps": rows,
             "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -150,6 +151,8 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
         name += "_staged"
     if args.binarizer_lr != 1.0:
         name += f"_blr{args.binarizer_lr:g}"
+    if args.seed:
+        name += f"_seed{args.seed}"
     return name
 
 
@@ -161,6 +164,7 @@ def main() -> None:
     parser.add_argument("--staged", action="store_true", help="staged_schedule on: inputs first, then weights")
     parser.add_argument("--binarizer-lr", type=float, default=1.0,
                         help="binarizer_lr_multiplier of every arm (default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="the jobs' seed (default 0)")
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
     parser.add_argument("--quick", action="store_true", help="2 steps of 4 iterations: checks the script")
@@ -169,12 +173,12 @@ def main() -> None:
     torch.set_num_threads(2)
     binarizers = args.binarizers.split(",")
     name = result_name(args, steps, iterations, binarizers)
-    arms = [run_arm(float(w), b, steps, iterations, args.staged, args.binarizer_lr, CHECKPOINTS / name / f"{b}_w{w}")
+    arms = [run_arm(float(w), b, steps, iterations, args.staged, args.binarizer_lr, CHECKPOINTS / name / f"{b}_w{w}", args.seed)
             for b in binarizers for w in args.weights.split(",")]
     training = ", staged schedule" if args.staged else ""
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
               f"x{args.binarizer_lr:g}, order latency, 2 layers per step, {iterations} "
-              f"iterations per step, lr 1e-4, seed 0, {steps} steps; validation MR^-2 on 32 images (noise about "
+              f"iterations per step, lr 1e-4, seed {args.seed}, {steps} steps; validation MR^-2 on 32 images (noise about "
               f"±0.04); forward ms of each step's OpenVINO export, 1 thread f32. One seed: a screen, not a verdict.")
     result = {"machine": report.machine(threads=torch.get_num_threads()), "git": report.git_commit(),
               "design": design, "arms": arms}
