@@ -73,7 +73,7 @@ from core.export.one_bit import (
     export_float,
     float_model,
 )
-from core.export.openvino import export_checkpoint
+from core.export.openvino import export_openvino
 from core.export.runtime import Detector, compile_config, median_forward_ms
 from core.paths import REPO_ROOT as ROOT
 from core.paths import default_data_dir
@@ -184,9 +184,8 @@ def checkpoint_rows(paths: list[Path], data: dict[str, Any]) -> dict[str, dict[s
     """Trained checkpoints as exported (`checkpoint<k>`) and with NNCF int8 elsewhere (`checkpoint<k>_int8`)."""
     rows: dict[str, dict[str, Any]] = {}
     for k, path in enumerate(paths, start=1):
-        packed = path.read_bytes()
-        model, card = unpack_checkpoint(packed)
-        export = export_checkpoint(packed)
+        model, card = unpack_checkpoint(path.read_bytes())
+        export = export_openvino(model, card)
         one_bit = sorted(card.activation_quantizers)
         what = f"{path.parent.name}/{path.stem}: {len(one_bit)} convs 1-bit"
         facts = {"source": str(path), "one_bit_layers": len(one_bit),
@@ -442,15 +441,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 def readme_section(results: Path) -> str:
     head = "### The 1-bit speed ceiling against int8 (`make bench-ceiling`, [`ceiling.md`](ceiling.md))"
-    return report.section(head, report.load_all("ceiling", results), _readme_runs)
-
-
-def _readme_runs(runs: dict[str, dict[str, Any]]) -> list[str]:
-    """One block per run: `ceiling` and the runs kept per CPU kind (`ceiling_<cpu>`, renamed by hand)."""
-    lines: list[str] = []
-    for name, result in runs.items():
-        lines += [f"[`{name}.md`]({name}.md):", "", *_readme_lines(result), ""]
-    return lines
+    # `ceiling` and the runs kept per CPU kind (`ceiling_<cpu>`, renamed by hand)
+    return report.section(head, report.load_all("ceiling", results), report.each_run(_readme_lines))
 
 
 def _readme_lines(result: dict[str, Any]) -> list[str]:

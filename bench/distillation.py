@@ -46,41 +46,40 @@ BUDGET = 0.03  # the issue's accuracy bar: MR^-2 within float + 0.03
 CHECKPOINTS = report.ROOT / "var" / "bench_distillation"
 
 
-def job_config(weight: float, binarizer: str, iterations: int, staged: bool, lr_multiplier: float,
-               seed: int = 0) -> PipelineConfig:
+def job_config(args: argparse.Namespace, weight: float, binarizer: str, iterations: int) -> PipelineConfig:
+    """One arm's job: the options under test from the command line, the rest fixed."""
     # a compression target out of reach: the bench stops the job after its steps
     return PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, order="latency",
-                          layers_per_step=2, finetune_iters=iterations, learning_rate=1e-4, seed=seed,
-                          distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=staged,
-                          binarizer_lr_multiplier=lr_multiplier)
+                          layers_per_step=2, finetune_iters=iterations, learning_rate=1e-4, seed=args.seed,
+                          distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=args.staged,
+                          binarizer_lr_multiplier=args.binarizer_lr)
 
 
-def run_arm(weight: float, binarizer: str, steps: int, iterations: int, staged: bool,
-            lr_multiplier: float, checkpoints: Path, seed: int = 0) -> dict[str, Any]:
-    """One job, stopped after `steps` binarization steps; its steps as results record them."""
-    train, val = split_records(read_pennfudan(default_data_dir()))
-    model, card = load_pretrained("pedestrian_adas_0002", input_height=192, input_width=336)
+def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints: Path) -> dict[str, Any]:
+    """One job (`job`: the float model, its card and the split), stopped after `steps` binarization
+    steps; its options and steps as results record them."""
     done: list[StepOutcome] = []
     started = time.monotonic()
+    arm = {"distillation_weight": config.distillation_weight, "activation_quantizer": config.activation_quantizer,
+           "staged_schedule": config.staged_schedule, "binarizer_lr_multiplier": config.binarizer_lr_multiplier,
+           "seed": config.seed}
 
     def on_step(step: StepOutcome) -> None:
         done.append(step)
         checkpoints.mkdir(parents=True, exist_ok=True)
         (checkpoints / f"step{step.index}.safetensors").write_bytes(step.checkpoint)
-        report.log(f"{binarizer}, weight {weight}: step {step.index}, {len(step.binary_layers)} layers, MR^-2 "
+        report.log(f"{arm_name(arm)}: step {step.index}, {len(step.binary_layers)} layers, MR^-2 "
                    f"{step.miss_rate:.3f}, {step.latency_ms or float('nan'):.2f} ms")
 
     try:
-        run(model, card, train, val, job_config(weight, binarizer, iterations, staged, lr_multiplier, seed), on_step=on_step,
+        run(job["model"], job["card"], job["train"], job["val"], config, on_step=on_step,
             should_stop=lambda: len(done) > steps)
     except Cancelled:
         pass  # the bench's stop after `steps` steps
     rows = report.step_rows(done)
     for row, step in zip(rows, done, strict=True):
         row["latency_ms"] = step.latency_ms and round(step.latency_ms, 3)
-    return {"distillation_weight": weight, "activation_quantizer": binarizer, "staged_schedule": staged,
-            "binarizer_lr_multiplier": lr_multiplier, "seed": seed, "steps": rows,
-            "seconds": round(time.monotonic() - started, 1)}
+    return {**arm, "steps": rows, "seconds": round(time.monotonic() - started, 1)}
 
 
 def arm_name(arm: dict[str, Any]) -> str:
@@ -119,14 +118,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 def readme_section(results: Path) -> str:
     head = "### Distillation screen (`make bench-distillation`, [`distillation.md`](distillation.md))"
-    return report.section(head, report.load_all("distillation", results), _readme_runs)
-
-
-def _readme_runs(runs: dict[str, dict[str, Any]]) -> list[str]:
-    lines: list[str] = []
-    for name, result in runs.items():
-        lines += [f"[`{name}.md`]({name}.md):", "", *_readme_lines(result), ""]
-    return lines
+    return report.section(head, report.load_all("distillation", results),
+                          report.each_run(_readme_lines))
 
 
 def _readme_lines(result: dict[str, Any]) -> list[str]:
@@ -173,7 +166,10 @@ def main() -> None:
     torch.set_num_threads(2)
     binarizers = args.binarizers.split(",")
     name = result_name(args, steps, iterations, binarizers)
-    arms = [run_arm(float(w), b, steps, iterations, args.staged, args.binarizer_lr, CHECKPOINTS / name / f"{b}_w{w}", args.seed)
+    train, val = split_records(read_pennfudan(default_data_dir()))
+    model, card = load_pretrained("pedestrian_adas_0002", input_height=192, input_width=336)
+    job = {"model": model, "card": card, "train": train, "val": val}  # `run` leaves the float model as it was
+    arms = [run_arm(job, job_config(args, float(w), b, iterations), steps, CHECKPOINTS / name / f"{b}_w{w}")
             for b in binarizers for w in args.weights.split(",")]
     training = ", staged schedule" if args.staged else ""
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "

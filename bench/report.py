@@ -23,7 +23,8 @@ and adds its module to `bench.results_readme.SECTIONS`.
 
 - `write_results(name, result, markdown)`: `bench/results/<name>.json` (and `.md`);
   `load_results(name)` reads one back (None when absent), `load_all(prefix)` every run of a
-  bench; `section(head, results, render)` is a bench's part of bench/results/README.md.
+  bench; `section(head, results, render)` is a bench's part of bench/results/README.md, and
+  `each_run(render)` renders `load_all`'s runs one after another, each under a link to its markdown.
 - `markdown_table(rows, columns, align=)`: the lines of a markdown table; a column is
   (header, key of a row mapping or function of the row); None shows as "-".
 - `figure(...)`, `label(ax, x=, y=, title=, log_x=)`, `save_figure(fig, path)`: matplotlib (Agg)
@@ -95,6 +96,16 @@ def section(head: str, results: Any, render: Callable[[Any], list[str]]) -> str:
     """A section of bench/results/README.md: `head`, then the lines `render(results)` gives, or
     "Not run yet." when there are no results (None or empty)."""
     return "\n".join([head, "", *(render(results) if results else ["Not run yet."])]).rstrip("\n") + "\n"
+
+
+def each_run(render: Callable[[dict[str, Any]], list[str]]) -> Callable[[dict[str, dict[str, Any]]], list[str]]:
+    """For `section` over `load_all`: each run as a link to its markdown, then `render(result)`."""
+    def lines(runs: dict[str, dict[str, Any]]) -> list[str]:
+        out: list[str] = []
+        for name, result in runs.items():
+            out += [f"[`{name}.md`]({name}.md):", "", *render(result), ""]
+        return out
+    return lines
 
 
 # -- markdown ---------------------------------------------------------------------------------

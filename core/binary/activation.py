@@ -85,6 +85,12 @@ def binary_activation(x: Tensor, threshold: Tensor) -> Tensor:
     return out
 
 
+def _check_channels(channels: int) -> int:
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    return channels
+
+
 class InputBinarizer(Quantizer):
     """An activation quantizer that binarizes a conv's input per channel: its forward pass is
     `output_scale() · H(x - export_threshold())` (straight-through gradients), which the export
@@ -112,9 +118,7 @@ class BinaryActivation(InputBinarizer):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}")
-        self.threshold = nn.Parameter(torch.zeros(channels))
+        self.threshold = nn.Parameter(torch.zeros(_check_channels(channels)))
 
     def forward(self, x: Tensor) -> Tensor:
         return binary_activation(x, self.threshold)
@@ -165,10 +169,8 @@ class ScaleThresholdActivation(InputBinarizer):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}")
         self.log_scale = nn.Parameter(torch.zeros(1))
-        self.threshold = nn.Parameter(torch.zeros(channels))
+        self.threshold = nn.Parameter(torch.zeros(_check_channels(channels)))
         self.register_buffer("scale_initialized", torch.zeros(1, dtype=torch.int32))
         self._scale_ready = False
 

@@ -33,7 +33,10 @@ from core.checkpoint import (
     save_state,
     unpack_checkpoint,
 )
+from core.data import read_pennfudan, split_records
 from core.job_spec import ActivationQuantizerName, PipelineConfig, Target
+from core.paths import default_data_dir
+from core.train import train_detector
 
 CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 64, "width": 8}
 
@@ -175,13 +178,19 @@ def test_scale_threshold_gradients_are_nncfs() -> None:
     assert quantizer.threshold.grad.tolist() == [pytest.approx(-2 * 0.25)]
 
 
-def test_scale_threshold_checkpoints_and_resumes_with_its_scale() -> None:
+def _pednet_with_binary_neck(binarizer: str) -> tuple[nn.Module, ModelCard, nn.Module]:
+    """A tiny PedNet whose `neck.0` has 1-bit weights and inputs (binarizer `binarizer`), and that layer."""
     torch.manual_seed(0)
     card = ModelCard.model_validate(CARD)
     model = card.build().eval()
-    layer = dict(model.named_modules())["neck.0"]
+    layer = model.get_submodule("neck.0")
     binarize_module(layer, 1)
-    binarize_input(layer, new_input_binarizer("scale_threshold", layer.in_channels))
+    binarize_input(layer, new_input_binarizer(binarizer, layer.in_channels))
+    return model, card, layer
+
+
+def test_scale_threshold_checkpoints_and_resumes_with_its_scale() -> None:
+    model, card, layer = _pednet_with_binary_neck("scale_threshold")
     with torch.no_grad():
         layer.input_binarizer.log_scale.fill_(0.7)
         layer.input_binarizer.threshold.uniform_(-1.0, 1.0)
@@ -215,17 +224,8 @@ def test_the_job_config_names_exactly_the_registered_input_binarizers() -> None:
 def test_the_binarizer_learning_rate_multiplier_moves_only_the_binarizers() -> None:
     """One AdamW step moves each parameter by about the learning rate: with a multiplier of 100 the
     thresholds move 100 times as far, and every other parameter exactly as far as without it."""
-    from core.data import read_pennfudan, split_records
-    from core.paths import default_data_dir
-    from core.train import train_detector
-
     train, _ = split_records(read_pennfudan(default_data_dir()))
-    torch.manual_seed(0)
-    card = ModelCard.model_validate(CARD)
-    start = card.build().eval()
-    layer = dict(start.named_modules())["neck.0"]
-    binarize_module(layer, 1)
-    binarize_input(layer, new_input_binarizer("rsign", layer.in_channels))
+    start, _, _ = _pednet_with_binary_neck("rsign")
     moved = {}
     for multiplier in (1.0, 100.0):
         model = copy.deepcopy(start)
