@@ -488,8 +488,10 @@ class _ProgressTracker:
         self.work = [1] + [n + config.consolidation_iters + 1 for n in plan.iterations]
         self.total = sum(self.work[: self.total_steps])
         self.done = sum(self.work[: min(done_steps, self.total_steps)])
-        self.started = time.monotonic()
-        self.done_at_start = self.done
+        # (time, work done) at the first report: the rate is measured from there, so the set-up
+        # before it (loading, the float model's evaluation, a `latency` job's layer timing) is
+        # not read as slow fine-tuning (it made a just-started job's ETA say days).
+        self.anchor: tuple[float, int] | None = None
         self.last = 0.0
 
     def iteration(self, step: int, it: IterationReport, offset: int = 0, what: str = "fine-tuning") -> None:
@@ -517,7 +519,11 @@ class _ProgressTracker:
         assert self.on_progress is not None
         total_steps = max(self.total_steps, step + 1)
         total = max(self.total, done)
-        rate = (done - self.done_at_start) / max(time.monotonic() - self.started, 1e-6)
+        now = time.monotonic()
+        if self.anchor is None:
+            self.anchor = (now, done)
+        since, done_then = self.anchor
+        rate = (done - done_then) / (now - since) if now > since else 0.0
         eta = (total - done) / rate if rate > 0 else None
         self.on_progress(Progress(
             step=step, total_steps=total_steps, iteration=iteration,

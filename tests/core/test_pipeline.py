@@ -192,3 +192,22 @@ def test_sensitivity_order_is_measured_and_deterministic(setup) -> None:
     b = run(model, card, train, val, config, export_openvino=False)
     assert [s.layers for s in a.steps] == [s.layers for s in b.steps]
     assert len(a.steps) >= 2
+
+
+def test_eta_is_measured_from_the_first_report_not_from_the_set_up(monkeypatch) -> None:
+    """A job that spends minutes before its first iteration (the float evaluation, a `latency`
+    job's layer timing) must not extrapolate that wait over every iteration left."""
+    from core.pipeline import IterationReport, _Plan, _ProgressTracker
+
+    clock = [0.0]
+    monkeypatch.setattr("core.pipeline.time.monotonic", lambda: clock[0])
+    reports: list = []
+    plan = _Plan(steps=[["a"], ["b"]], iterations=[100, 100], expected_steps=2)
+    tracker = _ProgressTracker(plan, PipelineConfig(target=Target(min_compression_ratio=2.0)), reports.append, 0)
+    clock[0] = 600.0  # ten minutes of set-up
+    tracker.step_done(0)
+    assert reports[-1].eta_seconds is None  # nothing measured yet
+    clock[0] = 610.0  # then 10 iterations a second
+    tracker.iteration(1, IterationReport(iteration=100, total=100, seconds=10.0))
+    left = tracker.total - tracker.done - 100
+    assert reports[-1].eta_seconds == pytest.approx(left / 10, rel=0.01)
