@@ -6,11 +6,12 @@ activations accurate (issue 19)? A screen.
     python -m bench.distillation --steps 1 --iterations 600 --binarizers rsign,scale_threshold
     python -m bench.distillation --steps 1 --iterations 600 --weights 0 --staged
     python -m bench.distillation --steps 1 --iterations 600 --weights 0 --binarizer-lr 100
+    python -m bench.distillation --steps 1 --iterations 600 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --rprelu
 
 The same job once per arm on pedestrian_adas_0002 at 192x336 (the demo's resolution and learning
 rate), one arm per `distillation_weight` (default 0 and 1) and input binarizer (`activation_quantizer`,
 default `rsign`), with `staged_schedule` on for every arm under --staged and `binarizer_lr_multiplier` from
---binarizer-lr (default 1), everything else equal: binary weights and inputs (`activation_bits: 1`), the
+--binarizer-lr (default 1) and `rprelu` under --rprelu, everything else equal: binary weights and inputs (`activation_bits: 1`), the
 `latency` order (the layers that save the most measured time first: the costly pointwise convs,
 where binary inputs break this detector), 2 layers per step, 60 fine-tuning iterations per step,
 seed 0 (--seed), a fixed number of steps. Each step records its validation MR^-2 (32 images), the forward
@@ -24,7 +25,7 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
-`_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --seed s `_seed<s>`).
+`_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --seed s `_seed<s>`).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def job_config(args: argparse.Namespace, weight: float, binarizer: str, iteratio
     return PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, order="latency",
                           layers_per_step=2, finetune_iters=iterations, learning_rate=1e-4, seed=args.seed,
                           distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=args.staged,
-                          binarizer_lr_multiplier=args.binarizer_lr)
+                          binarizer_lr_multiplier=args.binarizer_lr, rprelu=args.rprelu)
 
 
 def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints: Path) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     started = time.monotonic()
     arm = {"distillation_weight": config.distillation_weight, "activation_quantizer": config.activation_quantizer,
            "staged_schedule": config.staged_schedule, "binarizer_lr_multiplier": config.binarizer_lr_multiplier,
-           "seed": config.seed}
+           "rprelu": config.rprelu, "seed": config.seed}
 
     def on_step(step: StepOutcome) -> None:
         done.append(step)
@@ -90,8 +91,9 @@ def arm_name(arm: dict[str, Any]) -> str:
 def arm_label(arm: dict[str, Any]) -> str:
     """The input binarizer and how it was trained (defaults for results from before these were recorded)."""
     staged = ", staged" if arm.get("staged_schedule") else ""
+    rprelu = " + RPReLU" if arm.get("rprelu") else ""
     lr = arm.get("binarizer_lr_multiplier", 1.0)
-    return f"{arm.get('activation_quantizer', 'rsign')}{staged}" + (f", binarizer lr x{lr:g}" if lr != 1.0 else "")
+    return f"{arm.get('activation_quantizer', 'rsign')}{rprelu}{staged}" + (f", binarizer lr x{lr:g}" if lr != 1.0 else "")
 
 
 def summary(arm: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +146,8 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
         name += "_staged"
     if args.binarizer_lr != 1.0:
         name += f"_blr{args.binarizer_lr:g}"
+    if args.rprelu:
+        name += "_rprelu"
     if args.seed:
         name += f"_seed{args.seed}"
     return name
@@ -157,6 +161,7 @@ def main() -> None:
     parser.add_argument("--staged", action="store_true", help="staged_schedule on: inputs first, then weights")
     parser.add_argument("--binarizer-lr", type=float, default=1.0,
                         help="binarizer_lr_multiplier of every arm (default 1)")
+    parser.add_argument("--rprelu", action="store_true", help="rprelu on: ReActNet's RPReLU after each 1-bit conv")
     parser.add_argument("--seed", type=int, default=0, help="the jobs' seed (default 0)")
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
@@ -171,7 +176,7 @@ def main() -> None:
     job = {"model": model, "card": card, "train": train, "val": val}  # `run` leaves the float model as it was
     arms = [run_arm(job, job_config(args, float(w), b, iterations), steps, CHECKPOINTS / name / f"{b}_w{w}")
             for b in binarizers for w in args.weights.split(",")]
-    training = ", staged schedule" if args.staged else ""
+    training = (", RPReLU" if args.rprelu else "") + (", staged schedule" if args.staged else "")
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
               f"x{args.binarizer_lr:g}, order latency, 2 layers per step, {iterations} "
               f"iterations per step, lr 1e-4, seed {args.seed}, {steps} steps; validation MR^-2 on 32 images (noise about "

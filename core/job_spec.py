@@ -144,6 +144,12 @@ class PipelineConfig(BaseModel):
         description="activation_bits 1 only: NNCF's staged schedule within each step. The step's layers first take "
         "binary inputs with float weights for half its fine-tuning iterations, then their weights are binarized "
         "too for the other half; false: both at once, all iterations.")
+    rprelu: bool = Field(
+        default=False,
+        description="activation_bits 1 only: each binary-input conv's output also goes through ReActNet's RPReLU "
+        "(PReLU(y - γ_c) + ζ_c, per output channel; core.binary.activation.RPReLU), in front of the network's own "
+        "activation and started as the identity; its parameters learn at the binarizers' learning rate. "
+        "Exported as plain elementwise ops after the 1-bit convolution.")
     binarizer_lr_multiplier: float | None = Field(
         default=None, gt=0.0, le=1000.0,
         description="activation_bits 1 only: the input binarizers' thresholds (and scales) learn at this times "
@@ -203,6 +209,8 @@ class PipelineConfig(BaseModel):
                              "inputs nothing binarizes them")
         if self.binarizer_lr_multiplier != 1.0 and self.activation_bits != 1:
             raise ValueError("binarizer_lr_multiplier needs activation_bits 1: with float inputs there is no binarizer")
+        if self.rprelu and self.activation_bits != 1:
+            raise ValueError("rprelu needs activation_bits 1: it follows a binary-input convolution")
         if self.staged_schedule and self.activation_bits != 1:
             raise ValueError("staged_schedule needs activation_bits 1: it binarizes inputs before weights")
         if self.activation_bits == 1 and self.bits != 1:

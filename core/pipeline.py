@@ -341,8 +341,9 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
             if not config.staged_schedule:
                 binarize_module(modules[name], layer_quantizer(config))
             if config.activation_bits == 1 and supports_binary_input(modules[name]):
-                binarize_input(modules[name], new_input_binarizer(config.activation_quantizer,
-                                                                  modules[name].in_channels))
+                conv = modules[name]
+                binarize_input(conv, new_input_binarizer(
+                    config.activation_quantizer, conv.in_channels, rprelu_channels=conv.out_channels if config.rprelu else None))
         started = time.monotonic()
         stop = _StopFlag(should_stop)
         finetune = functools.partial(

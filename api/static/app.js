@@ -381,6 +381,7 @@ $("#job-form").addEventListener("submit", async (ev) => {
   if (body.activation_bits === 1) {
     body.activation_quantizer = f.activation_quantizer.value;
     body.staged_schedule = f.staged_schedule.checked;
+    body.rprelu = f.rprelu.checked;
     if (f.binarizer_lr_multiplier.value) body.binarizer_lr_multiplier = Number(f.binarizer_lr_multiplier.value);
   }
   const button = $("button[type=submit]", f);

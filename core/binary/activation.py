@@ -38,12 +38,16 @@ Two input binarizers are registered (`InputBinarizer`, chosen by a job's `activa
 Both export the same way: `τ_c` (`export_threshold()`) feeds the 1-bit convolution's
 binarization and the scale `s` (`output_scale()`, 1 for `rsign`) folds into the convolution's
 per-channel weight scale, `conv(s·a, α·B) = conv(a, s·α·B)`: no extra op at run time.
+
+Either can carry ReActNet's RPReLU (`RPReLU`, `rprelu_channels` in its config) on the binary
+conv's *output*, applied by a forward hook of the conv; the export traces it as plain ops.
 """
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.binary.quantizers import (
@@ -91,12 +95,52 @@ def _check_channels(channels: int) -> int:
     return channels
 
 
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU (Liu et al. 2020) on a binary-input conv's output, per output channel c:
+
+        y ↦ PReLU_β(y - γ_c) + ζ_c,   PReLU_β(z) = z if z > 0 else β_c·z
+
+    ReActNet puts it *in place of* the network's activation, its slope started at 0.25. FlexBin
+    cannot rewire an uploaded network's forward, so here it goes *in front of* the network's own
+    activation (and of a BatchNorm that follows the conv), and it starts as the identity
+    (γ = ζ = 0, β = 1): a step begins from the network as it was, and fine-tuning learns where
+    the kink sits and how much of the negative side passes."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        channels = _check_channels(channels)
+        self.shift_in = nn.Parameter(torch.zeros(channels))
+        self.slope = nn.Parameter(torch.ones(channels))
+        self.shift_out = nn.Parameter(torch.zeros(channels))
+
+    @property
+    def channels(self) -> int:
+        return int(self.slope.shape[0])
+
+    def forward(self, y: Tensor) -> Tensor:
+        view = (1, -1, *([1] * (y.dim() - 2)))
+        return F.prelu(y - self.shift_in.view(view), self.slope) + self.shift_out.view(view)
+
+
 class InputBinarizer(Quantizer):
     """An activation quantizer that binarizes a conv's input per channel: its forward pass is
     `output_scale() · H(x - export_threshold())` (straight-through gradients), which the export
-    runs as a 1-bit convolution (module docstring)."""
+    runs as a 1-bit convolution (module docstring). With `rprelu_channels` it also holds an
+    `RPReLU` for the conv's output (`output_activation`)."""
 
     kind: ClassVar[QuantizerKind] = "activation"
+    rprelu: RPReLU | None
+
+    def __init__(self, rprelu_channels: int | None = None) -> None:
+        super().__init__()
+        self.rprelu = None if rprelu_channels is None else RPReLU(rprelu_channels)
+
+    def output_activation(self, y: Tensor) -> Tensor:
+        """What the conv's output goes through: its RPReLU, or nothing."""
+        return y if self.rprelu is None else self.rprelu(y)
+
+    def _rprelu_config(self) -> dict[str, Any]:
+        return {} if self.rprelu is None else {"rprelu_channels": self.rprelu.channels}
 
     def export_threshold(self) -> Tensor:
         """τ [C]: the input is 1 where `x > τ_c`."""
@@ -112,19 +156,20 @@ class BinaryActivation(InputBinarizer):
     """The registered activation quantizer `rsign`: `x ↦ H(x - τ_c)` with a learnable threshold
     per input channel, initialised at 0 (ReActNet initialises its shift at 0 too; after a
     BatchNorm + ReLU, "is this feature on" is a fair first guess). Its config,
-    `{"name": "rsign", "channels": C}`, is stored in model cards (`activation_quantizers`)."""
+    `{"name": "rsign", "channels": C}` (with `"rprelu_channels"` when it has an RPReLU), is stored
+    in model cards (`activation_quantizers`)."""
 
     name: ClassVar[str] = "rsign"
 
-    def __init__(self, channels: int) -> None:
-        super().__init__()
+    def __init__(self, channels: int, rprelu_channels: int | None = None) -> None:
+        super().__init__(rprelu_channels)
         self.threshold = nn.Parameter(torch.zeros(_check_channels(channels)))
 
     def forward(self, x: Tensor) -> Tensor:
         return binary_activation(x, self.threshold)
 
     def get_config(self) -> dict[str, Any]:
-        return {"channels": int(self.threshold.shape[0])}
+        return {"channels": int(self.threshold.shape[0]), **self._rprelu_config()}
 
     def export_threshold(self) -> Tensor:
         return self.threshold.detach()
@@ -167,8 +212,8 @@ class ScaleThresholdActivation(InputBinarizer):
 
     name: ClassVar[str] = "scale_threshold"
 
-    def __init__(self, channels: int) -> None:
-        super().__init__()
+    def __init__(self, channels: int, rprelu_channels: int | None = None) -> None:
+        super().__init__(rprelu_channels)
         self.log_scale = nn.Parameter(torch.zeros(1))
         self.threshold = nn.Parameter(torch.zeros(_check_channels(channels)))
         self.register_buffer("scale_initialized", torch.zeros(1, dtype=torch.int32))
@@ -195,7 +240,7 @@ class ScaleThresholdActivation(InputBinarizer):
         self._scale_ready = True
 
     def get_config(self) -> dict[str, Any]:
-        return {"channels": int(self.threshold.shape[0])}
+        return {"channels": int(self.threshold.shape[0]), **self._rprelu_config()}
 
     def export_threshold(self) -> Tensor:
         return (self.log_scale.exp() * self.threshold.sigmoid()).detach()
@@ -221,12 +266,13 @@ def activation_quantizer_from_config(config: dict[str, Any]) -> InputBinarizer:
     return quantizer
 
 
-def new_input_binarizer(name: str, channels: int) -> InputBinarizer:
-    """A fresh input binarizer `name` (`rsign`, `scale_threshold`) for `channels` channels."""
+def new_input_binarizer(name: str, channels: int, *, rprelu_channels: int | None = None) -> InputBinarizer:
+    """A fresh input binarizer `name` (`rsign`, `scale_threshold`) for `channels` channels, with an
+    `RPReLU` of `rprelu_channels` (the conv's output channels) when given."""
     cls = INPUT_BINARIZERS.get(name)
     if cls is None:
         raise ValueError(f"unknown activation quantizer {name!r}; registered: {', '.join(INPUT_BINARIZERS)}")
-    return cls(channels)
+    return cls(channels, rprelu_channels)
 
 
 INPUT_BINARIZER = "input_binarizer"
@@ -251,10 +297,16 @@ def _binarize_input_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any,
     return (getattr(module, INPUT_BINARIZER)(args[0]), *args[1:])
 
 
+def _output_activation_hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
+    activated: Tensor = getattr(module, INPUT_BINARIZER).output_activation(out)
+    return activated
+
+
 def binarize_input(module: nn.Module, binarizer: InputBinarizer | None = None) -> InputBinarizer:
     """Make a Conv2d binarize its input with an `InputBinarizer` (a new `rsign` at τ = 0 unless
     given), registered as the submodule `input_binarizer` (so the optimizer trains τ and
-    `state_dict()` saves it) and applied by a forward pre-hook."""
+    `state_dict()` saves it) and applied by a forward pre-hook; a binarizer's RPReLU is applied
+    to the conv's output by a forward hook."""
     if not supports_binary_input(module):
         raise ValueError(f"{type(module).__name__} cannot take binary inputs: only dense Conv2d layers "
                          f"(groups=1, zero padding, input channels a multiple of {BINARY_INPUT_CHANNEL_MULTIPLE}) "
@@ -266,8 +318,12 @@ def binarize_input(module: nn.Module, binarizer: InputBinarizer | None = None) -
     channels = int(binarizer.get_config()["channels"])
     if channels != module.in_channels:
         raise ValueError(f"binarizer has {channels} channels, the layer takes {module.in_channels}")
+    if binarizer.rprelu is not None and binarizer.rprelu.channels != module.out_channels:
+        raise ValueError(f"RPReLU has {binarizer.rprelu.channels} channels, the layer gives {module.out_channels}")
     module.add_module(INPUT_BINARIZER, binarizer.to(module.weight.device).train(module.training))
     module.register_forward_pre_hook(_binarize_input_hook)
+    if binarizer.rprelu is not None:
+        module.register_forward_hook(_output_activation_hook)
     return binarizer
 
 

@@ -199,7 +199,7 @@ def export_openvino(model: nn.Module, card: ModelCard, *,
         binarizer = input_binarizer(module)
         with torch.no_grad():
             module.weight.mul_(binarizer.output_scale())
-        setattr(module, INPUT_BINARIZER, _ThresholdExport(binarizer.export_threshold()))
+        setattr(module, INPUT_BINARIZER, _ThresholdExport(binarizer.export_threshold(), binarizer.rprelu))
     units = _fold_batchnorm(model, binary_bits)
     wrapper, spec = _export_adapter(model, card, units)
     ranges = _calibrate(wrapper, spec, units, binary_inputs, calibration) if calibration else {}
@@ -257,7 +257,9 @@ class _Unit:
 
 def _fold_batchnorm(model: nn.Module, binary_bits: dict[str, int]) -> dict[str, _Unit]:
     """Fold every BatchNorm that directly follows a Conv2d in a Sequential into that conv; 1-bit
-    layers keep their weight as an exact `scale · signs` product."""
+    layers keep their weight as an exact `scale · signs` product. A conv with an RPReLU on its
+    output (`core.binary.activation.RPReLU`, applied before the BatchNorm) keeps its BatchNorm,
+    which the trace then exports as its own (elementwise) ops."""
     names = {m: n for n, m in model.named_modules()}
     units: dict[str, _Unit] = {}
     for name, module in model.named_modules():
@@ -277,10 +279,14 @@ def _fold_batchnorm(model: nn.Module, binary_bits: dict[str, int]) -> dict[str, 
             continue
         children = list(parent.named_children())
         for (_, conv), (bn_key, bn) in itertools.pairwise(children):
-            if isinstance(conv, nn.Conv2d) and _is_batchnorm(bn) and conv in names:
+            if isinstance(conv, nn.Conv2d) and _is_batchnorm(bn) and conv in names and not _has_rprelu(conv):
                 _fold(units[names[conv]], bn)
                 setattr(parent, bn_key, nn.Identity())
     return units
+
+
+def _has_rprelu(conv: nn.Conv2d) -> bool:
+    return getattr(getattr(conv, INPUT_BINARIZER, None), "rprelu", None) is not None
 
 
 def _is_batchnorm(module: nn.Module) -> bool:
@@ -307,11 +313,16 @@ def _fold(unit: _Unit, bn: Any) -> None:
 
 class _ThresholdExport(nn.Module):
     """`(x > τ)` as plain ops, so the traced graph shows a Greater the rewrite can find (the
-    training module's custom autograd function would not trace as such)."""
+    training module's custom autograd function would not trace as such); the binarizer's RPReLU,
+    if any, stays as it is (it traces as Subtract, PRelu, Add after the conv)."""
 
-    def __init__(self, threshold: Tensor) -> None:
+    def __init__(self, threshold: Tensor, rprelu: nn.Module | None = None) -> None:
         super().__init__()
         self.register_buffer("threshold", threshold.float().clone())
+        self.rprelu = rprelu
+
+    def output_activation(self, y: Tensor) -> Tensor:
+        return y if self.rprelu is None else self.rprelu(y)
 
     def forward(self, x: Tensor) -> Tensor:
         threshold = self.get_buffer("threshold")

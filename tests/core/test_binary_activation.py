@@ -14,6 +14,7 @@ from torch import nn
 from core.binary import (
     INPUT_BINARIZERS,
     BinaryActivation,
+    RPReLU,
     ScaleThresholdActivation,
     activation_quantizer_from_config,
     activation_quantizers,
@@ -178,14 +179,16 @@ def test_scale_threshold_gradients_are_nncfs() -> None:
     assert quantizer.threshold.grad.tolist() == [pytest.approx(-2 * 0.25)]
 
 
-def _pednet_with_binary_neck(binarizer: str) -> tuple[nn.Module, ModelCard, nn.Module]:
-    """A tiny PedNet whose `neck.0` has 1-bit weights and inputs (binarizer `binarizer`), and that layer."""
+def _pednet_with_binary_neck(binarizer: str, *, rprelu: bool = False) -> tuple[nn.Module, ModelCard, nn.Module]:
+    """A tiny PedNet whose `neck.0` has 1-bit weights and inputs (binarizer `binarizer`, with an
+    RPReLU on its output under `rprelu`), and that layer."""
     torch.manual_seed(0)
     card = ModelCard.model_validate(CARD)
     model = card.build().eval()
     layer = model.get_submodule("neck.0")
     binarize_module(layer, 1)
-    binarize_input(layer, new_input_binarizer(binarizer, layer.in_channels))
+    binarize_input(layer, new_input_binarizer(binarizer, layer.in_channels,
+                                              rprelu_channels=layer.out_channels if rprelu else None))
     return model, card, layer
 
 
@@ -240,3 +243,44 @@ def test_the_binarizer_learning_rate_multiplier_moves_only_the_binarizers() -> N
     for k in moved[1.0]:
         if k != key and "running" not in k:
             assert torch.allclose(moved[1.0][k], moved[100.0][k], atol=1e-7), k
+
+
+# -- RPReLU (ReActNet) ------------------------------------------------------------------
+def test_rprelu_starts_as_the_identity_and_learns_a_kink() -> None:
+    rprelu = RPReLU(3)
+    y = torch.randn(2, 3, 4, 4)
+    assert torch.equal(rprelu(y), y)
+    with torch.no_grad():
+        rprelu.shift_in.copy_(torch.tensor([0.5, 0.0, -0.5]))
+        rprelu.slope.copy_(torch.tensor([0.25, 0.0, 1.0]))
+        rprelu.shift_out.copy_(torch.tensor([0.1, 0.0, 0.0]))
+    out = rprelu(torch.tensor([0.0, -1.0, 2.0]).view(1, 3, 1, 1)).flatten()
+    assert torch.allclose(out, torch.tensor([0.25 * -0.5 + 0.1, 0.0, 2.5]))
+    with pytest.raises(ValueError, match="channels must be a positive integer"):
+        RPReLU(0)
+
+
+def test_rprelu_follows_the_binary_conv_and_checkpoints_with_it() -> None:
+    plain, card, _ = _pednet_with_binary_neck("rsign")
+    model, _, layer = _pednet_with_binary_neck("rsign", rprelu=True)
+    image = [torch.rand(3, 64, 48, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        assert torch.equal(model(image)[0]["scores"], plain(image)[0]["scores"])  # identity at the start
+        layer.input_binarizer.rprelu.shift_in.uniform_(-0.5, 0.5)
+        layer.input_binarizer.rprelu.slope.uniform_(0.0, 0.5)
+        assert not torch.equal(model(image)[0]["scores"], plain(image)[0]["scores"])
+    served, served_card = unpack_checkpoint(pack_checkpoint(model, card))
+    assert served_card.activation_quantizers == {"neck.0": {"name": "rsign", "channels": 64, "rprelu_channels": 32}}
+    resumed = load_state(card, save_state(model))
+    with torch.no_grad():
+        for other in (served, resumed.eval()):
+            assert torch.allclose(model(image)[0]["scores"], other(image)[0]["scores"], atol=1e-6)
+    with pytest.raises(ValueError, match="RPReLU has 5 channels, the layer gives 32"):
+        binarize_input(card.build().get_submodule("neck.0"), new_input_binarizer("rsign", 64, rprelu_channels=5))
+
+
+def test_rprelu_is_a_binary_input_option() -> None:
+    config = PipelineConfig(target=Target(min_compression_ratio=2.0), activation_bits=1, rprelu=True)
+    assert config.rprelu
+    with pytest.raises(ValueError, match="rprelu needs activation_bits 1"):
+        PipelineConfig(target=Target(min_compression_ratio=2.0), rprelu=True)

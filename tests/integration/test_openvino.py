@@ -99,6 +99,8 @@ def test_detect_runs_the_openvino_export(client: httpx.Client, binary_job: dict)
                                          ({"activation_bits": 1, "activation_quantizer": "xnor"},
                                           "activation_quantizer"),
                                          ({"staged_schedule": True}, "staged_schedule needs activation_bits 1"),
+                                         ({"rprelu": True}, "rprelu needs activation_bits 1"),
+                                         ({"activation_bits": 1, "rprelu": "maybe"}, "rprelu"),
                                          ({"binarizer_lr_multiplier": 10}, "binarizer_lr_multiplier needs"),
                                          ({"activation_bits": 1, "binarizer_lr_multiplier": 0},
                                           "binarizer_lr_multiplier")])

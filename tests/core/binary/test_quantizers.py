@@ -39,8 +39,9 @@ from core.job_spec import PipelineConfig, Target, WeightQuantizerName
 CONFIGS: dict[str, list[dict[str, Any]]] = {
     "sign": [{}],
     "kbit": [{}, {"bits": 1}, {"bits": 3, "iterations": 0}, {"bits": 4, "iterations": 5}],
-    "rsign": [{"channels": 5}],  # an input binarizer: one threshold per channel of the [N, 5, ...] input
-    "scale_threshold": [{"channels": 5}],
+    # input binarizers: one threshold per channel of the [N, 5, ...] input (and an RPReLU for 3 outputs)
+    "rsign": [{"channels": 5}, {"channels": 5, "rprelu_channels": 3}],
+    "scale_threshold": [{"channels": 5}, {"channels": 5, "rprelu_channels": 3}],
 }
 # The straight-through gradient inside the clipping window: 1 for the ±1 weight quantizers (the
 # hard tanh's slope), 1/2 for `rsign`, whose outputs are {0, 1} (the hard sigmoid's), 1 for
