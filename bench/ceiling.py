@@ -38,7 +38,10 @@ MR^-2 / AP@0.5 on Penn-Fudan's validation split (the IR actually timed, run by
 core.export.runtime.Detector) for FlexBin's rows; the 1-bit rows are untrained, so theirs only
 shows that they are accuracy-blind.
 
-Writes bench/results/ceiling.json and ceiling.md (`_quick` with --quick).
+Writes bench/results/ceiling.{json,md,png} (`--name` another name, e.g. ceiling_intel_xeon_amx for the
+runs kept per CPU kind; `_quick` with --quick): every FlexBin row's MR^-2 with a 95 % bootstrap interval
+over the validation images and its paired difference from float, and the frontier plot (MR^-2 against
+forward ms, marker area by IR size).
 """
 from __future__ import annotations
 
@@ -59,9 +62,10 @@ import openvino as ov
 import torch
 
 from bench import report
+from bench.study import stats
 from core.checkpoint import pack_checkpoint, unpack_checkpoint
 from core.data import read_pennfudan, split_records
-from core.detection_metrics import evaluate_detections
+from core.detection_metrics import evaluate_detections, match_image
 from core.export.int8 import (
     quantize_int8,
     quantize_int8_with_accuracy_control,
@@ -123,9 +127,28 @@ def penn_fudan(calibration: int, validation: int) -> dict[str, Any]:
             "val": [cache.image(r).numpy() for r in val], "truth": [r.boxes for r in val]}
 
 
+def _predictions(detections: list[Any]) -> list[dict[str, torch.Tensor]]:
+    return [{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)} for d in detections]
+
+
 def miss_rate(detections: list[Any], truth: list[Any]) -> Any:
-    return evaluate_detections([{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)}
-                                for d in detections], truth)
+    return evaluate_detections(_predictions(detections), truth)
+
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 20261205
+
+
+def miss_rate_sample(detections: list[Any], truth: list[Any]) -> stats.MissRateSample:
+    """MR^-2 of one row's detections and under each bootstrap resample of the validation images
+    (the claim study's statistics, `bench.study.stats`: one fold, one trained network, images
+    drawn with replacement). Every row uses the same resamples, so differences between rows
+    are paired by image."""
+    n = len(truth)
+    units = stats.Units(fold=np.zeros(n, dtype=np.int64), seed=np.zeros(n, dtype=np.int64), image=np.arange(n))
+    weights = stats.resample_weights(units, BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED, resample_seeds=False)
+    matched = [match_image(p, t) for p, t in zip(_predictions(detections), truth, strict=True)]
+    return stats.MissRateSample.of(stats.PooledDetections.pool(matched, [len(t) for t in truth]), weights)
 
 
 def old_export_module(commit: str) -> types.ModuleType:
@@ -237,14 +260,24 @@ def checkpoint_goals(rows: dict[str, dict[str, Any]], times: dict[str, dict[str,
 
 
 def accuracy(rows: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
-    """MR^-2 / AP@0.5 of each FlexBin row's IR on the validation images (into the rows)."""
-    for row in rows.values():
+    """MR^-2 / AP@0.5 of each FlexBin row's IR on the validation images, with a 95 % bootstrap
+    interval over images and the paired interval of its difference from the float row (into the
+    rows)."""
+    samples = {}
+    for name, row in rows.items():
         if row["model"] is None or "spec" not in row:
             continue
         xml, weights = serialized(row["model"])
-        detector = Detector(xml, weights, {"export": row["spec"]})
-        m = miss_rate(detector.detect(data["val"]), data["truth"])
+        detections = Detector(xml, weights, {"export": row["spec"]}).detect(data["val"])
+        m = miss_rate(detections, data["truth"])
         row["miss_rate"], row["ap50"] = round(m.miss_rate, 4), round(m.ap50, 4)
+        samples[name] = miss_rate_sample(detections, data["truth"])
+        ci = samples[name].interval()
+        row["miss_rate_ci95"] = [round(ci.lo, 4), round(ci.hi, 4)]
+    for name, sample in samples.items():
+        if name != "float" and "float" in samples:
+            diff, _ = stats.difference_interval([sample], [samples["float"]])
+            rows[name]["minus_float_ci95"] = [round(diff.lo, 4), round(diff.hi, 4)]
 
 
 def intel_rows(ir_dir: Path | None) -> dict[str, dict[str, Any]]:
@@ -409,8 +442,12 @@ def markdown(result: dict[str, Any]) -> str:
                  ("row", lambda n: rows[n]["label"]),
                  *((f"forward ms {k.replace('_', ' ')}", lambda n, k=k: ms(n, k)) for k in keys),
                  ("IR MB", lambda n: f"{rows[n]['ir_bytes'] / 1e6:.2f}" if n in times else None),
-                 ("MR^-2", lambda n: rows[n].get("miss_rate") if n in times else None),
-                 ("convolutions (compiled, 1t f32)", convolutions)], align="lrrrrrrl"),
+                 ("MR^-2 [95 % CI]", lambda n: _mr_text(rows[n]) if n in times else None),
+                 ("MR^-2 - float [95 % CI]", lambda n: _interval(rows[n].get("minus_float_ci95"))),
+                 ("convolutions (compiled, 1t f32)", convolutions)], align="lrrrrrrrl"),
+             "", (f"MR^-2 intervals: {BOOTSTRAP_RESAMPLES} bootstrap resamples of the validation images (percentile, "
+             "paired across rows); the trained networks are held fixed, so training noise is not in them."),
+             "", "![frontier](" + result.get("plot", "") + ")" if result.get("plot") else "",
              "", "Least-disturbed round (min over rounds of the median forward ms; noise only adds time):", "",
              *report.markdown_table(times, [
                  ("row", lambda n: rows[n]["label"]),
@@ -437,6 +474,42 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Per-op-type profiles at every setting are in ceiling.json (`profile`).", "",
               f"Total run time: {result['total_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def _interval(ci: list[float] | None) -> str | None:
+    return None if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _mr_text(row: dict[str, Any]) -> str | None:
+    if row.get("miss_rate") is None:
+        return None
+    ci = row.get("miss_rate_ci95")
+    return f"{row['miss_rate']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """The frontier: validation MR^-2 (95 % interval) against forward ms (1 thread, f32), marker
+    area by IR size; rows without an MR^-2 (Intel's IRs) as vertical lines."""
+    fig, ax = report.figure(1, size=(8, 5.5))
+    key = setting_key(1, "f32")
+    rows, times = result["rows"], result["forward_ms"]
+    for name, row in rows.items():
+        if name not in times:
+            continue
+        ms = times[name][key]
+        if row.get("miss_rate") is None:
+            ax.axvline(ms, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(row["label"], (ms, 0.98), rotation=90, fontsize=7, va="top", ha="right",
+                        xycoords=("data", "axes fraction"))
+            continue
+        lo, hi = row.get("miss_rate_ci95") or (row["miss_rate"], row["miss_rate"])
+        ax.errorbar(ms, row["miss_rate"], yerr=[[row["miss_rate"] - lo], [hi - row["miss_rate"]]], fmt="none",
+                    ecolor="grey", elinewidth=0.8)
+        ax.scatter(ms, row["miss_rate"], s=40 * row["ir_bytes"] / 1e6, alpha=0.6)
+        ax.annotate(name, (ms, row["miss_rate"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    report.label(ax, x="forward ms (1 thread, f32)", y="validation MR^-2 (lower is better)",
+                 title="MR^-2 against speed; marker area: IR size", legend=False)
+    report.save_figure(fig, path)
 
 
 def readme_section(results: Path) -> str:
@@ -487,6 +560,8 @@ def main() -> None:
                         help="skip the accuracy-controlled int8 row")
     parser.add_argument("--old-export-commit", default=OLD_EXPORT_COMMIT)
     parser.add_argument("--intel-ir", type=Path, default=DEFAULT_INTEL_IR)
+    parser.add_argument("--name", default="ceiling",
+                        help="results name (default ceiling; runs are kept per CPU kind, e.g. ceiling_intel_xeon_amx)")
     parser.add_argument("--checkpoint", type=Path, action="append", default=[],
                         help="a trained pedestrian_adas_0002 checkpoint at 192x336 to time beside int8 (repeatable)")
     args = parser.parse_args()
@@ -521,8 +596,11 @@ def main() -> None:
         "forward_ms": times, "ratios": ratios(times), "profile": profile, "goals": checkpoint_goals(rows, times),
         "total_seconds": round(time.monotonic() - started, 1),
     }
-    path = report.write_results("ceiling_quick" if args.quick else "ceiling", result, markdown(result))
-    log(f"wrote {path} and .md")
+    name = f"{args.name}_quick" if args.quick else args.name
+    plot(result, report.RESULTS / f"{name}.png")
+    result["plot"] = f"{name}.png"
+    path = report.write_results(name, result, markdown(result))
+    log(f"wrote {path}, .md and .png")
 
 
 if __name__ == "__main__":

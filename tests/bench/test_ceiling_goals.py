@@ -1,6 +1,8 @@
 """bench.ceiling's judgement of trained checkpoints (issue 19's goal) and its 1-bit MAC share."""
 from __future__ import annotations
 
+import pytest
+
 from bench.ceiling import checkpoint_goals, one_bit_mac_share, setting_key
 from core.export.one_bit import binarize_all, float_model
 
@@ -27,3 +29,28 @@ def test_the_dense_convs_hold_most_of_pedestrian_adas_0002s_macs() -> None:
     assert one_bit_mac_share(model, set()) == 0.0
     share = one_bit_mac_share(model, set(binarize_all(model)))
     assert 0.85 < share < 0.95  # 41 dense convs; the depthwise ones and conv1 hold the rest
+
+
+def test_each_rows_miss_rate_comes_with_a_bootstrap_interval_over_images() -> None:
+    import numpy as np
+    import torch
+
+    from bench.ceiling import miss_rate, miss_rate_sample
+    from core.export.runtime import Detections
+
+    truth = [torch.tensor([[10.0, 10.0, 50.0, 90.0]]), torch.tensor([[5.0, 5.0, 40.0, 80.0], [60, 5, 90, 80]])] * 5
+
+    def detections(hit_second: bool) -> list:
+        out = []
+        for t in truth:
+            boxes = t[:1] if not hit_second else t
+            out.append(Detections(boxes=boxes.numpy().astype(np.float32),
+                                  scores=np.linspace(0.9, 0.8, len(boxes), dtype=np.float32)))
+        return out
+
+    sample = miss_rate_sample(detections(False), truth)
+    assert sample.estimate == miss_rate(detections(False), truth).miss_rate > 0  # a pedestrian is missed
+    ci = sample.interval()
+    assert ci.lo <= ci.estimate <= ci.hi and ci.hi > ci.lo  # images drawn with replacement move it
+    perfect = miss_rate_sample(detections(True), truth)
+    assert perfect.estimate == perfect.interval().hi == pytest.approx(0.0, abs=1e-9)  # the log floor
