@@ -120,11 +120,18 @@ def test_nncf_int8_of_a_float_export_runs_int8_and_detects_what_float_detects(ad
 
 
 def test_a_mixed_export_keeps_1bit_convolutions_and_runs_the_others_in_int8(adas: dict, all_one_bit: dict) -> None:
+    """By default the convs a 1-bit conv feeds stay float (their u8 quantizer could not fuse);
+    `int8_after_1bit=True` quantizes every other conv."""
     mixed = quantize_int8(all_one_bit["export"], adas["train"][:2])
     precisions = runtime_precisions(_compiled(mixed))
     assert precisions[("BinaryConvolution", "u1")] == BINARY_INPUT_LAYERS
-    assert sum(n for (kind, p), n in precisions.items() if kind == "Convolution" and is_int8(p)) >= 1
-    assert sum(n for (kind, p), n in precisions.items() if p == "f32") == 0, precisions
+    int8 = sum(n for (kind, p), n in precisions.items() if kind == "Convolution" and is_int8(p))
+    floats = sum(n for (kind, p), n in precisions.items() if p == "f32")
+    assert int8 >= 1 and floats >= 1, precisions  # conv1 (fed by the input) int8, the depthwise convs float
+    everywhere = runtime_precisions(_compiled(quantize_int8(all_one_bit["export"], adas["train"][:2],
+                                                            int8_after_1bit=True)))
+    assert everywhere[("BinaryConvolution", "u1")] == BINARY_INPUT_LAYERS
+    assert sum(n for (kind, p), n in everywhere.items() if p == "f32") == 0, everywhere
 
 
 def test_consecutive_1bit_layers_fold_scale_bias_and_threshold_into_one_node() -> None:
