@@ -85,7 +85,10 @@ def test_exported_checkpoints_detect_what_torch_detects(data: dict, kind: str) -
 
     torch_metrics = evaluate_detections(torch_preds, truth)
     ov_metrics = evaluate_detections(ov_preds, truth)
-    assert torch_metrics.miss_rate < 0.95, "the model must detect something for this test to mean anything"
+    # Parity, not accuracy: four deep layers at 1 bit after 40 iterations detect little (MR^-2 0.90-0.97
+    # from run to run with binary inputs), but the test needs real detections to compare.
+    confident = sum(int((p["scores"] > 0.05).sum()) for p in torch_preds)
+    assert torch_metrics.ap50 > 0.02 and confident >= 10, "the model must detect something for this test to mean anything"
     assert abs(ov_metrics.miss_rate - torch_metrics.miss_rate) <= 0.005
     assert abs(ov_metrics.ap50 - torch_metrics.ap50) <= 0.005
     for t, o in zip(torch_preds, ov_preds, strict=True):
