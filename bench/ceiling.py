@@ -141,14 +141,19 @@ BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 20261205
 
 
-def miss_rate_sample(detections: list[Any], truth: list[Any]) -> stats.MissRateSample:
-    """MR^-2 of one row's detections and under each bootstrap resample of the validation images
-    (the claim study's statistics, `bench.study.stats`: one fold, one trained network, images
-    drawn with replacement). Every row uses the same resamples, so differences between rows
-    are paired by image."""
-    n = len(truth)
-    units = stats.Units(fold=np.zeros(n, dtype=np.int64), seed=np.zeros(n, dtype=np.int64), image=np.arange(n))
-    weights = stats.resample_weights(units, BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED, resample_seeds=False)
+def image_resamples(images: int) -> np.ndarray:
+    """The bootstrap resamples of the validation images, int64[R, images] (the claim study's
+    statistics, `bench.study.stats`: one fold, one trained network, images drawn with
+    replacement; a fixed generator seed, so every row gets the same draws)."""
+    zeros = np.zeros(images, dtype=np.int64)
+    units = stats.Units(fold=zeros, seed=zeros, image=np.arange(images))
+    return stats.resample_weights(units, BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED, resample_seeds=False)
+
+
+def miss_rate_sample(detections: list[Any], truth: list[Any], weights: np.ndarray | None = None) -> stats.MissRateSample:
+    """MR^-2 of one row's detections and under each resample (`weights`, default
+    `image_resamples`). Rows sampled with the same weights are paired by image."""
+    weights = image_resamples(len(truth)) if weights is None else weights
     matched = [match_image(p, t) for p, t in zip(_predictions(detections), truth, strict=True)]
     return stats.MissRateSample.of(stats.PooledDetections.pool(matched, [len(t) for t in truth]), weights)
 
@@ -272,6 +277,7 @@ def accuracy(rows: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
     interval over images and the paired interval of its difference from the float row (into the
     rows)."""
     samples = {}
+    weights = image_resamples(len(data["truth"]))
     for name, row in rows.items():
         if row["model"] is None or "spec" not in row:
             continue
@@ -279,7 +285,7 @@ def accuracy(rows: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
         detections = Detector(xml, weights, {"export": row["spec"]}).detect(data["val"])
         m = miss_rate(detections, data["truth"])
         row["miss_rate"], row["ap50"] = round(m.miss_rate, 4), round(m.ap50, 4)
-        samples[name] = miss_rate_sample(detections, data["truth"])
+        samples[name] = miss_rate_sample(detections, data["truth"], weights)
         ci = samples[name].interval()
         row["miss_rate_ci95"] = [round(ci.lo, 4), round(ci.hi, 4)]
     for name, sample in samples.items():

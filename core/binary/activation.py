@@ -126,7 +126,7 @@ class InputBinarizer(Quantizer):
     """An activation quantizer that binarizes a conv's input per channel: its forward pass is
     `output_scale() · H(x - export_threshold())` (straight-through gradients), which the export
     runs as a 1-bit convolution (module docstring). With `rprelu_channels` it also holds an
-    `RPReLU` for the conv's output (`output_activation`)."""
+    `RPReLU` for the conv's output (`rprelu`, applied by `binarize_input`'s forward hook)."""
 
     kind: ClassVar[QuantizerKind] = "activation"
     rprelu: RPReLU | None
@@ -134,10 +134,6 @@ class InputBinarizer(Quantizer):
     def __init__(self, rprelu_channels: int | None = None) -> None:
         super().__init__()
         self.rprelu = None if rprelu_channels is None else RPReLU(rprelu_channels)
-
-    def output_activation(self, y: Tensor) -> Tensor:
-        """What the conv's output goes through: its RPReLU, or nothing."""
-        return y if self.rprelu is None else self.rprelu(y)
 
     def _rprelu_config(self) -> dict[str, Any]:
         return {} if self.rprelu is None else {"rprelu_channels": self.rprelu.channels}
@@ -298,7 +294,8 @@ def _binarize_input_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any,
 
 
 def _output_activation_hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
-    activated: Tensor = getattr(module, INPUT_BINARIZER).output_activation(out)
+    # registered only when the binarizer has an RPReLU (the export's stand-in keeps it too)
+    activated: Tensor = getattr(module, INPUT_BINARIZER).rprelu(out)
     return activated
 
 

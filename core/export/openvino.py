@@ -319,10 +319,7 @@ class _ThresholdExport(nn.Module):
     def __init__(self, threshold: Tensor, rprelu: nn.Module | None = None) -> None:
         super().__init__()
         self.register_buffer("threshold", threshold.float().clone())
-        self.rprelu = rprelu
-
-    def output_activation(self, y: Tensor) -> Tensor:
-        return y if self.rprelu is None else self.rprelu(y)
+        self.rprelu = rprelu  # applied by the conv's forward hook when there is one
 
     def forward(self, x: Tensor) -> Tensor:
         threshold = self.get_buffer("threshold")
