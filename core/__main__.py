@@ -162,15 +162,16 @@ def cmd_export(args: argparse.Namespace) -> None:
     else:
         model, card = load_model(Path(args.model))
         data = pack_checkpoint(model, card)
-    calibration = None
+    export = export_checkpoint(data)
     if args.calibrate:
-        # CLI start-up: torch loads only for the command that runs
+        # CLI start-up: NNCF and the images load only for the command that runs
+        from core.export.int8 import int8_export
         from core.train import ImageCache
 
         train, _ = _records(args.data)
         cache = ImageCache()
-        calibration = [cache.image(r).numpy() for r in sorted(train, key=lambda r: r.name)[: args.calibrate]]
-    export = export_checkpoint(data, calibration=calibration)
+        images = [cache.image(r).numpy() for r in sorted(train, key=lambda r: r.name)[: args.calibrate]]
+        export = int8_export(export, images)
     Path(args.out).write_bytes(export.zip_bytes())
     latency, runs_as = measure_latency(export, threads=1)
     print(json.dumps({"out": str(args.out), "latency_ms_1_thread": round(latency, 3),
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--model", help="float model folder")
     p.add_argument("--out", type=Path, required=True, help="the zip to write")
     p.add_argument("--calibrate", type=int, default=0, metavar="N",
-                   help="8-bit inputs for 1-bit weight-only layers, calibrated on N training images (int8 kernels)")
+                   help="int8 by NNCF (1-bit layers stay 1-bit, as ?format=openvino-int8 serves), "
+                        "calibrated on N training images")
     data_arg(p)
     p.set_defaults(func=cmd_export)
 

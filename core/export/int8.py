@@ -45,9 +45,25 @@ CONV_TYPES = ("Convolution", "GroupConvolution", "BinaryConvolution")
 
 
 def calibration_inputs(images: Iterable[np.ndarray], spec: dict[str, Any]) -> list[np.ndarray]:
-    """The model inputs for RGB float32 [3, H, W] images in [0, 1]: each resized and placed on its
-    canvas as `runtime.Detector` does (one image per inference)."""
-    return [runtime.canvas_batch([runtime.prepare(image, spec)], spec) for image in images]
+    """The model inputs for RGB float32 [3, H, W] images in [0, 1]: each resized as
+    `runtime.Detector` resizes it (one image per inference), on the export's static input shape."""
+    return [static_canvas(runtime.prepare(image, spec), spec) for image in images]
+
+
+def static_canvas(prepared: runtime.Prepared, spec: dict[str, Any]) -> np.ndarray:
+    """float32 [1, 3, H, W] at the export's own input shape, which NNCF runs the model at. A
+    variable canvas (PedNet: the smallest multiple of the stride holding the image) is padded
+    further, bottom and right with `pad_value`, as a batch with a larger image pads it."""
+    canvas = runtime.canvas_batch([prepared], spec)
+    shape = tuple(spec["input"]["shape"])
+    if canvas.shape == shape:
+        return canvas
+    if canvas.shape[2] > shape[2] or canvas.shape[3] > shape[3]:
+        raise ValueError(f"an image's canvas {canvas.shape[2:]} is larger than the export's input {shape[2:]}")
+    static = np.empty(shape, dtype=np.float32)
+    static[:] = np.asarray(spec["input"]["pad_value"], dtype=np.float32)[None, :, None, None]
+    static[:, :, :canvas.shape[2], :canvas.shape[3]] = canvas
+    return static
 
 
 def _model_and_spec(export: Any, spec: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
@@ -166,7 +182,7 @@ def quantize_int8_with_accuracy_control(
     model, spec = _model_and_spec(export, spec)
     calibration = calibration_inputs(calibration_images, spec)
     prepared = [runtime.prepare(image, spec) for image in validation_images]
-    items = [(i, runtime.canvas_batch([p], spec)) for i, p in enumerate(prepared)]
+    items = [(i, static_canvas(p, spec)) for i, p in enumerate(prepared)]
 
     def validation_fn(compiled: Any, data: Iterable[tuple[int, np.ndarray]]) -> tuple[float, None]:
         indices, detections = [], []

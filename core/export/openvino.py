@@ -5,11 +5,8 @@ What the IR holds (`export_openvino`):
 - **Binary-weight layers** (1 bit, float inputs): `α·sign(W)` is exactly an int8 tensor of ±1
   times a float scale per output channel, so the IR stores `Constant(i8 ±1) -> Convert ->
   Multiply(α·γ/σ)` (1 byte per weight instead of 4). OpenVINO's CPU plugin folds that back to
-  float32 weights at compile time and runs a float convolution, unless the layer's *input* is
-  quantized too: with `calibration` images, an 8-bit FakeQuantize (range: min / max of the
-  layer's input over those images) goes before each such layer and the low-precision
-  transformations turn the pair into a u8 x i8 convolution (measured per layer by
-  `runtime_layer_precision`; the default export leaves inputs float, so it matches PyTorch).
+  float32 weights at compile time and runs a float convolution; `core.export.int8` (NNCF) makes
+  them u8 x i8 convolutions, exactly, by quantizing their inputs (`?format=openvino-int8`).
   k-bit layers (k > 1) stay float32.
 - **Binary-activation layers** (`core.binary.activation`): a 2-level `FakeQuantize(x, τ, τ, 0, 1)`
   (per-channel threshold τ, output levels {0, 1}) feeding a `BinaryConvolution` (XNOR-popcount,
@@ -65,7 +62,6 @@ import json
 import logging
 import tempfile
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,19 +168,16 @@ class OpenVinoExport:
 
 
 # -- entry points ---------------------------------------------------------------------
-def export_checkpoint(data: bytes, *, calibration: Sequence[np.ndarray] | None = None) -> OpenVinoExport:
+def export_checkpoint(data: bytes) -> OpenVinoExport:
     """Export a packed checkpoint (`core.checkpoint.pack_checkpoint` bytes)."""
     model, card = unpack_checkpoint(data)
-    return export_openvino(model, card, calibration=calibration)
+    return export_openvino(model, card)
 
 
-def export_openvino(model: nn.Module, card: ModelCard, *,
-                    calibration: Sequence[np.ndarray] | None = None) -> OpenVinoExport:
+def export_openvino(model: nn.Module, card: ModelCard) -> OpenVinoExport:
     """Export `model` (an unpacked checkpoint, or a model in training form whose binarized layers
-    are still parametrized) as described in the module docstring.
+    are still parametrized) as described in the module docstring (int8: `core.export.int8`).
 
-    calibration: RGB float32 [3, H, W] images in [0, 1] (a few training images); when given,
-      1-bit weight-only layers get 8-bit quantized inputs so they can run as int8 convolutions.
     Raises ExportError when a binary-activation layer cannot be exported as a 1-bit convolution.
     """
     import openvino as ov
@@ -202,7 +195,6 @@ def export_openvino(model: nn.Module, card: ModelCard, *,
         setattr(module, INPUT_BINARIZER, _ThresholdExport(binarizer.export_threshold(), binarizer.rprelu))
     units = _fold_batchnorm(model, binary_bits)
     wrapper, spec = _export_adapter(model, card, units)
-    ranges = _calibrate(wrapper, spec, units, binary_inputs, calibration) if calibration else {}
     shape = spec["input"]["shape"]
     with torch.no_grad():
         # Traced here without torch's check pass (a second and third forward: ~40 % of the export
@@ -216,9 +208,9 @@ def export_openvino(model: nn.Module, card: ModelCard, *,
     _name_io(ov_model, spec)
     layers = {name: _precision(name, binary_bits, binary_inputs) for name, m in model.named_modules()
               if isinstance(m, nn.Conv2d | nn.Linear)}
-    _rewrite_convolutions(ov_model, units, binary_inputs, ranges)
+    _rewrite_convolutions(ov_model, units, binary_inputs)
     ov_model.validate_nodes_and_infer_types()
-    spec = {**spec, "layers": layers, "int8_inputs": sorted(ranges)}
+    spec = {**spec, "layers": layers}
     return OpenVinoExport(ov_model, card, spec, layers)
 
 
@@ -428,30 +420,6 @@ def _name_io(ov_model: Any, spec: dict[str, Any]) -> None:
         out.get_tensor().set_names({name})
 
 
-# -- int8 calibration -----------------------------------------------------------------
-def _calibrate(wrapper: nn.Module, spec: dict[str, Any], units: dict[str, _Unit], binary_inputs: set[str],
-               images: Sequence[np.ndarray]) -> dict[str, tuple[float, float]]:
-    """Input range [min, max] over `images` of every 1-bit weight-only dense conv."""
-    targets = {name: u.module for name, u in units.items()
-               if u.signs is not None and name not in binary_inputs and u.module.groups == 1}
-    ranges: dict[str, list[float]] = {}
-    hooks = []
-    for name, module in targets.items():
-        def hook(mod: nn.Module, args: tuple[Tensor, ...], name: str = name) -> None:
-            lo, hi = float(args[0].min()), float(args[0].max())
-            old = ranges.setdefault(name, [lo, hi])
-            old[0], old[1] = min(old[0], lo), max(old[1], hi)
-        hooks.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for image in images:
-                wrapper(torch.from_numpy(runtime.canvas_batch([runtime.prepare(image, spec)], spec)))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {name: (lo, hi) for name, (lo, hi) in ranges.items() if hi > lo}
-
-
 # -- graph surgery --------------------------------------------------------------------
 def _layer_convolutions(ov_model: Any) -> dict[str, list[Any]]:
     """Convolution nodes by torch layer name (the PyTorch frontend names a traced conv
@@ -466,8 +434,7 @@ def _layer_convolutions(ov_model: Any) -> dict[str, list[Any]]:
     return found
 
 
-def _rewrite_convolutions(ov_model: Any, units: dict[str, _Unit], binary_inputs: set[str],
-                          ranges: dict[str, tuple[float, float]]) -> None:
+def _rewrite_convolutions(ov_model: Any, units: dict[str, _Unit], binary_inputs: set[str]) -> None:
     convs = _layer_convolutions(ov_model)
     for name in binary_inputs:
         if name not in convs:
@@ -482,7 +449,7 @@ def _rewrite_convolutions(ov_model: Any, units: dict[str, _Unit], binary_inputs:
             if name in binary_inputs:
                 _to_binary_convolution(name, node_name, node, unit)
             else:
-                _to_int8_weights(node, unit, ranges.get(name))
+                _to_int8_weights(node, unit)
 
 
 def _constant(array: np.ndarray | np.generic) -> Any:
@@ -491,8 +458,8 @@ def _constant(array: np.ndarray | np.generic) -> Any:
     return ops.constant(np.ascontiguousarray(array))
 
 
-def _to_int8_weights(node: Any, unit: _Unit, input_range: tuple[float, float] | None) -> None:
-    """weights <- Convert(i8 ±1) · scale; with an input range, an 8-bit FakeQuantize on the input."""
+def _to_int8_weights(node: Any, unit: _Unit) -> None:
+    """weights <- Convert(i8 ±1) · scale."""
     import openvino.opset13 as ops
 
     assert unit.signs is not None and unit.scale is not None
@@ -500,10 +467,6 @@ def _to_int8_weights(node: Any, unit: _Unit, input_range: tuple[float, float] | 
     scale = _constant(unit.scale.numpy().astype(np.float32).reshape(-1, 1, 1, 1))
     weights = ops.multiply(ops.convert(signs, "f32"), scale)
     node.input(1).replace_source_output(weights.output(0))
-    if input_range is not None:
-        lo, hi = (_constant(np.array(v, dtype=np.float32)) for v in input_range)
-        fq = ops.fake_quantize(node.input_value(0), lo, hi, lo, hi, 256)
-        node.input(0).replace_source_output(fq.output(0))
 
 
 def _to_binary_convolution(name: str, node_name: str, node: Any, unit: _Unit) -> None:

@@ -113,6 +113,37 @@ def test_every_binary_activation_layer_is_1bit_and_binary_weights_are_int8_exact
     assert np.allclose(result["regression"], regression, atol=1e-4)
 
 
+def test_the_command_line_exports_nncf_int8_with_1bit_layers_kept(tmp_path) -> None:
+    """`python -m core export --calibrate N` writes what `?format=openvino-int8` serves: NNCF int8
+    calibrated on N training images, the 1-bit conv still 1-bit, the binary-weight conv int8."""
+    from core.__main__ import main
+    from core.export.int8 import is_int8, runtime_precisions
+    from core.export.openvino import OpenVinoExport
+
+    checkpoint, out = tmp_path / "checkpoint.safetensors", tmp_path / "int8.zip"
+    checkpoint.write_bytes(binarized_pednet(weights_only=("features.3.0",), with_inputs=("features.5.0",)))
+    main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--calibrate", "4"])
+    export = OpenVinoExport.from_zip(out.read_bytes())
+    assert export.spec["quantization"]["method"] == "nncf.quantize"
+    assert export.spec["quantization"]["calibration_images"] == 4
+    precisions = runtime_precisions(export.detector().compiled([1, 3, 64, 64]))
+    assert precisions[("BinaryConvolution", "u1")] == 1
+    assert sum(n for (kind, precision), n in precisions.items() if kind == "Convolution" and is_int8(precision)) >= 2
+
+
+def test_int8_calibrates_on_images_whose_canvas_is_smaller_than_the_export_input() -> None:
+    """PedNet's canvas follows the image (a multiple of 16), but NNCF runs the export at its static
+    input shape: a wide image's canvas is padded further, as a batch with a larger image pads it."""
+    from core.export.int8 import calibration_inputs, quantize_int8
+
+    export = export_checkpoint(binarized_pednet(with_inputs=("features.5.0",)))
+    wide = np.random.default_rng(0).random((3, 100, 300), dtype=np.float32)  # resized to 21 x 64: a 32 x 64 canvas
+    (canvas,) = calibration_inputs([wide], export.spec)
+    assert canvas.shape == (1, 3, 64, 64)
+    assert np.allclose(canvas[0, :, 21:, :], np.array(export.spec["input"]["pad_value"])[:, None, None])
+    quantize_int8(export, [wide])
+
+
 def test_unsupported_binary_inputs_are_refused_at_training_time() -> None:
     model = ModelCard.model_validate({**CARD, "width": 4}).build()
     with pytest.raises(ValueError, match="multiple of 8"):
