@@ -31,11 +31,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
-from core.detection_metrics import log_average_miss_rate
+from core.detection_metrics import log_average_miss_rate, match_image
 
 Verdict = Literal["better", "worse", "equivalent", "inconclusive"]
 EQUIVALENCE_MARGIN = 0.03
@@ -201,3 +201,20 @@ def difference_interval(a: Sequence[MissRateSample], b: Sequence[MissRateSample]
     estimate = float(np.mean([x.estimate - y.estimate for x, y in zip(a, b, strict=True)]))
     draws = np.mean([x.draws - y.draws for x, y in zip(a, b, strict=True)], axis=0)
     return percentile_interval(estimate, draws, confidence), draws
+
+
+def image_resamples(images: int, resamples: int = MIN_RESAMPLES, *, seed: int = 0) -> np.ndarray:
+    """Resample weights int64[resamples, images] for networks held fixed on one image set (one
+    fold, one seed, images drawn with replacement): what the benches' per-row intervals use.
+    Rows sampled with the same weights are paired by image."""
+    zeros = np.zeros(images, dtype=np.int64)
+    units = Units(fold=zeros, seed=zeros, image=np.arange(images))
+    return resample_weights(units, resamples, seed=seed, resample_seeds=False)
+
+
+def image_sample(predictions: Sequence[dict[str, Any]], truth: Sequence[Any], weights: np.ndarray) -> MissRateSample:
+    """MR^-2 of one network's predictions ({"boxes", "scores"} tensors per image, as
+    `core.detection_metrics.evaluate_detections` takes them) on the images of `truth`, as observed
+    and under each resample of `weights` (`image_resamples`)."""
+    matched = [match_image(p, t) for p, t in zip(predictions, truth, strict=True)]
+    return MissRateSample.of(PooledDetections.pool(matched, [len(t) for t in truth]), weights)
