@@ -83,7 +83,7 @@ class AdasNetworkExport(nn.Module):
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         model = self.model
         loc, conf, sizes = model.head_outputs(image - self.get_buffer("mean_rgb"))
-        self.priors = model._prior_boxes(sizes, (int(image.shape[-2]), int(image.shape[-1])), image.device)
+        self.priors = model.priors_for(sizes, (int(image.shape[-2]), int(image.shape[-1])), image.device)
         return loc, conf
 
 

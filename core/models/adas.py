@@ -253,7 +253,7 @@ class PedestrianAdas(DenseDetector):
         with the variances, confidence logits FloatTensor[N, P, num_classes], priors
         FloatTensor[P, 4] x1, y1, x2, y2 normalised to 0..1), P priors in the IR's order."""
         loc, conf, sizes = self.head_outputs((bgr - self.mean) * IR_SCALE)
-        return loc, conf, self._prior_boxes(sizes, (bgr.shape[-2], bgr.shape[-1]), bgr.device)
+        return loc, conf, self.priors_for(sizes, (bgr.shape[-2], bgr.shape[-1]), bgr.device)
 
     def head_outputs(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, tuple[int, int]]]:
         """(box offsets [N, P, 4], confidence logits [N, P, num_classes], each head's feature
@@ -271,8 +271,10 @@ class PedestrianAdas(DenseDetector):
                 sizes[head] = (int(x.shape[-2]), int(x.shape[-1]))
         return (torch.cat([locs[s.head] for s in PRIORS], 1), torch.cat([confs[s.head] for s in PRIORS], 1), sizes)
 
-    def _prior_boxes(self, sizes: dict[str, tuple[int, int]], image_hw: tuple[int, int],
-                     device: torch.device) -> Tensor:
+    def priors_for(self, sizes: dict[str, tuple[int, int]], image_hw: tuple[int, int],
+                   device: torch.device) -> Tensor:
+        """Every head's prior boxes, in the order of the network's outputs, for its feature map
+        `sizes` and the input `image_hw` (cached, kept on `device`); the export bakes them in."""
         key = (image_hw, *(sizes[s.head] for s in PRIORS))
         if key not in self._priors:
             self._priors[key] = torch.cat([prior_boxes(s, sizes[s.head], image_hw) for s in PRIORS])
