@@ -1,4 +1,4 @@
-"""Speed benchmark: PyTorch float vs OpenVINO float / int8 / 1-bit, side by side, with MR^-2.
+"""Speed benchmark: PyTorch float vs OpenVINO float / NNCF int8 / 1-bit, side by side, with MR^-2.
 
     python -m bench.speed                      # make bench-speed (about 15-25 minutes on 2 idle cores)
     python -m bench.speed --quick              # minutes, tiny budgets: checks the script works
@@ -15,26 +15,35 @@ What it does, on one machine, on the same Penn-Fudan validation images:
    weights only (`activation_bits: 32`) and binary activations (`activation_bits: 1`). Every
    step is exported and timed by the pipeline itself (`latency_ms`: the speed axis of the
    trade-off curve).
-3. Six variants: torch float (the float model on PyTorch, what /detect ran before OpenVINO),
-   OpenVINO float, OpenVINO binary weights (the weights-only job's selected checkpoint; int8
-   ±1 weights, float inputs), OpenVINO int8 (the same checkpoint with 8-bit inputs calibrated on
-   8 training images, so the CPU runs int8 convolutions), OpenVINO 1-bit (the
-   binary-activation job's selected checkpoint: what the goals are about) and OpenVINO 1-bit
-   with the most layers binary (that job's last step, where its budget stopped it: the speed ceiling it saw). For each: MR^-2 and AP@0.5 on the validation
-   split, the network's forward ms per image at 1 and 2 threads (fixed [1, 3, S, S] input), what
-   each layer runs as on the compiled graph, and how much of the forward time layout
-   conversions (Reorder nodes between float and 1-bit layers) take.
+3. Nine variants: torch float (the float model on PyTorch, what /detect ran before OpenVINO),
+   OpenVINO float, NNCF int8 of that float IR (`nncf.quantize`, what a user gets in one call:
+   the baseline to beat), OpenVINO binary weights (the weights-only job's selected checkpoint;
+   int8 ±1 weights, float inputs) and its `?format=openvino-int8` (NNCF int8, exact for the ±α
+   weights), OpenVINO 1-bit (the binary-activation job's selected checkpoint: what the goals
+   are about) and its `?format=openvino-int8` (1-bit layers stay 1-bit, NNCF int8 where its
+   quantizer fuses), OpenVINO 1-bit with the most layers binary (that job's last step,
+   where its budget stopped it), and the float model with every conv that can take binary
+   inputs at 1 bit, untrained (the speed ceiling, accuracy destroyed). NNCF calibrates on the training
+   images, as many as the API uses (`FLEXBIN_INT8_CALIBRATION_IMAGES`). For each: MR^-2 (with
+   a 95 % bootstrap interval over the validation images, and the paired interval of its
+   difference from OpenVINO float: `bench.study.stats`, networks held fixed) and AP@0.5 on the
+   validation split at f32, MR^-2 at bf16 too where the CPU has bf16 arithmetic (what
+   `FLEXBIN_SERVING_PRECISION=auto` may pick), the IR's size, the share of conv MACs in 1-bit convolutions, the
+   network's forward ms per image at 1 and 2 threads (fixed [1, 3, S, S] input), what each
+   layer runs as on the compiled graph, and how much of the forward time layout conversions
+   (Reorder nodes between float and 1-bit layers) take.
 4. End-to-end `POST /detect` p50 at 1 client over loopback HTTP for each variant (the torch one
    from an API with `FLEXBIN_SERVING_BACKEND=torch`, the others from the default OpenVINO
    backend; uploads go to the torch one, whose validation needs torch anyway), and each API
    process's RSS after start-up, idle with the one checkpoint it served loaded (torch float;
-   the 1-bit one), and with all five OpenVINO variants loaded.
+   the 1-bit one), and with all eight OpenVINO variants loaded.
 5. Intel's own IRs of pedestrian-detection-adas-0002 (`--intel-ir`, FP16 and FP16-INT8) when
    present: forward ms and MR^-2 / AP on the same images, at the IR's own 384x672 and, reshaped,
    at the benchmarked model's input size, for reference and for the pretrained-detector goal
    (computed only when the benchmarked architecture is that detector, at the same input size).
 Writes bench/results/speed.{json,md,png} for PedNet, speed_<architecture>.* for any other
-(`_quick` with --quick), and says which goals are met, and why not where they are missed.
+(`_quick` with --quick), and says which goals are met, and why not where they are missed;
+the plot's right panel is the frontier: MR^-2 against forward ms, marker area by IR size.
 """
 from __future__ import annotations
 
@@ -48,10 +57,21 @@ import openvino as ov
 import torch
 
 from bench import report, stack
-from core.checkpoint import ModelCard, load_model, save_model, save_model_bytes
+from bench.ceiling import int8_goal_checks, one_bit_mac_share
+from bench.study import stats
+from core.checkpoint import (
+    ModelCard,
+    load_model,
+    pack_checkpoint,
+    save_model,
+    save_model_bytes,
+    unpack_checkpoint,
+)
 from core.data import ImageRecord, read_pennfudan, split_records
 from core.detection_metrics import evaluate_detections
 from core.device import add_device_argument, device_from_args
+from core.export.int8 import int8_export
+from core.export.one_bit import binarize_all
 from core.export.openvino import (
     OpenVinoExport,
     export_checkpoint,
@@ -68,21 +88,46 @@ from core.pipeline import PipelineResult, run
 from core.pretrained import load_pretrained
 from core.train import ImageCache, evaluate_model, train_float_detector
 from service.demo import ADAS_DEMO
+from service.settings import Settings
 
 # ../shared/models next to the repo (a worktree sits one level deeper: /work/wt/<name>)
 DEFAULT_INTEL_IR = next((p for p in (report.ROOT.parent / "shared" / "models" / "pedestrian-detection-adas-0002",
                                      report.ROOT.parent.parent / "shared" / "models" / "pedestrian-detection-adas-0002")
                          if p.is_dir()), None)
 CACHE = report.ROOT / "var" / "bench_speed"
-VARIANTS = ("torch_float", "ov_float", "ov_binary_weights", "ov_int8", "ov_binary_activations",
-            "ov_binary_activations_all")
+VARIANTS = ("torch_float", "ov_float", "ov_nncf_int8", "ov_binary_weights", "ov_binary_weights_int8",
+            "ov_binary_activations", "ov_binary_activations_int8", "ov_binary_activations_all", "ov_all_1bit")
+INT8_OF = {"ov_nncf_int8": "ov_float", "ov_binary_weights_int8": "ov_binary_weights",
+           "ov_binary_activations_int8": "ov_binary_activations"}
+"""The int8 variants: NNCF int8 (`core.export.int8.int8_export`, as `?format=openvino-int8`) of another."""
+LEGACY_VARIANTS = ("ov_int8",)
+"""Variants of result files written before NNCF int8 (rendered, no longer measured): ov_int8 was
+the weights-only selection with hand-calibrated 8-bit inputs (min / max over 8 images)."""
 LABELS = {"torch_float": "PyTorch float", "ov_float": "OpenVINO float",
+          "ov_nncf_int8": "NNCF int8 of OpenVINO float (nncf.quantize)",
           "ov_binary_weights": "OpenVINO binary weights (int8 ±1 weights, float inputs)",
+          "ov_binary_weights_int8": "OpenVINO binary weights, NNCF int8 (?format=openvino-int8)",
           "ov_int8": "OpenVINO int8 (binary weights + 8-bit inputs)",
           "ov_binary_activations": "OpenVINO 1-bit (binary weights + activations; the job's selection)",
-          "ov_binary_activations_all": "OpenVINO 1-bit, the job's last step (its most binary checkpoint)"}
+          "ov_binary_activations_int8": "OpenVINO 1-bit, NNCF int8 elsewhere (?format=openvino-int8)",
+          "ov_binary_activations_all": "OpenVINO 1-bit, the job's last step (its most binary checkpoint)",
+          "ov_all_1bit": "OpenVINO all 1-bit, untrained (the speed ceiling: every conv that can be 1-bit; accuracy destroyed)"}
 BUDGET = 0.05  # the job target: max_miss_rate_increase
+INT8_BUDGET = 0.03  # issue 19's comparison with int8: MR^-2 within float + 0.03
 ONE_BIT = "binary_weights_activations"
+INT8_CALIBRATION_IMAGES = Settings.model_fields["int8_calibration_images"].default
+BOOTSTRAP_SEED = 20261205
+
+
+def variants_of(result: dict[str, Any]) -> list[str]:
+    """The variants a result file holds, in table order (older files: `LEGACY_VARIANTS`)."""
+    order = [*VARIANTS[:5], *LEGACY_VARIANTS, *VARIANTS[5:]]
+    return [name for name in order if name in result["variants"]]
+
+
+def int8_baseline(result: dict[str, Any]) -> str:
+    """The int8 row a result compares against: NNCF int8, or in older files the hand-calibrated one."""
+    return "ov_nncf_int8" if "ov_nncf_int8" in result["variants"] else "ov_int8"
 
 
 def main() -> None:
@@ -98,9 +143,14 @@ def main() -> None:
             "binary_activations": run_job(model, card, train, val, 1, args)}
     cache = ImageCache()
     checkpoints = variant_checkpoints(jobs["weights_only"], jobs["binary_activations"])
-    calibration = [cache.image(r).numpy() for r in sorted(train, key=lambda r: r.name)[:8]]
-    exports = {name: export_checkpoint(data, calibration=calibration if name == "ov_int8" else None)
-               for name, data in checkpoints.items() if name != "torch_float"}
+    exports = {name: export_checkpoint(data) for name, data in checkpoints.items()
+               if name != "torch_float" and name not in INT8_OF}
+    calibration = [cache.image(r).numpy() for r in train[:INT8_CALIBRATION_IMAGES]]  # as the API takes them
+    for name, of in INT8_OF.items():
+        started_int8 = time.monotonic()
+        exports[name] = int8_export(exports[of], calibration)
+        report.log(f"{name}: NNCF int8 of {of} on {len(calibration)} images in {time.monotonic() - started_int8:.0f} s")
+    exports = {name: exports[name] for name in VARIANTS if name in exports}
     rows = measure_variants(model, card, exports, val, cache, args.seconds)
     report.log("end-to-end /detect ...")
     variants = {"torch_float": {"data": checkpoints["torch_float"]},
@@ -108,7 +158,7 @@ def main() -> None:
     served = serve(variants, *save_model_bytes(model, card), val, args.detect_seconds, threads=1)
     for name, cell in served["cells"].items():
         rows[name].update(detect_p50_ms=cell["p50_ms"], detect_errors=cell["errors"])
-    size = (getattr(model, "input_height", card.input_size), getattr(model, "input_width", card.input_size))
+    size = _network_input(model, card)
     intel = (intel_reference(args.intel_ir, val, (1, 2), args.seconds, also_at=size if size != (384, 672) else None)
              if args.intel_ir and args.intel_ir.is_dir() else {})
     result = {
@@ -116,13 +166,13 @@ def main() -> None:
         "config": {"architecture": card.architecture, "input_size": card.input_size, "float_model": source,
                    "network_input": list(size), "train_images": len(train), "val_images": len(val),
                    "finetune_iters": args.finetune_iters, "learning_rate": args.learning_rate,
-                   "layers_per_step": args.layers_per_step,
+                   "layers_per_step": args.layers_per_step, "int8_calibration_images": len(calibration),
                    "target": {"max_miss_rate_increase": BUDGET}, "timing_seconds_per_cell": args.seconds,
                    "detect_seconds": args.detect_seconds, "serving_threads": 1,
                    "serving_precision": "f32", "openvino_default_precision": default_precision()},
         "jobs": {job: {"selected": r.selected_index, "steps": step_rows(r)} for job, r in jobs.items()},
         "variants": rows, "api": served["api"], "intel": intel,
-        "checkpoint_bytes": {"float": len(checkpoints["ov_float"]), "binary_weights": len(checkpoints["ov_int8"]),
+        "checkpoint_bytes": {"float": len(checkpoints["ov_float"]), "binary_weights": len(checkpoints["ov_binary_weights"]),
                              "binary_activations": len(checkpoints["ov_binary_activations"]),
                              "binary_activations_all": len(checkpoints["ov_binary_activations_all"]),
                              **{f"{k}_zip": len(v["zip"]) for k, v in variants.items() if v.get("zip")}},
@@ -208,12 +258,17 @@ def step_rows(result: PipelineResult) -> list[dict[str, Any]]:
 
 def variant_checkpoints(weights_only: PipelineResult, binary_acts: PipelineResult) -> dict[str, bytes]:
     """The packed checkpoint behind each variant: the float step, the weights-only job's
-    selection (also the int8 one's), the binary-activation job's selection and its last step."""
+    selection, the binary-activation job's selection and its last step, the float model with every
+    conv that can take binary inputs at 1 bit, untrained (`core.export.one_bit.binarize_all`), and
+    for an int8 variant its source's checkpoint (`INT8_OF`)."""
     float_ck = weights_only.steps[0].checkpoint
-    weights_ck = weights_only.steps[weights_only.selected_index].checkpoint
-    return {"torch_float": float_ck, "ov_float": float_ck, "ov_binary_weights": weights_ck, "ov_int8": weights_ck,
-            "ov_binary_activations": binary_acts.steps[binary_acts.selected_index].checkpoint,
-            "ov_binary_activations_all": binary_acts.steps[-1].checkpoint}
+    ceiling, card = unpack_checkpoint(float_ck)
+    binarize_all(ceiling)
+    checkpoints = {"torch_float": float_ck, "ov_float": float_ck, "ov_all_1bit": pack_checkpoint(ceiling, card),
+                   "ov_binary_weights": weights_only.steps[weights_only.selected_index].checkpoint,
+                   "ov_binary_activations": binary_acts.steps[binary_acts.selected_index].checkpoint,
+                   "ov_binary_activations_all": binary_acts.steps[-1].checkpoint}
+    return {name: checkpoints[INT8_OF.get(name, name)] for name in VARIANTS}
 
 
 # -- measurements -------------------------------------------------------------------------
@@ -223,13 +278,23 @@ def median_ms(fn: Any, seconds: float) -> float:
 
 def measure_variants(model: torch.nn.Module, card: ModelCard, exports: dict[str, OpenVinoExport],
                      val: list[ImageRecord], cache: ImageCache, seconds: float) -> dict[str, dict[str, Any]]:
-    """Each variant's MR^-2 / AP, forward ms at 1 and 2 threads, what its layers run as."""
+    """Each variant's MR^-2 / AP (OpenVINO's with bootstrap intervals), IR bytes, 1-bit MAC share,
+    forward ms at 1 and 2 threads, what its layers run as."""
     metrics = evaluate_model(model, val, cache=cache)
     rows: dict[str, dict[str, Any]] = {"torch_float": {
         "miss_rate": round(metrics.miss_rate, 4), "ap50": round(metrics.ap50, 4),
         **{f"forward_ms_{n}t": torch_forward_ms(model, card, n, seconds) for n in (1, 2)}}}
+    resamples = stats.image_resamples(len(val), seed=BOOTSTRAP_SEED)
+    samples = {}
     for name, export in exports.items():
-        row: dict[str, Any] = ov_metrics(export, val, cache)
+        row: dict[str, Any]
+        row, samples[name] = ov_metrics(export, val, cache, resamples)
+        one_bit = {layer for layer, precision in export.layers.items() if precision == ONE_BIT}
+        row.update(ir_bytes=sum(map(len, export.ir_bytes())),
+                   one_bit_mac_share=round(one_bit_mac_share(model, one_bit, *_network_input(model, card)), 3))
+        if name != "ov_float":
+            diff, _ = stats.difference_interval([samples[name]], [samples["ov_float"]])
+            row["minus_float_ci95"] = [round(diff.lo, 4), round(diff.hi, 4)]
         for n in (1, 2):
             measured = ov_forward(export, n, seconds, profile=n == 1)
             row[f"forward_ms_{n}t"] = measured.pop("forward_ms")
@@ -283,17 +348,39 @@ def ov_forward(export: OpenVinoExport, threads: int, seconds: float, profile: bo
     return out
 
 
-def ov_metrics(export: OpenVinoExport, val: list[ImageRecord], cache: ImageCache) -> dict[str, float]:
-    """MR^-2 / AP@0.5 of the exported model, run as `core.train.evaluate_model` runs torch (batches
-    of 8, so both see the same canvases)."""
-    detector = export.detector(threads=1)
-    preds = []
+def _network_input(model: torch.nn.Module, card: ModelCard) -> tuple[int, int]:
+    return (getattr(model, "input_height", card.input_size), getattr(model, "input_width", card.input_size))
+
+
+def ov_metrics(export: OpenVinoExport, val: list[ImageRecord], cache: ImageCache,
+               resamples: np.ndarray) -> tuple[dict[str, Any], stats.MissRateSample]:
+    """MR^-2 / AP@0.5 of the exported model at f32, run as `core.train.evaluate_model` runs torch
+    (batches of 8, so both see the same canvases), with MR^-2's 95 % interval under the image
+    `resamples` (and the sample, for paired differences); on a CPU with bf16 arithmetic also MR^-2
+    at bf16 (`FLEXBIN_SERVING_PRECISION=bf16`, or what `auto` may pick) with its paired difference
+    from f32."""
     images = [cache.image(r).numpy() for r in val]
-    for start in range(0, len(images), 8):
-        preds += [{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)}
-                  for d in detector.detect(images[start:start + 8], together=True)]
-    m = evaluate_detections(preds, [r.boxes for r in val])
-    return {"miss_rate": round(m.miss_rate, 4), "ap50": round(m.ap50, 4)}
+    truth = [r.boxes for r in val]
+
+    def predictions(precision: str) -> list[dict[str, torch.Tensor]]:
+        detector = export.detector(threads=1, precision=precision)
+        preds = []
+        for start in range(0, len(images), 8):
+            preds += [{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)}
+                      for d in detector.detect(images[start:start + 8], together=True)]
+        return preds
+
+    preds = predictions("f32")
+    m = evaluate_detections(preds, truth)
+    sample = stats.image_sample(preds, truth, resamples)
+    ci = sample.interval()
+    row: dict[str, Any] = {"miss_rate": round(m.miss_rate, 4), "ap50": round(m.ap50, 4),
+                           "miss_rate_ci95": [round(ci.lo, 4), round(ci.hi, 4)]}
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        bf16 = stats.image_sample(predictions("bf16"), truth, resamples)
+        diff, _ = stats.difference_interval([bf16], [sample])
+        row.update(miss_rate_bf16=round(bf16.estimate, 4), bf16_minus_f32_ci95=[round(diff.lo, 4), round(diff.hi, 4)])
+    return row, sample
 
 
 def intel_reference(ir_dir: Path, val: list, threads: tuple[int, ...], seconds: float,
@@ -407,10 +494,13 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 
     return {
         "ov_float / torch_float, forward 1t": r("ov_float", "torch_float", "forward_ms_1t"),
-        "ov_int8 / ov_float, forward 1t": r("ov_int8", "ov_float", "forward_ms_1t"),
+        "ov_nncf_int8 / ov_float, forward 1t": r("ov_nncf_int8", "ov_float", "forward_ms_1t"),
         "ov_binary_weights / ov_float, forward 1t": r("ov_binary_weights", "ov_float", "forward_ms_1t"),
         "ov_binary_activations / ov_float, forward 1t": r("ov_binary_activations", "ov_float", "forward_ms_1t"),
-        "ov_binary_activations / ov_int8, forward 1t": r("ov_binary_activations", "ov_int8", "forward_ms_1t"),
+        "ov_binary_activations / ov_nncf_int8, forward 1t": r("ov_binary_activations", "ov_nncf_int8", "forward_ms_1t"),
+        "ov_all_1bit / ov_nncf_int8, forward 1t": r("ov_all_1bit", "ov_nncf_int8", "forward_ms_1t"),
+        "ov_binary_activations_int8 / ov_nncf_int8, forward 1t": r("ov_binary_activations_int8", "ov_nncf_int8",
+                                                                   "forward_ms_1t"),
         "ov_binary_activations / torch_float, forward 1t": r("ov_binary_activations", "torch_float", "forward_ms_1t"),
         "ov_binary_activations / ov_float, forward 2t": r("ov_binary_activations", "ov_float", "forward_ms_2t"),
         "torch_float / ov_binary_activations, /detect p50": r("torch_float", "ov_binary_activations", "detect_p50_ms"),
@@ -419,7 +509,7 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     rows, api = result["variants"], result["api"]
-    acts, flt, i8, tf = (rows[k] for k in ("ov_binary_activations", "ov_float", "ov_int8", "torch_float"))
+    acts, flt, i8, tf = (rows[k] for k in ("ov_binary_activations", "ov_float", "ov_nncf_int8", "torch_float"))
     every = rows["ov_binary_activations_all"]
     layers = acts.get("layers", {})
 
@@ -434,7 +524,7 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     out = [
         {"goal": "1-bit checkpoint forward <= 0.5x OpenVINO float (1 thread)", "value": round(speed, 3),
          "met": speed <= 0.5, "why": why_speed},
-        {"goal": "1-bit checkpoint forward faster than int8 (1 thread)",
+        {"goal": "1-bit checkpoint forward faster than NNCF int8 of the float model (1 thread)",
          "value": f"{acts['forward_ms_1t']} vs {i8['forward_ms_1t']} ms", "met": acts["forward_ms_1t"] < i8["forward_ms_1t"],
          "why": why_speed},
         {"goal": f"1-bit checkpoint MR^-2 <= float MR^-2 + {BUDGET} (the max_miss_rate_increase job's selection)",
@@ -446,10 +536,35 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
         {"goal": "API idle RSS with the OpenVINO backend <= 400 MiB (the 1-bit checkpoint served)",
          "value": api["openvino"]["idle_rss_mib"], "met": api["openvino"]["idle_rss_mib"] <= 400,
          "why": f"torch backend: {api['torch']['idle_rss_mib']} MiB idle serving torch float; OpenVINO with all "
-                f"{len(VARIANTS) - 1} of its checkpoints loaded: {api['openvino']['all_loaded_rss_mib']} MiB"},
+                f"{len(rows) - 1} of its checkpoints loaded: {api['openvino']['all_loaded_rss_mib']} MiB"},
     ]
+    ceiling = rows["ov_all_1bit"]
+    out.append({"goal": "the speed ceiling: every conv that can be 1-bit at 1 bit (untrained) faster than NNCF int8 (1 thread)",
+                "value": f"{ceiling['forward_ms_1t']} vs {i8['forward_ms_1t']} ms",
+                "met": ceiling["forward_ms_1t"] < i8["forward_ms_1t"],
+                "why": f"{ceiling['one_bit_mac_share']:.0%} of the conv MACs at 1 bit; NNCF int8 runs every conv int8 "
+                       f"({ceiling['forward_ms_1t'] / flt['forward_ms_1t']:.2f}x and "
+                       f"{i8['forward_ms_1t'] / flt['forward_ms_1t']:.2f}x OpenVINO float)"})
+    out.append(_int8_goal(rows))
     out.append(_intel_goal(result, acts))
     return out
+
+
+def _int8_goal(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Issue 19's comparison on this detector (`bench.ceiling.int8_goal_checks`): met when a 1-bit
+    variant passes every check at 1 thread f32."""
+    float_mr, i8 = rows["ov_float"]["miss_rate"], rows["ov_nncf_int8"]
+    checked = {name: int8_goal_checks(rows[name], rows[name]["forward_ms_1t"], i8, i8["forward_ms_1t"], float_mr)
+               for name in ("ov_binary_activations", "ov_binary_activations_int8", "ov_binary_activations_all")}
+    return {"goal": (f"a 1-bit variant faster than NNCF int8 at MR^-2 <= OpenVINO float + {INT8_BUDGET}, its IR at most "
+                     "half int8's, >= 50 % of conv MACs 1-bit (issue 19, 1 thread f32)"),
+            "value": "; ".join(f"{name}: {rows[name]['forward_ms_1t']} ms, MR^-2 {rows[name]['miss_rate']}, "
+                               f"{rows[name]['ir_bytes'] / 1e6:.2f} MB, {rows[name]['one_bit_mac_share']:.0%} of MACs 1-bit"
+                               for name in checked),
+            "met": any(all(c.values()) for c in checked.values()),
+            "why": "; ".join(f"{name} fails: {', '.join(k for k, ok in c.items() if not ok) or 'nothing'}"
+                             for name, c in checked.items())
+                   + f" (NNCF int8: {i8['forward_ms_1t']} ms, MR^-2 {i8['miss_rate']}, {i8['ir_bytes'] / 1e6:.2f} MB)"}
 
 
 def _intel_goal(result: dict[str, Any], acts: dict[str, Any]) -> dict[str, Any]:
@@ -496,21 +611,36 @@ def _size(cfg: dict[str, Any]) -> str:
 
 def variant_rows(result: dict[str, Any], labels: dict[str, str] = LABELS) -> list[dict[str, Any]]:
     """The variants and Intel's IRs as table rows (label, MR^-2, AP, forward ms, /detect p50 ...)."""
-    rows = [{"label": labels[name], **result["variants"][name]} for name in VARIANTS]
+    rows = [{"label": labels[name], **result["variants"][name]} for name in variants_of(result)]
     rows += [{"label": f"Intel pedestrian-detection-adas-0002 {precision.split('@')[0]} IR "
                        f"({r['input'][3]}x{r['input'][2]})", **r} for precision, r in result["intel"].items()]
     return rows
 
 
+def _interval(ci: list[float] | None) -> str:
+    return "" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 def variant_table(rows: list[dict[str, Any]], *, reorders: bool = True) -> list[str]:
-    columns = [("variant", "label"), ("MR^-2", lambda r: f"{r['miss_rate']:.3f}"), ("AP@0.5", lambda r: f"{r['ap50']:.3f}"),
-               ("forward ms, 1 thread", lambda r: _ms(r["forward_ms_1t"])),
+    columns: list[tuple[str, Any]] = [
+        ("variant", "label"),
+        ("MR^-2 [95 % CI]", lambda r: f"{r['miss_rate']:.3f}" + (
+            f" [{r['miss_rate_ci95'][0]:.3f}, {r['miss_rate_ci95'][1]:.3f}]" if r.get("miss_rate_ci95") else "")),
+        ("minus float [95 % CI]", lambda r: _interval(r.get("minus_float_ci95"))),
+        ("AP@0.5", lambda r: f"{r['ap50']:.3f}")]
+    if any("miss_rate_bf16" in r for r in rows):
+        columns.append(("MR^-2 at bf16 [minus f32, 95 % CI]", lambda r: "" if "miss_rate_bf16" not in r else
+                        f"{r['miss_rate_bf16']:.3f} {_interval(r['bf16_minus_f32_ci95'])}"))
+    if any("ir_bytes" in r for r in rows):
+        columns += [("IR MB", lambda r: "" if "ir_bytes" not in r else f"{r['ir_bytes'] / 1e6:.2f}"),
+                    ("conv MACs 1-bit", lambda r: _share(r.get("one_bit_mac_share")) if "ir_bytes" in r else "")]
+    columns += [("forward ms, 1 thread", lambda r: _ms(r["forward_ms_1t"])),
                ("forward ms, 2 threads", lambda r: _ms(r["forward_ms_2t"])),
                ("/detect p50 ms (1 client)", lambda r: None if "detect_p50_ms" not in r else f"{r['detect_p50_ms']:.1f}")]
     if reorders:
         columns.append(("Reorder share of forward", lambda r: _share(r.get("reorder_share"))))
     columns.append(("forward ms, 1 thread, default precision", lambda r: _ms(r.get("forward_ms_1t_default"))))
-    return report.markdown_table(rows, columns, align="lrrrrrrr")
+    return report.markdown_table(rows, columns, align="l" + "r" * (len(columns) - 1))
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -531,7 +661,8 @@ def markdown(result: dict[str, Any]) -> str:
         *(f"- {report.mark(g['met'])}: {g['goal']} (measured: {g['value']}; {g['why']})" for g in result["goals"]),
         "", "## What each layer runs as (compiled OpenVINO graph)", "",
         *report.markdown_table(list(rows["ov_float"]["layers"]), [("layer", lambda x: x)] + [
-            (LABELS[n].split(" (")[0], lambda x, n=n: rows[n]["layers"].get(x, {}).get("runs_as")) for n in VARIANTS[1:]]),
+            (LABELS[n].split(" (")[0], lambda x, n=n: rows[n]["layers"].get(x, {}).get("runs_as"))
+            for n in variants_of(result)[1:]]),
         "", "## API process memory (RSS)", "",
         *report.markdown_table(result["api"].items(), [
             ("backend", lambda kv: kv[0]), ("after start-up MiB", lambda kv: kv[1]["started_rss_mib"]),
@@ -550,18 +681,27 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    fig, (left, right) = report.figure(2, size=(12, 4.5))
-    rows = result["variants"]
-    xs = np.arange(len(VARIANTS))
+    """Left: forward ms of every variant. Right, the frontier: the jobs' steps (MR^-2 against the
+    latency the worker measured) and the OpenVINO variants (marker area by IR size), 1 thread f32."""
+    fig, (left, right) = report.figure(2, size=(13, 5))
+    rows, names = result["variants"], variants_of(result)
+    xs = np.arange(len(names))
     for offset, key, label in ((-0.2, "forward_ms_1t", "1 thread"), (0.2, "forward_ms_2t", "2 threads")):
-        left.bar(xs + offset, [rows[v][key] for v in VARIANTS], width=0.4, label=label)
-    left.set_xticks(xs, [LABELS[v].split(" (")[0].replace("OpenVINO ", "OV ") for v in VARIANTS], rotation=20)
+        left.bar(xs + offset, [rows[v][key] for v in names], width=0.4, label=label)
+    left.set_xticks(xs, [LABELS[v].split(" (")[0].replace("OpenVINO ", "OV ") for v in names], rotation=30, ha="right")
     report.label(left, x="", y="forward ms / image", title="network forward time")
     for job, marker in (("weights_only", "o"), ("binary_activations", "s")):
         steps = [s for s in result["jobs"][job]["steps"] if s["latency_ms"]]
-        right.plot([s["latency_ms"] for s in steps], [s["miss_rate"] for s in steps], marker=marker, label=job)
-    report.label(right, x="latency ms (exported model, 1 thread, log)", y="MR^-2 (lower is better)",
-                 title="layer-priority steps: MR^-2 vs measured latency", log_x=True)
+        right.plot([s["latency_ms"] for s in steps], [s["miss_rate"] for s in steps], marker=marker, alpha=0.4,
+                   label=f"{job} steps")
+    for name in names:
+        row = rows[name]
+        if "ir_bytes" in row:
+            right.scatter(row["forward_ms_1t"], row["miss_rate"], s=40 * row["ir_bytes"] / 1e6, alpha=0.7,
+                          label=LABELS[name].split(" (")[0].replace("OpenVINO ", "OV "))
+    report.label(right, x="forward ms (1 thread f32, log)", y="validation MR^-2 (lower is better)",
+                 title="frontier: steps and variants (marker area: IR size)", log_x=True, legend=False)
+    right.legend(fontsize=7)
     report.save_figure(fig, path)
 
 
@@ -575,8 +715,11 @@ def _readme_lines(runs: dict[str, dict[str, Any]]) -> list[str]:
     lines = [("`python -m bench.speed` trains (or takes, `--float-model` / `--pretrained`) a float detector, runs two "
               f"layer-priority jobs with target `max_miss_rate_increase: {BUDGET}` (weights only, and "
               "`activation_bits: 1`) and compares, on the same validation images: PyTorch float, OpenVINO float, "
-              "OpenVINO binary weights, OpenVINO int8 (binary weights + calibrated 8-bit inputs) and OpenVINO 1-bit "
-              "(binary weights and activations: `BinaryConvolution`), each with MR^-2 and AP, forward ms at 1 and 2 "
+              "NNCF int8 of it (`nncf.quantize`: the baseline a user has), OpenVINO binary weights, OpenVINO 1-bit "
+              "(binary weights and activations: `BinaryConvolution`) and both selections as `?format=openvino-int8` "
+              "(NNCF int8 on what is not 1-bit; runs before NNCF replaced it show a hand-calibrated \"int8\" of the "
+              "binary weights instead), each with MR^-2 (newer runs: with 95 % bootstrap intervals) and AP, IR size, "
+              "the share of conv MACs at 1 bit, forward ms at 1 and 2 "
               "threads, what each layer runs as on the compiled graph, the share of layout conversions, `/detect` p50 "
               "at 1 client, and the API's RSS with either backend; Intel's own FP16 / FP16-INT8 IRs of "
               "pedestrian-detection-adas-0002 are timed for reference when `../shared/models/` has them. Forward "
@@ -595,8 +738,14 @@ def _speed_run(name: str, result: dict[str, Any]) -> list[str]:
     every = [layer for layer, p in rows["ov_binary_activations_all"]["layers"].items() if p["runs_as"] == ONE_BIT]
     acts_steps = jobs["binary_activations"]["steps"]
     after_selected = acts_steps[jobs["binary_activations"]["selected"] + 1:]
-    detect = [rows[v]["detect_p50_ms"] for v in VARIANTS if "detect_p50_ms" in rows[v]]
-    forward = [rows[v]["forward_ms_1t"] for v in VARIANTS]
+    names = variants_of(result)
+    int8 = int8_baseline(result)
+
+    def ratio_of(a: str, b: str) -> float:
+        return round(rows[a]["forward_ms_1t"] / rows[b]["forward_ms_1t"], 3)
+
+    detect = [rows[v]["detect_p50_ms"] for v in names if "detect_p50_ms" in rows[v]]
+    forward = [rows[v]["forward_ms_1t"] for v in names]
     api = result["api"]
     cpu = (f"{m['cpu_model']} ({m.get('cpu_isa', '-')})" if m.get("cpu_model") else
            "a CPU whose model this run did not record")
@@ -614,17 +763,17 @@ def _speed_run(name: str, result: dict[str, Any]) -> list[str]:
          f"adds {', '.join(x for x in every if x not in one_bit) or 'nothing'}"
          + (f" and its MR^-2 goes to {after_selected[-1]['miss_rate']:.3f}" if after_selected else "")
          + f". Its forward is {ratio['ov_binary_activations / ov_float, forward 1t']}x OpenVINO float "
-         f"({ratio['ov_binary_activations / ov_int8, forward 1t']}x int8, "
+         f"({ratio_of('ov_binary_activations', int8)}x {LABELS[int8].split(' (')[0]}, "
          f"{ratio['ov_binary_activations / torch_float, forward 1t']}x the PyTorch float forward); binary weights "
-         f"alone run at {ratio['ov_binary_weights / ov_float, forward 1t']}x float and int8 inputs at "
-         f"{ratio['ov_int8 / ov_float, forward 1t']}x. Layout "
-         f"conversions (Reorder) take {report.span((100 * rows[v]['reorder_share'] for v in VARIANTS[1:]), '.0f')} % of the "
+         f"alone run at {ratio['ov_binary_weights / ov_float, forward 1t']}x float and "
+         f"{LABELS[int8].split(' (')[0]} at {ratio_of(int8, 'ov_float')}x. Layout "
+         f"conversions (Reorder) take {report.span((100 * rows[v]['reorder_share'] for v in names[1:]), '.0f')} % of the "
          f"OpenVINO forwards. A `/detect` request costs {report.span(detect, '.0f')} ms whatever the variant, of which the "
          f"forward is {report.span(forward, '.0f')} ms: `/detect` p50 is "
          f"{ratio['torch_float / ov_binary_activations, /detect p50']}x faster than the torch path. API memory: "
          f"{api['openvino']['idle_rss_mib']:.0f} MiB idle serving the 1-bit checkpoint on OpenVINO against "
          f"{api['torch']['idle_rss_mib']:.0f} MiB on the torch backend; {api['openvino']['all_loaded_rss_mib']:.0f} MiB "
-         f"with all {len(VARIANTS) - 1} OpenVINO variants loaded."),
+         f"with all {len(names) - 1} OpenVINO variants loaded."),
     ]
     h, w = cfg.get("network_input", [cfg["input_size"]] * 2)
     same = result["intel"].get(f"FP16@{h}x{w}")
@@ -650,6 +799,8 @@ def _labels(result: dict[str, Any]) -> dict[str, str]:
             "ov_binary_weights": f"OpenVINO binary weights (the weights-only job's selection: "
                                  f"{report.plural(w['binary_layers'], 'layer')}, {w['compression_ratio']:.1f}x)",
             "ov_int8": "OpenVINO int8 (those binary weights + calibrated 8-bit inputs)",
+            "ov_binary_weights_int8": "OpenVINO binary weights, NNCF int8 (that selection's ?format=openvino-int8)",
+            "ov_binary_activations_int8": "OpenVINO 1-bit, NNCF int8 elsewhere (that selection's ?format=openvino-int8)",
             "ov_binary_activations": f"**OpenVINO 1-bit** (the binary-activation job's selection: "
                                      f"{report.plural(a['binary_layers'], 'layer')}, {a['compression_ratio']:.1f}x)",
             "ov_binary_activations_all": f"OpenVINO 1-bit, that job's last step ({report.plural(last['binary_layers'], 'layer')}, "

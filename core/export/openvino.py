@@ -162,9 +162,9 @@ class OpenVinoExport:
             zf.writestr(RUNTIME_FILENAME, Path(runtime.__file__).read_text())
         return buf.getvalue()
 
-    def detector(self, *, threads: int = 1) -> runtime.Detector:
+    def detector(self, *, threads: int = 1, precision: str = "f32") -> runtime.Detector:
         xml, weights = self.ir_bytes()
-        return runtime.Detector(xml, weights, self.card_json(), threads=threads)
+        return runtime.Detector(xml, weights, self.card_json(), threads=threads, precision=precision)
 
 
 # -- entry points ---------------------------------------------------------------------
