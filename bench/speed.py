@@ -814,7 +814,10 @@ NOTES = {  # what a number cannot say about one result file
         "miss-rate budget stopped it before the first convolutions, where the feature maps are largest and most of "
         "the multiply-adds are (the first one also stays float by design: too few weights for `min_layer_params`, "
         "and RGB inputs, which the 1-bit kernel cannot take). PNG decoding, multipart parsing, resizing and HTTP "
-        "on the same cores dominate a `/detect` request and do not get faster with the network."),
+        "on the same cores dominate a `/detect` request and do not get faster with the network. Where the CPU has "
+        "AMX (the run's CPU line says), int8 and bf16 convolutions run on its matrix engine and 1-bit ones cannot: "
+        "NNCF int8 then beats even the untrained all-1-bit graph, and OpenVINO's default bf16 runs the float model "
+        "nearly as fast as int8."),
     "speed_pedestrian_adas_0002": (
         "On a CPU with AVX-512 and AMX, OpenVINO's float and int8 kernels are much stronger than on an AVX2-only one, "
         "so these ratios are not comparable with a run on another CPU. Why the 1-bit checkpoint is not faster: "
