@@ -461,7 +461,7 @@ def markdown(result: dict[str, Any]) -> str:
                  *((f"forward ms {k.replace('_', ' ')}", lambda n, k=k: ms(n, k)) for k in keys),
                  ("IR MB", lambda n: f"{rows[n]['ir_bytes'] / 1e6:.2f}" if n in times else None),
                  ("MR^-2 [95 % CI]", lambda n: _mr_text(rows[n]) if n in times else None),
-                 ("MR^-2 - float [95 % CI]", lambda n: _interval(rows[n].get("minus_float_ci95"))),
+                 ("MR^-2 - float [95 % CI]", lambda n: report.interval_text(rows[n].get("minus_float_ci95"))),
                  ("convolutions (compiled, 1t f32)", convolutions)], align="lrrrrrrrl"),
              "", (f"MR^-2 intervals: {BOOTSTRAP_RESAMPLES} bootstrap resamples of the validation images (percentile, "
              "paired across rows); the trained networks are held fixed, so training noise is not in them."),
@@ -492,10 +492,6 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", "Per-op-type profiles at every setting are in ceiling.json (`profile`).", "",
               f"Total run time: {result['total_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
-
-
-def _interval(ci: list[float] | None) -> str | None:
-    return None if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 def _mr_text(row: dict[str, Any]) -> str | None:

@@ -124,6 +124,11 @@ def markdown_table(rows: Iterable[Any], columns: Sequence[tuple[str, Cell]], *, 
     return lines
 
 
+def interval_text(ci: Sequence[float] | None) -> str | None:
+    """A 95 % interval of an MR^-2 difference as a table shows it, `[-0.012, +0.034]` (None: "-")."""
+    return None if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 def mark(ok: bool | None, *, none: str = "not run", plain: bool = False) -> str:
     """How a goal reads in a report: met, **missed** (`plain`: MISSED, for a terminal), or `none`
     when it was not judged."""

@@ -617,20 +617,16 @@ def variant_rows(result: dict[str, Any], labels: dict[str, str] = LABELS) -> lis
     return rows
 
 
-def _interval(ci: list[float] | None) -> str:
-    return "" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
-
-
 def variant_table(rows: list[dict[str, Any]], *, reorders: bool = True) -> list[str]:
     columns: list[tuple[str, Any]] = [
         ("variant", "label"),
         ("MR^-2 [95 % CI]", lambda r: f"{r['miss_rate']:.3f}" + (
             f" [{r['miss_rate_ci95'][0]:.3f}, {r['miss_rate_ci95'][1]:.3f}]" if r.get("miss_rate_ci95") else "")),
-        ("minus float [95 % CI]", lambda r: _interval(r.get("minus_float_ci95"))),
+        ("minus float [95 % CI]", lambda r: report.interval_text(r.get("minus_float_ci95"))),
         ("AP@0.5", lambda r: f"{r['ap50']:.3f}")]
     if any("miss_rate_bf16" in r for r in rows):
         columns.append(("MR^-2 at bf16 [minus f32, 95 % CI]", lambda r: "" if "miss_rate_bf16" not in r else
-                        f"{r['miss_rate_bf16']:.3f} {_interval(r['bf16_minus_f32_ci95'])}"))
+                        f"{r['miss_rate_bf16']:.3f} {report.interval_text(r['bf16_minus_f32_ci95'])}"))
     if any("ir_bytes" in r for r in rows):
         columns += [("IR MB", lambda r: "" if "ir_bytes" not in r else f"{r['ir_bytes'] / 1e6:.2f}"),
                     ("conv MACs 1-bit", lambda r: _share(r.get("one_bit_mac_share")) if "ir_bytes" in r else "")]
