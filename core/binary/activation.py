@@ -293,7 +293,7 @@ def _binarize_input_hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any,
     return (getattr(module, INPUT_BINARIZER)(args[0]), *args[1:])
 
 
-def _output_activation_hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
+def _rprelu_hook(module: nn.Module, args: tuple[Any, ...], out: Tensor) -> Tensor:
     # registered only when the binarizer has an RPReLU (the export's stand-in keeps it too)
     activated: Tensor = getattr(module, INPUT_BINARIZER).rprelu(out)
     return activated
@@ -320,7 +320,7 @@ def binarize_input(module: nn.Module, binarizer: InputBinarizer | None = None) -
     module.add_module(INPUT_BINARIZER, binarizer.to(module.weight.device).train(module.training))
     module.register_forward_pre_hook(_binarize_input_hook)
     if binarizer.rprelu is not None:
-        module.register_forward_hook(_output_activation_hook)
+        module.register_forward_hook(_rprelu_hook)
     return binarizer
 
 

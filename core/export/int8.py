@@ -138,7 +138,8 @@ def quantize_int8(export: Any, images: Sequence[np.ndarray], *, spec: dict[str, 
                          ignored_scope=ignored_scope(model, int8_after_1bit=int8_after_1bit), **nncf_kwargs)
 
 
-def int8_export(export: Any, images: Sequence[np.ndarray], **kwargs: Any) -> Any:
+def int8_export(export: Any, images: Sequence[np.ndarray], *, subset_size: int = 300,
+                int8_after_1bit: bool = False, **nncf_kwargs: Any) -> Any:
     """`quantize_int8` of an `OpenVinoExport`, as an `OpenVinoExport` (same card, input, outputs
     and post-processing; its spec records the quantization), so `.detector()` and `.zip_bytes()`
     work as for any export."""
@@ -146,10 +147,10 @@ def int8_export(export: Any, images: Sequence[np.ndarray], **kwargs: Any) -> Any
 
     import nncf
 
-    model = quantize_int8(export, images, **kwargs)
+    model = quantize_int8(export, images, subset_size=subset_size, int8_after_1bit=int8_after_1bit, **nncf_kwargs)
     spec = {**export.spec, "quantization": {"tool": f"nncf {nncf.__version__}", "method": "nncf.quantize",
-                                            "calibration_images": min(len(images), kwargs.get("subset_size", 300)),
-                                            "int8_after_1bit": kwargs.get("int8_after_1bit", False)}}
+                                            "calibration_images": min(len(images), subset_size),
+                                            "int8_after_1bit": int8_after_1bit}}
     return dataclasses.replace(export, model=model, spec=spec)
 
 
