@@ -42,7 +42,7 @@ What it does, on one machine, on the same Penn-Fudan validation images:
    at the benchmarked model's input size, for reference and for the pretrained-detector goal
    (computed only when the benchmarked architecture is that detector, at the same input size).
 Writes bench/results/speed.{json,md,png} for PedNet, speed_<architecture>.* for any other
-(`_quick` with --quick), and says which goals are met, and why not where they are missed;
+(`--name` to keep a run per CPU kind, e.g. speed_intel_xeon_amx; `_quick` with --quick), and says which goals are met, and why not where they are missed;
 the plot's right panel is the frontier: MR^-2 against forward ms, marker area by IR size.
 """
 from __future__ import annotations
@@ -179,7 +179,7 @@ def main() -> None:
     }
     result.update(ratios=ratios(rows), total_seconds=round(time.monotonic() - started, 1))
     result["goals"] = goals(result)
-    write(result, args.quick)
+    write(result, args.name or default_name(result), args.quick)
 
 
 def parse_args() -> argparse.Namespace:
@@ -199,6 +199,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--intel-ir", type=Path, default=DEFAULT_INTEL_IR,
                         help="pedestrian-detection-adas-0002 folder with FP16/ and FP16-INT8/ IRs")
     parser.add_argument("--torch-threads", type=int, default=1, help="threads for training and fine-tuning")
+    parser.add_argument("--name", default=None,
+                        help="results name (default speed for PedNet, speed_<architecture> otherwise); "
+                             "runs are kept per CPU kind, e.g. speed_intel_xeon_amx")
     add_device_argument(parser)  # training and fine-tuning; the speed figures stay on the CPU
     args = parser.parse_args()
     args.device = device_from_args(args, parser)
@@ -587,8 +590,12 @@ def _intel_goal(result: dict[str, Any], acts: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- output -----------------------------------------------------------------------------------
-def write(result: dict[str, Any], quick: bool) -> None:
-    name = "speed" if result["config"]["architecture"] == DEFAULT_ARCHITECTURE else f"speed_{result['config']['architecture']}"
+def default_name(result: dict[str, Any]) -> str:
+    architecture = result["config"]["architecture"]
+    return "speed" if architecture == DEFAULT_ARCHITECTURE else f"speed_{architecture}"
+
+
+def write(result: dict[str, Any], name: str, quick: bool) -> None:
     name += "_quick" if quick else ""
     report.write_results(name, result, markdown(result))
     plot(result, report.RESULTS / f"{name}.png")
@@ -776,8 +783,9 @@ def _speed_run(name: str, result: dict[str, Any]) -> list[str]:
     if same:
         text[-1] += (f" FlexBin's float IR of this network: {rows['ov_float']['forward_ms_1t']:.2f} ms against Intel's "
                      f"FP16 IR reshaped to the same input: {same['forward_ms_1t']:.2f} ms (f32, 1 thread).")
-    if name in NOTES:
-        text += ["", NOTES[name]]
+    note = NOTES.get(default_name(result))  # the same note for the runs kept per CPU kind
+    if note:
+        text += ["", note]
     return text
 
 
