@@ -167,6 +167,7 @@ def main() -> None:
                    "network_input": list(size), "train_images": len(train), "val_images": len(val),
                    "finetune_iters": args.finetune_iters, "learning_rate": args.learning_rate,
                    "layers_per_step": args.layers_per_step, "int8_calibration_images": len(calibration),
+                   "binary_activation_recipe": binary_recipe(args, 1),
                    "target": {"max_miss_rate_increase": BUDGET}, "timing_seconds_per_cell": args.seconds,
                    "detect_seconds": args.detect_seconds, "serving_threads": 1,
                    "serving_precision": "f32", "openvino_default_precision": default_precision()},
@@ -199,6 +200,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--intel-ir", type=Path, default=DEFAULT_INTEL_IR,
                         help="pedestrian-detection-adas-0002 folder with FP16/ and FP16-INT8/ IRs")
     parser.add_argument("--torch-threads", type=int, default=1, help="threads for training and fine-tuning")
+    # the binary-activation job's recipe (issue 19's levers; defaults: the job's own)
+    parser.add_argument("--order", default=None, help="the binary-activation job's layer order (e.g. latency)")
+    parser.add_argument("--activation-quantizer", default=None, help="its binarizer (e.g. scale_threshold)")
+    parser.add_argument("--staged", action="store_true", help="its staged_schedule: inputs first, then weights")
+    parser.add_argument("--binarizer-lr", type=float, default=None, help="its binarizer_lr_multiplier (e.g. 100)")
     parser.add_argument("--name", default=None,
                         help="results name (default speed for PedNet, speed_<architecture> otherwise); "
                              "runs are kept per CPU kind, e.g. speed_intel_xeon_amx")
@@ -242,7 +248,7 @@ def run_job(model: torch.nn.Module, card: ModelCard, train: list[ImageRecord], v
             activation_bits: int, args: argparse.Namespace) -> PipelineResult:
     config = PipelineConfig(target=Target(max_miss_rate_increase=BUDGET), activation_bits=activation_bits,
                             finetune_iters=args.finetune_iters, learning_rate=args.learning_rate,
-                            layers_per_step=args.layers_per_step, seed=0)
+                            layers_per_step=args.layers_per_step, seed=0, **binary_recipe(args, activation_bits))
     started = time.monotonic()
     result = run(model, card, train, val, config, device=args.device,
                  on_step=lambda s: report.log(f"  step {s.index}: ratio {s.compression_ratio:.1f} MR {s.miss_rate:.3f} "
@@ -250,6 +256,15 @@ def run_job(model: torch.nn.Module, card: ModelCard, train: list[ImageRecord], v
     report.log(f"job activation_bits={activation_bits}: {len(result.steps)} steps in {time.monotonic() - started:.0f} s, "
                f"selected step {result.selected_index}")
     return result
+
+
+def binary_recipe(args: argparse.Namespace, activation_bits: int) -> dict[str, Any]:
+    """The binary-activation job's options given on the command line (none: the job's defaults)."""
+    if activation_bits != 1:
+        return {}
+    options = {"order": args.order, "activation_quantizer": args.activation_quantizer,
+               "staged_schedule": args.staged or None, "binarizer_lr_multiplier": args.binarizer_lr}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def step_rows(result: PipelineResult) -> list[dict[str, Any]]:
@@ -612,6 +627,11 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
+def _recipe_text(cfg: dict[str, Any]) -> str:
+    recipe = cfg.get("binary_activation_recipe")
+    return ("; the binary-activation job with " + ", ".join(f"{k} {v}" for k, v in recipe.items())) if recipe else ""
+
+
 def _size(cfg: dict[str, Any]) -> str:
     return "x".join(map(str, cfg.get("network_input", [cfg["input_size"]] * 2)))
 
@@ -653,7 +673,7 @@ def markdown(result: dict[str, Any]) -> str:
         (f"{cfg['architecture']} at {_size(cfg)} px (network input, height x width); Penn-Fudan, {cfg['train_images']} "
          f"train / {cfg['val_images']} validation images; layer-priority jobs with target max_miss_rate_increase "
          f"{BUDGET}, {cfg.get('layers_per_step', 1)} layer(s) and {cfg['finetune_iters']} fine-tuning iterations per "
-         f"step, learning rate {cfg.get('learning_rate')}. Machine: {report.machine_text(m)}; commit "
+         f"step, learning rate {cfg.get('learning_rate')}{_recipe_text(cfg)}. Machine: {report.machine_text(m)}; commit "
          f"{report.commit_text(result['git'])}{'; QUICK smoke run: numbers mean nothing' if result['quick'] else ''}."), "",
         (f"Forward times at f32 (what FlexBin serves, equal to PyTorch's results) and, in the last column, at "
          f"OpenVINO's default precision on this CPU ({cfg.get('openvino_default_precision', '?')}; MR^-2 and AP are "
@@ -757,7 +777,7 @@ def _speed_run(name: str, result: dict[str, Any]) -> list[str]:
          f"{report.minutes(result['total_seconds'])}, {m['cpus']} CPUs: {cpu}; float model: {cfg['float_model']['source']}): "
          f"{cfg['train_images']} training / {cfg['val_images']} validation images, "
          f"{report.plural(cfg.get('layers_per_step', 1), 'layer')} and {cfg['finetune_iters']} iterations per step"
-         + (f", lr {report.rate(cfg['learning_rate'])}" if cfg.get("learning_rate") else "") + "."),
+         + (f", lr {report.rate(cfg['learning_rate'])}" if cfg.get("learning_rate") else "") + _recipe_text(cfg) + "."),
         "",
         *variant_table(variant_rows(result, labels), reorders=False), "",
         *report.markdown_table(result["goals"], [("goal", "goal"), ("measured", "value"), ("met", lambda g: report.mark(g["met"])),

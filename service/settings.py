@@ -151,7 +151,8 @@ class Settings(BaseSettings):
     serving_precision: Literal["f32", "bf16", "auto"] = Field(
         default="f32", description="OpenVINO backend: f32 (what a job measured: detections equal to its "
         "metrics'), bf16, or auto (each compiled shape timed at both, the faster kept; f32 on CPUs without "
-        "bf16). bf16 moves the 1-bit layers' thresholds slightly; its effect on accuracy is not measured.")
+        "bf16). bf16 leaves float and int8 MR^-2 within 0.001 and moves binary-input checkpoints' by up to "
+        "0.07 either way (the 1-bit thresholds see rounded inputs; bench/results/speed*.md).")
     train_bf16: bool = Field(
         default=False, description="Workers fine-tune with bfloat16 autocast on CUDA (recorded in each step's "
         "provenance). Off until measured equal in accuracy (bench.gpu_check compares it).")
