@@ -1,7 +1,10 @@
 """bench.speed's judgement of issue 19's int8 comparison, and its reading of older result files."""
 from __future__ import annotations
 
-from bench.speed import _int8_goal, int8_baseline, variants_of
+import argparse
+
+from bench.speed import _int8_goal, binary_recipe, int8_baseline, variants_of
+from core.job_spec import PipelineConfig, Target
 
 
 def _row(ms: float, miss_rate: float, ir_bytes: int, share: float) -> dict:
@@ -30,3 +33,14 @@ def test_result_files_from_before_nncf_int8_still_render_their_variants() -> Non
     new = {"variants": {name: {} for name in ("ov_binary_activations_all", "ov_nncf_int8", "ov_float", "torch_float")}}
     assert variants_of(new) == ["torch_float", "ov_float", "ov_nncf_int8", "ov_binary_activations_all"]
     assert int8_baseline(new) == "ov_nncf_int8"
+
+
+def test_the_recipe_options_reach_only_the_binary_activation_job() -> None:
+    args = argparse.Namespace(order="latency", activation_quantizer="scale_threshold", staged=True, binarizer_lr=None)
+    assert binary_recipe(args, 32) == {}
+    recipe = binary_recipe(args, 1)
+    assert recipe == {"order": "latency", "activation_quantizer": "scale_threshold", "staged_schedule": True}
+    config = PipelineConfig(target=Target(max_miss_rate_increase=0.05), activation_bits=1, **recipe)
+    assert (config.order, config.staged_schedule) == ("latency", True)
+    defaults = argparse.Namespace(order=None, activation_quantizer=None, staged=False, binarizer_lr=None)
+    assert binary_recipe(defaults, 1) == {}
