@@ -42,7 +42,8 @@ What it does, on one machine, on the same Penn-Fudan validation images:
    at the benchmarked model's input size, for reference and for the pretrained-detector goal
    (computed only when the benchmarked architecture is that detector, at the same input size).
 Writes bench/results/speed.{json,md,png} for PedNet, speed_<architecture>.* for any other
-(`--name` to keep a run per CPU kind, e.g. speed_intel_xeon_amx; `_quick` with --quick), and says which goals are met, and why not where they are missed;
+(`--name` keeps a run per CPU kind or recipe, e.g. speed_intel_xeon_amx; `_quick` with --quick),
+and says which goals are met, and why not where they are missed;
 the plot's right panel is the frontier: MR^-2 against forward ms, marker area by IR size.
 """
 from __future__ import annotations
@@ -855,7 +856,9 @@ NOTES = {  # what a number cannot say about one result file
         "the heads on the smallest feature maps, which hold little of the compute; the backbone convs that hold the "
         "time were never reached, and the depthwise convs and the stem stay float by design. Intel's binary version "
         "of this network was trained with binary layers from the start on its own large dataset; the few Penn-Fudan "
-        "images and iterations per step here do not recover that much. The export itself is not the problem: "
+        "images and iterations per step here do not recover that much with the default recipe; issue 19's (the "
+        "`latency` order, NNCF's binarizer, 600 iterations a step) reached 24 convs once (bench.ceiling's "
+        "ceiling_amd_epyc_staged rows). The export itself is not the problem: "
         "FlexBin's float IR runs about as fast as Intel's FP16 IR of the same network (above)."),
 }
 
