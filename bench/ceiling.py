@@ -22,7 +22,9 @@ Rows, all at 192x336 (network input; Intel's IRs reshaped to it), timed on rando
   192x336 (e.g. one `python -m bench.distillation` kept), exported as the API serves it, and
   `checkpoint<k>_int8`, the same with NNCF int8 on all its other convs, and
   `checkpoint<k>_int8_fusing`, NNCF int8 on its other convs except those a 1-bit conv feeds
-  (`?format=openvino-int8`, `core.export.int8`'s default since the run that measured both).
+  (`?format=openvino-int8`, `core.export.int8`'s default since the run that measured both), and
+  `checkpoint<k>_weights8`, 8-bit weights on its float convs with float inputs (`nncf.compress_weights`:
+  an experiment on the IR size, not a download format).
   Each is judged against issue 19's goal: faster than `nncf_int8` and `intel_fp16_int8` at 1 thread
   f32, MR^-2 within the float row's + 0.03, an IR at most half `nncf_int8`'s, and at least 50 % of
   the conv MACs in 1-bit convolutions.
@@ -208,8 +210,9 @@ def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, di
 
 def checkpoint_rows(paths: list[Path], data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Trained checkpoints as exported (`checkpoint<k>`), with NNCF int8 elsewhere (`checkpoint<k>_int8`),
-    and with NNCF int8 elsewhere except on the convs a 1-bit conv feeds (`checkpoint<k>_int8_fusing`,
-    `int8_after_1bit=False`: their u8 quantizer cannot fuse into the 1-bit conv)."""
+    with NNCF int8 elsewhere except on the convs a 1-bit conv feeds (`checkpoint<k>_int8_fusing`,
+    `int8_after_1bit=False`: their u8 quantizer cannot fuse into the 1-bit conv), and with 8-bit
+    weights only (`checkpoint<k>_weights8`, `weights_int8`)."""
     rows: dict[str, dict[str, Any]] = {}
     for k, path in enumerate(paths, start=1):
         model, card = unpack_checkpoint(path.read_bytes())
@@ -225,7 +228,20 @@ def checkpoint_rows(paths: list[Path], data: dict[str, Any]) -> dict[str, dict[s
         rows[f"checkpoint{k}_int8_fusing"] = {
             "model": quantize_int8(export, data["calibration"], int8_after_1bit=False), "spec": export.spec,
             "label": f"FlexBin {what}, NNCF int8 elsewhere but after a 1-bit conv (?format=openvino-int8)", **facts}
+        rows[f"checkpoint{k}_weights8"] = {
+            "model": weights_int8(export.model), "spec": export.spec,
+            "label": f"FlexBin {what}, 8-bit weights on the float convs (nncf.compress_weights), inputs float", **facts}
     return rows
+
+
+def weights_int8(model: Any) -> Any:
+    """An experiment on the IR-size check: NNCF's weights-only int8 (asymmetric, per output channel)
+    on the convs left float, their inputs float, so the file shrinks without quantizing any
+    activation. The depthwise convs stay f32: the binarization thresholds read their outputs."""
+    import nncf
+
+    return nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                 ignored_scope=nncf.IgnoredScope(types=["GroupConvolution"], validate=False))
 
 
 def one_bit_mac_share(model: torch.nn.Module, one_bit: set[str], height: int = HEIGHT, width: int = WIDTH) -> float:
