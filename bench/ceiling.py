@@ -71,6 +71,7 @@ from core.checkpoint import pack_checkpoint, unpack_checkpoint
 from core.data import read_pennfudan, split_records
 from core.detection_metrics import evaluate_detections
 from core.export.int8 import (
+    compress_weights_int8,
     quantize_int8,
     quantize_int8_with_accuracy_control,
     runtime_precisions,
@@ -212,7 +213,7 @@ def checkpoint_rows(paths: list[Path], data: dict[str, Any]) -> dict[str, dict[s
     """Trained checkpoints as exported (`checkpoint<k>`), with NNCF int8 elsewhere (`checkpoint<k>_int8`),
     with NNCF int8 elsewhere except on the convs a 1-bit conv feeds (`checkpoint<k>_int8_fusing`,
     `int8_after_1bit=False`: their u8 quantizer cannot fuse into the 1-bit conv), and with 8-bit
-    weights only (`checkpoint<k>_weights8`, `weights_int8`)."""
+    weights only (`checkpoint<k>_weights8`, `compress_weights_int8`)."""
     rows: dict[str, dict[str, Any]] = {}
     for k, path in enumerate(paths, start=1):
         model, card = unpack_checkpoint(path.read_bytes())
@@ -229,19 +230,9 @@ def checkpoint_rows(paths: list[Path], data: dict[str, Any]) -> dict[str, dict[s
             "model": quantize_int8(export, data["calibration"], int8_after_1bit=False), "spec": export.spec,
             "label": f"FlexBin {what}, NNCF int8 elsewhere but after a 1-bit conv (?format=openvino-int8)", **facts}
         rows[f"checkpoint{k}_weights8"] = {
-            "model": weights_int8(export.model), "spec": export.spec,
+            "model": compress_weights_int8(export), "spec": export.spec,
             "label": f"FlexBin {what}, 8-bit weights on the float convs (nncf.compress_weights), inputs float", **facts}
     return rows
-
-
-def weights_int8(model: Any) -> Any:
-    """An experiment on the IR-size check: NNCF's weights-only int8 (asymmetric, per output channel)
-    on the convs left float, their inputs float, so the file shrinks without quantizing any
-    activation. The depthwise convs stay f32: the binarization thresholds read their outputs."""
-    import nncf
-
-    return nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM,
-                                 ignored_scope=nncf.IgnoredScope(types=["GroupConvolution"], validate=False))
 
 
 def one_bit_mac_share(model: torch.nn.Module, one_bit: set[str], height: int = HEIGHT, width: int = WIDTH) -> float:

@@ -25,8 +25,10 @@ convs too; the export alone: 0.124 / 0.170 / 0.111) and faster at 1 thread f32 (
 against 4.58 / 4.30 / 4.33 ms in one run). `int8_after_1bit=True` quantizes them as well.
 
 `quantize_int8_with_accuracy_control` is NNCF's accuracy-aware variant (`max_drop` on a
-validation metric of the decoded detections, e.g. 1 - MR^-2 on the validation split); `runtime_precisions` reads the
-compiled graph (what actually runs as u1 / i8 / u8 / f32).
+validation metric of the decoded detections, e.g. 1 - MR^-2 on the validation split);
+`compress_weights_int8` stores only the weights of the float convs in 8 bits (`nncf.compress_weights`,
+inputs float: measured on the IR size by bench/ceiling.py, not a download format);
+`runtime_precisions` reads the compiled graph (what actually runs as u1 / i8 / u8 / f32).
 """
 from __future__ import annotations
 
@@ -199,6 +201,17 @@ def quantize_int8_with_accuracy_control(
         **nncf_kwargs)
 
 
+def compress_weights_int8(export: Any) -> Any:
+    """An `openvino.Model` of `export` (an `OpenVinoExport`) whose float
+    convs keep 8-bit weights (`nncf.compress_weights`, asymmetric per output channel) and float
+    inputs, so the file shrinks without quantizing any activation. Depthwise convs stay f32: the
+    binarization thresholds read their outputs. The export's own model is not changed."""
+    import nncf
+
+    return nncf.compress_weights(export.model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                 ignored_scope=nncf.IgnoredScope(types=["GroupConvolution"], validate=False))
+
+
 def runtime_precisions(compiled: Any) -> Counter[tuple[str, str]]:
     """How many nodes of each (layer type, runtime precision) the compiled model runs, for the
     convolution types: e.g. {("BinaryConvolution", "u1"): 41, ("Convolution", "u8"): 18}
@@ -216,5 +229,5 @@ def is_int8(precision: str) -> bool:
     return precision in ("i8", "u8")
 
 
-__all__ = ["calibration_inputs", "ignored_scope", "int8_export", "int8_zip", "is_int8", "one_bit_nodes", "quantize_int8",
+__all__ = ["calibration_inputs", "compress_weights_int8", "ignored_scope", "int8_export", "int8_zip", "is_int8", "one_bit_nodes", "quantize_int8",
            "quantize_int8_with_accuracy_control", "runtime_precisions"]
