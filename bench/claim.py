@@ -15,7 +15,8 @@ as soon as it ends; a rerun with the same design skips every finished run, so an
 study resumes. The runs go to worker processes started with "spawn": each imports this module
 by its name (`bench.claim`, from the parent's import path and working directory, the repo
 root), never a script path. Writes bench/results/claim<suffix>.{json,md} and claim<suffix>_forest.png,
-claim<suffix>_curves.png.
+claim<suffix>_curves.png (`--name` another name: e.g. claim_pedestrian_adas_0002_192x336_2seeds, the reduced
+design with the default 2 seeds per fold, beside its 1-seed run).
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def main() -> None:
         variant += f"_{args.input[0]}x{args.input[1]}"
     if design.activation_bits:
         variant += f"_act{design.activation_bits}"
-    name = "claim" + ("" if variant == "pednet" else f"_{variant}") + ("_quick" if args.quick else "")
+    name = args.name or ("claim" + ("" if variant == "pednet" else f"_{variant}") + ("_quick" if args.quick else ""))
     run_study(design, name=name, variant=variant + ("-quick" if args.quick else ""), data=args.data,
               out=args.out, work_root=args.work, workers=args.workers, threads=args.threads,
               pretrained=args.pretrained, quick=args.quick, plan_only=args.plan,
@@ -106,6 +107,8 @@ def parse_args() -> argparse.Namespace:
                         help="for --plan's estimate: one fine-tuning iteration (batch 8) in one process "
                         "while the other core is busy too (0.37-0.41 s measured with 2 x 1 thread)")
     parser.add_argument("--out", type=Path, default=report.RESULTS)
+    parser.add_argument("--name", help="the results' file name (default: claim_<variant>, e.g. "
+                        "claim_pedestrian_adas_0002_192x336), to keep another design of a variant beside it")
     parser.add_argument("--work", type=Path, default=WORK)
     add_device_argument(parser)
     args = parser.parse_args()
