@@ -73,16 +73,29 @@ REDUCING = ("evaluated_folds", "seeds", "finetune_iters", "consolidation_iters",
 def main() -> None:
     args = parse_args()
     design = build_design(args)
-    variant = "pednet" if args.model == DEFAULT_ARCHITECTURE else args.model
-    if args.input:
-        variant += f"_{args.input[0]}x{args.input[1]}"
-    if design.activation_bits:
-        variant += f"_act{design.activation_bits}"
-    name = args.name or ("claim" + ("" if variant == "pednet" else f"_{variant}") + ("_quick" if args.quick else ""))
+    variant = variant_of(design.model_dump(mode="json"))
+    name = args.name or default_name(variant, args.quick)
     run_study(design, name=name, variant=variant + ("-quick" if args.quick else ""), data=args.data,
               out=args.out, work_root=args.work, workers=args.workers, threads=args.threads,
               pretrained=args.pretrained, quick=args.quick, plan_only=args.plan,
               seconds_per_iteration=args.seconds_per_iteration, device=args.device)
+
+
+def variant_of(design: dict[str, Any]) -> str:
+    """The study's variant, from its design: `pednet`, or the architecture, with the input size
+    and `_act<bits>` where they are given (e.g. `pedestrian_adas_0002_192x336`)."""
+    variant = "pednet" if design["architecture"] == DEFAULT_ARCHITECTURE else design["architecture"]
+    size = design["builder_kwargs"]
+    if size.get("input_height"):
+        variant += f"_{size['input_height']}x{size['input_width']}"
+    if design["activation_bits"]:
+        variant += f"_act{design['activation_bits']}"
+    return variant
+
+
+def default_name(variant: str, quick: bool = False) -> str:
+    """The results' file name unless --name gives another: `claim`, or `claim_<variant>`."""
+    return "claim" + ("" if variant == "pednet" else f"_{variant}") + ("_quick" if quick else "")
 
 
 def parse_args() -> argparse.Namespace:
@@ -446,7 +459,7 @@ def _readme_lines(results: dict[str, dict[str, Any]]) -> list[str]:
               "history shows it."), "",
              *design_text(first), "", *statistics_text(first, _plan(first)), ""]
     for n, result in reports.items():
-        command = _command(result)
+        command = _command(result, n)
         note = (f"Run as `{command}`. " if command else "") + NOTES.get(n, "")
         if result["design"]["seeds"] == 1:
             note += (" With one seed per fold the interval holds the trained networks fixed: it does not include "
@@ -479,8 +492,9 @@ def _reduced(result: dict[str, Any]) -> bool:
     return any(result["design"][k] != default[k] for k in REDUCING)
 
 
-def _command(result: dict[str, Any]) -> str:
-    """The command line of a study whose design is not the default one (beyond --activation-bits)."""
+def _command(result: dict[str, Any], name: str) -> str:
+    """The command line of a study whose design is not the default one (beyond --activation-bits), or
+    whose results file (`name`) is not its variant's default."""
     d, default = result["design"], StudyDesign().model_dump(mode="json")
     args = []
     if d["architecture"] != DEFAULT_ARCHITECTURE:
@@ -497,6 +511,8 @@ def _command(result: dict[str, Any]) -> str:
             text = ",".join(report.rate(v) if key == "learning_rates" else str(v) for v in value) \
                 if isinstance(value, list) else str(value)
             args += [f"--{key.replace('_', '-')}", text]
+    if name != default_name(variant_of(d), result["quick"]):
+        args += ["--name", name]
     return "python -m bench.claim " + " ".join(args) if args else ""
 
 

@@ -66,3 +66,18 @@ def test_a_given_detector_runs_at_the_designs_input_size() -> None:
                                    overrides=design.builder_kwargs)
     assert (model.input_height, model.input_width) == (192, 336)
     assert card.model_dump()["input_height"] == 192
+
+
+def test_a_named_results_file_says_how_to_rerun_it() -> None:
+    """--name keeps a second design of a variant beside the first; the README's command line
+    names the file only where it is not the variant's default."""
+    design = StudyDesign(architecture="pedestrian_adas_0002", pretrained=True,
+                         builder_kwargs={"input_height": 192, "input_width": 336},
+                         learning_rates=(1e-4, 3e-4)).model_dump(mode="json")
+    variant = claim.variant_of(design)
+    assert (variant, claim.default_name(variant)) == ("pedestrian_adas_0002_192x336",
+                                                      "claim_pedestrian_adas_0002_192x336")
+    result = {"design": design, "quick": False}
+    assert "--name" not in claim._command(result, "claim_pedestrian_adas_0002_192x336")
+    assert claim._command(result, "claim_pedestrian_adas_0002_192x336_2seeds").endswith(
+        "--learning-rates 1e-4,3e-4 --name claim_pedestrian_adas_0002_192x336_2seeds")
