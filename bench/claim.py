@@ -440,9 +440,9 @@ NOTES = {  # what a number cannot say about one result file
     "claim_pedestrian_adas_0002_192x336_2seeds": (
         "The same reduced design with the default 2 seeds per fold (issue 18: what the faster fine-tuning buys), "
         "so run-to-run training noise enters the interval; fresh, on 2 AMD EPYC cores otherwise nearly idle (a few "
-        "short test runs beside it). Against the "
-        "1-seed run the primary interval widened (half-width 0.019 to 0.028) and kept its verdict; `inverse_depth` "
-        "against `forward` at all layers, *worse* with one seed, became inconclusive. As there, the primary "
+        "short test runs beside it). Against the 1-seed run above, the primary interval widened and kept its "
+        "verdict; `inverse_depth` against `forward` at all layers, *worse* with one seed, became inconclusive. "
+        "As there, the primary "
         "verdict rests on the deepest point, where every binarized arm is far from the float control; issue 18 "
         "asked for this design within 2 h 40 min."),
 }
