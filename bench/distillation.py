@@ -7,6 +7,7 @@ activations accurate (issue 19)? A screen.
     python -m bench.distillation --steps 1 --iterations 600 --weights 0 --staged
     python -m bench.distillation --steps 1 --iterations 600 --weights 0 --binarizer-lr 100
     python -m bench.distillation --steps 1 --iterations 600 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --rprelu
+    python -m bench.distillation --steps 21 --iterations 300 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --staged --binary-input-layers 24 --seed 2
 
 The same job once per arm on pedestrian_adas_0002 at 192x336 (the demo's resolution and learning
 rate), one arm per `distillation_weight` (default 0 and 1) and input binarizer (`activation_quantizer`,
@@ -25,7 +26,8 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
-`_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --seed s `_seed<s>`).
+`_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
+`_bin<n>`, --seed s `_seed<s>`).
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import torch
 
 from bench import report
 from core.data import read_pennfudan, split_records
+from core.export.openvino import OpenVinoExport
 from core.job_spec import PipelineConfig, Target
 from core.paths import default_data_dir
 from core.pipeline import Cancelled, StepOutcome, run
@@ -53,7 +56,8 @@ def job_config(args: argparse.Namespace, weight: float, binarizer: str, iteratio
     return PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, order="latency",
                           layers_per_step=2, finetune_iters=iterations, learning_rate=1e-4, seed=args.seed,
                           distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=args.staged,
-                          binarizer_lr_multiplier=args.binarizer_lr, rprelu=args.rprelu)
+                          binarizer_lr_multiplier=args.binarizer_lr, rprelu=args.rprelu,
+                          binary_input_layers=args.binary_input_layers)
 
 
 def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints: Path) -> dict[str, Any]:
@@ -63,7 +67,7 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     started = time.monotonic()
     arm = {"distillation_weight": config.distillation_weight, "activation_quantizer": config.activation_quantizer,
            "staged_schedule": config.staged_schedule, "binarizer_lr_multiplier": config.binarizer_lr_multiplier,
-           "rprelu": config.rprelu, "seed": config.seed}
+           "rprelu": config.rprelu, "seed": config.seed, "binary_input_layers": config.binary_input_layers}
 
     def on_step(step: StepOutcome) -> None:
         done.append(step)
@@ -80,6 +84,8 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     rows = report.step_rows(done)
     for row, step in zip(rows, done, strict=True):
         row["latency_ms"] = step.latency_ms and round(step.latency_ms, 3)
+        row["num_binary_input_layers"] = len(step.binary_input_layers)
+        row["ir_bytes"] = step.openvino and sum(map(len, OpenVinoExport.from_zip(step.openvino).ir_bytes()))
     return {**arm, "steps": rows, "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -93,7 +99,10 @@ def arm_label(arm: dict[str, Any]) -> str:
     staged = ", staged" if arm.get("staged_schedule") else ""
     rprelu = " + RPReLU" if arm.get("rprelu") else ""
     lr = arm.get("binarizer_lr_multiplier", 1.0)
-    return f"{arm.get('activation_quantizer', 'rsign')}{rprelu}{staged}" + (f", binarizer lr x{lr:g}" if lr != 1.0 else "")
+    capped = f", binary inputs on the first {arm['binary_input_layers']} layers" \
+        if arm.get("binary_input_layers") is not None else ""
+    return (f"{arm.get('activation_quantizer', 'rsign')}{rprelu}{staged}" + (f", binarizer lr x{lr:g}" if lr != 1.0 else "")
+            + capped)
 
 
 def summary(arm: dict[str, Any]) -> dict[str, Any]:
@@ -113,8 +122,11 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [f"## {arm_name(arm)} ({report.minutes(arm['seconds'])})", "",
                   *report.markdown_table(arm["steps"], [
                       ("step", "index"), ("binarized layers", "num_binary_layers"),
+                      ("binary inputs", lambda s: s.get("num_binary_input_layers")),
                       ("val MR^-2", lambda s: f"{s['miss_rate']:.3f}"), ("AP@0.5", lambda s: f"{s['ap50']:.3f}"),
-                      ("forward ms (1t f32)", "latency_ms"), ("step s", "step_seconds")], align="rrrrrr"), ""]
+                      ("forward ms (1t f32)", "latency_ms"),
+                      ("IR MB", lambda s: s.get("ir_bytes") and f"{s['ir_bytes'] / 1e6:.2f}"),
+                      ("step s", "step_seconds")], align="rrrrrrrr"), ""]
     return "\n".join(lines + _readme_lines(result)) + "\n"
 
 
@@ -148,6 +160,8 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
         name += f"_blr{args.binarizer_lr:g}"
     if args.rprelu:
         name += "_rprelu"
+    if args.binary_input_layers is not None:
+        name += f"_bin{args.binary_input_layers}"
     if args.seed:
         name += f"_seed{args.seed}"
     return name
@@ -163,6 +177,9 @@ def main() -> None:
                         help="binarizer_lr_multiplier of every arm (default 1)")
     parser.add_argument("--rprelu", action="store_true", help="rprelu on: ReActNet's RPReLU after each 1-bit conv")
     parser.add_argument("--seed", type=int, default=0, help="the jobs' seed (default 0)")
+    parser.add_argument("--binary-input-layers", type=int, default=None,
+                        help="binary_input_layers of every arm: binary inputs on the first N layers only, 1-bit "
+                             "weights with float inputs after them (default: every layer)")
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
     parser.add_argument("--quick", action="store_true", help="2 steps of 4 iterations: checks the script")
@@ -176,7 +193,9 @@ def main() -> None:
     job = {"model": model, "card": card, "train": train, "val": val}  # `run` leaves the float model as it was
     arms = [run_arm(job, job_config(args, float(w), b, iterations), steps, CHECKPOINTS / name / f"{b}_w{w}")
             for b in binarizers for w in args.weights.split(",")]
-    training = (", RPReLU" if args.rprelu else "") + (", staged schedule" if args.staged else "")
+    training = (", RPReLU" if args.rprelu else "") + (", staged schedule" if args.staged else "") + (
+        f", binary inputs on the first {args.binary_input_layers} layers, 1-bit weights only after them"
+        if args.binary_input_layers is not None else "")
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
               f"x{args.binarizer_lr:g}, order latency, 2 layers per step, {iterations} "
               f"iterations per step, lr 1e-4, seed {args.seed}, {steps} steps; validation MR^-2 on 32 images (noise about "

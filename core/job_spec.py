@@ -132,6 +132,12 @@ class PipelineConfig(BaseModel):
         "1-bit XNOR-popcount convolution once exported (dense Conv2d with a multiple of 8 input channels; "
         "other layers keep float inputs).")
 
+    binary_input_layers: int | None = Field(
+        default=None, ge=0, le=10_000,
+        description="activation_bits 1 only: at most this many binarized layers (the first of `order` that can) take "
+        "binary inputs; the layers binarized after them get 1-bit weights with float inputs, which are 1 bit a weight "
+        "in the OpenVINO file too but run as float convolutions. So a job can put the 1-bit kernels where they save "
+        "time (order latency) and still shrink the rest of the file. null: every binarized layer that can.")
     activation_quantizer: ActivationQuantizerName | None = Field(
         default=None,
         description="activation_bits 1 only: how inputs are binarized (core.binary.activation). rsign: H(x - τ_c), a "
@@ -211,6 +217,8 @@ class PipelineConfig(BaseModel):
             raise ValueError("binarizer_lr_multiplier needs activation_bits 1: with float inputs there is no binarizer")
         if self.rprelu and self.activation_bits != 1:
             raise ValueError("rprelu needs activation_bits 1: it follows a binary-input convolution")
+        if self.binary_input_layers is not None and self.activation_bits != 1:
+            raise ValueError("binary_input_layers needs activation_bits 1: with float inputs no layer takes binary ones")
         if self.staged_schedule and self.activation_bits != 1:
             raise ValueError("staged_schedule needs activation_bits 1: it binarizes inputs before weights")
         if self.activation_bits == 1 and self.bits != 1:

@@ -2,7 +2,7 @@
 
 One *step* binarizes the next layer in the chosen order (or the next `layers_per_step`
 layers) — its weights, and with `activation_bits` 1 also its inputs where the layer can run as
-a 1-bit convolution — fine-tunes the whole network for `finetune_iters` iterations, evaluates
+a 1-bit convolution (the first `binary_input_layers` such layers of the order, when set) — fine-tunes the whole network for `finetune_iters` iterations, evaluates
 MR^-2 / AP@0.5 on the validation split, measures the compression ratio and the exported
 OpenVINO model's CPU latency, and hands a packed checkpoint (and its OpenVINO IR zip) to
 `on_step`. Step 0 is the float model.
@@ -17,8 +17,9 @@ k layers then both end with the same final anneal and the same total iterations
 (`training_iterations`). The claim study (`bench/study/`, `bench/claim.py`) uses it.
 
 `staged_schedule` (binary-input jobs) is NNCF's staged schedule inside each step: the step's
-layers take binary inputs with float weights for the first half of its iterations, and their
-weights are binarized for the second half.
+binary-input layers take binary inputs with float weights for the first half of its iterations,
+and their weights are binarized for the second half. Its weights-only layers are binarized at
+the start, and a step without binary-input layers fine-tunes once, as without the schedule.
 """
 from __future__ import annotations
 
@@ -135,6 +136,16 @@ class _Plan:
     steps: list[list[str]]
     iterations: list[int]
     expected_steps: int  # steps a compression target needs; all of them for a miss-rate budget
+
+
+def binary_input_layers(plan: _Plan, modules: dict[str, nn.Module], config: PipelineConfig) -> set[str]:
+    """The planned layers that take binary inputs when binarized: with `activation_bits` 1, the
+    first `binary_input_layers` (all when null) of the plan's order that `supports_binary_input`;
+    the others get 1-bit weights only. Derived from the plan alone, so a resumed job agrees."""
+    if config.activation_bits != 1:
+        return set()
+    able = [name for step in plan.steps for name in step if supports_binary_input(modules[name])]
+    return set(able if config.binary_input_layers is None else able[:config.binary_input_layers])
 
 
 def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
@@ -333,14 +344,16 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
                         export_openvino=export_openvino, options=options))
         progress.step_done(0)
     modules = dict(model.named_modules())
+    binary_inputs = binary_input_layers(plan, modules, config)
     while len(steps) <= len(plan.steps) and not (len(steps) > 1 and _target_reached(steps, config.target)):
         index = len(steps)
         new_layers = plan.steps[index - 1]
         assert config.activation_quantizer is not None and config.binarizer_lr_multiplier is not None  # resolved
+        staged = [name for name in new_layers if config.staged_schedule and name in binary_inputs]
         for name in new_layers:
-            if not config.staged_schedule:
+            if name not in staged:
                 binarize_module(modules[name], layer_quantizer(config))
-            if config.activation_bits == 1 and supports_binary_input(modules[name]):
+            if name in binary_inputs:
                 conv = modules[name]
                 binarize_input(conv, new_input_binarizer(
                     config.activation_quantizer, conv.in_channels, rprelu_channels=conv.out_channels if config.rprelu else None))
@@ -351,11 +364,11 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
             learning_rate=config.learning_rate, cache=cache, device=device, should_stop=stop,
             options=options, distillation=distillation, binarizer_lr_multiplier=config.binarizer_lr_multiplier)
         iterations = plan.iterations[index - 1]
-        first = iterations // 2 if config.staged_schedule else iterations
+        first = iterations // 2 if staged else iterations
         finetune(iterations=first, seed=config.seed * 1000 + index, on_iteration=functools.partial(
-            progress.iteration, index, what=STAGES[0] if config.staged_schedule else "fine-tuning"))
-        if config.staged_schedule:  # NNCF's staged schedule within the step: inputs first, then weights
-            for name in new_layers:
+            progress.iteration, index, what=STAGES[0] if staged else "fine-tuning"))
+        if staged:  # NNCF's staged schedule within the step: inputs first, then weights
+            for name in staged:
                 binarize_module(modules[name], layer_quantizer(config))
             finetune(iterations=iterations - first, seed=config.seed * 1000 + STAGED_SEED_OFFSET + index,
                      on_iteration=functools.partial(progress.iteration, index, offset=first, what=STAGES[1]))

@@ -107,6 +107,34 @@ def _fed_by_1bit(model: Any) -> list[str]:
     return names
 
 
+def with_int8_binary_weights(model: Any) -> Any:
+    """`model` with each weights-only binary layer's 1-bit weights, `Convert(u1 b)·2α − α`
+    (`core.export.openvino._to_one_bit_weights`), rewritten as `Convert(i8 ±1)·α`, the same
+    values. NNCF takes that form for weights already quantized and makes the layer a u8 x i8
+    convolution, exact for ±α; it leaves the u1 form float. Changes `model` in place."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "Convolution":
+            continue
+        subtract = node.input_value(1).get_node()
+        if subtract.get_type_name() != "Subtract":
+            continue
+        multiply, alpha = (subtract.input_value(k).get_node() for k in (0, 1))
+        convert = multiply.input_value(0).get_node() if multiply.get_type_name() == "Multiply" else None
+        bits = convert.input_value(0).get_node() if convert is not None and convert.get_type_name() == "Convert" else None
+        if bits is None or bits.get_type_name() != "Constant" or bits.get_element_type() != ov.Type.u1 \
+                or alpha.get_type_name() != "Constant":
+            continue
+        shape = list(bits.get_output_shape(0))
+        signs = np.unpackbits(bits.get_data(), bitorder="big")[:int(np.prod(shape))].reshape(shape)
+        signs = signs.astype(np.int8) * 2 - 1
+        weights = ops.multiply(ops.convert(ops.constant(signs), "f32"), ops.constant(alpha.get_data()))
+        node.input(1).replace_source_output(weights.output(0))
+    return model
+
+
 def ignored_scope(model: Any, *, int8_after_1bit: bool = False) -> Any:
     """NNCF's ignored scope for a FlexBin export: the 1-bit layers (`one_bit_nodes`), the
     post-processing, and, without `int8_after_1bit`, the convs fed by a 1-bit conv."""
@@ -135,7 +163,8 @@ def quantize_int8(export: Any, images: Sequence[np.ndarray], *, spec: dict[str, 
     inputs = calibration_inputs(images, spec)
     if not inputs:
         raise ValueError("int8 calibration needs at least one image")
-    return nncf.quantize(model.clone(), nncf.Dataset(inputs), subset_size=min(subset_size, len(inputs)),
+    model = with_int8_binary_weights(model.clone())
+    return nncf.quantize(model, nncf.Dataset(inputs), subset_size=min(subset_size, len(inputs)),
                          fast_bias_correction=fast_bias_correction,
                          ignored_scope=ignored_scope(model, int8_after_1bit=int8_after_1bit), **nncf_kwargs)
 

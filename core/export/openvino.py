@@ -2,11 +2,12 @@
 
 What the IR holds (`export_openvino`):
 - **Float layers**: BatchNorm folded into the convolution (`W·γ/σ`, `(b - μ)·γ/σ + β`), float32.
-- **Binary-weight layers** (1 bit, float inputs): `α·sign(W)` is exactly an int8 tensor of ±1
-  times a float scale per output channel, so the IR stores `Constant(i8 ±1) -> Convert ->
-  Multiply(α·γ/σ)` (1 byte per weight instead of 4). OpenVINO's CPU plugin folds that back to
-  float32 weights at compile time and runs a float convolution; `core.export.int8` (NNCF) makes
-  them u8 x i8 convolutions, exactly, by quantizing their inputs (`?format=openvino-int8`).
+- **Binary-weight layers** (1 bit, float inputs): `α·sign(W)` is one bit per weight and a float
+  scale per output channel, so the IR stores `Convert(Constant(u1 [W > 0]))·2α − α` with
+  α = α·γ/σ (1 bit per weight instead of 32; until 2026-12 it was `Convert(i8 ±1)·α`, 8 bits).
+  OpenVINO's CPU plugin folds that back to float32 weights at compile time and runs a float
+  convolution; `core.export.int8` (NNCF) makes them u8 x i8 convolutions, exactly, by
+  quantizing their inputs (`?format=openvino-int8`), and that file stores them in 8 bits.
   k-bit layers (k > 1) stay float32.
 - **Binary-activation layers** (`core.binary.activation`): a 2-level `FakeQuantize(x, τ, τ, 0, 1)`
   (per-channel threshold τ, output levels {0, 1}) feeding a `BinaryConvolution` (XNOR-popcount,
@@ -449,7 +450,7 @@ def _rewrite_convolutions(ov_model: Any, units: dict[str, _Unit], binary_inputs:
             if name in binary_inputs:
                 _to_binary_convolution(name, node_name, node, unit)
             else:
-                _to_int8_weights(node, unit)
+                _to_one_bit_weights(node, unit)
 
 
 def _constant(array: np.ndarray | np.generic) -> Any:
@@ -458,14 +459,22 @@ def _constant(array: np.ndarray | np.generic) -> Any:
     return ops.constant(np.ascontiguousarray(array))
 
 
-def _to_int8_weights(node: Any, unit: _Unit) -> None:
-    """weights <- Convert(i8 ±1) · scale."""
+def _to_one_bit_weights(node: Any, unit: _Unit) -> None:
+    """weights <- Convert(u1 b)·2α − α, b = [sign(W) > 0]: α·sign(W) exactly (2α·1 − α = α and
+    0 − α = −α in float), stored 1 bit per weight. `Convert` reads u1 constants most significant
+    bit first (BinaryConvolution's weights are least significant bit first); the CPU plugin
+    folds the chain into float32 weights at compile time, so the layer runs as the float
+    convolution the i8 ±1 form gave, from a file 8x smaller."""
+    import openvino as ov
     import openvino.opset13 as ops
 
     assert unit.signs is not None and unit.scale is not None
-    signs = _constant(unit.signs.numpy().astype(np.int8))
-    scale = _constant(unit.scale.numpy().astype(np.float32).reshape(-1, 1, 1, 1))
-    weights = ops.multiply(ops.convert(signs, "f32"), scale)
+    signs = unit.signs.numpy()
+    bits = ov.Tensor(ov.Type.u1, ov.Shape(list(signs.shape)))
+    bits.data[:] = np.packbits((signs > 0).reshape(-1), bitorder="big")
+    alpha = unit.scale.numpy().astype(np.float32).reshape(-1, 1, 1, 1)
+    weights = ops.subtract(ops.multiply(ops.convert(ov.op.Constant(bits), "f32"), _constant(2 * alpha)),
+                           _constant(alpha))
     node.input(1).replace_source_output(weights.output(0))
 
 

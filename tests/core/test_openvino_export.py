@@ -90,16 +90,29 @@ def test_a_binary_activation_layer_runs_as_a_1bit_convolution() -> None:
     assert np.allclose(result["regression"], regression, atol=1e-4)
 
 
-def test_every_binary_activation_layer_is_1bit_and_binary_weights_are_int8_exact() -> None:
+def convolution_weight_source(node: ov.Node) -> tuple[str, ov.Type]:
+    """(friendly name, element type of the constant its weights come from, through Convert and
+    the per-channel affine)."""
+    source = node.input_value(1).get_node()
+    while source.get_type_name() in ("Convert", "Multiply", "Subtract"):
+        source = source.input_value(0).get_node()
+    return node.get_friendly_name(), source.get_element_type()
+
+
+def test_every_binary_activation_layer_is_1bit_and_binary_weights_are_stored_at_1bit_exactly() -> None:
     inputs = ("features.5.0", "features.6.0", "features.7.0", "neck.0")
     data = binarized_pednet(weights_only=("features.3.0", "features.4.0"), with_inputs=inputs)
     export = export_checkpoint(data)
     assert {n for n, p in export.layers.items() if p == BINARY_WEIGHTS_ACTIVATIONS} == set(inputs)
     assert {n for n, p in export.layers.items() if p == BINARY_WEIGHTS} == {"features.3.0", "features.4.0"}
     assert export.layers["features.0.0"] == FLOAT
-    # int8 ±1 weights and u1 packed signs in the IR, not float copies
+    # every binary layer's weights are a u1 constant in the IR (packed signs), not int8 or float copies
+    u1_sources = {convolution_weight_source(node) for node in export.model.get_ordered_ops()
+                  if node.get_type_name() in ("Convolution", "BinaryConvolution")}
+    layers_with_u1 = {name.split("#")[0].removeprefix(LAYER_NODE_PREFIX) for name, kind in u1_sources if kind == ov.Type.u1}
+    assert layers_with_u1 == set(inputs) | {"features.3.0", "features.4.0"}
     constants = {n.get_element_type() for n in export.model.get_ordered_ops() if n.get_type_name() == "Constant"}
-    assert {ov.Type.i8, ov.Type.u1} <= constants
+    assert ov.Type.i8 not in constants
 
     detector = export.detector()
     compiled = detector.compiled([2, 3, 64, 48])  # reshaped: batch of 2, a 64 x 48 canvas
@@ -126,9 +139,12 @@ def test_the_command_line_exports_nncf_int8_with_1bit_layers_kept(tmp_path) -> N
     export = OpenVinoExport.from_zip(out.read_bytes())
     assert export.spec["quantization"]["method"] == "nncf.quantize"
     assert export.spec["quantization"]["calibration_images"] == 4
-    precisions = runtime_precisions(export.detector().compiled([1, 3, 64, 64]))
+    compiled = export.detector().compiled([1, 3, 64, 64])
+    precisions = runtime_precisions(compiled)
     assert precisions[("BinaryConvolution", "u1")] == 1
     assert sum(n for (kind, precision), n in precisions.items() if kind == "Convolution" and is_int8(precision)) >= 2
+    # the binary-weight conv, stored at 1 bit in the export, is an int8 convolution here
+    assert runtime_layer_precision(compiled)["features.3.0"] == "int8"
 
 
 def test_int8_calibrates_on_images_whose_canvas_is_smaller_than_the_export_input() -> None:

@@ -1,6 +1,8 @@
 """The layer-priority pipeline end to end on a few real images, with a tiny detector."""
 from __future__ import annotations
 
+import numpy as np
+import openvino as ov
 import pytest
 import torch
 
@@ -106,6 +108,35 @@ def test_binary_activations_run_as_1bit_kernels_and_every_step_has_its_latency(s
     # a resumed run restores the thresholds and reproduces the same checkpoints
     again = run(model, card, train, val, config, completed=steps[:2], export_openvino=False).steps
     assert [s.checkpoint for s in again] == [s.checkpoint for s in steps]
+
+
+def test_binary_input_layers_caps_the_binary_inputs_and_the_rest_get_1bit_weights(setup) -> None:
+    """`binary_input_layers` 1: the first binarized layer takes binary inputs and runs as a 1-bit
+    kernel; the later ones keep float inputs, with 1-bit weights that the IR stores 1 bit each
+    (staged, the weights-only layers are binarized at once). Only with activation_bits 1."""
+    _, _, train, val = setup
+    torch.manual_seed(0)
+    card = ModelCard(architecture="flexbin_pednet", width=8, input_size=64)
+    model = card.build().eval()
+    config = _config(activation_bits=1, binary_input_layers=1, staged_schedule=True, finetune_iters=2,
+                     target=Target(min_compression_ratio=3.0))
+    steps = run(model, card, train, val, config).steps
+    last = steps[-1]
+    assert len(last.binary_layers) >= 3
+    first = next(s.layers for s in steps if s.layers)[0]
+    assert last.binary_input_layers == [first]
+    precision = {n: p["precision"] for n, p in last.layer_precision.items()}
+    assert precision[first] == "binary_weights_activations"
+    assert {n for n, p in precision.items() if p == "binary_weights"} == set(last.binary_layers) - {first}
+    from core.export.openvino import OpenVinoExport
+
+    model_ir = OpenVinoExport.from_zip(last.openvino).model
+    u1 = sum(int(np.prod(n.get_output_shape(0))) for n in model_ir.get_ordered_ops()
+             if n.get_type_name() == "Constant" and n.get_element_type() == ov.Type.u1)
+    modules = dict(model.named_modules())
+    assert u1 == sum(modules[name].weight.numel() for name in last.binary_layers)  # every binary weight at 1 bit
+    with pytest.raises(ValueError, match="binary_input_layers needs activation_bits 1"):
+        _config(binary_input_layers=2)
 
 
 def test_a_staged_step_binarizes_inputs_first_then_weights(setup) -> None:
