@@ -157,7 +157,7 @@ class CheckpointFiles(BaseModel):
     safetensors: int = Field(description="FlexBin's packed checkpoint (binary weights bit-packed): what "
                              "`compression_ratio` describes, against the float32 checkpoint.")
     openvino: int | None = Field(description="The OpenVINO IR zip as trained (1-bit layers packed 1 bit per weight; "
-                                 "weights-only binary layers as int8 ±1, float layers float32); null until exported.")
+                                 "weights-only binary layers 1 bit per weight too, float layers float32); null until exported.")
     openvino_int8: int | None = Field(description="`format=openvino-int8`: the NNCF int8 IR zip (1-bit layers "
                                       "unchanged); null until first requested.")
 

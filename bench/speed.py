@@ -18,7 +18,7 @@ What it does, on one machine, on the same Penn-Fudan validation images:
 3. Nine variants: torch float (the float model on PyTorch, what /detect ran before OpenVINO),
    OpenVINO float, NNCF int8 of that float IR (`nncf.quantize`, what a user gets in one call:
    the baseline to beat), OpenVINO binary weights (the weights-only job's selected checkpoint;
-   int8 ±1 weights, float inputs) and its `?format=openvino-int8` (NNCF int8, exact for the ±α
+   1-bit weights, float inputs) and its `?format=openvino-int8` (NNCF int8, exact for the ±α
    weights), OpenVINO 1-bit (the binary-activation job's selected checkpoint: what the goals
    are about) and its `?format=openvino-int8` (1-bit layers stay 1-bit, NNCF int8 where its
    quantizer fuses), OpenVINO 1-bit with the most layers binary (that job's last step,
@@ -106,7 +106,7 @@ LEGACY_VARIANTS = ("ov_int8",)
 the weights-only selection with hand-calibrated 8-bit inputs (min / max over 8 images)."""
 LABELS = {"torch_float": "PyTorch float", "ov_float": "OpenVINO float",
           "ov_nncf_int8": "NNCF int8 of OpenVINO float (nncf.quantize)",
-          "ov_binary_weights": "OpenVINO binary weights (int8 ±1 weights, float inputs)",
+          "ov_binary_weights": "OpenVINO binary weights (1-bit weights, float inputs)",
           "ov_binary_weights_int8": "OpenVINO binary weights, NNCF int8 (?format=openvino-int8)",
           "ov_int8": "OpenVINO int8 (binary weights + 8-bit inputs)",
           "ov_binary_activations": "OpenVINO 1-bit (binary weights + activations; the job's selection)",

@@ -383,6 +383,7 @@ $("#job-form").addEventListener("submit", async (ev) => {
     body.staged_schedule = f.staged_schedule.checked;
     body.rprelu = f.rprelu.checked;
     if (f.binarizer_lr_multiplier.value) body.binarizer_lr_multiplier = Number(f.binarizer_lr_multiplier.value);
+    if (f.binary_input_layers.value) body.binary_input_layers = Number(f.binary_input_layers.value);
   }
   const button = $("button[type=submit]", f);
   button.disabled = true;

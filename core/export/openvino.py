@@ -1,4 +1,4 @@
-"""FlexBin checkpoint -> OpenVINO IR, with binary layers as int8-exact or real 1-bit convolutions.
+"""FlexBin checkpoint -> OpenVINO IR, with binary layers as exact 1-bit weights or real 1-bit convolutions.
 
 What the IR holds (`export_openvino`):
 - **Float layers**: BatchNorm folded into the convolution (`W·γ/σ`, `(b - μ)·γ/σ + β`), float32.
@@ -630,8 +630,8 @@ def readme(card: dict[str, Any]) -> str:
         f"Outputs: {', '.join(spec['outputs'])}; post-processing '{spec['postprocess']['kind']}': see the",
         f"docstring at the top of {RUNTIME_FILENAME}.",
         "",
-        "Layers (float / binary_weights: int8-exact +-1 weights x scale / binary_weights_activations:",
-        "1-bit BinaryConvolution):",
+        "Layers (float / binary_weights: +-1 weights x scale, stored 1 bit per weight, run as float",
+        "convolutions / binary_weights_activations: 1-bit BinaryConvolution):",
         *[f"  {name}: {precision}" for name, precision in spec["layers"].items()],
         "",
         *([f"Quantized: {spec['quantization']['method']} ({spec['quantization']['tool']}), every layer that",

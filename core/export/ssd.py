@@ -59,7 +59,7 @@ def fold_input_normalisation(conv: nn.Conv2d, signs: Tensor | None = None,
     padding by mean/255 of the raw one, so a border-exact fold needs the Subtract.
     A 1-bit weight-only conv keeps its `scale · signs` form: (signs flipped, scale·255·IR_SCALE)."""
     if signs is not None and scale is not None:
-        # the export writes int8 ±1 · scale: keep the conv equal to exactly that product
+        # the export writes ±1 · scale (1 bit per weight): keep the conv equal to exactly that product
         signs, scale = signs.flip(1), scale * INPUT_SCALE
         weight = scale[:, None, None, None] * signs
     else:
