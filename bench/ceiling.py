@@ -67,7 +67,7 @@ import torch
 
 from bench import report
 from bench.study import stats
-from core.checkpoint import pack_checkpoint, unpack_checkpoint
+from core.checkpoint import ModelCard, pack_checkpoint, unpack_checkpoint
 from core.data import read_pennfudan, split_records
 from core.detection_metrics import evaluate_detections
 from core.export.int8 import (
@@ -219,8 +219,9 @@ def checkpoint_rows(paths: list[Path], data: dict[str, Any]) -> dict[str, dict[s
         model, card = unpack_checkpoint(path.read_bytes())
         export = export_openvino(model, card)
         one_bit = sorted(card.activation_quantizers)
-        what = f"{path.parent.name}/{path.stem}: {len(one_bit)} convs 1-bit"
+        what = f"{path.parent.name}/{path.stem}: {checkpoint_layers(card)}"
         facts = {"source": str(path), "one_bit_layers": len(one_bit),
+                 "binary_weight_layers": len(card.binary_layers) - len(one_bit),
                  "one_bit_mac_share": round(one_bit_mac_share(model, set(one_bit)), 3)}
         rows[f"checkpoint{k}"] = {"model": export.model, "spec": export.spec, "label": f"FlexBin {what}", **facts}
         rows[f"checkpoint{k}_int8"] = {
@@ -233,6 +234,13 @@ def checkpoint_rows(paths: list[Path], data: dict[str, Any]) -> dict[str, dict[s
             "model": compress_weights_int8(export), "spec": export.spec,
             "label": f"FlexBin {what}, 8-bit weights on the float convs (nncf.compress_weights), inputs float", **facts}
     return rows
+
+
+def checkpoint_layers(card: ModelCard) -> str:
+    """'24 convs 1-bit' (weights and inputs), and how many more have 1-bit weights only."""
+    weights_only = len(card.binary_layers) - len(card.activation_quantizers)
+    return f"{len(card.activation_quantizers)} convs 1-bit" + (
+        f" + {weights_only} with 1-bit weights, float inputs" if weights_only else "")
 
 
 def one_bit_mac_share(model: torch.nn.Module, one_bit: set[str], height: int = HEIGHT, width: int = WIDTH) -> float:
