@@ -147,9 +147,10 @@ class PipelineConfig(BaseModel):
         "1 (it measured best: bench/results/README.md, distillation screen), rsign otherwise (unused).")
     staged_schedule: bool = Field(
         default=False,
-        description="activation_bits 1 only: NNCF's staged schedule within each step. The step's layers first take "
-        "binary inputs with float weights for half its fine-tuning iterations, then their weights are binarized "
-        "too for the other half; false: both at once, all iterations.")
+        description="activation_bits 1 only: NNCF's staged schedule within each step. The step's binary-input layers "
+        "first take binary inputs with float weights for half its fine-tuning iterations, then their weights are "
+        "binarized too for the other half (its weights-only layers, past binary_input_layers, at once); false: both "
+        "at once, all iterations.")
     rprelu: bool = Field(
         default=False,
         description="activation_bits 1 only: each binary-input conv's output also goes through ReActNet's RPReLU "

@@ -2,8 +2,9 @@
 
 One *step* binarizes the next layer in the chosen order (or the next `layers_per_step`
 layers) — its weights, and with `activation_bits` 1 also its inputs where the layer can run as
-a 1-bit convolution (the first `binary_input_layers` such layers of the order, when set) — fine-tunes the whole network for `finetune_iters` iterations, evaluates
-MR^-2 / AP@0.5 on the validation split, measures the compression ratio and the exported
+a 1-bit convolution (only the first `binary_input_layers` such layers of the order, when set) —
+fine-tunes the whole network for `finetune_iters` iterations, evaluates MR^-2 / AP@0.5 on the
+validation split, measures the compression ratio and the exported
 OpenVINO model's CPU latency, and hands a packed checkpoint (and its OpenVINO IR zip) to
 `on_step`. Step 0 is the float model.
 The all-at-once baseline (XNOR-Net / BWN style) binarizes the same set of layers in one
