@@ -67,7 +67,7 @@ import torch
 
 from bench import report
 from bench.study import stats
-from core.checkpoint import ModelCard, pack_checkpoint, unpack_checkpoint
+from core.checkpoint import pack_checkpoint, unpack_checkpoint
 from core.data import read_pennfudan, split_records
 from core.detection_metrics import evaluate_detections
 from core.export.int8 import (
@@ -219,9 +219,9 @@ def checkpoint_rows(paths: list[Path], data: dict[str, Any]) -> dict[str, dict[s
         model, card = unpack_checkpoint(path.read_bytes())
         export = export_openvino(model, card)
         one_bit = sorted(card.activation_quantizers)
-        what = f"{path.parent.name}/{path.stem}: {checkpoint_layers(card)}"
-        facts = {"source": str(path), "one_bit_layers": len(one_bit),
-                 "binary_weight_layers": len(card.binary_layers) - len(one_bit),
+        weights_only = len(card.binary_layers) - len(one_bit)
+        what = f"{path.parent.name}/{path.stem}: {checkpoint_layers(len(one_bit), weights_only)}"
+        facts = {"source": str(path), "one_bit_layers": len(one_bit), "binary_weight_layers": weights_only,
                  "one_bit_mac_share": round(one_bit_mac_share(model, set(one_bit)), 3)}
         rows[f"checkpoint{k}"] = {"model": export.model, "spec": export.spec, "label": f"FlexBin {what}", **facts}
         rows[f"checkpoint{k}_int8"] = {
@@ -236,10 +236,9 @@ def checkpoint_rows(paths: list[Path], data: dict[str, Any]) -> dict[str, dict[s
     return rows
 
 
-def checkpoint_layers(card: ModelCard) -> str:
+def checkpoint_layers(one_bit: int, weights_only: int) -> str:
     """'24 convs 1-bit' (weights and inputs), and how many more have 1-bit weights only."""
-    weights_only = len(card.binary_layers) - len(card.activation_quantizers)
-    return f"{len(card.activation_quantizers)} convs 1-bit" + (
+    return f"{one_bit} convs 1-bit" + (
         f" + {weights_only} with 1-bit weights, float inputs" if weights_only else "")
 
 

@@ -107,6 +107,15 @@ def _fed_by_1bit(model: Any) -> list[str]:
     return names
 
 
+def _upstream(node: Any, path: Sequence[tuple[int, str]]) -> Any:
+    """The node reached from `node` through (input port, op type) steps, or None where a type differs."""
+    for port, kind in path:
+        node = node.input_value(port).get_node()
+        if node.get_type_name() != kind:
+            return None
+    return node
+
+
 def with_int8_binary_weights(model: Any) -> Any:
     """`model` with each weights-only binary layer's 1-bit weights, `Convert(u1 b)·2α − α`
     (`core.export.openvino._to_one_bit_weights`), rewritten as `Convert(i8 ±1)·α`, the same
@@ -118,14 +127,9 @@ def with_int8_binary_weights(model: Any) -> Any:
     for node in model.get_ordered_ops():
         if node.get_type_name() != "Convolution":
             continue
-        subtract = node.input_value(1).get_node()
-        if subtract.get_type_name() != "Subtract":
-            continue
-        multiply, alpha = (subtract.input_value(k).get_node() for k in (0, 1))
-        convert = multiply.input_value(0).get_node() if multiply.get_type_name() == "Multiply" else None
-        bits = convert.input_value(0).get_node() if convert is not None and convert.get_type_name() == "Convert" else None
-        if bits is None or bits.get_type_name() != "Constant" or bits.get_element_type() != ov.Type.u1 \
-                or alpha.get_type_name() != "Constant":
+        bits = _upstream(node, ((1, "Subtract"), (0, "Multiply"), (0, "Convert"), (0, "Constant")))
+        alpha = _upstream(node, ((1, "Subtract"), (1, "Constant")))
+        if bits is None or alpha is None or bits.get_element_type() != ov.Type.u1:
             continue
         shape = list(bits.get_output_shape(0))
         signs = np.unpackbits(bits.get_data(), bitorder="big")[:int(np.prod(shape))].reshape(shape)

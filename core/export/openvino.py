@@ -65,7 +65,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -459,28 +459,33 @@ def _constant(array: np.ndarray | np.generic) -> Any:
     return ops.constant(np.ascontiguousarray(array))
 
 
+def _u1_constant(bits: np.ndarray, *, bitorder: Literal["big", "little"]) -> Any:
+    """A u1 Constant of the boolean array `bits`, packed 8 to a byte in `bitorder` (what the op
+    that reads it expects: BinaryConvolution little, Convert big)."""
+    import openvino as ov
+
+    tensor = ov.Tensor(ov.Type.u1, ov.Shape(list(bits.shape)))
+    tensor.data[:] = np.packbits(bits.reshape(-1), bitorder=bitorder)
+    return ov.op.Constant(tensor)
+
+
 def _to_one_bit_weights(node: Any, unit: _Unit) -> None:
     """weights <- Convert(u1 b)·2α − α, b = [sign(W) > 0]: α·sign(W) exactly (2α·1 − α = α and
     0 − α = −α in float), stored 1 bit per weight. `Convert` reads u1 constants most significant
     bit first (BinaryConvolution's weights are least significant bit first); the CPU plugin
     folds the chain into float32 weights at compile time, so the layer runs as the float
     convolution the i8 ±1 form gave, from a file 8x smaller."""
-    import openvino as ov
     import openvino.opset13 as ops
 
     assert unit.signs is not None and unit.scale is not None
-    signs = unit.signs.numpy()
-    bits = ov.Tensor(ov.Type.u1, ov.Shape(list(signs.shape)))
-    bits.data[:] = np.packbits((signs > 0).reshape(-1), bitorder="big")
+    bits = _u1_constant(unit.signs.numpy() > 0, bitorder="big")
     alpha = unit.scale.numpy().astype(np.float32).reshape(-1, 1, 1, 1)
-    weights = ops.subtract(ops.multiply(ops.convert(ov.op.Constant(bits), "f32"), _constant(2 * alpha)),
-                           _constant(alpha))
+    weights = ops.subtract(ops.multiply(ops.convert(bits, "f32"), _constant(2 * alpha)), _constant(alpha))
     node.input(1).replace_source_output(weights.output(0))
 
 
 def _to_binary_convolution(name: str, node_name: str, node: Any, unit: _Unit) -> None:
     """Replace `conv(Convert(x > τ), scale·B)` by `(BinaryConvolution(FQ01(x; τ), B) + ΣB)·½·scale`."""
-    import openvino as ov
     import openvino.opset1 as op1
     import openvino.opset13 as ops
 
@@ -503,14 +508,12 @@ def _to_binary_convolution(name: str, node_name: str, node: Any, unit: _Unit) ->
     fq = ops.fake_quantize(x, t, t, _constant(np.float32(0.0)), _constant(np.float32(1.0)), 2)
     fq.set_friendly_name(f"{node_name}/binarize")
     signs = unit.signs.numpy()
-    packed = ov.Tensor(ov.Type.u1, ov.Shape(list(signs.shape)))
-    packed.data[:] = np.packbits((signs > 0).reshape(-1), bitorder="little")
     strides = list(node.get_attributes()["strides"])
     pads_begin = list(node.get_attributes()["pads_begin"])
     pads_end = list(node.get_attributes()["pads_end"])
     dilations = list(node.get_attributes()["dilations"])
-    binary = op1.binary_convolution(fq, ov.op.Constant(packed), strides, pads_begin, pads_end, dilations,
-                                    "xnor-popcount", -1.0)
+    binary = op1.binary_convolution(fq, _u1_constant(signs > 0, bitorder="little"), strides, pads_begin, pads_end,
+                                    dilations, "xnor-popcount", -1.0)
     binary.set_friendly_name(node_name)
     sum_signs = signs.reshape(signs.shape[0], -1).sum(axis=1).astype(np.float32).reshape(1, -1, 1, 1)
     half_scale = (0.5 * unit.scale.numpy().astype(np.float32)).reshape(1, -1, 1, 1)
