@@ -8,6 +8,7 @@ activations accurate (issue 19)? A screen.
     python -m bench.distillation --steps 1 --iterations 600 --weights 0 --binarizer-lr 100
     python -m bench.distillation --steps 1 --iterations 600 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --rprelu
     python -m bench.distillation --steps 21 --iterations 300 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --staged --binary-input-layers 24 --seed 2
+    python -m bench.distillation --steps 21 --iterations 600 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --staged --binary-input-layers 24 --weights-only-iterations 200 --seed 3
 
 The same job once per arm on pedestrian_adas_0002 at 192x336 (the demo's resolution and learning
 rate), one arm per `distillation_weight` (default 0 and 1) and input binarizer (`activation_quantizer`,
@@ -27,7 +28,7 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
-`_bin<n>`, --seed s `_seed<s>`).
+`_bin<n>`, --weights-only-iterations n `_wo<n>`, --seed s `_seed<s>`).
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def job_config(args: argparse.Namespace, weight: float, binarizer: str, iteratio
                           layers_per_step=2, finetune_iters=iterations, learning_rate=1e-4, seed=args.seed,
                           distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=args.staged,
                           binarizer_lr_multiplier=args.binarizer_lr, rprelu=args.rprelu,
-                          binary_input_layers=args.binary_input_layers)
+                          binary_input_layers=args.binary_input_layers, weights_only_iters=args.weights_only_iterations)
 
 
 def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints: Path) -> dict[str, Any]:
@@ -68,10 +69,13 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     started = time.monotonic()
     arm = {"distillation_weight": config.distillation_weight, "activation_quantizer": config.activation_quantizer,
            "staged_schedule": config.staged_schedule, "binarizer_lr_multiplier": config.binarizer_lr_multiplier,
-           "rprelu": config.rprelu, "seed": config.seed, "binary_input_layers": config.binary_input_layers}
+           "rprelu": config.rprelu, "seed": config.seed, "binary_input_layers": config.binary_input_layers,
+           "weights_only_iters": config.weights_only_iters}
+    elapsed: list[float] = []  # seconds from the job's start to each step's report
 
     def on_step(step: StepOutcome) -> None:
         done.append(step)
+        elapsed.append(time.monotonic() - started)
         checkpoints.mkdir(parents=True, exist_ok=True)
         (checkpoints / f"step{step.index}.safetensors").write_bytes(step.checkpoint)
         report.log(f"{arm_name(arm)}: step {step.index}, {len(step.binary_layers)} layers, MR^-2 "
@@ -83,7 +87,8 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     except Cancelled:
         pass  # the bench's stop after `steps` steps
     rows = report.step_rows(done)
-    for row, step in zip(rows, done, strict=True):
+    for row, step, seconds in zip(rows, done, elapsed, strict=True):
+        row["elapsed_s"] = round(seconds, 1)
         row["latency_ms"] = step.latency_ms and round(step.latency_ms, 3)
         row["num_binary_input_layers"] = len(step.binary_input_layers)
         row["ir_bytes"] = step.openvino and ir_size(step.openvino)
@@ -108,8 +113,10 @@ def arm_label(arm: dict[str, Any]) -> str:
     lr = arm.get("binarizer_lr_multiplier", 1.0)
     capped = f", binary inputs on the first {arm['binary_input_layers']} layers" \
         if arm.get("binary_input_layers") is not None else ""
+    short = f", {arm['weights_only_iters']} iterations a weights-only step" \
+        if arm.get("weights_only_iters") is not None else ""
     return (f"{arm.get('activation_quantizer', 'rsign')}{rprelu}{staged}" + (f", binarizer lr x{lr:g}" if lr != 1.0 else "")
-            + capped)
+            + capped + short)
 
 
 def summary(arm: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +140,9 @@ def markdown(result: dict[str, Any]) -> str:
                       ("val MR^-2", lambda s: f"{s['miss_rate']:.3f}"), ("AP@0.5", lambda s: f"{s['ap50']:.3f}"),
                       ("forward ms (1t f32)", "latency_ms"),
                       ("IR MB", lambda s: s.get("ir_bytes") and f"{s['ir_bytes'] / 1e6:.2f}"),
-                      ("step s", "step_seconds")], align="rrrrrrrr"), ""]
+                      ("step s", "step_seconds"),
+                      ("job min", lambda s: s.get("elapsed_s") and f"{s['elapsed_s'] / 60:.1f}")],
+                      align="rrrrrrrrr"), ""]
     return "\n".join(lines + _readme_lines(result)) + "\n"
 
 
@@ -156,7 +165,8 @@ def _readme_lines(result: dict[str, Any]) -> list[str]:
 
 
 def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizers: list[str]) -> str:
-    """distillation[_quick | _<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>]"""
+    """distillation[_quick | _<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>][_rprelu][_bin<n>]
+    [_wo<n>][_seed<s>]"""
     name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
                              else f"_{steps}steps_{iterations}iterations")
     if binarizers != ["rsign"]:
@@ -169,6 +179,8 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
         name += "_rprelu"
     if args.binary_input_layers is not None:
         name += f"_bin{args.binary_input_layers}"
+    if args.weights_only_iterations is not None:
+        name += f"_wo{args.weights_only_iterations}"
     if args.seed:
         name += f"_seed{args.seed}"
     return name
@@ -187,6 +199,9 @@ def main() -> None:
     parser.add_argument("--binary-input-layers", type=int, default=None,
                         help="binary_input_layers of every arm: binary inputs on the first N layers only, 1-bit "
                              "weights with float inputs after them (default: every layer)")
+    parser.add_argument("--weights-only-iterations", type=int, default=None,
+                        help="weights_only_iters of every arm: fine-tuning iterations of a step whose layers all keep "
+                             "float inputs (default: --iterations)")
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
     parser.add_argument("--quick", action="store_true", help="2 steps of 4 iterations: checks the script")
@@ -202,7 +217,9 @@ def main() -> None:
             for b in binarizers for w in args.weights.split(",")]
     training = (", RPReLU" if args.rprelu else "") + (", staged schedule" if args.staged else "") + (
         f", binary inputs on the first {args.binary_input_layers} layers, 1-bit weights only after them"
-        if args.binary_input_layers is not None else "")
+        if args.binary_input_layers is not None else "") + (
+        f" ({args.weights_only_iterations} iterations a weights-only step)" if args.weights_only_iterations is not None
+        else "")
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
               f"x{args.binarizer_lr:g}, order latency, 2 layers per step, {iterations} "
               f"iterations per step, lr 1e-4, seed {args.seed}, {steps} steps; validation MR^-2 on 32 images (noise about "

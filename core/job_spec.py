@@ -138,6 +138,12 @@ class PipelineConfig(BaseModel):
         "binary inputs; the layers binarized after them get 1-bit weights with float inputs, which are 1 bit a weight "
         "in the OpenVINO file too but run as float convolutions. So a job can put the 1-bit kernels where they save "
         "time (order latency) and still shrink the rest of the file. null: every binarized layer that can.")
+    weights_only_iters: int | None = Field(
+        default=None, ge=0, le=100_000,
+        description="activation_bits 1 only: fine-tuning iterations of a step whose layers all keep float inputs (the "
+        "weights-only layers past binary_input_layers, or layers that cannot take binary ones) instead of "
+        "finetune_iters. 1-bit weights alone cost less accuracy than binary inputs, so those steps can be shorter "
+        "and the job faster. null: finetune_iters.")
     activation_quantizer: ActivationQuantizerName | None = Field(
         default=None,
         description="activation_bits 1 only: how inputs are binarized (core.binary.activation). rsign: H(x - τ_c), a "
@@ -220,6 +226,9 @@ class PipelineConfig(BaseModel):
             raise ValueError("rprelu needs activation_bits 1: it follows a binary-input convolution")
         if self.binary_input_layers is not None and self.activation_bits != 1:
             raise ValueError("binary_input_layers needs activation_bits 1: with float inputs no layer takes binary ones")
+        if self.weights_only_iters is not None and self.activation_bits != 1:
+            raise ValueError("weights_only_iters needs activation_bits 1: with float inputs every step is weights-only "
+                             "(finetune_iters sets its iterations)")
         if self.staged_schedule and self.activation_bits != 1:
             raise ValueError("staged_schedule needs activation_bits 1: it binarizes inputs before weights")
         if self.activation_bits == 1 and self.bits != 1:

@@ -152,7 +152,8 @@ def binary_input_layers(plan: _Plan, modules: dict[str, nn.Module], config: Pipe
 def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
                sensitivity: dict[str, float] | None = None, savings: dict[str, float] | None = None,
                done: Sequence[Sequence[str]] = ()) -> _Plan:
-    """Which layers each step binarizes, and how many fine-tuning iterations it gets.
+    """Which layers each step binarizes, and how many fine-tuning iterations it gets (`finetune_iters`;
+    `weights_only_iters` for a step none of whose layers takes binary inputs, when set).
 
     `done`: the layers of steps 1..k already committed (a resumed run); they keep their place and
     only the rest is ordered again. That matters for the measured orders: a resumed `latency`
@@ -181,7 +182,12 @@ def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
         return _Plan([[layer.name for layer in layers[:count]]],
                      [math.ceil(count / group) * config.finetune_iters], 1)
     steps = [[layer.name for layer in layers[i:i + group]] for i in range(0, len(layers), group)]
-    return _Plan(steps, [config.finetune_iters] * len(steps), math.ceil(needed / group))
+    plan = _Plan(steps, [config.finetune_iters] * len(steps), math.ceil(needed / group))
+    if config.weights_only_iters is not None:
+        binary_inputs = binary_input_layers(plan, dict(model.named_modules()), config)
+        plan.iterations = [config.finetune_iters if binary_inputs.intersection(step) else config.weights_only_iters
+                           for step in steps]
+    return plan
 
 
 def layer_quantizer(config: PipelineConfig) -> WeightQuantizer:

@@ -13,7 +13,8 @@ Orders:
 - `latency`: measured — milliseconds a layer saves at 1 bit (weights and inputs) on the worker's
   CPU, largest first, so the speed comes early rather than last (`core.export.one_bit.layer_savings`:
   the float model exported and timed per layer, once as it is and once with every candidate at
-  1 bit). Ties, and layers that save nothing, go deepest first.
+  1 bit, the median of repeated compiles rounded to `SAVINGS_RESOLUTION_MS`, so that timing noise
+  alone does not reorder layers). Ties, and layers that save nothing, go deepest first.
 
   Savings need not add up. The table is measured with every candidate at 1 bit at once, so it
   leaves out what exists only in a mixed graph: the layout conversions (`Reorder` nodes) between a

@@ -384,6 +384,7 @@ $("#job-form").addEventListener("submit", async (ev) => {
     body.rprelu = f.rprelu.checked;
     if (f.binarizer_lr_multiplier.value) body.binarizer_lr_multiplier = Number(f.binarizer_lr_multiplier.value);
     if (f.binary_input_layers.value) body.binary_input_layers = Number(f.binary_input_layers.value);
+    if (f.weights_only_iters.value) body.weights_only_iters = Number(f.weights_only_iters.value);
   }
   const button = $("button[type=submit]", f);
   button.disabled = true;

@@ -13,6 +13,7 @@ from core.paths import default_data_dir
 from core.pipeline import (
     Cancelled,
     StepOutcome,
+    binary_input_layers,
     plan_steps,
     run,
     select_step,
@@ -137,6 +138,25 @@ def test_binary_input_layers_caps_the_binary_inputs_and_the_rest_get_1bit_weight
     assert u1 == sum(modules[name].weight.numel() for name in last.binary_layers)  # every binary weight at 1 bit
     with pytest.raises(ValueError, match="binary_input_layers needs activation_bits 1"):
         _config(binary_input_layers=2)
+
+
+def test_weights_only_steps_get_weights_only_iters() -> None:
+    """With `weights_only_iters`, a step whose layers all keep float inputs (past
+    `binary_input_layers`) gets those iterations; a step with a binary-input layer keeps
+    `finetune_iters`, also when it mixes both. Only with activation_bits 1."""
+    card = ModelCard(architecture="flexbin_pednet", width=8, input_size=64)
+    model = card.build().eval()
+    config = _config(activation_bits=1, binary_input_layers=3, layers_per_step=2, finetune_iters=40,
+                     weights_only_iters=10, target=Target(min_compression_ratio=32.0))
+    plan = plan_steps(model, card, config)
+    binary_inputs = binary_input_layers(plan, dict(model.named_modules()), config)
+    assert len(binary_inputs) == 3 and len(plan.steps) >= 3
+    assert plan.iterations == [40 if binary_inputs.intersection(step) else 10 for step in plan.steps]
+    assert plan.iterations[:3] == [40, 40, 10]  # the second step mixes a binary-input and a weights-only layer
+    assert plan_steps(model, card, config.model_copy(update={"weights_only_iters": None})).iterations == \
+        [40] * len(plan.steps)
+    with pytest.raises(ValueError, match="weights_only_iters needs activation_bits 1"):
+        _config(weights_only_iters=10)
 
 
 def test_a_staged_step_binarizes_inputs_first_then_weights(setup) -> None:
