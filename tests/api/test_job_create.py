@@ -30,3 +30,11 @@ def test_binary_input_layers_is_a_job_option_that_needs_binary_inputs() -> None:
     with pytest.raises(ValidationError, match="binary_input_layers"):
         JobCreate(model_id="m", dataset_id="d", target={"min_compression_ratio": 8.0}, activation_bits=1,
                   binary_input_layers=-1)
+
+
+def test_weights_only_iters_is_a_job_option_that_needs_binary_inputs() -> None:
+    body = JobCreate(model_id="m", dataset_id="d", target={"min_compression_ratio": 8.0}, activation_bits=1,
+                     binary_input_layers=24, weights_only_iters=200)
+    assert body.pipeline_config().weights_only_iters == 200
+    with pytest.raises(ValidationError, match="weights_only_iters needs activation_bits 1"):
+        JobCreate(model_id="m", dataset_id="d", target={"min_compression_ratio": 8.0}, weights_only_iters=200)
