@@ -210,11 +210,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-speedup", type=float, default=None,
                         help="its target: min_speedup over the float model, e.g. NNCF int8's, instead of "
                              f"max_miss_rate_increase {BUDGET} (it then stops once that fast, whatever the miss rate)")
+    parser.add_argument("--min-compression-ratio", type=float, default=None,
+                        help="its target: min_compression_ratio instead (with --binary-input-layers, the weights-only "
+                             "steps after the binary-input ones shrink the file)")
     parser.add_argument("--name", default=None,
                         help="results name (default speed for PedNet, speed_<architecture> otherwise); "
                              "runs are kept per CPU kind, e.g. speed_intel_xeon_amx")
     add_device_argument(parser)  # training and fine-tuning; the speed figures stay on the CPU
     args = parser.parse_args()
+    if args.min_speedup and args.min_compression_ratio:
+        parser.error("--min-speedup and --min-compression-ratio are two targets: give one")
     args.device = device_from_args(args, parser)
     args.train_iters = args.train_iters or (60 if args.quick else 1500)
     args.finetune_iters = args.finetune_iters if args.finetune_iters is not None else (3 if args.quick else 60)
@@ -267,13 +272,14 @@ def run_job(model: torch.nn.Module, card: ModelCard, train: list[ImageRecord], v
 
 def binary_recipe(args: argparse.Namespace, activation_bits: int) -> dict[str, Any]:
     """The binary-activation job's options given on the command line (none: the job's defaults), its
-    target under "target" when --min-speedup sets one."""
+    target under "target" when --min-speedup or --min-compression-ratio sets one."""
     if activation_bits != 1:
         return {}
     options = {"order": args.order, "activation_quantizer": args.activation_quantizer,
                "staged_schedule": args.staged or None, "binarizer_lr_multiplier": args.binarizer_lr,
                "binary_input_layers": args.binary_input_layers,
-               "target": args.min_speedup and {"min_speedup": args.min_speedup}}
+               "target": (args.min_speedup and {"min_speedup": args.min_speedup})
+               or (args.min_compression_ratio and {"min_compression_ratio": args.min_compression_ratio})}
     return {k: v for k, v in options.items() if v is not None}
 
 
