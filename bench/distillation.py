@@ -8,7 +8,7 @@ activations accurate (issue 19)? A screen.
     python -m bench.distillation --steps 1 --iterations 600 --weights 0 --binarizer-lr 100
     python -m bench.distillation --steps 1 --iterations 600 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --rprelu
     python -m bench.distillation --steps 21 --iterations 300 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --staged --binary-input-layers 24 --seed 2
-    python -m bench.distillation --steps 21 --iterations 600 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --staged --binary-input-layers 24 --weights-only-iterations 200 --seed 3
+    python -m bench.distillation --steps 21 --iterations 600 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --staged --binary-input-layers 24 --weights-only-iterations 200
 
 The same job once per arm on pedestrian_adas_0002 at 192x336 (the demo's resolution and learning
 rate), one arm per `distillation_weight` (default 0 and 1) and input binarizer (`activation_quantizer`,

@@ -5,6 +5,7 @@
     python -m bench.speed --float-model var/models/pednet          # reuse a trained float model
     python -m bench.speed --float-model <dir of another architecture's weights.safetensors + card.json>
     python -m bench.speed --pretrained pedestrian_adas_0002   # Intel's detector, the demo's recipe
+    python -m bench.speed --name speed_pednet_binputs6 --finetune-iters 300 --torch-threads 2 --order latency --activation-quantizer scale_threshold --staged --binarizer-lr 100 --binary-input-layers 6 --min-compression-ratio 32   # issue 19's recipe on PedNet (20 minutes)
 
 What it does, on one machine, on the same Penn-Fudan validation images:
 1. The float detector: `--float-model` (weights.safetensors + card.json, any registered

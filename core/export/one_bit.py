@@ -68,7 +68,8 @@ def export_float(model: nn.Module | None = None, card: ModelCard | None = None, 
 SAVINGS_RESOLUTION_MS = 0.02
 """The `latency` order's table is rounded to this many ms. Layers closer than that in saving are
 timing noise apart (the median over repeated compiles still moves about ±0.01 ms on
-pedestrian_adas_0002): rounded, they tie and go deepest first, so two jobs on one CPU agree on the order."""
+pedestrian_adas_0002): rounded, they tie and go deepest first, so noise alone reorders fewer layers.
+Not none: two savings astride a rounding edge still swap (two PedNet jobs on one CPU did)."""
 
 
 def layer_savings(model: nn.Module, card: ModelCard, layers: Collection[str], *, threads: int = 1,
