@@ -95,4 +95,4 @@ def layer_savings(model: nn.Module, card: ModelCard, layers: Collection[str], *,
             if layer in one_bit else 0.0 for layer in layers}
 
 
-__all__: list[Any] = ["binarize_all", "export_all_one_bit", "export_float", "float_model", "layer_savings", "SAVINGS_RESOLUTION_MS"]
+__all__: list[Any] = ["SAVINGS_RESOLUTION_MS", "binarize_all", "export_all_one_bit", "export_float", "float_model", "layer_savings"]
