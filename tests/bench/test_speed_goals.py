@@ -36,11 +36,16 @@ def test_result_files_from_before_nncf_int8_still_render_their_variants() -> Non
 
 
 def test_the_recipe_options_reach_only_the_binary_activation_job() -> None:
-    args = argparse.Namespace(order="latency", activation_quantizer="scale_threshold", staged=True, binarizer_lr=None)
+    unset = {"binarizer_lr": None, "binary_input_layers": None, "min_speedup": None, "min_compression_ratio": None}
+    args = argparse.Namespace(**{**unset, "order": "latency", "activation_quantizer": "scale_threshold", "staged": True})
     assert binary_recipe(args, 32) == {}
     recipe = binary_recipe(args, 1)
     assert recipe == {"order": "latency", "activation_quantizer": "scale_threshold", "staged_schedule": True}
     config = PipelineConfig(target=Target(max_miss_rate_increase=0.05), activation_bits=1, **recipe)
     assert (config.order, config.staged_schedule) == ("latency", True)
-    defaults = argparse.Namespace(order=None, activation_quantizer=None, staged=False, binarizer_lr=None)
+    defaults = argparse.Namespace(**{**unset, "order": None, "activation_quantizer": None, "staged": False})
     assert binary_recipe(defaults, 1) == {}
+    # a target of its own, and binary inputs on the first layers only
+    capped = argparse.Namespace(**{**vars(args), "binary_input_layers": 6, "min_compression_ratio": 32.0})
+    assert binary_recipe(capped, 1) == {**recipe, "binary_input_layers": 6, "target": {"min_compression_ratio": 32.0}}
+    assert binary_recipe(capped, 32) == {}
