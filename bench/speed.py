@@ -257,11 +257,10 @@ def float_model(args: argparse.Namespace, train: list[ImageRecord],
 
 def run_job(model: torch.nn.Module, card: ModelCard, train: list[ImageRecord], val: list[ImageRecord],
             activation_bits: int, args: argparse.Namespace) -> PipelineResult:
-    recipe = binary_recipe(args, activation_bits)
-    target = Target(**recipe.pop("target", {"max_miss_rate_increase": BUDGET}))
-    config = PipelineConfig(target=target, activation_bits=activation_bits,
-                            finetune_iters=args.finetune_iters, learning_rate=args.learning_rate,
-                            layers_per_step=args.layers_per_step, seed=0, **recipe)
+    # the recipe's own target, when it has one, replaces the miss-rate budget
+    recipe = {"target": {"max_miss_rate_increase": BUDGET}, **binary_recipe(args, activation_bits)}
+    config = PipelineConfig(activation_bits=activation_bits, finetune_iters=args.finetune_iters,
+                            learning_rate=args.learning_rate, layers_per_step=args.layers_per_step, seed=0, **recipe)
     started = time.monotonic()
     result = run(model, card, train, val, config, device=args.device,
                  on_step=lambda s: report.log(f"  step {s.index}: ratio {s.compression_ratio:.1f} MR {s.miss_rate:.3f} "

@@ -14,7 +14,7 @@ Orders:
   CPU, largest first, so the speed comes early rather than last (`core.export.one_bit.layer_savings`:
   the float model exported and timed per layer, once as it is and once with every candidate at
   1 bit, the median of repeated compiles rounded to `SAVINGS_RESOLUTION_MS`, so that timing noise
-  alone does not reorder layers). Ties, and layers that save nothing, go deepest first.
+  alone reorders fewer layers). Ties, and layers that save nothing, go deepest first.
 
   Savings need not add up. The table is measured with every candidate at 1 bit at once, so it
   leaves out what exists only in a mixed graph: the layout conversions (`Reorder` nodes) between a
