@@ -75,8 +75,8 @@ def cmd_binarize(args: argparse.Namespace) -> None:
 
     model, card = load_model(Path(args.model))
     train, val = _records(args.data)
-    target = (Target(min_compression_ratio=args.min_compression_ratio) if args.min_compression_ratio
-              else Target(max_miss_rate_increase=args.max_miss_rate_increase))
+    target = Target(min_compression_ratio=args.min_compression_ratio,
+                    max_miss_rate_increase=args.max_miss_rate_increase, patience=args.patience)
     config = PipelineConfig(target=target, method=args.method, order=args.order, bits=args.bits,
                             finetune_iters=args.finetune_iters, seed=args.seed,
                             layers_per_step=args.layers_per_step, binarize_depthwise=args.binarize_depthwise,
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--min-compression-ratio", type=float)
     target.add_argument("--max-miss-rate-increase", type=float)
+    p.add_argument("--patience", type=int, default=None,
+                   help="with --max-miss-rate-increase: steps over the budget to go on through (default 0)")
     p.add_argument("--method", choices=["layer_priority", "all_at_once"], default="layer_priority")
     p.add_argument("--order", choices=["inverse_depth", "forward", "sensitivity"], default="inverse_depth")
     p.add_argument("--bits", type=int, default=1)

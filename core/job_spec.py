@@ -51,6 +51,11 @@ class Target(BaseModel):
     max_miss_rate_increase: float | None = Field(
         default=None, ge=0.0, le=1.0, description="Go on while MR^-2 stays within this much of the float "
         "model's; select the most compressed step inside the budget.")
+    patience: int | None = Field(
+        default=None, ge=0, le=1000, description="With max_miss_rate_increase only: stop after this many "
+        "consecutive steps over the budget plus one (default 0: at the first). On a small validation split "
+        "MR^-2 moves by several points from step to step, and later steps can come back inside the budget; "
+        "the selection is still the most compressed step inside it.")
     max_latency_ms: float | None = Field(
         default=None, gt=0.0, le=60_000.0, description="Stop at the first step whose exported model's forward "
         "(1 thread, the worker's CPU) takes at most this many ms.")
@@ -62,7 +67,14 @@ class Target(BaseModel):
     def _exactly_one(self) -> Target:
         if sum(getattr(self, name) is not None for name in TARGET_FIELDS) != 1:
             raise ValueError(f"target must set exactly one of {', '.join(TARGET_FIELDS)}")
+        if self.patience is not None and self.max_miss_rate_increase is None:
+            raise ValueError("target.patience applies only to a max_miss_rate_increase target")
         return self
+
+    @property
+    def steps_over_budget_to_stop(self) -> int:
+        """Consecutive steps over a miss-rate budget after which the run stops."""
+        return 1 + (self.patience or 0)
 
     @property
     def speaks_latency(self) -> bool:

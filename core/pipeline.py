@@ -251,12 +251,15 @@ def _meets(step: StepOutcome, float_step: StepOutcome, target: Target) -> bool:
     return float_step.latency_ms is not None and float_step.latency_ms / step.latency_ms >= target.min_speedup
 
 
-def _target_reached(steps: Sequence[StepOutcome], target: Target) -> bool:
+def stops_after(steps: Sequence[StepOutcome], target: Target) -> bool:
     """Whether the run stops after `steps[-1]`: a compression or latency target is met, or the
-    miss rate left a miss-rate budget."""
+    miss rate left a miss-rate budget for `target.patience` + 1 steps in a row. A function of the
+    steps alone, so a resumed run stops where an uninterrupted one does."""
     if target.max_miss_rate_increase is None:
         return _meets(steps[-1], steps[0], target)
-    return steps[-1].miss_rate - steps[0].miss_rate > target.max_miss_rate_increase
+    last = steps[1:][-target.steps_over_budget_to_stop:]
+    return (len(last) == target.steps_over_budget_to_stop
+            and all(s.miss_rate - steps[0].miss_rate > target.max_miss_rate_increase for s in last))
 
 
 def select_step(steps: Sequence[StepOutcome], target: Target) -> tuple[int, bool]:
@@ -352,7 +355,7 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
         progress.step_done(0)
     modules = dict(model.named_modules())
     binary_inputs = binary_input_layers(plan, modules, config)
-    while len(steps) <= len(plan.steps) and not (len(steps) > 1 and _target_reached(steps, config.target)):
+    while len(steps) <= len(plan.steps) and not (len(steps) > 1 and stops_after(steps, config.target)):
         index = len(steps)
         new_layers = plan.steps[index - 1]
         assert config.activation_quantizer is not None and config.binarizer_lr_multiplier is not None  # resolved

@@ -82,7 +82,9 @@ function fmtBytes(n) {
 function fmtTarget(target) {
   if (!target) return "—";
   if (target.min_compression_ratio != null) return `ratio ≥ ${target.min_compression_ratio}`;
-  if (target.max_miss_rate_increase != null) return `ΔMR⁻² ≤ ${target.max_miss_rate_increase}`;
+  if (target.max_miss_rate_increase != null) {
+    return `ΔMR⁻² ≤ ${target.max_miss_rate_increase}` + (target.patience ? ` (patience ${target.patience})` : "");
+  }
   if (target.max_latency_ms != null) return `latency ≤ ${target.max_latency_ms} ms`;
   if (target.min_speedup != null) return `speed-up ≥ ×${target.min_speedup}`;
   return JSON.stringify(target);
@@ -376,6 +378,9 @@ $("#job-form").addEventListener("submit", async (ev) => {
     seed: Number(f.seed.value),
     deploy_on_success: f.deploy_on_success.checked,
   };
+  if (f.patience.value && f.target_kind.value === "max_miss_rate_increase") {
+    body.target.patience = Number(f.patience.value);
+  }
   if (f.batch_size.value) body.batch_size = Number(f.batch_size.value);
   if (f.distillation_weight.value) body.distillation_weight = Number(f.distillation_weight.value);
   if (body.activation_bits === 1) {

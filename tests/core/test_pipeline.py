@@ -17,6 +17,7 @@ from core.pipeline import (
     plan_steps,
     run,
     select_step,
+    stops_after,
 )
 from core.priority import discover_layers, order_layers
 
@@ -223,6 +224,31 @@ def test_targets_validate_and_select() -> None:
     assert select_step(steps, Target(max_miss_rate_increase=0.07)) == (2, True)
     assert select_step(steps, Target(min_compression_ratio=4.0)) == (2, True)
     assert select_step(steps, Target(min_compression_ratio=20.0)) == (3, False)
+
+
+def test_patience_lets_a_miss_rate_budget_outlast_noisy_steps() -> None:
+    with pytest.raises(ValueError, match="patience applies only to a max_miss_rate_increase"):
+        Target(min_compression_ratio=4.0, patience=2)
+    with pytest.raises(ValueError):
+        Target(max_miss_rate_increase=0.05, patience=-1)
+
+    def step(i: int, ratio: float, mr: float) -> StepOutcome:
+        return StepOutcome(index=i, layers=[], binary_layers=[], bits=1, compression_ratio=ratio,
+                           binary_layer_compression=None, miss_rate=mr, ap50=0.0, step_seconds=0.0,
+                           checkpoint_bytes=0, checkpoint=b"", state=b"")
+
+    # float 0.10, budget 0.05: step 2 is over it, step 3 comes back, steps 4 and 5 are over it.
+    mrs = [0.10, 0.12, 0.20, 0.14, 0.30, 0.40]
+    steps = [step(i, 1.0 + i, mr) for i, mr in enumerate(mrs)]
+    stops = {patience: [n for n in range(2, len(steps) + 1)
+                        if stops_after(steps[:n], Target(max_miss_rate_increase=0.05, patience=patience))]
+             for patience in (None, 0, 1, 2)}
+    assert stops[None] == stops[0] == [3, 5, 6]  # after step 2, at the first step over budget
+    assert stops[1] == [6]  # two in a row: steps 4 and 5
+    assert stops[2] == []
+    # whatever the run went through, the selection is the most compressed step inside the budget
+    assert select_step(steps, Target(max_miss_rate_increase=0.05, patience=1)) == (3, True)
+    assert Target(max_miss_rate_increase=0.05, patience=1).public() == {"max_miss_rate_increase": 0.05, "patience": 1}
 
 
 def test_small_layers_stay_float(setup) -> None:

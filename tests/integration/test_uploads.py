@@ -207,6 +207,8 @@ def test_bad_job_requests(client, other_client, db_counts) -> None:
         ({**body, "dataset_id": "nope"}, 404, "dataset nope not found"),
         ({**body, "surprise": 1}, 422, "surprise"),
         ({**body, "method": "all_at_once", "target": {"max_miss_rate_increase": 0.1}}, 422, "all_at_once"),
+        ({**body, "target": {"min_compression_ratio": 4.0, "patience": 2}}, 422, "patience applies only"),
+        ({**body, "target": {"max_miss_rate_increase": 0.1, "patience": -1}}, 422, "patience"),
     ]
     for payload, status, says in cases:
         r = client.post("/jobs", json=payload)
