@@ -37,6 +37,9 @@ Timings are interleaved: each round times every row once per setting, and a cell
 over rounds, so a slow spell of a shared machine does not land on one row. Per-op-type times
 come from a separate compile with PERF_COUNT (they exclude the per-inference overhead outside
 the nodes, so they sum to less than the forward time).
+Per-layer times (`per_layer_ms`): each dense conv of the all-1-bit row, in the float, NNCF
+int8 and all-1-bit rows (1 thread f32, median of 5 compiles): where 1-bit beats int8 layer by
+layer on this CPU, which bounds what any mix of the two can gain.
 
 MR^-2 / AP@0.5 on Penn-Fudan's validation split (the IR actually timed, run by
 core.export.runtime.Detector) for FlexBin's rows; the 1-bit rows are untrained, so theirs only
@@ -52,6 +55,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,7 +86,7 @@ from core.export.one_bit import (
     export_float,
     float_model,
 )
-from core.export.openvino import export_openvino
+from core.export.openvino import export_openvino, layer_times
 from core.export.runtime import Detector, compile_config, median_forward_ms
 from core.paths import REPO_ROOT as ROOT
 from core.paths import default_data_dir
@@ -203,7 +207,8 @@ def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, di
     except (subprocess.CalledProcessError, ImportError, AttributeError, TypeError) as exc:
         log(f"old export unavailable: {exc}")
         rows["all_1bit_old"] = {"model": None, "missing": f"{type(exc).__name__}: {exc}"}
-    rows["all_1bit"] = {"model": one_bit.model, "spec": one_bit.spec, "one_bit_layers": len(layers)}
+    rows["all_1bit"] = {"model": one_bit.model, "spec": one_bit.spec, "one_bit_layers": len(layers),
+                        "layer_names": layers}
     rows["mixed"] = {"model": quantize_int8(one_bit, images, int8_after_1bit=True), "spec": one_bit.spec}
     rows["mixed_fusing"] = {"model": quantize_int8(one_bit, images, int8_after_1bit=False), "spec": one_bit.spec}
     return rows
@@ -430,6 +435,51 @@ def profile_rows(rows: dict[str, dict[str, Any]], runs: int) -> dict[str, dict[s
 
 
 # -- the report ----------------------------------------------------------------------------
+PER_LAYER_ROWS = ("float", "nncf_int8", "all_1bit")
+
+
+def per_layer_ms(rows: dict[str, dict[str, Any]], repeats: int) -> dict[str, dict[str, float]]:
+    """{row: {layer: ms}} for every dense conv of the all-1-bit row, in the float, NNCF int8 and
+    all-1-bit rows, 1 thread f32: `core.export.openvino.layer_times` (PERF_COUNT node times split over
+    the layers each compiled node fused; a 1-bit layer's standalone binarization counts against it,
+    an int8 layer's input quantizer where it fused), the median over `repeats` compiles. Where 1-bit
+    beats int8 layer by layer, and where it loses: what a checkpoint mixing the two can gain."""
+    layers = rows.get("all_1bit", {}).get("layer_names") or []
+    out: dict[str, dict[str, float]] = {}
+    for name in PER_LAYER_ROWS:
+        row = rows.get(name)
+        if not layers or row is None or row["model"] is None:
+            continue
+        export = types.SimpleNamespace(model=row["model"], spec=row["spec"])  # what layer_times reads
+        runs = [layer_times(export, threads=1) for _ in range(repeats)]  # type: ignore[arg-type]
+        out[name] = {layer: round(statistics.median(r.get(layer, 0.0) for r in runs), 4) for layer in layers}
+    return out
+
+
+def per_layer_lines(per_layer: dict[str, dict[str, float]]) -> list[str]:
+    if not all(name in per_layer for name in PER_LAYER_ROWS):
+        return []
+    fl, i8, ob = (per_layer[name] for name in PER_LAYER_ROWS)
+    gain = {layer: i8[layer] - ob[layer] for layer in ob}
+    wins = [layer for layer, g in gain.items() if g > 0]
+    losses = [layer for layer, g in gain.items() if g < 0]
+    total = {"**sum**": None}
+
+    def cell(values: dict[str, float], layer: str) -> str:
+        return f"{sum(values.values()) if layer in total else values[layer]:.3f}"
+
+    return ["", "## Layer by layer: 1-bit against NNCF int8 (ms, 1 thread f32, PERF_COUNT)", "",
+            (f"1-bit is faster than int8 on {len(wins)} of {len(ob)} layers, by {sum(gain[x] for x in wins):.3f} ms "
+            f"together, and slower on {len(losses)}, by {-sum(gain[x] for x in losses):.3f} ms. A layer's 1-bit "
+            "time includes its standalone binarization (a FakeQuantize after a depthwise conv); time between "
+            "layers of different precision (reorders, quantizers that do not fuse) is in no layer."), "",
+            *report.markdown_table([*ob, *total], [
+                ("layer", lambda x: x), ("float", lambda x: cell(fl, x)), ("NNCF int8", lambda x: cell(i8, x)),
+                ("1-bit", lambda x: cell(ob, x)),
+                ("int8 − 1-bit", lambda x: f"{sum(gain.values()) if x in total else gain[x]:+.3f}")],
+                align="lrrrr")]
+
+
 def ratios(times: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     pairs = (("all_1bit", "nncf_int8"), ("all_1bit_old", "nncf_int8"), ("all_1bit", "all_1bit_old"),
@@ -502,6 +552,7 @@ def markdown(result: dict[str, Any]) -> str:
               *report.markdown_table([*shown, *totals], [
                   ("op type", lambda op: op), *((n, lambda op, n=n: op_ms(op, n)) for n in times)],
                   align="l" + "r" * len(times))]
+    lines += per_layer_lines(result.get("per_layer_ms", {}))
     lines += ["", *goal_lines(result.get("goals", []))]
     lines += ["", "Per-op-type profiles at every setting are in ceiling.json (`profile`).", "",
               f"Total run time: {result['total_seconds']:.0f} s."]
@@ -611,6 +662,8 @@ def main() -> None:
     times = time_rows(rows, args)
     log("profiling")
     profile = profile_rows(rows, runs=5 if args.quick else 30)
+    log("per-layer times")
+    per_layer = per_layer_ms(rows, repeats=1 if args.quick else 5)
 
     result = {
         "machine": {**cpu_info(), **load_summary(load_before, machine_load())}, "git": report.git_commit(), "quick": args.quick,
@@ -619,9 +672,10 @@ def main() -> None:
                    "old_export_commit": args.old_export_commit,
                    "timing": "request.infer([x]) on the compiled model, median_forward_ms, interleaved rounds, "
                              "one compiled model alive at a time"},
-        "rows": {name: {"label": LABELS.get(name), **{k: v for k, v in row.items() if k not in ("model", "files", "spec")}}
+        "rows": {name: {"label": LABELS.get(name), **{k: v for k, v in row.items() if k not in ("model", "files", "spec", "layer_names")}}
                  for name, row in rows.items()},
-        "forward_ms": times, "ratios": ratios(times), "profile": profile, "goals": checkpoint_goals(rows, times),
+        "forward_ms": times, "ratios": ratios(times), "profile": profile, "per_layer_ms": per_layer,
+        "goals": checkpoint_goals(rows, times),
         "total_seconds": round(time.monotonic() - started, 1),
     }
     name = f"{args.name}_quick" if args.quick else args.name

@@ -54,3 +54,14 @@ def test_each_rows_miss_rate_comes_with_a_bootstrap_interval_over_images() -> No
     assert ci.lo <= ci.estimate <= ci.hi and ci.hi > ci.lo  # images drawn with replacement move it
     perfect = miss_rate_sample(detections(True), truth)
     assert perfect.estimate == perfect.interval().hi == pytest.approx(0.0, abs=1e-9)  # the log floor
+
+
+def test_the_layer_table_counts_where_1bit_beats_int8() -> None:
+    from bench.ceiling import per_layer_lines
+
+    per_layer = {"float": {"a": 0.40, "b": 0.10}, "nncf_int8": {"a": 0.10, "b": 0.03},
+                 "all_1bit": {"a": 0.25, "b": 0.01}}
+    text = "\n".join(per_layer_lines(per_layer))
+    assert "faster than int8 on 1 of 2 layers, by 0.020 ms together, and slower on 1, by 0.150 ms" in text
+    assert "| **sum** | 0.500 | 0.130 | 0.260 | -0.130 |" in text
+    assert per_layer_lines({"float": {"a": 1.0}}) == []  # a run without the int8 or 1-bit row has no table
