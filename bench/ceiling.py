@@ -17,6 +17,10 @@ Rows, all at 192x336 (network input; Intel's IRs reshaped to it), timed on rando
 - `mixed`: `all_1bit` + NNCF int8 on every other conv (1-bit layers in NNCF's ignored scope);
 - `mixed_fusing`: the same, but int8 only where NNCF's input quantizer can fuse (convs fed by
   a 1-bit conv stay float: a BinaryConvolution fuses no u8 quantizer after it);
+- `suffix_<layer>`: every dense conv from that layer on 1-bit (untrained), NNCF int8 before it,
+  as `?format=openvino-int8` makes it: one switch of precision, early wide layers int8 (where
+  int8 beats 1-bit on an AMX CPU, see the per-layer table), the rest 1-bit: the speed bound of a
+  mix, with its share of conv MACs at 1 bit;
 - `intel_fp16`, `intel_fp16_int8`: Intel's IRs of the same detector (--intel-ir);
 - `checkpoint<k>` (with --checkpoint): a trained FlexBin checkpoint of pedestrian_adas_0002 at
   192x336 (e.g. one `python -m bench.distillation` kept), exported as the API serves it, and
@@ -86,7 +90,7 @@ from core.export.one_bit import (
     export_float,
     float_model,
 )
-from core.export.openvino import export_openvino, layer_times
+from core.export.openvino import export_checkpoint, export_openvino, layer_times
 from core.export.runtime import Detector, compile_config, median_forward_ms
 from core.paths import REPO_ROOT as ROOT
 from core.paths import default_data_dir
@@ -108,6 +112,8 @@ LABELS = {
     "intel_fp16": "Intel FP16 IR",
     "intel_fp16_int8": "Intel FP16-INT8 IR",
 }
+SUFFIX_STARTS = ("features.conv3_1.sep", "features.conv3_2.sep", "features.conv4_1.sep", "features.conv4_2.sep")
+"""`suffix_<layer>` rows: 1-bit from that layer on (module order), NNCF int8 before it."""
 SETTINGS = ((1, "f32"), (2, "f32"), (1, None), (2, None))  # (threads, precision hint; None: OpenVINO's default)
 
 
@@ -211,6 +217,29 @@ def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, di
                         "layer_names": layers}
     rows["mixed"] = {"model": quantize_int8(one_bit, images, int8_after_1bit=True), "spec": one_bit.spec}
     rows["mixed_fusing"] = {"model": quantize_int8(one_bit, images, int8_after_1bit=False), "spec": one_bit.spec}
+    rows.update(suffix_rows(model, card, layers, images))
+    return rows
+
+
+def suffix_rows(model: torch.nn.Module, card: Any, layers: list[str], images: list[np.ndarray]
+                ) -> dict[str, dict[str, Any]]:
+    """`suffix_<layer>` for each of SUFFIX_STARTS: every dense conv from that one on 1-bit (untrained),
+    NNCF int8 on the convs before it, as `?format=openvino-int8` makes it (convs a 1-bit conv feeds
+    stay float). On a CPU where int8 beats 1-bit on the wide early layers (AMX), a suffix keeps the
+    early layers int8 and switches precision once: the fastest mix, not the 1-bit layers alone."""
+    rows: dict[str, dict[str, Any]] = {}
+    for start in SUFFIX_STARTS:
+        if start not in layers:
+            continue
+        suffix = layers[layers.index(start):]
+        binary = copy.deepcopy(model)
+        binarize_all(binary, only=set(suffix))
+        export = export_checkpoint(pack_checkpoint(binary, card))
+        share = one_bit_mac_share(model, set(suffix))
+        rows[f"suffix_{start.removeprefix('features.').removesuffix('.sep')}"] = {
+            "model": quantize_int8(export, images, int8_after_1bit=False), "spec": export.spec,
+            "label": f"1-bit from {start} on ({len(suffix)} convs, {share:.0%} of conv MACs), NNCF int8 before it "
+                     "(`?format=openvino-int8`)", "one_bit_layers": len(suffix), "one_bit_mac_share": round(share, 3)}
     return rows
 
 
@@ -485,7 +514,8 @@ def ratios(times: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     pairs = (("all_1bit", "nncf_int8"), ("all_1bit_old", "nncf_int8"), ("all_1bit", "all_1bit_old"),
              ("all_1bit", "float"), ("mixed", "nncf_int8"), ("mixed_fusing", "nncf_int8"),
              ("all_1bit", "intel_fp16_int8"), ("nncf_int8", "float"),
-             *((c, base) for c in times if c.startswith("checkpoint") for base in ("nncf_int8", "intel_fp16_int8")))
+             *((c, base) for c in times if c.startswith(("checkpoint", "suffix_"))
+               for base in ("nncf_int8", "intel_fp16_int8")))
     for a, b in pairs:
         if a in times and b in times:
             keys = [setting_key(t, p) for t, p in SETTINGS]
