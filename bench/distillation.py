@@ -9,12 +9,13 @@ activations accurate (issue 19)? A screen.
     python -m bench.distillation --steps 1 --iterations 600 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --rprelu
     python -m bench.distillation --steps 21 --iterations 300 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --staged --binary-input-layers 24 --seed 2
     python -m bench.distillation --steps 21 --iterations 600 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --staged --binary-input-layers 24 --weights-only-iterations 200
+    python -m bench.distillation --steps 19 --iterations 600 --weights 0 --binarizers scale_threshold --binarizer-lr 100 --staged --order inverse_depth
 
 The same job once per arm on pedestrian_adas_0002 at 192x336 (the demo's resolution and learning
 rate), one arm per `distillation_weight` (default 0 and 1) and input binarizer (`activation_quantizer`,
 default `rsign`), with `staged_schedule` on for every arm under --staged and `binarizer_lr_multiplier` from
 --binarizer-lr (default 1) and `rprelu` under --rprelu, everything else equal: binary weights and inputs (`activation_bits: 1`), the
-`latency` order (the layers that save the most measured time first: the costly pointwise convs,
+`latency` order (--order; the layers that save the most measured time first: the costly pointwise convs,
 where binary inputs break this detector), 2 layers per step, 60 fine-tuning iterations per step,
 seed 0 (--seed), a fixed number of steps. Each step records its validation MR^-2 (32 images), the forward
 time of its OpenVINO export (1 thread, f32, the worker's way) and how many layers run at 1 bit.
@@ -28,7 +29,7 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
-`_bin<n>`, --weights-only-iterations n `_wo<n>`, --seed s `_seed<s>`).
+`_bin<n>`, --weights-only-iterations n `_wo<n>`, --order o other than latency `_<o>`, --seed s `_seed<s>`).
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ CHECKPOINTS = report.ROOT / "var" / "bench_distillation"
 def job_config(args: argparse.Namespace, weight: float, binarizer: str, iterations: int) -> PipelineConfig:
     """One arm's job: the options under test from the command line, the rest fixed."""
     # a compression target out of reach: the bench stops the job after its steps
-    return PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, order="latency",
+    return PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, order=args.order,
                           layers_per_step=2, finetune_iters=iterations, learning_rate=1e-4, seed=args.seed,
                           distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=args.staged,
                           binarizer_lr_multiplier=args.binarizer_lr, rprelu=args.rprelu,
@@ -166,7 +167,7 @@ def _readme_lines(result: dict[str, Any]) -> list[str]:
 
 def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizers: list[str]) -> str:
     """distillation[_quick | _<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>][_rprelu][_bin<n>]
-    [_wo<n>][_seed<s>]"""
+    [_wo<n>][_<order>][_seed<s>]"""
     name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
                              else f"_{steps}steps_{iterations}iterations")
     if binarizers != ["rsign"]:
@@ -181,6 +182,8 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
         name += f"_bin{args.binary_input_layers}"
     if args.weights_only_iterations is not None:
         name += f"_wo{args.weights_only_iterations}"
+    if args.order != "latency":
+        name += f"_{args.order}"
     if args.seed:
         name += f"_seed{args.seed}"
     return name
@@ -196,6 +199,10 @@ def main() -> None:
                         help="binarizer_lr_multiplier of every arm (default 1)")
     parser.add_argument("--rprelu", action="store_true", help="rprelu on: ReActNet's RPReLU after each 1-bit conv")
     parser.add_argument("--seed", type=int, default=0, help="the jobs' seed (default 0)")
+    parser.add_argument("--order", default="latency", choices=["latency", "inverse_depth", "forward"],
+                        help="the jobs' layer order (default latency; inverse_depth binarizes the SSD heads and extra "
+                             "layers first, so each step is a suffix of the network: the mixes that can beat int8 on "
+                             "an AMX CPU, bench.ceiling's suffix rows)")
     parser.add_argument("--binary-input-layers", type=int, default=None,
                         help="binary_input_layers of every arm: binary inputs on the first N layers only, 1-bit "
                              "weights with float inputs after them (default: every layer)")
@@ -221,7 +228,7 @@ def main() -> None:
         f" ({args.weights_only_iterations} iterations a weights-only step)" if args.weights_only_iterations is not None
         else "")
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
-              f"x{args.binarizer_lr:g}, order latency, 2 layers per step, {iterations} "
+              f"x{args.binarizer_lr:g}, order {args.order}, 2 layers per step, {iterations} "
               f"iterations per step, lr 1e-4, seed {args.seed}, {steps} steps; validation MR^-2 on 32 images (noise about "
               f"±0.04); forward ms of each step's OpenVINO export, 1 thread f32. One seed: a screen, not a verdict.")
     result = {"machine": report.machine(threads=torch.get_num_threads()), "git": report.git_commit(),
