@@ -40,7 +40,8 @@ TARGET_FIELDS = ("min_compression_ratio", "max_miss_rate_increase", "max_latency
 
 
 class Target(BaseModel):
-    """Where to stop: exactly one field is set. The latency targets are checked on each step's
+    """Where to stop: exactly one of TARGET_FIELDS is set (a miss-rate budget may add its `patience`).
+    The latency targets are checked on each step's
     measured latency (`CheckpointMetrics.latency_ms`), so they need the per-step OpenVINO export."""
 
     model_config = ConfigDict(extra="forbid")
@@ -51,17 +52,17 @@ class Target(BaseModel):
     max_miss_rate_increase: float | None = Field(
         default=None, ge=0.0, le=1.0, description="Go on while MR^-2 stays within this much of the float "
         "model's; select the most compressed step inside the budget.")
-    patience: int | None = Field(
-        default=None, ge=0, le=1000, description="With max_miss_rate_increase only: stop after this many "
-        "consecutive steps over the budget plus one (default 0: at the first). On a small validation split "
-        "MR^-2 moves by several points from step to step, and later steps can come back inside the budget; "
-        "the selection is still the most compressed step inside it.")
     max_latency_ms: float | None = Field(
         default=None, gt=0.0, le=60_000.0, description="Stop at the first step whose exported model's forward "
         "(1 thread, the worker's CPU) takes at most this many ms.")
     min_speedup: float | None = Field(
         default=None, gt=1.0, le=100.0, description="Stop at the first step whose exported model is this many times "
         "faster than the job's float model (step 0), as measured on the worker's CPU.")
+    patience: int | None = Field(
+        default=None, ge=0, le=1000, description="With max_miss_rate_increase only: stop after this many "
+        "consecutive steps over the budget plus one (default 0: at the first). On a small validation split "
+        "MR^-2 moves by several points from step to step, and later steps can come back inside the budget; "
+        "the selection is still the most compressed step inside it.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Target:
@@ -82,7 +83,7 @@ class Target(BaseModel):
         return self.max_latency_ms is not None or self.min_speedup is not None
 
     def public(self) -> dict[str, float]:
-        """The target as a client wrote it: only the field that is set."""
+        """The target as a client wrote it: only the fields that are set."""
         return self.model_dump(exclude_none=True)
 
 
