@@ -80,6 +80,7 @@ from core.data import read_pennfudan, split_records
 from core.detection_metrics import evaluate_detections
 from core.export.int8 import (
     compress_weights_int8,
+    int8_export,
     quantize_int8,
     quantize_int8_with_accuracy_control,
     runtime_precisions,
@@ -188,10 +189,12 @@ def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, di
     log("exporting the float model and the all-1-bit model")
     float_export = export_float(model, card)
     one_bit, layers = export_all_one_bit(model, card)
-    rows["float"] = {"model": float_export.model, "spec": float_export.spec}
+    # "export" (an OpenVinoExport) where the per-layer table times the row
+    rows["float"] = {"model": float_export.model, "spec": float_export.spec, "export": float_export}
     images = data["calibration"]
     started = time.monotonic()
-    rows["nncf_int8"] = {"model": quantize_int8(float_export, images), "spec": float_export.spec,
+    int8 = int8_export(float_export, images)
+    rows["nncf_int8"] = {"model": int8.model, "spec": float_export.spec, "export": int8,
                          "quantize_seconds": round(time.monotonic() - started, 1)}
     log(f"NNCF int8 of the float IR: {time.monotonic() - started:.0f} s on {len(images)} images")
     if args.accuracy_control:
@@ -213,8 +216,7 @@ def flexbin_rows(args: argparse.Namespace, data: dict[str, Any]) -> dict[str, di
     except (subprocess.CalledProcessError, ImportError, AttributeError, TypeError) as exc:
         log(f"old export unavailable: {exc}")
         rows["all_1bit_old"] = {"model": None, "missing": f"{type(exc).__name__}: {exc}"}
-    rows["all_1bit"] = {"model": one_bit.model, "spec": one_bit.spec, "one_bit_layers": len(layers),
-                        "layer_names": layers}
+    rows["all_1bit"] = {"model": one_bit.model, "spec": one_bit.spec, "one_bit_layers": len(layers), "export": one_bit}
     rows["mixed"] = {"model": quantize_int8(one_bit, images, int8_after_1bit=True), "spec": one_bit.spec}
     rows["mixed_fusing"] = {"model": quantize_int8(one_bit, images, int8_after_1bit=False), "spec": one_bit.spec}
     rows.update(suffix_rows(model, card, layers, images))
@@ -473,14 +475,13 @@ def per_layer_ms(rows: dict[str, dict[str, Any]], repeats: int) -> dict[str, dic
     the layers each compiled node fused; a 1-bit layer's standalone binarization counts against it,
     an int8 layer's input quantizer where it fused), the median over `repeats` compiles. Where 1-bit
     beats int8 layer by layer, and where it loses: what a checkpoint mixing the two can gain."""
-    layers = rows.get("all_1bit", {}).get("layer_names") or []
+    exports = {name: rows[name]["export"] for name in PER_LAYER_ROWS if "export" in rows.get(name, {})}
+    if len(exports) < len(PER_LAYER_ROWS):
+        return {}
+    layers = [layer for layer, precision in exports["all_1bit"].layers.items() if precision == "binary_weights_activations"]
     out: dict[str, dict[str, float]] = {}
-    for name in PER_LAYER_ROWS:
-        row = rows.get(name)
-        if not layers or row is None or row["model"] is None:
-            continue
-        export = types.SimpleNamespace(model=row["model"], spec=row["spec"])  # what layer_times reads
-        runs = [layer_times(export, threads=1) for _ in range(repeats)]  # type: ignore[arg-type]
+    for name, export in exports.items():
+        runs = [layer_times(export, threads=1) for _ in range(repeats)]
         out[name] = {layer: round(statistics.median(r.get(layer, 0.0) for r in runs), 4) for layer in layers}
     return out
 
@@ -492,20 +493,20 @@ def per_layer_lines(per_layer: dict[str, dict[str, float]]) -> list[str]:
     gain = {layer: i8[layer] - ob[layer] for layer in ob}
     wins = [layer for layer, g in gain.items() if g > 0]
     losses = [layer for layer, g in gain.items() if g < 0]
-    total = {"**sum**": None}
+    total = "**sum**"
 
     def cell(values: dict[str, float], layer: str) -> str:
-        return f"{sum(values.values()) if layer in total else values[layer]:.3f}"
+        return f"{sum(values.values()) if layer == total else values[layer]:.3f}"
 
     return ["", "## Layer by layer: 1-bit against NNCF int8 (ms, 1 thread f32, PERF_COUNT)", "",
             (f"1-bit is faster than int8 on {len(wins)} of {len(ob)} layers, by {sum(gain[x] for x in wins):.3f} ms "
             f"together, and slower on {len(losses)}, by {-sum(gain[x] for x in losses):.3f} ms. A layer's 1-bit "
             "time includes its standalone binarization (a FakeQuantize after a depthwise conv); time between "
             "layers of different precision (reorders, quantizers that do not fuse) is in no layer."), "",
-            *report.markdown_table([*ob, *total], [
+            *report.markdown_table([*ob, total], [
                 ("layer", lambda x: x), ("float", lambda x: cell(fl, x)), ("NNCF int8", lambda x: cell(i8, x)),
                 ("1-bit", lambda x: cell(ob, x)),
-                ("int8 − 1-bit", lambda x: f"{sum(gain.values()) if x in total else gain[x]:+.3f}")],
+                ("int8 − 1-bit", lambda x: f"{sum(gain.values()) if x == total else gain[x]:+.3f}")],
                 align="lrrrr")]
 
 
@@ -702,7 +703,7 @@ def main() -> None:
                    "old_export_commit": args.old_export_commit,
                    "timing": "request.infer([x]) on the compiled model, median_forward_ms, interleaved rounds, "
                              "one compiled model alive at a time"},
-        "rows": {name: {"label": LABELS.get(name), **{k: v for k, v in row.items() if k not in ("model", "files", "spec", "layer_names")}}
+        "rows": {name: {"label": LABELS.get(name), **{k: v for k, v in row.items() if k not in ("model", "files", "spec", "export")}}
                  for name, row in rows.items()},
         "forward_ms": times, "ratios": ratios(times), "profile": profile, "per_layer_ms": per_layer,
         "goals": checkpoint_goals(rows, times),

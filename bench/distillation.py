@@ -38,13 +38,13 @@ import io
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from bench import report
 from core.data import read_pennfudan, split_records
-from core.job_spec import PipelineConfig, Target
+from core.job_spec import Order, PipelineConfig, Target
 from core.paths import default_data_dir
 from core.pipeline import Cancelled, StepOutcome, run
 from core.pretrained import load_pretrained
@@ -199,7 +199,7 @@ def main() -> None:
                         help="binarizer_lr_multiplier of every arm (default 1)")
     parser.add_argument("--rprelu", action="store_true", help="rprelu on: ReActNet's RPReLU after each 1-bit conv")
     parser.add_argument("--seed", type=int, default=0, help="the jobs' seed (default 0)")
-    parser.add_argument("--order", default="latency", choices=["latency", "inverse_depth", "forward"],
+    parser.add_argument("--order", default="latency", choices=get_args(Order),
                         help="the jobs' layer order (default latency; inverse_depth binarizes the SSD heads and extra "
                              "layers first, so each step is a suffix of the network: the mixes that can beat int8 on "
                              "an AMX CPU, bench.ceiling's suffix rows)")
