@@ -29,7 +29,8 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
-`_bin<n>`, --weights-only-iterations n `_wo<n>`, --order o other than latency `_<o>`, --seed s `_seed<s>`).
+`_bin<n>`, --weights-only-iterations n `_wo<n>`, --order o other than latency `_<o>`, --seed s `_seed<s>`;
+--name another name, e.g. with the CPU kind appended).
 """
 from __future__ import annotations
 
@@ -212,11 +213,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
     parser.add_argument("--quick", action="store_true", help="2 steps of 4 iterations: checks the script")
+    parser.add_argument("--name", default=None,
+                        help="results name (default: from the options, see above); e.g. a suffix for the CPU kind, "
+                             "since the steps' forward times are this CPU's")
     args = parser.parse_args()
     steps, iterations = (2, 4) if args.quick else (args.steps, args.iterations)
     torch.set_num_threads(2)
     binarizers = args.binarizers.split(",")
-    name = result_name(args, steps, iterations, binarizers)
+    name = args.name or result_name(args, steps, iterations, binarizers)
     train, val = split_records(read_pennfudan(default_data_dir()))
     model, card = load_pretrained("pedestrian_adas_0002", input_height=192, input_width=336)
     job = {"model": model, "card": card, "train": train, "val": val}  # `run` leaves the float model as it was
