@@ -30,7 +30,7 @@ Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --step
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
 `_bin<n>`, --weights-only-iterations n `_wo<n>`, --order o other than latency `_<o>`, --seed s `_seed<s>`;
---name another name, e.g. with the CPU kind appended).
+--name another name, e.g. with the CPU kind appended, `_quick` added with --quick).
 """
 from __future__ import annotations
 
@@ -220,7 +220,8 @@ def main() -> None:
     steps, iterations = (2, 4) if args.quick else (args.steps, args.iterations)
     torch.set_num_threads(2)
     binarizers = args.binarizers.split(",")
-    name = args.name or result_name(args, steps, iterations, binarizers)
+    name = result_name(args, steps, iterations, binarizers) if args.name is None \
+        else args.name + ("_quick" if args.quick else "")  # as bench.ceiling: a --quick run never overwrites
     train, val = split_records(read_pennfudan(default_data_dir()))
     model, card = load_pretrained("pedestrian_adas_0002", input_height=192, input_width=336)
     job = {"model": model, "card": card, "train": train, "val": val}  # `run` leaves the float model as it was
