@@ -6,7 +6,14 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from core.job_spec import CheckpointMetrics, Method, Order, PipelineConfig, StepMetrics
+from core.job_spec import (
+    CheckpointMetrics,
+    DeployFormat,
+    Method,
+    Order,
+    PipelineConfig,
+    StepMetrics,
+)
 from service.store.jobs import JobStatus
 
 
@@ -159,7 +166,7 @@ class CheckpointFiles(BaseModel):
     openvino: int | None = Field(description="The OpenVINO IR zip as trained (1-bit layers packed 1 bit per weight; "
                                  "weights-only binary layers 1 bit per weight too, float layers float32); null until exported.")
     openvino_int8: int | None = Field(description="`format=openvino-int8`: the NNCF int8 IR zip (1-bit layers "
-                                      "unchanged); null until first requested.")
+                                      "unchanged); null until first requested, or made by the job for every step (`deploy_format` openvino-int8).")
 
 
 class CheckpointPublic(CheckpointMetrics):
@@ -189,7 +196,7 @@ class CheckpointPublic(CheckpointMetrics):
         return {} if value is None else value  # checkpoints made before exports existed
 
 
-DeploymentFormat = Literal["openvino", "openvino-int8"]
+DeploymentFormat = DeployFormat
 
 
 class DeploymentUpdate(BaseModel):

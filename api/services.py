@@ -20,7 +20,7 @@ from api import schemas
 from api.serving import serving_key
 from core.images import DataError, image_size
 from core.images import decode_image as load_image
-from core.job_spec import PipelineConfig
+from core.job_spec import INT8, PipelineConfig
 from service.settings import Settings
 from service.store import (
     Checkpoint,
@@ -116,11 +116,12 @@ def get_dataset(session: Session, tenant: Tenant, dataset_id: str) -> Dataset:
 # -- jobs -----------------------------------------------------------------------------------
 def create_job(session: Session, tenant: Tenant, body: schemas.JobCreate, settings: Settings) -> Job:
     """Insert a queued job on the tenant's model and dataset (the caller commits, then enqueues).
-    422 for a latency target or order where the workers do not export and time each step."""
+    422 for a latency target or order, or deploy_format openvino-int8, where the workers do not
+    export and time each step."""
     config = body.pipeline_config()
-    if (config.target.speaks_latency or config.order == "latency") and not settings.export_openvino:
-        raise InvalidUpload("target: latency targets and the latency order are measured on each step's OpenVINO "
-                            "export, which this deployment turned off (FLEXBIN_EXPORT_OPENVINO=false)")
+    if config.needs_export and not settings.export_openvino:
+        raise InvalidUpload(f"{config.needs_export}: measured on each step's OpenVINO export, which this deployment "
+                            "turned off (FLEXBIN_EXPORT_OPENVINO=false)")
     model = get_model(session, tenant, body.model_id)
     dataset = get_dataset(session, tenant, body.dataset_id)
     return jobs.create_job(session, tenant_id=tenant.id, model_id=model.id, dataset_id=dataset.id,
@@ -234,7 +235,7 @@ def checkpoint_file(session: Session, row: Checkpoint, format: str, settings: Se
     stem = f"flexbin-{row.id}-step{row.step}"
     if format == "openvino":
         return checkpoint_openvino_zip(session, row), "application/zip", f"{stem}-openvino.zip"
-    if format == deployments.INT8:
+    if format == INT8:
         return checkpoint_openvino_int8_zip(session, row, settings), "application/zip", f"{stem}-openvino-int8.zip"
     return get_blob_bytes(session, row.blob_id), "application/octet-stream", f"{stem}.safetensors"
 
@@ -249,7 +250,7 @@ def set_deployment(session: Session, tenant: Tenant, checkpoint_id: str, format:
     """Deploy a checkpoint as trained (`format` None or "openvino") or as its int8 file (made
     now when it has none)."""
     checkpoint = get_checkpoint(session, tenant, checkpoint_id)
-    stored = deployments.INT8 if format == deployments.INT8 else None
+    stored = INT8 if format == INT8 else None
     if stored is not None:
         checkpoint_openvino_int8_zip(session, checkpoint, settings)
     return deployments.deploy(session, tenant.id, checkpoint_id=checkpoint.id, model_id=checkpoint.model_id,
@@ -291,7 +292,8 @@ def checkpoint_bytes(database_url: str, checkpoint_id: str, kind: str = "checkpo
         row = s.get(Checkpoint, checkpoint_id)
         if row is None:
             raise NotFound(f"checkpoint {checkpoint_id} not found")
-        blob_id = {"openvino": row.openvino_blob_id, deployments.INT8: row.openvino_int8_blob_id}.get(kind, row.blob_id)
+        files: dict[str, str | None] = {"openvino": row.openvino_blob_id, INT8: row.openvino_int8_blob_id}
+        blob_id = files.get(kind, row.blob_id)
         return None if blob_id is None else get_blob_bytes(s, blob_id)
 
 

@@ -91,7 +91,12 @@ from core.export.one_bit import (
     export_float,
     float_model,
 )
-from core.export.openvino import export_checkpoint, export_openvino, layer_times
+from core.export.openvino import (
+    detection_tensors,
+    export_checkpoint,
+    export_openvino,
+    layer_times,
+)
 from core.export.runtime import Detector, compile_config, median_forward_ms
 from core.paths import REPO_ROOT as ROOT
 from core.paths import default_data_dir
@@ -143,12 +148,8 @@ def penn_fudan(calibration: int, validation: int) -> dict[str, Any]:
             "val": [cache.image(r).numpy() for r in val], "truth": [r.boxes for r in val]}
 
 
-def _predictions(detections: list[Any]) -> list[dict[str, torch.Tensor]]:
-    return [{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)} for d in detections]
-
-
 def miss_rate(detections: list[Any], truth: list[Any]) -> Any:
-    return evaluate_detections(_predictions(detections), truth)
+    return evaluate_detections(detection_tensors(detections), truth)
 
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -165,7 +166,7 @@ def miss_rate_sample(detections: list[Any], truth: list[Any], weights: np.ndarra
     """MR^-2 of one row's detections and under each resample (`weights`, default
     `image_resamples`). Rows sampled with the same weights are paired by image."""
     weights = image_resamples(len(truth)) if weights is None else weights
-    return stats.image_sample(_predictions(detections), truth, weights)
+    return stats.image_sample(detection_tensors(detections), truth, weights)
 
 
 def old_export_module(commit: str) -> types.ModuleType:

@@ -29,7 +29,7 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
-`_bin<n>`, --weights-only-iterations n `_wo<n>`, --order o other than latency `_<o>`, --seed s `_seed<s>`;
+`_bin<n>`, --weights-only-iterations n `_wo<n>`, --order o other than latency `_<o>`, --int8 `_int8`, --seed s `_seed<s>`;
 --name another name, e.g. with the CPU kind appended, `_quick` added with --quick).
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ from typing import Any, get_args
 import torch
 
 from bench import report
+from bench.ceiling import one_bit_mac_share
 from core.data import read_pennfudan, split_records
 from core.job_spec import Order, PipelineConfig, Target
 from core.paths import default_data_dir
@@ -61,7 +62,8 @@ def job_config(args: argparse.Namespace, weight: float, binarizer: str, iteratio
                           layers_per_step=2, finetune_iters=iterations, learning_rate=1e-4, seed=args.seed,
                           distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=args.staged,
                           binarizer_lr_multiplier=args.binarizer_lr, rprelu=args.rprelu,
-                          binary_input_layers=args.binary_input_layers, weights_only_iters=args.weights_only_iterations)
+                          binary_input_layers=args.binary_input_layers, weights_only_iters=args.weights_only_iterations,
+                          deploy_format="openvino-int8" if args.int8 else "openvino")
 
 
 def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints: Path) -> dict[str, Any]:
@@ -72,7 +74,7 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     arm = {"distillation_weight": config.distillation_weight, "activation_quantizer": config.activation_quantizer,
            "staged_schedule": config.staged_schedule, "binarizer_lr_multiplier": config.binarizer_lr_multiplier,
            "rprelu": config.rprelu, "seed": config.seed, "binary_input_layers": config.binary_input_layers,
-           "weights_only_iters": config.weights_only_iters}
+           "weights_only_iters": config.weights_only_iters, "deploy_format": config.deploy_format}
     elapsed: list[float] = []  # seconds from the job's start to each step's report
 
     def on_step(step: StepOutcome) -> None:
@@ -81,7 +83,8 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
         checkpoints.mkdir(parents=True, exist_ok=True)
         (checkpoints / f"step{step.index}.safetensors").write_bytes(step.checkpoint)
         report.log(f"{arm_name(arm)}: step {step.index}, {len(step.binary_layers)} layers, MR^-2 "
-                   f"{step.miss_rate:.3f}, {step.latency_ms or float('nan'):.2f} ms")
+                   f"{step.miss_rate:.3f}, {step.latency_ms or float('nan'):.2f} ms" + (
+                       f"; int8 file MR^-2 {step.int8.miss_rate:.3f}, {step.int8.latency_ms:.2f} ms" if step.int8 else ""))
 
     try:
         run(job["model"], job["card"], job["train"], job["val"], config, on_step=on_step,
@@ -94,6 +97,11 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
         row["latency_ms"] = step.latency_ms and round(step.latency_ms, 3)
         row["num_binary_input_layers"] = len(step.binary_input_layers)
         row["ir_bytes"] = step.openvino and ir_size(step.openvino)
+        row["one_bit_mac_share"] = round(one_bit_mac_share(job["model"], set(step.binary_input_layers)), 4)
+        if step.int8 is not None:  # the job's own figures for its openvino-int8 file (deploy_format)
+            row["int8"] = {"miss_rate": round(step.int8.miss_rate, 4), "ap50": round(step.int8.ap50, 4),
+                           "latency_ms": round(step.int8.latency_ms, 3),
+                           "ir_bytes": step.openvino_int8 and ir_size(step.openvino_int8)}
     return {**arm, "steps": rows, "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -122,12 +130,16 @@ def arm_label(arm: dict[str, Any]) -> str:
 
 
 def summary(arm: dict[str, Any]) -> dict[str, Any]:
-    """The most layers at 1 bit within the budget, and the last step."""
+    """The most layers at 1 bit within the budget, and the last step; with int8 files, also the
+    most 1-bit MACs whose int8 file is within the budget (issue 19's accuracy and MACs checks)."""
     float_mr = arm["steps"][0]["miss_rate"]
     within = [s for s in arm["steps"][1:] if s["miss_rate"] - float_mr <= BUDGET]
     best = max(within, key=lambda s: s["num_binary_layers"], default=None)
+    int8_within = [s for s in arm["steps"][1:] if s.get("int8") and s["int8"]["miss_rate"] - float_mr <= BUDGET]
+    best_int8 = max(int8_within, key=lambda s: s["one_bit_mac_share"], default=None)
     return {"float_miss_rate": float_mr, "layers_within_budget": best["num_binary_layers"] if best else 0,
-            "latency_within_budget_ms": best and best["latency_ms"], "last": arm["steps"][-1]}
+            "latency_within_budget_ms": best and best["latency_ms"], "last": arm["steps"][-1],
+            "int8_within_budget": best_int8}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -135,6 +147,11 @@ def markdown(result: dict[str, Any]) -> str:
              (f"{result['machine']['date']}, {report.machine_text(result['machine'])}, commit "
              f"{report.commit_text(result['git'])}. {result['design']}"), ""]
     for arm in result["arms"]:
+        int8 = [] if not any(s.get("int8") for s in arm["steps"]) else [
+            ("1-bit MACs", lambda s: s.get("one_bit_mac_share") is not None and f"{100 * s['one_bit_mac_share']:.0f} %"),
+            ("int8 file MR^-2", lambda s: s.get("int8") and f"{s['int8']['miss_rate']:.3f}"),
+            ("int8 file ms", lambda s: s.get("int8") and s["int8"]["latency_ms"]),
+            ("int8 IR MB", lambda s: s.get("int8") and s["int8"]["ir_bytes"] and f"{s['int8']['ir_bytes'] / 1e6:.2f}")]
         lines += [f"## {arm_name(arm)} ({report.minutes(arm['seconds'])})", "",
                   *report.markdown_table(arm["steps"], [
                       ("step", "index"), ("binarized layers", "num_binary_layers"),
@@ -142,9 +159,9 @@ def markdown(result: dict[str, Any]) -> str:
                       ("val MR^-2", lambda s: f"{s['miss_rate']:.3f}"), ("AP@0.5", lambda s: f"{s['ap50']:.3f}"),
                       ("forward ms (1t f32)", "latency_ms"),
                       ("IR MB", lambda s: s.get("ir_bytes") and f"{s['ir_bytes'] / 1e6:.2f}"),
-                      ("step s", "step_seconds"),
+                      *int8, ("step s", "step_seconds"),
                       ("job min", lambda s: s.get("elapsed_s") and f"{s['elapsed_s'] / 60:.1f}")],
-                      align="rrrrrrrrr"), ""]
+                      align="r" * (9 + len(int8))), ""]
     return "\n".join(lines + _readme_lines(result)) + "\n"
 
 
@@ -163,12 +180,21 @@ def _readme_lines(result: dict[str, Any]) -> list[str]:
         ("their forward ms", "latency_within_budget_ms"),
         ("last step: layers", lambda r: r["last"]["num_binary_layers"]),
         ("last step: MR^-2", lambda r: f"{r['last']['miss_rate']:.3f}"),
-        ("last step: forward ms", lambda r: r["last"]["latency_ms"])], align="lrrrrrrr")]
+        ("last step: forward ms", lambda r: r["last"]["latency_ms"]),
+        (f"int8 file within +{BUDGET}: most 1-bit MACs (step, MR^-2, ms)", _int8_cell)], align="lrrrrrrrr")]
+
+
+def _int8_cell(row: dict[str, Any]) -> str | None:
+    best = row["int8_within_budget"]
+    if best is None:
+        return None if not row["last"].get("int8") else "none"
+    return (f"{100 * best['one_bit_mac_share']:.0f} % (step {best['index']}, {best['int8']['miss_rate']:.3f}, "
+            f"{best['int8']['latency_ms']} ms)")
 
 
 def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizers: list[str]) -> str:
     """distillation[_quick | _<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>][_rprelu][_bin<n>]
-    [_wo<n>][_<order>][_seed<s>]"""
+    [_wo<n>][_<order>][_int8][_seed<s>]"""
     name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
                              else f"_{steps}steps_{iterations}iterations")
     if binarizers != ["rsign"]:
@@ -185,6 +211,8 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
         name += f"_wo{args.weights_only_iterations}"
     if args.order != "latency":
         name += f"_{args.order}"
+    if args.int8:
+        name += "_int8"
     if args.seed:
         name += f"_seed{args.seed}"
     return name
@@ -210,6 +238,9 @@ def main() -> None:
     parser.add_argument("--weights-only-iterations", type=int, default=None,
                         help="weights_only_iters of every arm: fine-tuning iterations of a step whose layers all keep "
                              "float inputs (default: --iterations)")
+    parser.add_argument("--int8", action="store_true",
+                        help="deploy_format openvino-int8: every step's int8 file is made, evaluated and timed in the job "
+                             "(1-bit MACs, its MR^-2, ms and size per step)")
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
     parser.add_argument("--quick", action="store_true", help="2 steps of 4 iterations: checks the script")
@@ -235,7 +266,10 @@ def main() -> None:
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
               f"x{args.binarizer_lr:g}, order {args.order}, 2 layers per step, {iterations} "
               f"iterations per step, lr 1e-4, seed {args.seed}, {steps} steps; validation MR^-2 on 32 images (noise about "
-              f"±0.04); forward ms of each step's OpenVINO export, 1 thread f32. One seed: a screen, not a verdict.")
+              f"±0.04); forward ms of each step's OpenVINO export, 1 thread f32" + (
+                  "; with each step's openvino-int8 file (NNCF calibrated on the job's training images, the 1-bit layers kept) made, "
+                  "evaluated and timed the same way in the job" if args.int8 else "")
+              + ". One seed: a screen, not a verdict.")
     result = {"machine": report.machine(threads=torch.get_num_threads()), "git": report.git_commit(),
               "design": design, "arms": arms}
     path = report.write_results(name, result, markdown(result))

@@ -24,6 +24,9 @@ ACTIVATION_BITS = (1, 32)
 WeightQuantizerName = Literal["sign", "kbit"]
 """The registered weight quantizers (`core.binary.quantizers`; a test keeps the two equal)."""
 ActivationQuantizerName = Literal["rsign", "scale_threshold"]
+DeployFormat = Literal["openvino", "openvino-int8"]
+"""The OpenVINO files of a checkpoint: as trained, or its NNCF int8 IR (1-bit layers stay 1-bit)."""
+INT8: DeployFormat = "openvino-int8"
 """The registered input binarizers (`core.binary.activation`; a test keeps the two equal)."""
 BINARY_INPUT_DEFAULTS: dict[str, Any] = {"activation_quantizer": "scale_threshold", "binarizer_lr_multiplier": 100.0}
 """How a job with `activation_bits` 1 binarizes inputs unless it says otherwise: what measured best in
@@ -42,7 +45,8 @@ TARGET_FIELDS = ("min_compression_ratio", "max_miss_rate_increase", "max_latency
 class Target(BaseModel):
     """Where to stop: exactly one of TARGET_FIELDS is set (a miss-rate budget may add its `patience`).
     The latency targets are checked on each step's
-    measured latency (`CheckpointMetrics.latency_ms`), so they need the per-step OpenVINO export."""
+    measured latency (`CheckpointMetrics.latency_ms`, or `int8.latency_ms` with `deploy_format`
+    openvino-int8), so they need the per-step OpenVINO export."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -187,6 +191,23 @@ class PipelineConfig(BaseModel):
         description="0 = off. Otherwise fine-tuning also learns the job's frozen float model's predictions on each "
         "batch (core.distillation: class scores by KL at temperature 2, box regressions on its confident priors), "
         "this weight times that loss added to the detector's own.")
+    deploy_format: DeployFormat = Field(
+        default="openvino",
+        description="The file of each step that the target and the selection judge. openvino: the checkpoint as "
+        "trained. openvino-int8: its NNCF int8 IR (`?format=openvino-int8`: 1-bit layers stay 1-bit, the other "
+        "convs int8), made in the job for every step, step 0 included, then evaluated on the validation split and "
+        "timed; the step's `int8` figures hold what was measured and the file is stored with its checkpoint. A "
+        "binary-input job's early layers stay float as trained and only reach int8 in that file, so there it is "
+        "the fast one. Costs about 10-20 s a step; needs the per-step OpenVINO export.")
+
+    @property
+    def needs_export(self) -> str | None:
+        """What in the job needs the per-step OpenVINO export (a latency target, the latency order,
+        deploy_format openvino-int8), in words; None when nothing does."""
+        needs = [what for what, needed in (("a latency target", self.target.speaks_latency),
+                                           ("the latency order", self.order == "latency"),
+                                           ("deploy_format openvino-int8", self.deploy_format == INT8)) if needed]
+        return " and ".join(needs) or None
 
     @model_validator(mode="before")
     @classmethod
@@ -249,6 +270,16 @@ class PipelineConfig(BaseModel):
         return self
 
 
+class Int8Metrics(BaseModel):
+    """A checkpoint's `?format=openvino-int8` file (`core.export.int8`) as its job measured it."""
+
+    miss_rate: float = Field(description="MR^-2 of the int8 IR on the validation split.")
+    ap50: float = Field(description="AP@0.5 of the int8 IR on the validation split.")
+    latency_ms: float = Field(description="Median forward time of the int8 IR, measured as `latency_ms`.")
+    file_bytes: int = Field(description="Size of the int8 IR zip, the file a user downloads.")
+    calibration_images: int = Field(description="Training images NNCF calibrated it on.")
+
+
 class CheckpointMetrics(BaseModel):
     """What a packed checkpoint is and how well it detects: shared by a job's step and the
     checkpoint it produced."""
@@ -268,6 +299,17 @@ class CheckpointMetrics(BaseModel):
     latency_ms: float | None = Field(
         default=None, description="Median forward time of the exported OpenVINO model on the worker's CPU "
         "(1 thread, the export's fixed input size), in ms; null when it was not exported.")
+    int8: Int8Metrics | None = Field(
+        default=None, description="Its openvino-int8 file as measured in the job (`deploy_format` openvino-int8); "
+        "null when the job did not make it.")
+
+    def judged(self, deploy_format: DeployFormat) -> tuple[float | None, float | None]:
+        """(MR^-2, forward ms) of the file `deploy_format` names, as the job measured it: the
+        checkpoint as trained, or its int8 file ((None, None) where that was not made: a
+        failed quantization leaves a step that no target can be met by)."""
+        if deploy_format == INT8:
+            return (None, None) if self.int8 is None else (self.int8.miss_rate, self.int8.latency_ms)
+        return self.miss_rate, self.latency_ms
 
 
 class StepMetrics(CheckpointMetrics):

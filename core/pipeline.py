@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
@@ -58,7 +59,14 @@ from core.checkpoint import (
 )
 from core.data import ImageRecord
 from core.distillation import Distillation, frozen_teacher
-from core.job_spec import PipelineConfig, StepMetrics, Target
+from core.job_spec import (
+    INT8,
+    DeployFormat,
+    Int8Metrics,
+    PipelineConfig,
+    StepMetrics,
+    Target,
+)
 from core.priority import (
     LayerInfo,
     discover_layers,
@@ -100,6 +108,8 @@ class StepOutcome(StepMetrics):
         "OpenVINO's compiled model runs, ms: its measured time} (core.export.openvino.layer_report)")
     openvino: bytes | None = Field(default=None, repr=False, exclude=True,
                                    description="the OpenVINO IR zip of the checkpoint (None if not exported)")
+    openvino_int8: bytes | None = Field(default=None, repr=False, exclude=True,
+                                        description="its int8 IR zip (`deploy_format` openvino-int8; None otherwise)")
 
 
 class PipelineResult(BaseModel):
@@ -239,45 +249,59 @@ def eligible_layers(model: nn.Module, card: ModelCard, config: PipelineConfig) -
             and (config.binarize_depthwise or layer.groups == 1)]
 
 
-def _meets(step: StepOutcome, float_step: StepOutcome, target: Target) -> bool:
-    """Whether a step meets a compression or latency target (not a miss-rate budget)."""
+def _meets(step: StepOutcome, float_step: StepOutcome, target: Target, deploy_format: DeployFormat) -> bool:
+    """Whether a step's `deploy_format` file meets a compression or latency target (not a
+    miss-rate budget). A speedup is against the float model as trained (step 0's export)."""
     if target.min_compression_ratio is not None:
         return step.compression_ratio >= target.min_compression_ratio
-    if step.latency_ms is None:  # not measured: cannot meet a latency target
+    _, latency = step.judged(deploy_format)
+    if latency is None:  # not measured: cannot meet a latency target
         return False
     if target.max_latency_ms is not None:
-        return step.latency_ms <= target.max_latency_ms
+        return latency <= target.max_latency_ms
     assert target.min_speedup is not None
-    return float_step.latency_ms is not None and float_step.latency_ms / step.latency_ms >= target.min_speedup
+    return float_step.latency_ms is not None and float_step.latency_ms / latency >= target.min_speedup
 
 
-def stops_after(steps: Sequence[StepOutcome], target: Target) -> bool:
+def _over_budget(step: StepOutcome, float_step: StepOutcome, budget: float, deploy_format: DeployFormat) -> bool:
+    """Whether a step's `deploy_format` file misses by more than `budget` MR^-2 over the float
+    model as trained (an int8 file that could not be made counts as over)."""
+    miss_rate, _ = step.judged(deploy_format)
+    return miss_rate is None or miss_rate - float_step.miss_rate > budget
+
+
+def stops_after(steps: Sequence[StepOutcome], target: Target, deploy_format: DeployFormat = "openvino") -> bool:
     """Whether the run stops after `steps[-1]`: a compression or latency target is met, or the
     miss rate left a miss-rate budget for `target.patience` + 1 steps in a row. A function of the
     steps alone, so a resumed run stops where an uninterrupted one does."""
     if target.max_miss_rate_increase is None:
-        return _meets(steps[-1], steps[0], target)
+        return _meets(steps[-1], steps[0], target, deploy_format)
     last = steps[1:][-target.steps_over_budget_to_stop:]
     return (len(last) == target.steps_over_budget_to_stop
-            and all(s.miss_rate - steps[0].miss_rate > target.max_miss_rate_increase for s in last))
+            and all(_over_budget(s, steps[0], target.max_miss_rate_increase, deploy_format) for s in last))
 
 
-def select_step(steps: Sequence[StepOutcome], target: Target) -> tuple[int, bool]:
-    """(index of the selected step, whether the target was met).
+def select_step(steps: Sequence[StepOutcome], target: Target,
+                deploy_format: DeployFormat = "openvino") -> tuple[int, bool]:
+    """(index of the selected step, whether the target was met), judged on each step's
+    `deploy_format` file against the float model as trained.
 
     Compression or latency target: the first step meeting it (else the most compressed, or the
     fastest measured, step). Miss-rate budget: the most compressed step whose miss-rate increase
-    stays in budget.
+    stays in budget (step 0 when none does, not even its int8 file).
     """
     if target.max_miss_rate_increase is None:
         for step in steps:
-            if _meets(step, steps[0], target):
+            if _meets(step, steps[0], target, deploy_format):
                 return step.index, True
-        if target.speaks_latency and any(s.latency_ms is not None for s in steps):
-            return min((s for s in steps if s.latency_ms is not None), key=lambda s: s.latency_ms or 0.0).index, False
+        timed = [s for s in steps if s.judged(deploy_format)[1] is not None]
+        if target.speaks_latency and timed:
+            return min(timed, key=lambda s: s.judged(deploy_format)[1] or 0.0).index, False
         return max(steps, key=lambda s: s.compression_ratio).index, False
     budget = target.max_miss_rate_increase
-    within = [s for s in steps if s.miss_rate - steps[0].miss_rate <= budget]
+    within = [s for s in steps if not _over_budget(s, steps[0], budget, deploy_format)]
+    if not within:
+        return 0, False
     return max(within, key=lambda s: s.compression_ratio).index, True
 
 
@@ -295,6 +319,7 @@ def run(
     device: str = "cpu",
     export_openvino: bool = True,
     train_options: TrainOptions | None = None,
+    int8_calibration_images: int = 100,
 ) -> PipelineResult:
     """Run (or resume) a binarization job.
 
@@ -311,12 +336,16 @@ def run(
       (about 1-3 s per step); a failed export is logged and leaves those fields empty.
     train_options: how fine-tuning uses the hardware (`core.train.TrainOptions`: bf16 autocast,
       loader workers...); each step's card records the device and bf16 in its provenance.
+    int8_calibration_images: with `deploy_format` openvino-int8, NNCF calibrates each step's int8
+      file on the first this many training images (as the API's `?format=openvino-int8` does).
     """
     cache = ImageCache()
     try:
+        int8 = _Int8Inputs(train_records[:int8_calibration_images], val_records, cache) \
+            if config.deploy_format == INT8 else None
         return _run(model, card, train_records, val_records, config, cache, completed=completed, on_step=on_step,
                     on_progress=on_progress, should_stop=should_stop, device=device, export_openvino=export_openvino,
-                    options=train_options or TrainOptions())
+                    options=train_options or TrainOptions(), int8=int8)
     finally:
         cache.close()  # the training loader's worker processes
 
@@ -324,12 +353,12 @@ def run(
 def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord],
          val_records: Sequence[ImageRecord], config: PipelineConfig, cache: ImageCache, *,
          completed: Sequence[StepOutcome], on_step: OnStep | None, on_progress: OnProgress | None,
-         should_stop: ShouldStop | None, device: str, export_openvino: bool, options: TrainOptions) -> PipelineResult:
+         should_stop: ShouldStop | None, device: str, export_openvino: bool, options: TrainOptions,
+         int8: _Int8Inputs | None) -> PipelineResult:
     distillation = teacher_for(model, config, device)  # from the float model, also when resuming
     model = copy.deepcopy(model)  # the caller's float model stays as it was
-    if (config.target.speaks_latency or config.order == "latency") and not export_openvino:
-        raise ValueError("a latency target or the latency order needs the per-step OpenVINO export "
-                         "(FLEXBIN_EXPORT_OPENVINO=true)")
+    if config.needs_export and not export_openvino:
+        raise ValueError(f"{config.needs_export} needs the per-step OpenVINO export (FLEXBIN_EXPORT_OPENVINO=true)")
     sensitivity = savings = None
     if config.order == "sensitivity":
         sensitivity = _sensitivity(model, card, train_records, config, cache, device)
@@ -351,11 +380,11 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
         model = load_state(card, steps[-1].state)
     else:
         report(_measure(model, card, config, 0, [], 0.0, val_records, cache, device,
-                        export_openvino=export_openvino, options=options))
+                        export_openvino=export_openvino, options=options, int8=int8))
         progress.step_done(0)
     modules = dict(model.named_modules())
     binary_inputs = binary_input_layers(plan, modules, config)
-    while len(steps) <= len(plan.steps) and not (len(steps) > 1 and stops_after(steps, config.target)):
+    while len(steps) <= len(plan.steps) and not (len(steps) > 1 and stops_after(steps, config.target, config.deploy_format)):
         index = len(steps)
         new_layers = plan.steps[index - 1]
         assert config.activation_quantizer is not None and config.binarizer_lr_multiplier is not None  # resolved
@@ -395,10 +424,10 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
                 raise Cancelled(f"cancelled during step {index}")
         report(_measure(served, card, config, index, new_layers, time.monotonic() - started,
                         val_records, cache, device, chain=model, export_openvino=export_openvino,
-                        options=options))
+                        options=options, int8=int8))
         progress.step_done(index)
     progress.finish(len(steps) - 1)
-    selected, met = select_step(steps, config.target)
+    selected, met = select_step(steps, config.target, config.deploy_format)
     return PipelineResult(steps=steps, selected_index=selected, target_met=met)
 
 
@@ -415,9 +444,10 @@ class _StopFlag:
 def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: int,
              new_layers: list[str], seconds: float, val_records: Sequence[ImageRecord],
              cache: ImageCache, device: str, chain: nn.Module | None = None,
-             export_openvino: bool = True, options: TrainOptions | None = None) -> StepOutcome:
+             export_openvino: bool = True, options: TrainOptions | None = None,
+             int8: _Int8Inputs | None = None) -> StepOutcome:
     """Pack the model, evaluate what the packed checkpoint serves, export it to OpenVINO and
-    time it, and describe the step.
+    time it (with `int8`, also make, evaluate and time its int8 file), and describe the step.
 
     `chain`: the network the run continues from when it is not `model` (consolidation);
     its latent weights are the step's resume state."""
@@ -439,7 +469,7 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
         "metrics": {"miss_rate": metrics.miss_rate, "ap50": metrics.ap50, "compression_ratio": ratio}}))
     binary_float = sum(4 * modules[name].weight.numel() for name in binary)
     binary_packed = sum(q.packed_nbytes(tuple(modules[name].weight.shape)) for name, q in binary.items())
-    exported = _export(packed, index) if export_openvino else None
+    exported = _export(packed, index, int8) if export_openvino else None
     return StepOutcome(
         index=index, layers=new_layers, binary_layers=list(binary), bits=config.bits,
         compression_ratio=ratio,
@@ -450,7 +480,23 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
         fppi_curve=metrics.fppi_curve, binary_input_layers=sorted(activation_quantizers(model)),
         latency_ms=exported.latency_ms if exported else None,
         layer_precision=exported.layers if exported else {},
-        openvino=exported.zip if exported else None)
+        openvino=exported.zip if exported else None,
+        int8=exported.int8 if exported else None, openvino_int8=exported.int8_zip if exported else None)
+
+
+@dataclass
+class _Int8Inputs:
+    """What a step's int8 file is made and judged with: the calibration records (training
+    images) and the validation records, read through the run's image cache."""
+
+    calibration: Sequence[ImageRecord]
+    validation: Sequence[ImageRecord]
+    cache: ImageCache
+
+    def images(self, records: Sequence[ImageRecord]) -> list[np.ndarray]:
+        """RGB float32 [3, H, W] in [0, 1], as `/detect` decodes an upload (made per step from
+        the cache's uint8 pixels rather than kept: a hundred full-size images are ~0.4 GB)."""
+        return [self.cache.image(r).numpy() for r in records]
 
 
 @dataclass
@@ -458,11 +504,14 @@ class _Exported:
     zip: bytes
     latency_ms: float
     layers: dict[str, dict[str, Any]]
+    int8: Int8Metrics | None = None
+    int8_zip: bytes | None = None
 
 
-def _export(packed: bytes, index: int) -> _Exported | None:
+def _export(packed: bytes, index: int, int8: _Int8Inputs | None = None) -> _Exported | None:
     """The checkpoint's OpenVINO IR zip, its median forward time (1 thread, the export's static
-    input shape) and each layer's precision and time; None (logged) when OpenVINO cannot export it."""
+    input shape) and each layer's precision and time; None (logged) when OpenVINO cannot export it.
+    With `int8`, also its int8 file and what it measured (left out, logged, when NNCF fails)."""
     try:
         # OpenVINO loads only when a step is exported (a GPU worker may run without it)
         from core.export.openvino import (
@@ -474,10 +523,31 @@ def _export(packed: bytes, index: int) -> _Exported | None:
 
         export = export_checkpoint(packed)
         latency, runs_as = measure_latency(export, threads=1)
-        return _Exported(export.zip_bytes(), latency, layer_report(export, runs_as, layer_times(export, runs=5)))
+        exported = _Exported(export.zip_bytes(), latency, layer_report(export, runs_as, layer_times(export, runs=5)))
     except Exception:  # a step is still a result without its speed figure
         log.exception("step %d: OpenVINO export failed; no latency recorded", index)
         return None
+    if int8 is not None:
+        try:
+            exported.int8, exported.int8_zip = _int8_file(export, int8)
+        except Exception:  # the step stands as trained; no target can be met by its int8 file
+            log.exception("step %d: int8 quantization failed; no int8 figures recorded", index)
+    return exported
+
+
+def _int8_file(export: Any, int8: _Int8Inputs) -> tuple[Int8Metrics, bytes]:
+    """The int8 file of `export` (`core.export.int8.int8_export`, as `?format=openvino-int8`
+    makes it) and its MR^-2 / AP@0.5 on the validation split and forward time, measured on
+    the IR itself as `/detect` runs it."""
+    from core.export.int8 import int8_export
+    from core.export.openvino import evaluate_export, measure_latency
+
+    quantized = int8_export(export, int8.images(int8.calibration))
+    latency, _ = measure_latency(quantized, threads=1)
+    metrics = evaluate_export(quantized, int8.images(int8.validation), [r.boxes for r in int8.validation])
+    data = quantized.zip_bytes()
+    return Int8Metrics(miss_rate=metrics.miss_rate, ap50=metrics.ap50, latency_ms=latency, file_bytes=len(data),
+                       calibration_images=quantized.spec["quantization"]["calibration_images"]), data
 
 
 def _latency_savings(model: nn.Module, card: ModelCard, config: PipelineConfig) -> dict[str, float]:

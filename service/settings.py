@@ -147,7 +147,8 @@ class Settings(BaseSettings):
     )
     int8_calibration_images: int = Field(
         default=100, ge=1, le=1000, description="Training images NNCF calibrates a checkpoint's int8 file on "
-        "(`?format=openvino-int8`, made on first request in the API).")
+        "(`?format=openvino-int8`: made on first request in the API, or in the job for every step with "
+        "`deploy_format` openvino-int8).")
     serving_precision: Literal["f32", "bf16", "auto"] = Field(
         default="f32", description="OpenVINO backend: f32 (what a job measured: detections equal to its "
         "metrics'), bf16, or auto (each compiled shape timed at both, the faster kept; f32 on CPUs without "

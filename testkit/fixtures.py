@@ -71,6 +71,20 @@ def api_url(api_process: Proc) -> str:
     return api_process.url
 
 
+EXPORT_ON = {"FLEXBIN_EXPORT_OPENVINO": "true"}
+"""The per-step OpenVINO export, off in `service_env` (about 1 s a step that the job machinery's
+tests do not need): on for the workers of the modules that test it (their `WORKER_ENV`)."""
+
+
+@pytest.fixture(scope="module")
+def export_api_url(service_env: dict[str, str], log_dir: Path) -> Iterator[str]:
+    """A second API on the same database and broker, with the per-step export on, so it takes the jobs
+    that need it (latency targets, deploy_format openvino-int8); a worker with `EXPORT_ON` runs them."""
+    proc, url = start_api_process("export-api", {**service_env, **EXPORT_ON}, log_dir)
+    yield url
+    proc.stop()
+
+
 @pytest.fixture(scope="session")
 def start_worker(service_env: dict[str, str], log_dir: Path) -> Iterator[Callable[..., Proc]]:
     """Start a real Celery worker process; all are stopped at the end of the session."""

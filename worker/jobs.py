@@ -164,6 +164,7 @@ class _JobExecution:
             completed=completed, on_step=self._on_step, on_progress=self._on_progress,
             should_stop=self._should_stop, device=device, export_openvino=self.settings.export_openvino,
             train_options=TrainOptions(bf16=self.settings.train_bf16),
+            int8_calibration_images=self.settings.int8_calibration_images,
         )
 
     # -- callbacks --------------------------------------------------------------------------
@@ -172,13 +173,17 @@ class _JobExecution:
         with backoff while the database is away."""
         self._transaction(
             lambda s: jobs.commit_step(s, self.job_id, self.owner, outcome, outcome.checkpoint, outcome.state,
-                                      openvino=outcome.openvino),
+                                      openvino=outcome.openvino, openvino_int8=outcome.openvino_int8),
             f"commit step {outcome.index}")
         log.info(
             "job %s: step %d committed (ratio %.2f, MR %.3f, AP50 %.3f, %.1fs, latency %s)", self.job_id, outcome.index,
             outcome.compression_ratio, outcome.miss_rate, outcome.ap50, outcome.step_seconds,
             "n/a" if outcome.latency_ms is None else f"{outcome.latency_ms:.2f} ms",
         )
+        if outcome.int8 is not None:
+            log.info("job %s: step %d as int8: MR %.3f, AP50 %.3f, latency %.2f ms, %d bytes", self.job_id,
+                     outcome.index, outcome.int8.miss_rate, outcome.int8.ap50, outcome.int8.latency_ms,
+                     outcome.int8.file_bytes)
 
     def _on_progress(self, progress: Progress) -> None:
         now = time.monotonic()

@@ -53,6 +53,18 @@ const short = (id) => (id ? String(id).slice(0, 8) : "—");
 const fmt = (x, digits = 3) => (x == null || Number.isNaN(x) ? "—" : Number(x).toFixed(digits));
 function fmtRatio(x) { return x == null ? "—" : `×${Number(x).toFixed(x >= 10 ? 1 : 2)}`; }
 function fmtMs(x) { return x == null ? "—" : `${Number(x).toFixed(x >= 10 ? 1 : 2)} ms`; }
+
+// A job with deploy_format openvino-int8 judges its target on each step's int8 file: its MR⁻² and
+// latency are the ones the plot shows (null where the int8 file could not be made).
+function judgesInt8(job) { return (job.config || {}).deploy_format === "openvino-int8"; }
+function judged(job, st) {
+  if (!judgesInt8(job)) return { miss_rate: st.miss_rate, latency_ms: st.latency_ms };
+  return st.int8 ? { miss_rate: st.int8.miss_rate, latency_ms: st.int8.latency_ms } : { miss_rate: null, latency_ms: null };
+}
+function withInt8(asTrained, int8Value, format) {
+  return int8Value == null ? asTrained
+    : [asTrained, h("span", { class: "int8", title: "its openvino-int8 file, as the job measured it" }, ` · int8 ${format(int8Value)}`)];
+}
 function fmtDuration(sec) {
   if (sec == null || !Number.isFinite(sec)) return "—";
   sec = Math.max(0, Math.round(sec));
@@ -378,6 +390,7 @@ $("#job-form").addEventListener("submit", async (ev) => {
     seed: Number(f.seed.value),
     deploy_on_success: f.deploy_on_success.checked,
   };
+  if (f.deploy_int8.checked) body.deploy_format = "openvino-int8";
   if (f.patience.value && f.target_kind.value === "max_miss_rate_increase") {
     body.target.patience = Number(f.patience.value);
   }
@@ -470,6 +483,7 @@ function renderJobHeader(job) {
   summary.replaceChildren(
     "Model ", model, " · dataset ", dataset, ` · target ${fmtTarget(job.target)} · ${method} · ${job.bits} bit`,
     ` · ${job.finetune_iters} iterations/step · seed ${job.seed}`,
+    judgesInt8(job) ? " · judged on its openvino-int8 files" : "",
     ` · started ${fmtTime(job.started_at)}`, job.finished_at ? ` · finished ${fmtTime(job.finished_at)}` : "",
   );
 
@@ -508,20 +522,21 @@ function renderSteps(job) {
       h("td", { class: "layers", title: `binary so far: ${st.binary_layers.join(", ") || "none"}` }, layers),
       h("td", {}, st.bits),
       h("td", {}, fmtRatio(st.compression_ratio)),
-      h("td", {}, fmt(st.miss_rate)),
+      h("td", { class: "miss-rate" }, withInt8(fmt(st.miss_rate), st.int8?.miss_rate, fmt)),
       h("td", {}, fmt(st.ap50)),
-      h("td", { class: "latency" }, fmtMs(st.latency_ms)),
+      h("td", { class: "latency" }, withInt8(fmtMs(st.latency_ms), st.int8?.latency_ms, fmtMs)),
       h("td", {}, fmtDuration(st.step_seconds)),
       h("td", {}, h("code", { title: `${ck}\n${fmtBytes(st.checkpoint_bytes)}` }, short(ck)), " ", badges),
       h("td", { class: "actions" },
         h("button", { class: "small ghost", onclick: () => chooseCheckpoint(ck) }, "Curve"),
-        h("button", { class: "small", "data-action": "deploy", onclick: () => deploy(ck) }, "Deploy"),
+        h("button", { class: "small", "data-action": "deploy", title: judgesInt8(job) && st.int8 ? "deploy its int8 file" : "",
+          onclick: () => deploy(ck, judgesInt8(job) && st.int8 ? "openvino-int8" : "openvino") }, "Deploy"),
         h("button", { class: "small ghost", "data-action": "download", title: `packed checkpoint, ${fmtBytes(st.checkpoint_bytes)}`,
           onclick: () => download(ck) }, "Download"),
         h("button", { class: "small ghost", "data-action": "download-openvino", title: "OpenVINO IR zip: runs with plain OpenVINO",
           onclick: () => download(ck, "openvino") }, "OpenVINO"),
         h("button", { class: "small ghost", "data-action": "download-openvino-int8",
-          title: "OpenVINO IR zip with every layer that is not 1-bit in int8 (NNCF); made on the first request",
+          title: `OpenVINO IR zip with every layer that is not 1-bit in int8 (NNCF); ${st.int8 ? fmtBytes(st.int8.file_bytes) : "made on the first request"}`,
           onclick: () => download(ck, "openvino-int8") }, "int8"),
         h("a", { class: "button small ghost", href: `#/tryit/${ck}` }, "Try it")));
   }));
@@ -649,11 +664,16 @@ function renderTradeoff(job, others) {
   svg.replaceChildren();
   const legend = $("#tradeoff-legend");
   const byLatency = tradeoffX === "latency_ms";
-  $("#tradeoff-title").textContent = `Trade-off: MR⁻² vs ${byLatency ? "latency (OpenVINO, 1 thread)" : "compression ratio"}`;
-  const xOf = (p) => p[tradeoffX];
+  $("#tradeoff-title").textContent = `Trade-off: MR⁻² vs ${byLatency ? "latency (OpenVINO, 1 thread)" : "compression ratio"}`
+    + (judgesInt8(job) ? " · int8 files" : "");
+  // each job's points are the files its target judged (as trained, or int8): x, y and the step
   const series = [{ job, color: PALETTE[0], mine: true },
     ...others.slice(0, PALETTE.length - 1).map((j, i) => ({ job: j, color: PALETTE[i + 1], mine: false }))]
-    .map((sr) => ({ ...sr, steps: sr.job.steps.filter((p) => xOf(p) != null && xOf(p) > 0) }));
+    .map((sr) => ({ ...sr, steps: sr.job.steps.map((st) => {
+      const j = judged(sr.job, st);
+      return { ...st, x: byLatency ? j.latency_ms : st.compression_ratio, y: j.miss_rate, judged: j };
+    }).filter((p) => p.x != null && p.x > 0 && p.y != null) }));
+  const xOf = (p) => p.x;
   const pts = series.flatMap((sr) => sr.steps);
   const target = job.target || {};
   const float = job.steps.find((st) => st.index === 0);
@@ -663,7 +683,7 @@ function renderTradeoff(job, others) {
     ? float.latency_ms / target.min_speedup : null);
   const ratioTarget = byLatency ? latencyTarget : target.min_compression_ratio;
   const xs = pts.map(xOf).concat(ratioTarget ?? [], byLatency ? [] : 1);
-  const ys = pts.map((p) => p.miss_rate).concat(mrBudget ?? []);
+  const ys = pts.map((p) => p.y).concat(mrBudget ?? []);
   const xMin = byLatency ? Math.min(1, ...xs) / 1.15 : 1;
   const xMax = Math.max(byLatency ? xMin * 10 : 2, ...xs) * 1.15;
   const yMax = Math.min(1.1, Math.max(0.1, ...ys) * 1.08 + 0.03);
@@ -698,17 +718,18 @@ function renderTradeoff(job, others) {
     const g = s("g", { class: sr.mine ? "series mine" : "series other", "data-job-id": sr.job.id });
     if (steps.length > 1) {
       g.append(s("polyline", {
-        points: steps.map((p) => `${x(xOf(p))},${y(p.miss_rate)}`).join(" "),
+        points: steps.map((p) => `${x(xOf(p))},${y(p.y)}`).join(" "),
         stroke: sr.color, class: "line",
       }));
     }
     for (const p of steps) {
       const c = s("circle", {
-        cx: x(xOf(p)), cy: y(p.miss_rate), r: sr.mine ? 5 : 3.5, fill: sr.color,
+        cx: x(xOf(p)), cy: y(p.y), r: sr.mine ? 5 : 3.5, fill: sr.color,
         class: `pt ${sr.mine ? "pt-this" : "pt-other"}${p.checkpoint_id === chosenCheckpoint ? " chosen" : ""}`,
         "data-checkpoint-id": p.checkpoint_id,
       }, s("title", {}, `${sr.mine ? "this job" : `job ${short(sr.job.id)}`} · step ${p.index}\n`
-        + `ratio ${fmtRatio(p.compression_ratio)} · latency ${fmtMs(p.latency_ms)} · MR⁻² ${fmt(p.miss_rate)}`
+        + `ratio ${fmtRatio(p.compression_ratio)} · latency ${fmtMs(p.judged.latency_ms)} · MR⁻² ${fmt(p.judged.miss_rate)}`
+        + (judgesInt8(sr.job) ? " (int8 file)" : "")
         + ` · AP@0.5 ${fmt(p.ap50)}`));
       if (sr.mine) c.addEventListener("click", () => chooseCheckpoint(p.checkpoint_id));
       g.append(c);
@@ -717,7 +738,7 @@ function renderTradeoff(job, others) {
   }
   const sel = series[0].steps.find((st) => st.checkpoint_id === job.selected_checkpoint_id);
   if (sel) {
-    const sx = x(xOf(sel)), sy = y(sel.miss_rate);
+    const sx = x(xOf(sel)), sy = y(sel.y);
     const leftSide = sx > w - right - 70;
     svg.append(s("circle", { cx: sx, cy: sy, r: 10, class: "selected-ring" }),
       s("text", { x: sx + (leftSide ? -14 : 14), y: sy + 18, "text-anchor": leftSide ? "end" : "start", class: "annot" },

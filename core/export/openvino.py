@@ -63,6 +63,7 @@ import json
 import logging
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -80,6 +81,7 @@ from core.binary import (
 )
 from core.binary.activation import INPUT_BINARIZER
 from core.checkpoint import ModelCard, unpack_checkpoint
+from core.detection_metrics import DetectionMetrics, evaluate_detections
 from core.export import runtime
 from core.export.ssd import OUTPUT_NAME as SSD_OUTPUT
 from core.export.ssd import (
@@ -560,6 +562,18 @@ def measure_latency(export: OpenVinoExport, *, threads: int = 1, budget_s: float
     request = compiled.create_infer_request()
     latency = runtime.median_forward_ms(lambda: request.infer([canvas]), budget_s=budget_s)
     return latency, runtime_layer_precision(compiled)
+
+
+def detection_tensors(detections: Sequence[runtime.Detections]) -> list[dict[str, Tensor]]:
+    """The runtime's detections as `core.detection_metrics.evaluate_detections` takes predictions."""
+    return [{"boxes": torch.from_numpy(d.boxes), "scores": torch.from_numpy(d.scores)} for d in detections]
+
+
+def evaluate_export(export: OpenVinoExport, images: Sequence[np.ndarray], truth: Sequence[Tensor], *,
+                    threads: int = 1) -> DetectionMetrics:
+    """MR^-2, AP@0.5 and MR-FPPI curve of the exported IR itself (f32, one image per inference,
+    as `/detect` runs it) on RGB float32 [3, H, W] `images` in [0, 1] with boxes `truth`."""
+    return evaluate_detections(detection_tensors(export.detector(threads=threads).detect(images)), truth)
 
 
 def _original_layers(node: Any) -> list[str]:

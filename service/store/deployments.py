@@ -11,14 +11,11 @@ from sqlalchemy.orm import Session
 
 from service.store.tables import Deployment, utcnow
 
-INT8 = "openvino-int8"
-"""The one deployment format besides the checkpoint as trained (NULL): its NNCF int8 IR."""
-
 
 def deploy(session: Session, tenant_id: str, *, checkpoint_id: str | None, model_id: str,
            format: str | None = None) -> Deployment:
     """Make `checkpoint_id` (of `model_id`) the tenant's deployment, served as trained
-    (`format` None) or as its int8 IR (`INT8`, which must exist); `checkpoint_id=None` deploys
+    (`format` None) or as its int8 IR (`core.job_spec.INT8`, which must exist); `checkpoint_id=None` deploys
     the float model before its job has a checkpoint."""
     row = session.get(Deployment, tenant_id)
     if row is None:

@@ -33,7 +33,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from core.job_spec import PipelineConfig, StepMetrics
+from core.job_spec import INT8, PipelineConfig, StepMetrics
 from service.store.blobs import put_blob
 from service.store.deployments import deploy, serve_float_step
 from service.store.session import rows_changed
@@ -217,8 +217,8 @@ def cancel_requested(session: Session, job_id: str) -> bool:
 
 
 def commit_step(session: Session, job_id: str, owner: str, step: StepMetrics, checkpoint: bytes,
-                state: bytes, *, openvino: bytes | None = None) -> str | None:
-    """Store a finished step: its packed checkpoint, resume state and OpenVINO IR zip (blobs), the checkpoint
+                state: bytes, *, openvino: bytes | None = None, openvino_int8: bytes | None = None) -> str | None:
+    """Store a finished step: its packed checkpoint, resume state, OpenVINO IR zip and int8 IR zip (blobs), the checkpoint
     row, the `job_steps` row and the job's progress, in the caller's transaction, while
     `owner` holds the lease (LeaseLost otherwise). Returns the checkpoint id, or None when this
     owner had already committed the step (a retry whose first commit went through before the
@@ -237,7 +237,8 @@ def commit_step(session: Session, job_id: str, owner: str, step: StepMetrics, ch
     row = Checkpoint(**columns_of(Checkpoint, metrics), tenant_id=job.tenant_id, job_id=job.id,
                      model_id=job.model_id, step=step.index, architecture=architecture,
                      size_bytes=len(checkpoint), blob_id=put_blob(session, checkpoint).id,
-                     openvino_blob_id=put_blob(session, openvino).id if openvino else None)
+                     openvino_blob_id=put_blob(session, openvino).id if openvino else None,
+                     openvino_int8_blob_id=put_blob(session, openvino_int8).id if openvino_int8 else None)
     session.add(row)
     session.flush()
     session.add(JobStep(**columns_of(JobStep, metrics), job_id=job.id, checkpoint_id=row.id,
@@ -278,7 +279,8 @@ def finish(session: Session, job_id: str, owner: str, status: JobStatus, *, sele
            error: str | None = None) -> bool:
     """End the running job as `status` (succeeded with the selected step, failed with the
     error, or cancelled) and release its lease; a succeeded job with `deploy_on_success`
-    deploys its selected checkpoint. False when `owner` no longer holds the lease."""
+    deploys its selected checkpoint, as the file its `deploy_format` judged where it was made.
+    False when `owner` no longer holds the lease."""
     transition = FINISH[status]
     now = utcnow()
     values: dict[str, Any] = {
@@ -293,11 +295,14 @@ def finish(session: Session, job_id: str, owner: str, status: JobStatus, *, sele
     job = session.get(Job, job_id)
     assert job is not None
     if transition is SUCCEED and job.deploy_on_success and selected is not None:
-        checkpoint_id = session.scalar(
-            select(JobStep.checkpoint_id).where(JobStep.job_id == job.id, JobStep.index == selected)
-        )
-        deploy(session, job.tenant_id, checkpoint_id=checkpoint_id, model_id=job.model_id)
-        log.info("job %s: deployed checkpoint %s", job.id, checkpoint_id)
+        checkpoint = session.scalars(
+            select(Checkpoint).join(JobStep, JobStep.checkpoint_id == Checkpoint.id)
+            .where(JobStep.job_id == job.id, JobStep.index == selected)
+        ).one()
+        as_int8 = job.config.get("deploy_format") == INT8 and checkpoint.openvino_int8_blob_id is not None
+        deploy(session, job.tenant_id, checkpoint_id=checkpoint.id, model_id=job.model_id,
+               format=INT8 if as_int8 else None)
+        log.info("job %s: deployed checkpoint %s%s", job.id, checkpoint.id, " as its int8 file" if as_int8 else "")
     return True
 
 

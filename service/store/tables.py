@@ -194,6 +194,7 @@ class CheckpointMetricColumns:
     miss_rate: Mapped[float] = mapped_column(Float)
     ap50: Mapped[float] = mapped_column(Float)
     latency_ms: Mapped[float | None] = mapped_column(Float)  # migration 0003
+    int8: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # migration 0005
 
 
 class Checkpoint(CheckpointMetricColumns, Base):

@@ -8,10 +8,19 @@ from pydantic import ValidationError
 
 from core.checkpoint import ModelCard
 from core.data import read_pennfudan, split_records
+from core.export.int8 import is_int8, runtime_precisions
 from core.export.one_bit import layer_savings
-from core.job_spec import PipelineConfig, Target
+from core.export.openvino import OpenVinoExport
+from core.job_spec import Int8Metrics, PipelineConfig, Target
 from core.paths import default_data_dir
-from core.pipeline import StepOutcome, eligible_layers, plan_steps, run, select_step
+from core.pipeline import (
+    StepOutcome,
+    eligible_layers,
+    plan_steps,
+    run,
+    select_step,
+    stops_after,
+)
 from core.priority import LayerInfo, order_layers
 
 CARD = {"architecture": "flexbin_pednet", "num_classes": 2, "input_size": 64, "width": 8}
@@ -92,3 +101,50 @@ def test_a_latency_job_orders_by_measured_savings_keeps_its_prefix_on_resume_and
     plan = plan_steps(model, card, config, savings={n.name: 0.0 for n in eligible_layers(model, card, config)},
                       done=done)
     assert plan.steps[0] == done[0]
+
+
+def _int8_step(index: int, trained: tuple[float, float], int8: tuple[float, float] | None, ratio: float) -> StepOutcome:
+    figures = None if int8 is None else Int8Metrics(miss_rate=int8[0], ap50=0.8, latency_ms=int8[1], file_bytes=1,
+                                                    calibration_images=1)
+    return _step(index, trained[1], ratio).model_copy(update={"miss_rate": trained[0], "int8": figures})
+
+
+def test_deploy_format_int8_judges_targets_on_each_steps_int8_file_against_the_float_model_as_trained() -> None:
+    # (MR, ms) as trained and as int8: int8 is faster, and its MR moves either way
+    steps = [_int8_step(0, (0.10, 10.0), (0.11, 4.0), 1.0), _int8_step(1, (0.12, 8.0), (0.16, 3.0), 2.0),
+             _int8_step(2, (0.20, 6.0), None, 3.0), _int8_step(3, (0.15, 7.0), (0.12, 2.5), 4.0)]
+    int8 = "openvino-int8"
+    assert select_step(steps, Target(max_latency_ms=3.5)) == (2, False)  # as trained: none; the fastest, 6 ms
+    assert select_step(steps, Target(max_latency_ms=3.5), int8) == (1, True)
+    assert select_step(steps, Target(min_speedup=3.5), int8) == (3, True)  # against float as trained: 10 / 2.5
+    # a miss-rate budget over the float model as trained (0.10); a step without an int8 file is over it
+    assert select_step(steps, Target(max_miss_rate_increase=0.03)) == (1, True)
+    assert select_step(steps, Target(max_miss_rate_increase=0.03), int8) == (3, True)
+    assert stops_after(steps[:3], Target(max_miss_rate_increase=0.05, patience=1), int8)  # 0.16, then none
+    assert not stops_after(steps[:3], Target(max_miss_rate_increase=0.05, patience=1))  # 0.12, 0.20
+    assert select_step(steps[:1], Target(max_miss_rate_increase=0.005), int8) == (0, False)  # float's int8: 0.11
+
+
+def test_a_deploy_format_int8_job_makes_measures_and_stores_each_steps_int8_file(tiny) -> None:
+    model, card, train, val = tiny
+    config = PipelineConfig(target=Target(max_miss_rate_increase=1.0), activation_bits=1, finetune_iters=1,
+                            batch_size=2, min_layer_params=0, layers_per_step=3, deploy_format="openvino-int8")
+    with pytest.raises(ValueError, match="needs the per-step OpenVINO export"):
+        run(model, card, train, val, config, export_openvino=False)
+    seen: list[StepOutcome] = []
+    result = run(model, card, train[:3], val, config, on_step=seen.append, int8_calibration_images=2)
+    assert len(seen) >= 2 and all(s.int8 is not None and s.openvino_int8 for s in seen)
+    for step in seen[:2]:
+        assert step.int8.calibration_images == 2 and step.int8.file_bytes == len(step.openvino_int8)
+        assert 0.0 <= step.int8.miss_rate <= 1.0 and step.int8.latency_ms > 0
+        found = runtime_precisions(OpenVinoExport.from_zip(step.openvino_int8).detector().compiled(
+            card_input_shape(step)))
+        assert any(is_int8(precision) for (_, precision) in found)  # the float convs run int8
+        if step.index:  # the binary-input layers stay 1-bit
+            assert found[("BinaryConvolution", "u1")] >= 1
+    assert result.selected_index == select_step(seen, config.target, "openvino-int8")[0]
+    assert "int8" in seen[1].model_dump(mode="json") and "openvino_int8" not in seen[1].model_dump(mode="json")
+
+
+def card_input_shape(step: StepOutcome) -> list[int]:
+    return OpenVinoExport.from_zip(step.openvino_int8).spec["input"]["shape"]

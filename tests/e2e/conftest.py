@@ -15,6 +15,7 @@ from testkit.fixtures import (  # the service stack, a stack of this package's o
     api_url,
     broker_url,
     database_url,
+    export_api_url,
     log_dir,
     service_env,
     start_worker,

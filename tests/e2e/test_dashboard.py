@@ -23,10 +23,11 @@ import pytest
 
 from core.paths import default_data_dir
 from testkit.factories import dataset_zip, tiny_model
+from testkit.fixtures import EXPORT_ON
 from testkit.stack import KEYS, wait_until
 
 pytestmark = pytest.mark.timeout(300)
-WORKER_ENV = {"FLEXBIN_EXPORT_OPENVINO": "true"}  # each step's latency: the table column and the plot's x axis
+WORKER_ENV = EXPORT_ON  # each step's latency: the table column and the plot's x axis
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 DOCS_PAGES = {"jobs", "job", "upload", "tryit"}  # the screenshots the README shows
@@ -359,6 +360,42 @@ def test_try_it_draws_boxes(page, api, artifacts, state) -> None:
     form.locator("select[name=checkpoint_id]").select_option(float_step)
     form.locator("button[type=submit]").click()
     expect(canvas).to_have_attribute("data-checkpoint-id", float_step)
+
+
+def test_an_int8_job_shows_and_plots_its_int8_files(page, export_api_url: str, state) -> None:
+    """A job with deploy_format openvino-int8 (taken by an API with the per-step export on): each
+    row shows the int8 file's MR^-2 and latency beside the figures as trained, and the plot draws
+    the int8 files, which its target judged."""
+    from playwright.sync_api import expect
+
+    with httpx.Client(base_url=export_api_url, headers={"Authorization": f"Bearer {KEYS['alpha']}"}, timeout=120) as c:
+        r = c.post("/jobs", json={"model_id": state["model_id"], "dataset_id": state["dataset_id"],
+                                  "target": {"max_latency_ms": 0.001}, "finetune_iters": 2, "batch_size": 2,
+                                  "activation_bits": 1, "layers_per_step": 4, "deploy_format": "openvino-int8"})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        wait_until(lambda: c.get(f"/jobs/{job_id}").json()["status"] in {"succeeded", "failed"}, JOB_TIMEOUT,
+                   "the int8 job")
+        job = c.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "succeeded", job["error"]
+    steps = job["steps"]
+    assert all(st["int8"] for st in steps)
+    page.goto(f"/#/job/{job_id}")
+    expect(page.locator("#job-summary")).to_contain_text("judged on its openvino-int8 files")
+    rows = page.locator("#steps-table tbody tr")
+    expect(rows).to_have_count(len(steps))
+    for row, st in zip(rows.all(), steps):
+        expect(row.locator("td.miss-rate")).to_contain_text(f"int8 {st['int8']['miss_rate']:.3f}")
+        expect(row.locator("td.latency .int8")).to_have_count(1)
+    # a latency target nothing meets: the fastest int8 file is selected, and the plot is drawn in int8 times
+    fastest = min(steps, key=lambda st: st["int8"]["latency_ms"])
+    assert job["selected_checkpoint_id"] == fastest["checkpoint_id"]
+    page.locator("#tradeoff-x button[data-x=latency_ms]").click()
+    expect(page.locator("#tradeoff-title")).to_contain_text("int8 files")
+    expect(page.locator("#tradeoff circle.pt-this")).to_have_count(len(steps))
+    xs = [float(c.get_attribute("cx")) for c in page.locator("#tradeoff circle.pt-this").all()]
+    assert xs.index(min(xs)) == steps.index(fastest), "the leftmost point is the fastest int8 file"
+    page.locator("#tradeoff-x button[data-x=compression_ratio]").click()
 
 
 def test_sign_out_forgets_the_key(page) -> None:

@@ -17,6 +17,7 @@ from testkit.fixtures import (  # the service stack, a stack of this package's o
     broker_url,
     database_name,
     database_url,
+    export_api_url,
     log_dir,
     redis_db_index,
     service_env,

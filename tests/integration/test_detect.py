@@ -17,6 +17,7 @@ from core.paths import default_data_dir
 from service.store import Deployment, get_sessionmaker
 from service.store.tenants import ensure_tenant
 from testkit.factories import dataset_zip
+from testkit.fixtures import EXPORT_ON
 from testkit.servers import free_port
 from testkit.stack import (
     KEYS,
@@ -26,7 +27,7 @@ from testkit.stack import (
     wait_until,
 )
 
-WORKER_ENV = {"FLEXBIN_EXPORT_OPENVINO": "true"}  # checkpoints with an OpenVINO IR: /detect serves them on OpenVINO
+WORKER_ENV = EXPORT_ON  # checkpoints with an OpenVINO IR: /detect serves them on OpenVINO
 
 # A PedNet whose prediction does not depend on the image: every convolution weight is zero, so
 # the heatmap and the box regression are their biases at every cell of the (fixed-size) input

@@ -14,14 +14,14 @@ import pytest
 
 from core.paths import default_data_dir
 from testkit.factories import run_tiny_job, upload_tiny
+from testkit.fixtures import EXPORT_ON
+from testkit.stack import KEYS
 
-WORKER_ENV = {"FLEXBIN_EXPORT_OPENVINO": "true"}  # checkpoints with an OpenVINO IR: /detect serves them on OpenVINO
+WORKER_ENV = EXPORT_ON  # checkpoints with an OpenVINO IR: /detect serves them on OpenVINO
 
 
 @pytest.fixture(scope="module")
 def binary_job(api_url: str, worker) -> dict:
-    from tests.integration.conftest import KEYS
-
     with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {KEYS['alpha']}"}, timeout=120) as c:
         return run_tiny_job(c, {"target": {"min_compression_ratio": 1.5}, "finetune_iters": 2, "batch_size": 2,
                                 "activation_bits": 1, "min_layer_params": 0, "seed": 3})
@@ -184,7 +184,8 @@ def test_latency_targets_and_order_need_the_per_step_export(client: httpx.Client
     that needs it is refused up front; nonsense values are 422s naming the field."""
     ids = upload_tiny(client, 4)
     for body in ({"target": {"max_latency_ms": 5.0}},
-                 {"target": {"min_compression_ratio": 2.0}, "order": "latency", "activation_bits": 1}):
+                 {"target": {"min_compression_ratio": 2.0}, "order": "latency", "activation_bits": 1},
+                 {"target": {"min_compression_ratio": 2.0}, "deploy_format": "openvino-int8"}):
         r = client.post("/jobs", json={**ids, **body})
         assert r.status_code == 422 and "FLEXBIN_EXPORT_OPENVINO" in r.json()["detail"], r.text
     for target, field in (({"min_speedup": 0.5}, "min_speedup"), ({"max_latency_ms": -1}, "max_latency_ms"),
@@ -193,3 +194,34 @@ def test_latency_targets_and_order_need_the_per_step_export(client: httpx.Client
         assert r.status_code == 422 and field in r.json()["detail"], r.text
     r = client.post("/jobs", json={**ids, "target": {"min_speedup": 2.0}, "order": "latency"})
     assert r.status_code == 422 and "order latency needs activation_bits 1" in r.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def int8_job(export_api_url: str, worker) -> dict:
+    with httpx.Client(base_url=export_api_url, headers={"Authorization": f"Bearer {KEYS['beta']}"}, timeout=120) as c:
+        bad = c.post("/jobs", json={**upload_tiny(c, 4), "target": {"max_latency_ms": 5}, "deploy_format": "onnx"})
+        assert bad.status_code == 422 and "deploy_format" in bad.json()["detail"], bad.text
+        return run_tiny_job(c, {"target": {"max_miss_rate_increase": 1.0}, "finetune_iters": 2, "batch_size": 2,
+                                "activation_bits": 1, "min_layer_params": 0, "layers_per_step": 4, "seed": 4,
+                                "deploy_format": "openvino-int8", "deploy_on_success": True})
+
+
+def test_a_deploy_format_int8_job_measures_stores_and_deploys_each_steps_int8_file(export_api_url: str,
+                                                                                   int8_job: dict) -> None:
+    steps = int8_job["steps"]
+    assert int8_job["config"]["deploy_format"] == "openvino-int8" and len(steps) >= 2
+    with httpx.Client(base_url=export_api_url, headers={"Authorization": f"Bearer {KEYS['beta']}"}, timeout=120) as c:
+        for step in steps:
+            int8 = step["int8"]
+            assert set(int8) == {"miss_rate", "ap50", "latency_ms", "file_bytes", "calibration_images"}
+            checkpoint = c.get(f"/checkpoints/{step['checkpoint_id']}").json()
+            assert checkpoint["int8"] == int8 and checkpoint["files"]["openvino_int8"] == int8["file_bytes"]
+        # the file the job measured is the download: stored by the job, not made again
+        selected = int8_job["selected_checkpoint_id"]
+        r = c.get(f"/checkpoints/{selected}/download", params={"format": "openvino-int8"})
+        assert r.status_code == 200 and len(r.content) == next(
+            s["int8"]["file_bytes"] for s in steps if s["checkpoint_id"] == selected)
+        assert ("BinaryConvolution", "u1") in _compiled_precisions(r.content)
+        # deploy_on_success serves the selected step as the file the job judged
+        deployment = c.get("/deployment").json()
+        assert deployment["checkpoint_id"] == selected and deployment["format"] == "openvino-int8"
