@@ -6,7 +6,8 @@ a 1-bit convolution (only the first `binary_input_layers` such layers of the ord
 fine-tunes the whole network for `finetune_iters` iterations, evaluates MR^-2 / AP@0.5 on the
 validation split, measures the compression ratio and the exported
 OpenVINO model's CPU latency, and hands a packed checkpoint (and its OpenVINO IR zip) to
-`on_step`. Step 0 is the float model.
+`on_step`. Step 0 is the float model. With `deploy_format` openvino-int8 each step's NNCF int8
+file is also made, evaluated and timed, and the target is judged on it (`select_step`).
 The all-at-once baseline (XNOR-Net / BWN style) binarizes the same set of layers in one
 step and fine-tunes with the same total iteration budget.
 
