@@ -29,7 +29,7 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
-`_bin<n>`, --weights-only-iterations n `_wo<n>`, --order o other than latency `_<o>`, --int8 `_int8`, --seed s `_seed<s>`;
+`_bin<n>`, --weights-only-iterations n `_wo<n>`, --order o other than latency `_<o>`, --int8 `_int8` (--int8-max-drop d `_int8ac<d>`), --seed s `_seed<s>`;
 --name another name, e.g. with the CPU kind appended, `_quick` added with --quick).
 """
 from __future__ import annotations
@@ -63,7 +63,8 @@ def job_config(args: argparse.Namespace, weight: float, binarizer: str, iteratio
                           distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=args.staged,
                           binarizer_lr_multiplier=args.binarizer_lr, rprelu=args.rprelu,
                           binary_input_layers=args.binary_input_layers, weights_only_iters=args.weights_only_iterations,
-                          deploy_format="openvino-int8" if args.int8 else "openvino")
+                          deploy_format="openvino-int8" if args.int8 or args.int8_max_drop is not None else "openvino",
+                          int8_max_drop=args.int8_max_drop)
 
 
 def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints: Path) -> dict[str, Any]:
@@ -74,7 +75,8 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     arm = {"distillation_weight": config.distillation_weight, "activation_quantizer": config.activation_quantizer,
            "staged_schedule": config.staged_schedule, "binarizer_lr_multiplier": config.binarizer_lr_multiplier,
            "rprelu": config.rprelu, "seed": config.seed, "binary_input_layers": config.binary_input_layers,
-           "weights_only_iters": config.weights_only_iters, "deploy_format": config.deploy_format}
+           "weights_only_iters": config.weights_only_iters, "deploy_format": config.deploy_format,
+           "int8_max_drop": config.int8_max_drop}
     elapsed: list[float] = []  # seconds from the job's start to each step's report
 
     def on_step(step: StepOutcome) -> None:
@@ -211,8 +213,8 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
         name += f"_wo{args.weights_only_iterations}"
     if args.order != "latency":
         name += f"_{args.order}"
-    if args.int8:
-        name += "_int8"
+    if args.int8 or args.int8_max_drop is not None:
+        name += "_int8" + (f"ac{args.int8_max_drop:g}" if args.int8_max_drop is not None else "")
     if args.seed:
         name += f"_seed{args.seed}"
     return name
@@ -241,6 +243,9 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true",
                         help="deploy_format openvino-int8: every step's int8 file is made, evaluated and timed in the job "
                              "(1-bit MACs, its MR^-2, ms and size per step)")
+    parser.add_argument("--int8-max-drop", type=float, default=None,
+                        help="int8_max_drop (implies --int8): each step's int8 file by NNCF's accuracy control on the "
+                             "training images, at most this much MR^-2 above the checkpoint as trained there")
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
     parser.add_argument("--quick", action="store_true", help="2 steps of 4 iterations: checks the script")
@@ -263,13 +268,16 @@ def main() -> None:
         if args.binary_input_layers is not None else "") + (
         f" ({args.weights_only_iterations} iterations a weights-only step)" if args.weights_only_iterations is not None
         else "")
+    int8 = ""
+    if args.int8 or args.int8_max_drop is not None:
+        int8 = ("; with each step's openvino-int8 file (NNCF calibrated on the job's training images, the 1-bit layers "
+                "kept) made, evaluated and timed the same way in the job")
+        if args.int8_max_drop is not None:
+            int8 += f" (by NNCF's accuracy control, max_drop {args.int8_max_drop:g} in 1 - MR^-2 on the training images)"
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
               f"x{args.binarizer_lr:g}, order {args.order}, 2 layers per step, {iterations} "
               f"iterations per step, lr 1e-4, seed {args.seed}, {steps} steps; validation MR^-2 on 32 images (noise about "
-              f"±0.04); forward ms of each step's OpenVINO export, 1 thread f32" + (
-                  "; with each step's openvino-int8 file (NNCF calibrated on the job's training images, the 1-bit layers kept) made, "
-                  "evaluated and timed the same way in the job" if args.int8 else "")
-              + ". One seed: a screen, not a verdict.")
+              f"±0.04); forward ms of each step's OpenVINO export, 1 thread f32{int8}. One seed: a screen, not a verdict.")
     result = {"machine": report.machine(threads=torch.get_num_threads()), "git": report.git_commit(),
               "design": design, "arms": arms}
     path = report.write_results(name, result, markdown(result))

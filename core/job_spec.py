@@ -199,6 +199,14 @@ class PipelineConfig(BaseModel):
         "timed; the step's `int8` figures hold what was measured and the file is stored with its checkpoint. A "
         "binary-input job's early layers stay float as trained and only reach int8 in that file, so there it is "
         "the fast one. Costs about 10-20 s a step; needs the per-step OpenVINO export.")
+    int8_max_drop: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="deploy_format openvino-int8 only: make each step's int8 file with NNCF's accuracy control "
+        "(`nncf.quantize_with_accuracy_control`): convs go back to float, the most harmful first, until the file's "
+        "MR^-2 on the calibration (training) images is at most this much above the checkpoint's as trained. The "
+        "validation split stays out of it, so the step's int8 figures still judge it fairly. A float conv among int8 "
+        "ones costs time, so the file can end up slower than plain int8. null: plain nncf.quantize. Costs about "
+        "30-60 s more a step.")
 
     @property
     def needs_export(self) -> str | None:
@@ -265,6 +273,9 @@ class PipelineConfig(BaseModel):
                              "(finetune_iters sets its iterations)")
         if self.staged_schedule and self.activation_bits != 1:
             raise ValueError("staged_schedule needs activation_bits 1: it binarizes inputs before weights")
+        if self.int8_max_drop is not None and self.deploy_format != INT8:
+            raise ValueError("int8_max_drop needs deploy_format openvino-int8: it is how the job makes each step's int8 "
+                             "file")
         if self.activation_bits == 1 and self.bits != 1:
             raise ValueError("activation_bits 1 needs bits 1: a 1-bit convolution takes 1-bit weights")
         return self
@@ -278,6 +289,9 @@ class Int8Metrics(BaseModel):
     latency_ms: float = Field(description="Median forward time of the int8 IR, measured as `latency_ms`.")
     file_bytes: int = Field(description="Size of the int8 IR zip, the file a user downloads.")
     calibration_images: int = Field(description="Training images NNCF calibrated it on.")
+    max_drop: float | None = Field(
+        default=None, description="The `int8_max_drop` NNCF's accuracy control made it with (on the calibration "
+        "images); null: plain nncf.quantize.")
 
 
 class CheckpointMetrics(BaseModel):

@@ -59,6 +59,7 @@ from core.checkpoint import (
     unpack_checkpoint,
 )
 from core.data import ImageRecord
+from core.detection_metrics import evaluate_detections
 from core.distillation import Distillation, frozen_teacher
 from core.job_spec import (
     INT8,
@@ -342,7 +343,7 @@ def run(
     """
     cache = ImageCache()
     try:
-        int8 = _Int8Inputs(train_records[:int8_calibration_images], val_records, cache) \
+        int8 = _Int8Inputs(train_records[:int8_calibration_images], val_records, cache, config.int8_max_drop) \
             if config.deploy_format == INT8 else None
         return _run(model, card, train_records, val_records, config, cache, completed=completed, on_step=on_step,
                     on_progress=on_progress, should_stop=should_stop, device=device, export_openvino=export_openvino,
@@ -488,11 +489,13 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
 @dataclass
 class _Int8Inputs:
     """What a step's int8 file is made and judged with: the calibration records (training
-    images) and the validation records, read through the run's image cache."""
+    images), the validation records, read through the run's image cache, and NNCF's accuracy
+    control's `max_drop` (None: plain nncf.quantize)."""
 
     calibration: Sequence[ImageRecord]
     validation: Sequence[ImageRecord]
     cache: ImageCache
+    max_drop: float | None = None
 
     def images(self, records: Sequence[ImageRecord]) -> list[np.ndarray]:
         """RGB float32 [3, H, W] in [0, 1], as `/detect` decodes an upload (made per step from
@@ -538,17 +541,28 @@ def _export(packed: bytes, index: int, int8: _Int8Inputs | None = None) -> _Expo
 
 def _int8_file(export: Any, int8: _Int8Inputs) -> tuple[Int8Metrics, bytes]:
     """The int8 file of `export` (`core.export.int8.int8_export`, as `?format=openvino-int8`
-    makes it) and its MR^-2 / AP@0.5 on the validation split and forward time, measured on
-    the IR itself as `/detect` runs it."""
-    from core.export.int8 import int8_export
-    from core.export.openvino import evaluate_export, measure_latency
+    makes it; with `int8.max_drop`, by NNCF's accuracy control on the calibration images, 1 - MR^-2
+    the metric) and its MR^-2 / AP@0.5 on the validation split and forward time, measured on the
+    IR itself as `/detect` runs it."""
+    from core.export.int8 import AccuracyControl, int8_export
+    from core.export.openvino import detection_tensors, evaluate_export, measure_latency
 
-    quantized = int8_export(export, int8.images(int8.calibration))
+    calibration = int8.images(int8.calibration)
+    control = None
+    if int8.max_drop is not None:
+        truth = [r.boxes for r in int8.calibration]
+
+        def metric(detections: list[Any], indices: list[int]) -> float:
+            return 1.0 - evaluate_detections(detection_tensors(detections), [truth[i] for i in indices]).miss_rate
+
+        control = AccuracyControl(calibration, metric, int8.max_drop)
+    quantized = int8_export(export, calibration, accuracy_control=control)
     latency, _ = measure_latency(quantized, threads=1)
     metrics = evaluate_export(quantized, int8.images(int8.validation), [r.boxes for r in int8.validation])
     data = quantized.zip_bytes()
     return Int8Metrics(miss_rate=metrics.miss_rate, ap50=metrics.ap50, latency_ms=latency, file_bytes=len(data),
-                       calibration_images=quantized.spec["quantization"]["calibration_images"]), data
+                       calibration_images=quantized.spec["quantization"]["calibration_images"],
+                       max_drop=int8.max_drop), data
 
 
 def _latency_savings(model: nn.Module, card: ModelCard, config: PipelineConfig) -> dict[str, float]:

@@ -25,7 +25,9 @@ convs too; the export alone: 0.124 / 0.170 / 0.111) and faster at 1 thread f32 (
 against 4.58 / 4.30 / 4.33 ms in one run). `int8_after_1bit=True` quantizes them as well.
 
 `quantize_int8_with_accuracy_control` is NNCF's accuracy-aware variant (`max_drop` on a
-validation metric of the decoded detections, e.g. 1 - MR^-2 on the validation split);
+validation metric of the decoded detections, e.g. 1 - MR^-2); `int8_export(...,
+accuracy_control=AccuracyControl(...))` makes a download of it (a job's `int8_max_drop`, validated
+on its calibration images);
 `compress_weights_int8` stores only the weights of the float convs in 8 bits (`nncf.compress_weights`,
 inputs float: measured on the IR size by bench/ceiling.py, not a download format);
 `runtime_precisions` reads the compiled graph (what actually runs as u1 / i8 / u8 / f32).
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -173,20 +176,43 @@ def quantize_int8(export: Any, images: Sequence[np.ndarray], *, spec: dict[str, 
                          ignored_scope=ignored_scope(model, int8_after_1bit=int8_after_1bit), **nncf_kwargs)
 
 
+@dataclass(frozen=True)
+class AccuracyControl:
+    """What `nncf.quantize_with_accuracy_control` validates on: `images` (RGB float32 [3, H, W]),
+    `metric(detections, indices)` (higher is better, e.g. 1 - MR^-2 of those images' detections)
+    and the largest absolute drop of it that the int8 model may show."""
+
+    images: Sequence[np.ndarray]
+    metric: Callable[[list[runtime.Detections], list[int]], float]
+    max_drop: float
+
+
 def int8_export(export: Any, images: Sequence[np.ndarray], *, subset_size: int = 300,
-                int8_after_1bit: bool = False, **nncf_kwargs: Any) -> Any:
-    """`quantize_int8` of an `OpenVinoExport`, as an `OpenVinoExport` (same card, input, outputs
-    and post-processing; its spec records the quantization), so `.detector()` and `.zip_bytes()`
-    work as for any export."""
+                int8_after_1bit: bool = False, accuracy_control: AccuracyControl | None = None,
+                **nncf_kwargs: Any) -> Any:
+    """`quantize_int8` of an `OpenVinoExport` (or, with `accuracy_control`,
+    `quantize_int8_with_accuracy_control`), as an `OpenVinoExport` (same card, input, outputs and
+    post-processing; its spec records the quantization), so `.detector()` and `.zip_bytes()` work
+    as for any export."""
     import dataclasses
 
     import nncf
 
-    model = quantize_int8(export, images, subset_size=subset_size, int8_after_1bit=int8_after_1bit, **nncf_kwargs)
-    spec = {**export.spec, "quantization": {"tool": f"nncf {nncf.__version__}", "method": "nncf.quantize",
-                                            "calibration_images": min(len(images), subset_size),
-                                            "int8_after_1bit": int8_after_1bit}}
-    return dataclasses.replace(export, model=model, spec=spec)
+    quantization: dict[str, Any] = {"tool": f"nncf {nncf.__version__}", "method": "nncf.quantize",
+                                    "calibration_images": min(len(images), subset_size),
+                                    "int8_after_1bit": int8_after_1bit}
+    if accuracy_control is None:
+        model = quantize_int8(export, images, subset_size=subset_size, int8_after_1bit=int8_after_1bit,
+                              **nncf_kwargs)
+    else:
+        if int8_after_1bit:
+            raise ValueError("accuracy control quantizes with the default scope (int8_after_1bit=False)")
+        model = quantize_int8_with_accuracy_control(
+            export, images, accuracy_control.images, accuracy_control.metric, max_drop=accuracy_control.max_drop,
+            subset_size=subset_size, **nncf_kwargs)
+        quantization.update(method="nncf.quantize_with_accuracy_control", max_drop=accuracy_control.max_drop,
+                            validation_images=len(accuracy_control.images))
+    return dataclasses.replace(export, model=model, spec={**export.spec, "quantization": quantization})
 
 
 def int8_zip(openvino_zip: bytes, images: Sequence[np.ndarray], **kwargs: Any) -> bytes:
@@ -228,8 +254,9 @@ def quantize_int8_with_accuracy_control(
             indices.append(i)
         return float(metric(detections, indices)), None
 
+    model = with_int8_binary_weights(model.clone())  # as quantize_int8: weights-only binary layers go int8
     return nncf.quantize_with_accuracy_control(
-        model.clone(), nncf.Dataset(calibration), nncf.Dataset(items, lambda item: item[1]), validation_fn,
+        model, nncf.Dataset(calibration), nncf.Dataset(items, lambda item: item[1]), validation_fn,
         max_drop=max_drop, subset_size=min(subset_size, len(calibration)), ignored_scope=ignored_scope(model),
         **nncf_kwargs)
 
@@ -262,5 +289,5 @@ def is_int8(precision: str) -> bool:
     return precision in ("i8", "u8")
 
 
-__all__ = ["calibration_inputs", "compress_weights_int8", "ignored_scope", "int8_export", "int8_zip", "is_int8", "one_bit_nodes", "quantize_int8",
+__all__ = ["AccuracyControl", "calibration_inputs", "compress_weights_int8", "ignored_scope", "int8_export", "int8_zip", "is_int8", "one_bit_nodes", "quantize_int8",
            "quantize_int8_with_accuracy_control", "runtime_precisions"]

@@ -14,6 +14,7 @@ from core.export.openvino import OpenVinoExport
 from core.job_spec import Int8Metrics, PipelineConfig, Target
 from core.paths import default_data_dir
 from core.pipeline import (
+    Cancelled,
     StepOutcome,
     eligible_layers,
     plan_steps,
@@ -148,3 +149,20 @@ def test_a_deploy_format_int8_job_makes_measures_and_stores_each_steps_int8_file
 
 def card_input_shape(step: StepOutcome) -> list[int]:
     return OpenVinoExport.from_zip(step.openvino_int8).spec["input"]["shape"]
+
+
+def test_int8_max_drop_makes_the_int8_file_under_nncfs_accuracy_control_on_the_calibration_images(tiny) -> None:
+    with pytest.raises(ValidationError, match="int8_max_drop needs deploy_format openvino-int8"):
+        PipelineConfig(target=Target(min_compression_ratio=2.0), int8_max_drop=0.01)
+    model, card, train, val = tiny
+    config = PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, finetune_iters=1,
+                            batch_size=2, min_layer_params=0, layers_per_step=6, deploy_format="openvino-int8",
+                            int8_max_drop=0.0)
+    seen: list[StepOutcome] = []
+    with pytest.raises(Cancelled):  # after step 1
+        run(model, card, train[:3], val, config, on_step=seen.append, int8_calibration_images=3,
+            should_stop=lambda: len(seen) > 1)
+    assert all(s.int8 is not None and s.int8.max_drop == 0.0 for s in seen)
+    quantization = OpenVinoExport.from_zip(seen[-1].openvino_int8).spec["quantization"]
+    assert quantization["method"] == "nncf.quantize_with_accuracy_control"
+    assert quantization["max_drop"] == 0.0 and quantization["validation_images"] == 3

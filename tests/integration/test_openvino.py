@@ -100,6 +100,8 @@ def test_detect_runs_the_openvino_export(client: httpx.Client, binary_job: dict)
                                           "activation_quantizer"),
                                          ({"staged_schedule": True}, "staged_schedule needs activation_bits 1"),
                                          ({"rprelu": True}, "rprelu needs activation_bits 1"),
+                                         ({"int8_max_drop": 0.01}, "int8_max_drop needs deploy_format openvino-int8"),
+                                         ({"deploy_format": "openvino-int8", "int8_max_drop": -1}, "int8_max_drop"),
                                          ({"activation_bits": 1, "rprelu": "maybe"}, "rprelu"),
                                          ({"binarizer_lr_multiplier": 10}, "binarizer_lr_multiplier needs"),
                                          ({"activation_bits": 1, "binarizer_lr_multiplier": 0},
@@ -213,7 +215,8 @@ def test_a_deploy_format_int8_job_measures_stores_and_deploys_each_steps_int8_fi
     with httpx.Client(base_url=export_api_url, headers={"Authorization": f"Bearer {KEYS['beta']}"}, timeout=120) as c:
         for step in steps:
             int8 = step["int8"]
-            assert set(int8) == {"miss_rate", "ap50", "latency_ms", "file_bytes", "calibration_images"}
+            assert set(int8) == {"miss_rate", "ap50", "latency_ms", "file_bytes", "calibration_images", "max_drop"}
+            assert int8["max_drop"] is None  # plain nncf.quantize
             checkpoint = c.get(f"/checkpoints/{step['checkpoint_id']}").json()
             assert checkpoint["int8"] == int8 and checkpoint["files"]["openvino_int8"] == int8["file_bytes"]
         # the file the job measured is the download: stored by the job, not made again
