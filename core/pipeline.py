@@ -424,6 +424,7 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
                                                        offset=plan.iterations[index - 1], what="consolidating"))
             if stop.requested:
                 raise Cancelled(f"cancelled during step {index}")
+        progress.measuring(index, int8 is not None)
         report(_measure(served, card, config, index, new_layers, time.monotonic() - started,
                         val_records, cache, device, chain=model, export_openvino=export_openvino,
                         options=options, int8=int8))
@@ -612,6 +613,12 @@ class _ProgressTracker:
         self.last = now
         self._emit(step, it.iteration, it.total, self.done + offset + it.iteration,
                    f"{what} {it.iteration}/{it.total}")
+
+    def measuring(self, step: int, int8: bool) -> None:
+        """The step's training is done; its evaluation and export (and int8 file) run now."""
+        if self.on_progress is not None:
+            self._emit(step, 0, 0, self.done + self.work[step] - 1,
+                       "evaluating and exporting" + (" (and making its int8 file)" if int8 else ""))
 
     def step_done(self, step: int) -> None:
         self.done += self.work[step] if step < len(self.work) else 0

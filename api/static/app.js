@@ -500,6 +500,7 @@ function renderJobHeader(job) {
   const stepRunning = job.status === "running" && !job.steps.some((x) => x.index === p.step);
   let stepPercent = 0, stepText = p.message || "";
   if (m && stepRunning) stepPercent = (100 * Number(m[1])) / Math.max(1, Number(m[2]));
+  else if (stepRunning && /^evaluating/.test(p.message || "")) stepPercent = 100; // trained; being measured
   else if (!stepRunning || job.status === "succeeded") stepPercent = job.steps.length ? 100 : 0;
   $("#step-bar-title").textContent = job.status === "running" ? `Step ${p.step}` : "Last step";
   $("#step-bar-text").textContent = `${stepText}${stepText ? " · " : ""}${stepPercent.toFixed(0)}%`;

@@ -51,6 +51,10 @@ def test_inverse_depth_run_reaches_target_and_resumes_identically(setup) -> None
     assert result.target_met and result.selected_index == len(seen) - 1
     assert progress and progress[-1].percent == pytest.approx(100.0)
     assert all(p.eta_seconds is None or p.eta_seconds >= 0 for p in progress)
+    assert [p.percent for p in progress] == sorted(p.percent for p in progress)
+    # after a step's training, its evaluation and export say so (not the last iteration's message)
+    measuring = [p for p in progress if p.message == "evaluating and exporting"]
+    assert [p.step for p in measuring] == list(range(1, len(seen)))
     _served, served_card = unpack_checkpoint(seen[-1].checkpoint)
     assert set(served_card.binary_layers) == set(seen[-1].binary_layers)
     assert served_card.metrics["miss_rate"] == pytest.approx(seen[-1].miss_rate)
