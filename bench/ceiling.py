@@ -100,6 +100,7 @@ from core.export.openvino import (
 from core.export.runtime import Detector, compile_config, median_forward_ms
 from core.paths import REPO_ROOT as ROOT
 from core.paths import default_data_dir
+from core.priority import layer_macs
 from core.train import ImageCache
 
 OLD_EXPORT_COMMIT = "a8b4147c00393ea03709b719bd1db611b909fd81"
@@ -282,19 +283,8 @@ def checkpoint_layers(one_bit: int, weights_only: int) -> str:
 def one_bit_mac_share(model: torch.nn.Module, one_bit: set[str], height: int = HEIGHT, width: int = WIDTH) -> float:
     """Share of the convolutions' multiply-accumulates (one forward of a height x width image) in
     the `one_bit` layers."""
-    macs: dict[str, int] = {}
-
-    def counter(name: str) -> Any:
-        def hook(module: torch.nn.Conv2d, _: Any, out: torch.Tensor) -> None:
-            kh, kw = module.kernel_size
-            macs[name] = out[0].numel() * (module.in_channels // module.groups) * kh * kw
-        return hook
-
-    handles = [m.register_forward_hook(counter(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    with torch.no_grad():
-        model.eval()([torch.rand(3, height, width)])
-    for handle in handles:
-        handle.remove()
+    convs = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    macs = {name: n for name, n in layer_macs(model, height, width).items() if name in convs}
     return sum(v for n, v in macs.items() if n in one_bit) / max(1, sum(macs.values()))
 
 

@@ -29,7 +29,7 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
-`_bin<n>`, --weights-only-iterations n `_wo<n>`, --order o other than latency `_<o>`, --int8 `_int8` (--int8-max-drop d `_int8ac<d>`), --seed s `_seed<s>`;
+`_bin<n>`, --weights-only-iterations n `_wo<n>`, --iters-per-mac-percent n `_mac<n>`, --order o other than latency `_<o>`, --int8 `_int8` (--int8-max-drop d `_int8ac<d>`), --seed s `_seed<s>`;
 --name another name, e.g. with the CPU kind appended, `_quick` added with --quick).
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ from bench.ceiling import one_bit_mac_share
 from core.data import read_pennfudan, split_records
 from core.job_spec import Order, PipelineConfig, Target
 from core.paths import default_data_dir
-from core.pipeline import Cancelled, StepOutcome, run
+from core.pipeline import Cancelled, StepOutcome, plan_steps, run
 from core.pretrained import load_pretrained
 
 BUDGET = 0.03  # the issue's accuracy bar: MR^-2 within float + 0.03
@@ -63,6 +63,7 @@ def job_config(args: argparse.Namespace, weight: float, binarizer: str, iteratio
                           distillation_weight=weight, activation_quantizer=binarizer, staged_schedule=args.staged,
                           binarizer_lr_multiplier=args.binarizer_lr, rprelu=args.rprelu,
                           binary_input_layers=args.binary_input_layers, weights_only_iters=args.weights_only_iterations,
+                          iters_per_mac_percent=args.iters_per_mac_percent,
                           deploy_format="openvino-int8" if args.int8 or args.int8_max_drop is not None else "openvino",
                           int8_max_drop=args.int8_max_drop)
 
@@ -75,7 +76,8 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     arm = {"distillation_weight": config.distillation_weight, "activation_quantizer": config.activation_quantizer,
            "staged_schedule": config.staged_schedule, "binarizer_lr_multiplier": config.binarizer_lr_multiplier,
            "rprelu": config.rprelu, "seed": config.seed, "binary_input_layers": config.binary_input_layers,
-           "weights_only_iters": config.weights_only_iters, "deploy_format": config.deploy_format,
+           "weights_only_iters": config.weights_only_iters, "iters_per_mac_percent": config.iters_per_mac_percent,
+           "deploy_format": config.deploy_format,
            "int8_max_drop": config.int8_max_drop}
     elapsed: list[float] = []  # seconds from the job's start to each step's report
 
@@ -94,8 +96,10 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     except Cancelled:
         pass  # the bench's stop after `steps` steps
     rows = report.step_rows(done)
+    plan = plan_steps(job["model"], job["card"], config)  # the order is fixed for inverse_depth; measured ones retime
     for row, step, seconds in zip(rows, done, elapsed, strict=True):
         row["elapsed_s"] = round(seconds, 1)
+        row["iterations"] = plan.iterations[step.index - 1] if step.index else 0
         row["latency_ms"] = step.latency_ms and round(step.latency_ms, 3)
         row["num_binary_input_layers"] = len(step.binary_input_layers)
         row["ir_bytes"] = step.openvino and ir_size(step.openvino)
@@ -127,8 +131,10 @@ def arm_label(arm: dict[str, Any]) -> str:
         if arm.get("binary_input_layers") is not None else ""
     short = f", {arm['weights_only_iters']} iterations a weights-only step" \
         if arm.get("weights_only_iters") is not None else ""
+    by_macs = f", {arm['iters_per_mac_percent']} more iterations per % of MACs" \
+        if arm.get("iters_per_mac_percent") else ""
     return (f"{arm.get('activation_quantizer', 'rsign')}{rprelu}{staged}" + (f", binarizer lr x{lr:g}" if lr != 1.0 else "")
-            + capped + short)
+            + capped + short + by_macs)
 
 
 def summary(arm: dict[str, Any]) -> dict[str, Any]:
@@ -161,9 +167,9 @@ def markdown(result: dict[str, Any]) -> str:
                       ("val MR^-2", lambda s: f"{s['miss_rate']:.3f}"), ("AP@0.5", lambda s: f"{s['ap50']:.3f}"),
                       ("forward ms (1t f32)", "latency_ms"),
                       ("IR MB", lambda s: s.get("ir_bytes") and f"{s['ir_bytes'] / 1e6:.2f}"),
-                      *int8, ("step s", "step_seconds"),
+                      *int8, ("iterations", lambda s: s.get("iterations")), ("step s", "step_seconds"),
                       ("job min", lambda s: s.get("elapsed_s") and f"{s['elapsed_s'] / 60:.1f}")],
-                      align="r" * (9 + len(int8))), ""]
+                      align="r" * (10 + len(int8))), ""]
     return "\n".join(lines + _readme_lines(result)) + "\n"
 
 
@@ -196,7 +202,7 @@ def _int8_cell(row: dict[str, Any]) -> str | None:
 
 def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizers: list[str]) -> str:
     """distillation[_quick | _<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>][_rprelu][_bin<n>]
-    [_wo<n>][_<order>][_int8][_seed<s>]"""
+    [_wo<n>][_mac<n>][_<order>][_int8][_seed<s>]"""
     name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
                              else f"_{steps}steps_{iterations}iterations")
     if binarizers != ["rsign"]:
@@ -211,6 +217,8 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
         name += f"_bin{args.binary_input_layers}"
     if args.weights_only_iterations is not None:
         name += f"_wo{args.weights_only_iterations}"
+    if args.iters_per_mac_percent:
+        name += f"_mac{args.iters_per_mac_percent}"
     if args.order != "latency":
         name += f"_{args.order}"
     if args.int8 or args.int8_max_drop is not None:
@@ -240,6 +248,9 @@ def main() -> None:
     parser.add_argument("--weights-only-iterations", type=int, default=None,
                         help="weights_only_iters of every arm: fine-tuning iterations of a step whose layers all keep "
                              "float inputs (default: --iterations)")
+    parser.add_argument("--iters-per-mac-percent", type=int, default=None,
+                        help="iters_per_mac_percent of every arm: a step gets this many more iterations per percent of "
+                             "the network's MACs its layers hold (default: none)")
     parser.add_argument("--int8", action="store_true",
                         help="deploy_format openvino-int8: every step's int8 file is made, evaluated and timed in the job "
                              "(1-bit MACs, its MR^-2, ms and size per step)")
@@ -267,7 +278,9 @@ def main() -> None:
         f", binary inputs on the first {args.binary_input_layers} layers, 1-bit weights only after them"
         if args.binary_input_layers is not None else "") + (
         f" ({args.weights_only_iterations} iterations a weights-only step)" if args.weights_only_iterations is not None
-        else "")
+        else "") + (
+        f", {args.iters_per_mac_percent} more iterations per percent of the network's MACs a step binarizes"
+        if args.iters_per_mac_percent else "")
     int8 = ""
     if args.int8 or args.int8_max_drop is not None:
         int8 = ("; with each step's openvino-int8 file (NNCF calibrated on the job's training images, the 1-bit layers "

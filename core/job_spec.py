@@ -161,6 +161,13 @@ class PipelineConfig(BaseModel):
         "weights-only layers past binary_input_layers, or layers that cannot take binary ones) instead of "
         "finetune_iters. 1-bit weights alone cost less accuracy than binary inputs, so those steps can be shorter "
         "and the job faster. null: finetune_iters.")
+    iters_per_mac_percent: int | None = Field(
+        default=None, ge=0, le=10_000,
+        description="More fine-tuning where a step binarizes more of the network's compute: a step gets this many "
+        "iterations per percent of the network's conv and linear multiply-accumulates its layers hold, on top of "
+        "finetune_iters (or weights_only_iters). A deep-first order binarizes heads and extra layers (well under 1 % "
+        "each) long before the backbone's pointwise convs (up to 10 %), so a small finetune_iters with this option "
+        "spends the job's time where accuracy breaks. null: every step the same.")
     activation_quantizer: ActivationQuantizerName | None = Field(
         default=None,
         description="activation_bits 1 only: how inputs are binarized (core.binary.activation). rsign: H(x - τ_c), a "

@@ -165,12 +165,14 @@ def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
                sensitivity: dict[str, float] | None = None, savings: dict[str, float] | None = None,
                done: Sequence[Sequence[str]] = ()) -> _Plan:
     """Which layers each step binarizes, and how many fine-tuning iterations it gets (`finetune_iters`;
-    `weights_only_iters` for a step none of whose layers takes binary inputs, when set).
+    `weights_only_iters` for a step none of whose layers takes binary inputs, when set; plus
+    `iters_per_mac_percent` per percent of the network's multiply-accumulates the step's layers hold).
 
     `done`: the layers of steps 1..k already committed (a resumed run); they keep their place and
     only the rest is ordered again. That matters for the measured orders: a resumed `latency`
     job times its layers again, and the new table must not reorder what is already binarized."""
-    layers = order_layers(eligible_layers(model, card, config), config.order, sensitivity, savings)
+    discovered = discover_layers(model, card.input_size)
+    layers = order_layers(_eligible(discovered, config), config.order, sensitivity, savings)
     prefix = [name for step in done for name in step]
     by_name = {layer.name: layer for layer in layers}
     layers = [by_name[name] for name in prefix if name in by_name] + [l for l in layers if l.name not in prefix]
@@ -199,6 +201,11 @@ def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
         binary_inputs = binary_input_layers(plan, dict(model.named_modules()), config)
         plan.iterations = [config.finetune_iters if binary_inputs.intersection(step) else config.weights_only_iters
                            for step in steps]
+    if config.iters_per_mac_percent:
+        macs = {layer.name: layer.macs for layer in discovered}
+        percent = 100 / max(1, sum(macs.values()))
+        plan.iterations = [n + round(config.iters_per_mac_percent * percent * sum(macs[name] for name in step))
+                           for n, step in zip(plan.iterations, steps, strict=True)]
     return plan
 
 
@@ -246,9 +253,12 @@ def teacher_for(model: nn.Module, config: PipelineConfig, device: str) -> Distil
 def eligible_layers(model: nn.Module, card: ModelCard, config: PipelineConfig) -> list[LayerInfo]:
     """The Conv2d / Linear layers a run may binarize (see `min_layer_params` and
     `binarize_depthwise`)."""
-    return [layer for layer in discover_layers(model, card.input_size)
-            if layer.num_params >= config.min_layer_params
-            and (config.binarize_depthwise or layer.groups == 1)]
+    return _eligible(discover_layers(model, card.input_size), config)
+
+
+def _eligible(layers: Sequence[LayerInfo], config: PipelineConfig) -> list[LayerInfo]:
+    return [layer for layer in layers
+            if layer.num_params >= config.min_layer_params and (config.binarize_depthwise or layer.groups == 1)]
 
 
 def _meets(step: StepOutcome, float_step: StepOutcome, target: Target, deploy_format: DeployFormat) -> bool:

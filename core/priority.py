@@ -50,6 +50,7 @@ class LayerInfo:
     depth: int  # 0 = first executed
     shape: tuple[int, ...]
     groups: int = 1  # Conv2d groups: > 1 for depthwise / grouped convolutions
+    macs: int = 0  # multiply-accumulates of the discovery forward pass (every call of the layer)
 
     @property
     def num_params(self) -> int:
@@ -60,33 +61,50 @@ class LayerInfo:
 
 
 def discover_layers(model: nn.Module, input_size: int = 320) -> list[LayerInfo]:
-    """Conv2d / Linear layers in the order a forward pass on a dummy image first runs them.
+    """Conv2d / Linear layers in the order a forward pass on a dummy image first runs them, with
+    the multiply-accumulates each did in that pass (`layer_macs`).
 
     Layers that the forward pass never reaches are left out: binarizing them would change
     nothing the detector computes.
     """
+    order, macs = _trace(model, input_size, input_size)
+    modules = dict(model.named_modules())
+    return [
+        LayerInfo(name, type(modules[name]).__name__, depth, tuple(latent_weight(modules[name]).shape),
+                  getattr(modules[name], "groups", 1), macs[name])
+        for depth, name in enumerate(order)
+    ]
+
+
+def layer_macs(model: nn.Module, height: int, width: int) -> dict[str, int]:
+    """Multiply-accumulates of each Conv2d / Linear layer in one forward of a height x width image
+    (every call of the layer; a detector that resizes its input counts at its own resolution)."""
+    return _trace(model, height, width)[1]
+
+
+def _trace(model: nn.Module, height: int, width: int) -> tuple[list[str], dict[str, int]]:
+    """The Conv2d / Linear layers in the order one forward of a dummy image first calls them, and
+    each one's multiply-accumulates in it."""
     first_call: dict[str, int] = {}
+    macs: dict[str, int] = {}
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, BINARIZABLE):
-            def hook(mod: nn.Module, args: object, name: str = name) -> None:
+            def hook(mod: nn.Module, args: object, out: torch.Tensor, name: str = name) -> None:
                 first_call.setdefault(name, len(first_call))
-            hooks.append(module.register_forward_pre_hook(hook))
+                per_output = latent_weight(mod)[0].numel()  # (in / groups) x kernel, or in_features
+                macs[name] = macs.get(name, 0) + out.numel() * per_output
+            hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model([torch.rand(3, input_size, input_size, generator=torch.Generator().manual_seed(0))])
+            model([torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))])
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
-    modules = dict(model.named_modules())
-    return [
-        LayerInfo(name, type(modules[name]).__name__, depth, tuple(latent_weight(modules[name]).shape),
-                  getattr(modules[name], "groups", 1))
-        for name, depth in sorted(first_call.items(), key=lambda item: item[1])
-    ]
+    return sorted(first_call, key=first_call.__getitem__), macs
 
 
 def saved_bytes(layer: LayerInfo, quantizer: WeightQuantizer) -> int:

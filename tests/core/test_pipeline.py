@@ -164,6 +164,29 @@ def test_weights_only_steps_get_weights_only_iters() -> None:
         _config(weights_only_iters=10)
 
 
+def test_iters_per_mac_percent_gives_the_costly_steps_more_iterations() -> None:
+    """A step gets `iters_per_mac_percent` more iterations per percent of the network's
+    multiply-accumulates its layers hold (discovery counts them: output elements x weights per
+    output), on top of `finetune_iters`: the steps' extras add up to the option times the
+    binarized share, and a step holding more MACs never gets fewer iterations."""
+    card = ModelCard(architecture="flexbin_pednet", width=8, input_size=64)
+    model = card.build().eval()
+    layers = {layer.name: layer for layer in discover_layers(model, card.input_size)}
+    conv = dict(model.named_modules())[next(iter(layers))]
+    assert isinstance(conv, torch.nn.Conv2d)
+    first = layers[next(iter(layers))]
+    assert first.macs > 0 and first.macs % (conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]) == 0
+    config = _config(finetune_iters=40, iters_per_mac_percent=50, target=Target(min_compression_ratio=32.0))
+    plan = plan_steps(model, card, config)
+    total = sum(layer.macs for layer in layers.values())
+    share = [100 * sum(layers[name].macs for name in step) / total for step in plan.steps]
+    assert plan.iterations == [40 + round(50 * percent) for percent in share]
+    by_share = [n for _, n in sorted(zip(share, plan.iterations, strict=True))]
+    assert by_share == sorted(by_share) and by_share[-1] > by_share[0]
+    assert plan_steps(model, card, config.model_copy(update={"iters_per_mac_percent": None})).iterations == \
+        [40] * len(plan.steps)
+
+
 def test_a_staged_step_binarizes_inputs_first_then_weights(setup) -> None:
     """NNCF's staged schedule with its scale-threshold binarizer: the steps record the same layers
     as an unstaged run, the progress names both halves and never runs backwards, the checkpoints
