@@ -21,3 +21,20 @@ def test_readme_has_the_two_commands_links_the_configuration_and_ci_calls_make_t
     assert "make run" in readme and "make test" in readme
     assert "docs/configuration.md" in readme
     assert "make test" in (REPO_ROOT / ".ci" / "run").read_text()
+
+
+def test_every_relative_link_in_the_readme_and_docs_names_a_file_that_exists() -> None:
+    """The README and docs/ link results and each other by relative path; a moved or renamed file
+    must not leave a dead link behind (links out of the repository, like ../shared/API.md, are
+    not checked)."""
+    import re
+
+    dead = []
+    for page in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path = (page.parent / target).resolve()
+            if path.is_relative_to(REPO_ROOT.resolve()) and not path.exists():  # ../shared is outside
+                dead.append(f"{page.relative_to(REPO_ROOT)}: {target}")
+    assert not dead, dead

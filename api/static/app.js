@@ -391,6 +391,8 @@ $("#job-form").addEventListener("submit", async (ev) => {
     deploy_on_success: f.deploy_on_success.checked,
   };
   if (f.deploy_int8.checked) body.deploy_format = "openvino-int8";
+  if (f.deploy_int8.checked && f.int8_max_drop.value) body.int8_max_drop = Number(f.int8_max_drop.value);
+  if (f.iters_per_mac_percent.value) body.iters_per_mac_percent = Number(f.iters_per_mac_percent.value);
   if (f.patience.value && f.target_kind.value === "max_miss_rate_increase") {
     body.target.patience = Number(f.patience.value);
   }

@@ -177,6 +177,7 @@ def test_job_progress_and_steps_live(page, api, worker, artifacts, state) -> Non
     form.locator("input[name=finetune_iters]").fill(str(JOB["finetune_iters"]))
     form.locator("input[name=batch_size]").fill(str(JOB["batch_size"]))
     form.locator("input[name=seed]").fill(str(JOB["seed"]))
+    form.locator("input[name=iters_per_mac_percent]").fill("0")  # sent as given: 0 adds no iterations
     form.locator("button[type=submit]").click()
     page.wait_for_url("**/#/job/*")
     job_id = page.url.rsplit("/", 1)[1]
@@ -199,6 +200,7 @@ def test_job_progress_and_steps_live(page, api, worker, artifacts, state) -> Non
         time.sleep(0.2)
     job = api.get(f"/jobs/{job_id}").json()
     assert job["status"] == "succeeded", (job["error"], worker.tail())
+    assert job["config"]["iters_per_mac_percent"] == 0 and job["config"]["finetune_iters"] == JOB["finetune_iters"]
     expect(page.locator("#job-status")).to_have_text("succeeded")
     percents = [p for p, _, _ in samples]
     assert percents == sorted(percents), "the job's progress bar went backwards"
