@@ -171,7 +171,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         train, _ = _records(args.data)
         cache = ImageCache()
         images = [cache.image(r).numpy() for r in sorted(train, key=lambda r: r.name)[: args.calibrate]]
-        export = int8_export(export, images)
+        export = int8_export(export, images, int8_after_1bit=args.int8_after_1bit)
     Path(args.out).write_bytes(export.zip_bytes())
     latency, runs_as = measure_latency(export, threads=1)
     print(json.dumps({"out": str(args.out), "latency_ms_1_thread": round(latency, 3),
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--calibrate", type=int, default=0, metavar="N",
                    help="int8 by NNCF (1-bit layers stay 1-bit, as ?format=openvino-int8 serves), "
                         "calibrated on N training images")
+    p.add_argument("--int8-after-1bit", action="store_true",
+                   help="with --calibrate: the convs a 1-bit conv feeds int8 too (the job option int8_after_1bit)")
     data_arg(p)
     p.set_defaults(func=cmd_export)
 

@@ -214,6 +214,12 @@ class PipelineConfig(BaseModel):
         "validation split stays out of it, so the step's int8 figures still judge it fairly. A float conv among int8 "
         "ones costs time, so the file can end up slower than plain int8. null: plain nncf.quantize. Costs about "
         "10 s more a step (measured on pedestrian_adas_0002 with 98 calibration images).")
+    int8_after_1bit: bool = Field(
+        default=False,
+        description="deploy_format openvino-int8 only: the int8 file also quantizes the convs a 1-bit conv feeds. By "
+        "default they stay float, since their u8 quantizer cannot fuse into the 1-bit conv and runs alone; that "
+        "measured faster and more accurate on an AMX Xeon's checkpoints, but neither held on every checkpoint "
+        "(bench.ceiling's `_int8` and `_int8_fusing` rows of each checkpoint compare the two).")
 
     @property
     def needs_export(self) -> str | None:
@@ -283,6 +289,12 @@ class PipelineConfig(BaseModel):
         if self.int8_max_drop is not None and self.deploy_format != INT8:
             raise ValueError("int8_max_drop needs deploy_format openvino-int8: it is how the job makes each step's int8 "
                              "file")
+        if self.int8_after_1bit and self.deploy_format != INT8:
+            raise ValueError("int8_after_1bit needs deploy_format openvino-int8: it is how the job makes each step's "
+                             "int8 file")
+        if self.int8_after_1bit and self.int8_max_drop is not None:
+            raise ValueError("int8_after_1bit and int8_max_drop cannot be combined: NNCF's accuracy control quantizes "
+                             "with the default scope")
         if self.activation_bits == 1 and self.bits != 1:
             raise ValueError("activation_bits 1 needs bits 1: a 1-bit convolution takes 1-bit weights")
         return self
@@ -299,6 +311,8 @@ class Int8Metrics(BaseModel):
     max_drop: float | None = Field(
         default=None, description="The `int8_max_drop` NNCF's accuracy control made it with (on the calibration "
         "images); null: plain nncf.quantize.")
+    after_1bit: bool = Field(
+        default=False, description="Whether the convs a 1-bit conv feeds are int8 too (`int8_after_1bit`).")
 
 
 class CheckpointMetrics(BaseModel):

@@ -353,8 +353,8 @@ def run(
     """
     cache = ImageCache()
     try:
-        int8 = _Int8Inputs(train_records[:int8_calibration_images], val_records, cache, config.int8_max_drop) \
-            if config.deploy_format == INT8 else None
+        int8 = _Int8Inputs(train_records[:int8_calibration_images], val_records, cache, config.int8_max_drop,
+                           config.int8_after_1bit) if config.deploy_format == INT8 else None
         return _run(model, card, train_records, val_records, config, cache, completed=completed, on_step=on_step,
                     on_progress=on_progress, should_stop=should_stop, device=device, export_openvino=export_openvino,
                     options=train_options or TrainOptions(), int8=int8)
@@ -500,13 +500,15 @@ def _measure(model: nn.Module, card: ModelCard, config: PipelineConfig, index: i
 @dataclass
 class _Int8Inputs:
     """What a step's int8 file is made and judged with: the calibration records (training
-    images), the validation records, read through the run's image cache, and NNCF's accuracy
-    control's `max_drop` (None: plain nncf.quantize)."""
+    images), the validation records, read through the run's image cache, NNCF's accuracy
+    control's `max_drop` (None: plain nncf.quantize), and whether the convs a 1-bit conv feeds
+    are int8 too (`int8_after_1bit`)."""
 
     calibration: Sequence[ImageRecord]
     validation: Sequence[ImageRecord]
     cache: ImageCache
     max_drop: float | None = None
+    after_1bit: bool = False
 
     def images(self, records: Sequence[ImageRecord]) -> list[np.ndarray]:
         """RGB float32 [3, H, W] in [0, 1], as `/detect` decodes an upload (made per step from
@@ -567,13 +569,13 @@ def _int8_file(export: Any, int8: _Int8Inputs) -> tuple[Int8Metrics, bytes]:
             return 1.0 - evaluate_detections(detection_tensors(detections), [truth[i] for i in indices]).miss_rate
 
         control = AccuracyControl(calibration, metric, int8.max_drop)
-    quantized = int8_export(export, calibration, accuracy_control=control)
+    quantized = int8_export(export, calibration, accuracy_control=control, int8_after_1bit=int8.after_1bit)
     latency, _ = measure_latency(quantized, threads=1)
     metrics = evaluate_export(quantized, int8.images(int8.validation), [r.boxes for r in int8.validation])
     data = quantized.zip_bytes()
     return Int8Metrics(miss_rate=metrics.miss_rate, ap50=metrics.ap50, latency_ms=latency, file_bytes=len(data),
                        calibration_images=quantized.spec["quantization"]["calibration_images"],
-                       max_drop=int8.max_drop), data
+                       max_drop=int8.max_drop, after_1bit=int8.after_1bit), data
 
 
 def _latency_savings(model: nn.Module, card: ModelCard, config: PipelineConfig) -> dict[str, float]:

@@ -392,6 +392,7 @@ $("#job-form").addEventListener("submit", async (ev) => {
   };
   if (f.deploy_int8.checked) body.deploy_format = "openvino-int8";
   if (f.deploy_int8.checked && f.int8_max_drop.value) body.int8_max_drop = Number(f.int8_max_drop.value);
+  if (f.deploy_int8.checked && f.int8_after_1bit.checked) body.int8_after_1bit = true;
   if (f.iters_per_mac_percent.value) body.iters_per_mac_percent = Number(f.iters_per_mac_percent.value);
   if (f.patience.value && f.target_kind.value === "max_miss_rate_increase") {
     body.target.patience = Number(f.patience.value);

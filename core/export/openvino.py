@@ -651,12 +651,25 @@ def readme(card: dict[str, Any]) -> str:
         "convolutions / binary_weights_activations: 1-bit BinaryConvolution):",
         *[f"  {name}: {precision}" for name, precision in spec["layers"].items()],
         "",
-        *([f"Quantized: {spec['quantization']['method']} ({spec['quantization']['tool']}), every layer that",
-           "is not 1-bit in int8 (BinaryConvolution layers and post-processing untouched).", ""]
-          if spec.get("quantization") else []),
+        *(_quantization_lines(spec["quantization"]) if spec.get("quantization") else []),
         "Compile with INFERENCE_PRECISION_HINT=f32 for results equal to FlexBin's PyTorch model.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _quantization_lines(quantization: dict[str, Any]) -> list[str]:
+    """The zip README's account of an int8 file: which layers are int8 and which stayed float."""
+    lines = [(f"Quantized: {quantization['method']} ({quantization['tool']}), calibrated on "
+              f"{quantization.get('calibration_images', 'its')} training images. Every layer that is not 1-bit is "
+              "int8")]
+    if quantization.get("int8_after_1bit"):
+        lines[0] += "."
+    else:
+        lines += ["except the convs a 1-bit conv feeds: they stay float, since their u8 quantizer could not fuse",
+                  "into the 1-bit convolution."]
+    if quantization["method"] != "nncf.quantize":
+        lines.append(f"NNCF's accuracy control (max_drop {quantization['max_drop']}) may have left more layers float.")
+    return [*lines, "BinaryConvolution layers and post-processing are untouched.", ""]
 
 
 __all__: list[str] = [

@@ -2,6 +2,9 @@
 `latency` order built from that table, and targets that speak speed."""
 from __future__ import annotations
 
+import io
+import zipfile
+
 import pytest
 import torch
 from pydantic import ValidationError
@@ -166,3 +169,26 @@ def test_int8_max_drop_makes_the_int8_file_under_nncfs_accuracy_control_on_the_c
     quantization = OpenVinoExport.from_zip(seen[-1].openvino_int8).spec["quantization"]
     assert quantization["method"] == "nncf.quantize_with_accuracy_control"
     assert quantization["max_drop"] == 0.0 and quantization["validation_images"] == 3
+
+
+def test_int8_after_1bit_makes_the_int8_file_with_the_convs_a_1bit_conv_feeds_in_int8_too(tiny) -> None:
+    for wrong, match in (({}, "int8_after_1bit needs deploy_format openvino-int8"),
+                         ({"deploy_format": "openvino-int8", "int8_max_drop": 0.01}, "cannot be combined")):
+        with pytest.raises(ValidationError, match=match):
+            PipelineConfig(target=Target(min_compression_ratio=2.0), int8_after_1bit=True, **wrong)
+    model, card, train, val = tiny
+    for after in (False, True):  # which convs it makes int8: test_ceiling_export, on the detector that has them
+        config = PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, finetune_iters=1,
+                                batch_size=2, min_layer_params=0, layers_per_step=6, deploy_format="openvino-int8",
+                                int8_after_1bit=after)
+        seen: list[StepOutcome] = []
+        with pytest.raises(Cancelled):  # after step 1
+            run(model, card, train[:3], val, config, on_step=seen.append, int8_calibration_images=2,
+                should_stop=lambda seen=seen: len(seen) > 1)
+        assert seen[-1].int8 is not None and seen[-1].int8.after_1bit is after
+        export = OpenVinoExport.from_zip(seen[-1].openvino_int8)
+        assert export.spec["quantization"]["int8_after_1bit"] is after
+        readme = zipfile.ZipFile(io.BytesIO(seen[-1].openvino_int8)).read("README.txt").decode()
+        assert ("except the convs a 1-bit conv feeds" in readme) is not after
+        found = runtime_precisions(export.detector().compiled(card_input_shape(seen[-1])))
+        assert found[("BinaryConvolution", "u1")] >= 1
