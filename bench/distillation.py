@@ -29,7 +29,7 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
-`_bin<n>`, --weights-only-iterations n `_wo<n>`, --iters-per-mac-percent n `_mac<n>`, --order o other than latency `_<o>`, --int8 `_int8` (--int8-max-drop d `_int8ac<d>`), --seed s `_seed<s>`;
+`_bin<n>`, --weights-only-iterations n `_wo<n>`, --iters-per-mac-percent n `_mac<n>`, --order o other than latency `_<o>`, --int8 `_int8` (--int8-max-drop d `_int8ac<d>`, --int8-after-1bit `_int8_after1bit`), --seed s `_seed<s>`;
 --name another name, e.g. with the CPU kind appended, `_quick` added with --quick).
 """
 from __future__ import annotations
@@ -64,8 +64,8 @@ def job_config(args: argparse.Namespace, weight: float, binarizer: str, iteratio
                           binarizer_lr_multiplier=args.binarizer_lr, rprelu=args.rprelu,
                           binary_input_layers=args.binary_input_layers, weights_only_iters=args.weights_only_iterations,
                           iters_per_mac_percent=args.iters_per_mac_percent,
-                          deploy_format="openvino-int8" if args.int8 or args.int8_max_drop is not None else "openvino",
-                          int8_max_drop=args.int8_max_drop)
+                          deploy_format="openvino-int8" if wants_int8(args) else "openvino",
+                          int8_max_drop=args.int8_max_drop, int8_after_1bit=args.int8_after_1bit)
 
 
 def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints: Path) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
            "rprelu": config.rprelu, "seed": config.seed, "binary_input_layers": config.binary_input_layers,
            "weights_only_iters": config.weights_only_iters, "iters_per_mac_percent": config.iters_per_mac_percent,
            "deploy_format": config.deploy_format,
-           "int8_max_drop": config.int8_max_drop}
+           "int8_max_drop": config.int8_max_drop, "int8_after_1bit": config.int8_after_1bit}
     elapsed: list[float] = []  # seconds from the job's start to each step's report
 
     def on_step(step: StepOutcome) -> None:
@@ -202,7 +202,7 @@ def _int8_cell(row: dict[str, Any]) -> str | None:
 
 def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizers: list[str]) -> str:
     """distillation[_quick | _<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>][_rprelu][_bin<n>]
-    [_wo<n>][_mac<n>][_<order>][_int8][_seed<s>]"""
+    [_wo<n>][_mac<n>][_<order>][_int8[_after1bit]][_seed<s>]"""
     name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
                              else f"_{steps}steps_{iterations}iterations")
     if binarizers != ["rsign"]:
@@ -221,11 +221,17 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
         name += f"_mac{args.iters_per_mac_percent}"
     if args.order != "latency":
         name += f"_{args.order}"
-    if args.int8 or args.int8_max_drop is not None:
-        name += "_int8" + (f"ac{args.int8_max_drop:g}" if args.int8_max_drop is not None else "")
+    if wants_int8(args):
+        name += "_int8" + (f"ac{args.int8_max_drop:g}" if args.int8_max_drop is not None else "") + (
+            "_after1bit" if args.int8_after_1bit else "")
     if args.seed:
         name += f"_seed{args.seed}"
     return name
+
+
+def wants_int8(args: argparse.Namespace) -> bool:
+    """Whether the jobs make their int8 files (deploy_format openvino-int8): --int8 or an option of it."""
+    return bool(args.int8 or args.int8_max_drop is not None or args.int8_after_1bit)
 
 
 def main() -> None:
@@ -257,6 +263,8 @@ def main() -> None:
     parser.add_argument("--int8-max-drop", type=float, default=None,
                         help="int8_max_drop (implies --int8): each step's int8 file by NNCF's accuracy control on the "
                              "training images, at most this much MR^-2 above the checkpoint as trained there")
+    parser.add_argument("--int8-after-1bit", action="store_true",
+                        help="int8_after_1bit (implies --int8): the int8 files quantize the convs a 1-bit conv feeds too")
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
     parser.add_argument("--quick", action="store_true", help="2 steps of 4 iterations: checks the script")
@@ -282,11 +290,13 @@ def main() -> None:
         f", {args.iters_per_mac_percent} more iterations per percent of the network's MACs a step binarizes"
         if args.iters_per_mac_percent else "")
     int8 = ""
-    if args.int8 or args.int8_max_drop is not None:
+    if wants_int8(args):
         int8 = ("; with each step's openvino-int8 file (NNCF calibrated on the job's training images, the 1-bit layers "
                 "kept) made, evaluated and timed the same way in the job")
         if args.int8_max_drop is not None:
             int8 += f" (by NNCF's accuracy control, max_drop {args.int8_max_drop:g} in 1 - MR^-2 on the training images)"
+        if args.int8_after_1bit:
+            int8 += " (int8 on the convs a 1-bit conv feeds too)"
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
               f"x{args.binarizer_lr:g}, order {args.order}, 2 layers per step, {iterations} "
               f"iterations per step, lr 1e-4, seed {args.seed}, {steps} steps; validation MR^-2 on 32 images (noise about "

@@ -215,8 +215,9 @@ def test_a_deploy_format_int8_job_measures_stores_and_deploys_each_steps_int8_fi
     with httpx.Client(base_url=export_api_url, headers={"Authorization": f"Bearer {KEYS['beta']}"}, timeout=120) as c:
         for step in steps:
             int8 = step["int8"]
-            assert set(int8) == {"miss_rate", "ap50", "latency_ms", "file_bytes", "calibration_images", "max_drop"}
-            assert int8["max_drop"] is None  # plain nncf.quantize
+            assert set(int8) == {"miss_rate", "ap50", "latency_ms", "file_bytes", "calibration_images", "max_drop",
+                                 "after_1bit"}
+            assert int8["max_drop"] is None and int8["after_1bit"] is False  # plain nncf.quantize, the default scope
             checkpoint = c.get(f"/checkpoints/{step['checkpoint_id']}").json()
             assert checkpoint["int8"] == int8 and checkpoint["files"]["openvino_int8"] == int8["file_bytes"]
         # the file the job measured is the download: stored by the job, not made again
