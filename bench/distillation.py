@@ -48,7 +48,7 @@ from bench.ceiling import one_bit_mac_share
 from core.data import read_pennfudan, split_records
 from core.job_spec import Order, PipelineConfig, Target
 from core.paths import default_data_dir
-from core.pipeline import Cancelled, StepOutcome, plan_steps, run
+from core.pipeline import Cancelled, StepOutcome, eligible_layers, plan_steps, run
 from core.pretrained import load_pretrained
 
 BUDGET = 0.03  # the issue's accuracy bar: MR^-2 within float + 0.03
@@ -96,7 +96,11 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     except Cancelled:
         pass  # the bench's stop after `steps` steps
     rows = report.step_rows(done)
-    plan = plan_steps(job["model"], job["card"], config)  # the order is fixed for inverse_depth; measured ones retime
+    # each step's iterations as the job planned them: its steps' layers given as done, so the measured orders
+    # need no timing or sensitivity table again (a neutral one orders nothing that is not done)
+    neutral = {layer.name: 0.0 for layer in eligible_layers(job["model"], job["card"], config)}
+    plan = plan_steps(job["model"], job["card"], config, sensitivity=neutral, savings=neutral,
+                      done=[s.layers for s in done[1:]])
     for row, step, seconds in zip(rows, done, elapsed, strict=True):
         row["elapsed_s"] = round(seconds, 1)
         row["iterations"] = plan.iterations[step.index - 1] if step.index else 0
