@@ -48,8 +48,9 @@ from bench.ceiling import one_bit_mac_share
 from core.data import read_pennfudan, split_records
 from core.job_spec import Order, PipelineConfig, Target
 from core.paths import default_data_dir
-from core.pipeline import Cancelled, StepOutcome, eligible_layers, plan_steps, run
+from core.pipeline import Cancelled, StepOutcome, run, step_iterations
 from core.pretrained import load_pretrained
+from core.priority import discover_layers
 
 BUDGET = 0.03  # the issue's accuracy bar: MR^-2 within float + 0.03
 CHECKPOINTS = report.ROOT / "var" / "bench_distillation"
@@ -96,14 +97,11 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     except Cancelled:
         pass  # the bench's stop after `steps` steps
     rows = report.step_rows(done)
-    # each step's iterations as the job planned them: its steps' layers given as done, so the measured orders
-    # need no timing or sensitivity table again (a neutral one orders nothing that is not done)
-    neutral = {layer.name: 0.0 for layer in eligible_layers(job["model"], job["card"], config)}
-    plan = plan_steps(job["model"], job["card"], config, sensitivity=neutral, savings=neutral,
-                      done=[s.layers for s in done[1:]])
+    iterations = [0] + step_iterations(job["model"], config, [s.layers for s in done[1:]],
+                                       discover_layers(job["model"], job["card"].input_size))
     for row, step, seconds in zip(rows, done, elapsed, strict=True):
         row["elapsed_s"] = round(seconds, 1)
-        row["iterations"] = plan.iterations[step.index - 1] if step.index else 0
+        row["iterations"] = iterations[step.index]
         row["latency_ms"] = step.latency_ms and round(step.latency_ms, 3)
         row["num_binary_input_layers"] = len(step.binary_input_layers)
         row["ir_bytes"] = step.openvino and ir_size(step.openvino)

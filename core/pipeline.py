@@ -196,17 +196,27 @@ def plan_steps(model: nn.Module, card: ModelCard, config: PipelineConfig,
         return _Plan([[layer.name for layer in layers[:count]]],
                      [math.ceil(count / group) * config.finetune_iters], 1)
     steps = [[layer.name for layer in layers[i:i + group]] for i in range(0, len(layers), group)]
-    plan = _Plan(steps, [config.finetune_iters] * len(steps), math.ceil(needed / group))
+    return _Plan(steps, step_iterations(model, config, steps, discovered), math.ceil(needed / group))
+
+
+def step_iterations(model: nn.Module, config: PipelineConfig, steps: Sequence[Sequence[str]],
+                    discovered: Sequence[LayerInfo]) -> list[int]:
+    """Fine-tuning iterations of each of a layer-priority run's `steps` (its first steps or all of
+    them, in order; `discovered`: `discover_layers` of the model, for the MACs): `finetune_iters`,
+    or `weights_only_iters` for a step none of whose layers takes binary inputs, when set; plus
+    `iters_per_mac_percent` per percent of the network's multiply-accumulates the step's layers hold."""
+    iterations = [config.finetune_iters] * len(steps)
     if config.weights_only_iters is not None:
-        binary_inputs = binary_input_layers(plan, dict(model.named_modules()), config)
-        plan.iterations = [config.finetune_iters if binary_inputs.intersection(step) else config.weights_only_iters
-                           for step in steps]
+        binary_inputs = binary_input_layers(_Plan([list(step) for step in steps], iterations, len(steps)),
+                                            dict(model.named_modules()), config)
+        iterations = [config.finetune_iters if binary_inputs.intersection(step) else config.weights_only_iters
+                      for step in steps]
     if config.iters_per_mac_percent:
         macs = {layer.name: layer.macs for layer in discovered}
         percent = 100 / max(1, sum(macs.values()))
-        plan.iterations = [n + round(config.iters_per_mac_percent * percent * sum(macs[name] for name in step))
-                           for n, step in zip(plan.iterations, steps, strict=True)]
-    return plan
+        iterations = [n + round(config.iters_per_mac_percent * percent * sum(macs[name] for name in step))
+                      for n, step in zip(iterations, steps, strict=True)]
+    return iterations
 
 
 def layer_quantizer(config: PipelineConfig) -> WeightQuantizer:
