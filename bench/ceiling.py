@@ -28,7 +28,9 @@ Rows, all at 192x336 (network input; Intel's IRs reshaped to it), timed on rando
   `checkpoint<k>_int8_fusing`, NNCF int8 on its other convs except those a 1-bit conv feeds
   (`?format=openvino-int8`, `core.export.int8`'s default since the run that measured both), and
   `checkpoint<k>_weights8`, 8-bit weights on its float convs with float inputs (`nncf.compress_weights`:
-  an experiment on the IR size, not a download format).
+  an experiment on the IR size, not a download format). The two int8 rows of a checkpoint are also
+  scored on the calibration (training) images, and the results say which one a job with
+  `int8_after_1bit: "auto"` keeps and whether the validation split agrees.
   Each is judged against issue 19's goal: faster than `nncf_int8` and `intel_fp16_int8` at 1 thread
   f32, MR^-2 within the float row's + 0.03, an IR at most half `nncf_int8`'s, and at least 50 % of
   the conv MACs in 1-bit convolutions.
@@ -146,6 +148,7 @@ def penn_fudan(calibration: int, validation: int) -> dict[str, Any]:
     cache = ImageCache()
     val = val[:validation]
     return {"calibration": [cache.image(r).numpy() for r in train[:calibration]],
+            "calibration_truth": [r.boxes for r in train[:calibration]],
             "val": [cache.image(r).numpy() for r in val], "truth": [r.boxes for r in val]}
 
 
@@ -317,6 +320,38 @@ def checkpoint_goals(rows: dict[str, dict[str, Any]], times: dict[str, dict[str,
     return goals
 
 
+def auto_picks(rows: dict[str, dict[str, Any]], times: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each trained checkpoint, the int8 file a job with `int8_after_1bit: "auto"` keeps
+    (core.pipeline: the lower MR^-2 on the calibration images, the faster on a tie), beside the
+    file that scores better on the validation split, which the job never sees."""
+    key = setting_key(1, "f32")
+    picks = []
+    for name in rows:
+        pair = [f"{name}_int8_fusing", f"{name}_int8"]
+        if not all(p in times and rows[p].get("calibration_miss_rate") is not None for p in pair):
+            continue
+        kept = min(pair, key=lambda p: (rows[p]["calibration_miss_rate"], times[p][key]))
+        best_on_val = min(pair, key=lambda p: (rows[p]["miss_rate"], times[p][key]))
+        picks.append({"checkpoint": name, "kept": kept, "better_on_validation": best_on_val,
+                      "agree": kept == best_on_val,
+                      "calibration_miss_rate": {p: rows[p]["calibration_miss_rate"] for p in pair},
+                      "miss_rate": {p: rows[p]["miss_rate"] for p in pair}})
+    return picks
+
+
+def auto_lines(picks: list[dict[str, Any]]) -> list[str]:
+    if not picks:
+        return []
+    lines = [('`int8_after_1bit: "auto"` (the lower MR^-2 on the calibration images kept) against the better file '
+              "on the validation split:"), ""]
+    for p in picks:
+        scores = ", ".join(f"`{row}` {p['calibration_miss_rate'][row]:.3f} / {p['miss_rate'][row]:.3f}"
+                           for row in p["calibration_miss_rate"])
+        lines.append(f"- `{p['checkpoint']}`: keeps `{p['kept']}`, better on validation `{p['better_on_validation']}` "
+                     f"({'agree' if p['agree'] else 'disagree'}; calibration / validation MR^-2: {scores})")
+    return lines
+
+
 def accuracy(rows: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
     """MR^-2 / AP@0.5 of each FlexBin row's IR on the validation images, with a 95 % bootstrap
     interval over images and the paired interval of its difference from the float row (into the
@@ -333,6 +368,9 @@ def accuracy(rows: dict[str, dict[str, Any]], data: dict[str, Any]) -> None:
         samples[name] = miss_rate_sample(detections, data["truth"], resamples)
         ci = samples[name].interval()
         row["miss_rate_ci95"] = [round(ci.lo, 4), round(ci.hi, 4)]
+        if name.startswith("checkpoint") and name.endswith(("_int8", "_int8_fusing")):  # what "auto" compares
+            on_calibration = Detector(xml, weights, {"export": row["spec"]}).detect(data["calibration"])
+            row["calibration_miss_rate"] = round(miss_rate(on_calibration, data["calibration_truth"]).miss_rate, 4)
     for name, sample in samples.items():
         if name != "float" and "float" in samples:
             diff, _ = stats.difference_interval([sample], [samples["float"]])
@@ -548,7 +586,8 @@ def markdown(result: dict[str, Any]) -> str:
                  ("IR MB", lambda n: f"{rows[n]['ir_bytes'] / 1e6:.2f}" if n in times else None),
                  ("MR^-2 [95 % CI]", lambda n: _mr_text(rows[n]) if n in times else None),
                  ("MR^-2 - float [95 % CI]", lambda n: report.interval_text(rows[n].get("minus_float_ci95"))),
-                 ("convolutions (compiled, 1t f32)", convolutions)], align="lrrrrrrrl"),
+                 ("MR^-2 training images", lambda n: rows[n].get("calibration_miss_rate")),
+                 ("convolutions (compiled, 1t f32)", convolutions)], align="lrrrrrrrrl"),
              "", (f"MR^-2 intervals: {BOOTSTRAP_RESAMPLES} bootstrap resamples of the validation images (percentile, "
              "paired across rows); the trained networks are held fixed, so training noise is not in them."),
              "", "![frontier](" + result.get("plot", "") + ")" if result.get("plot") else "",
@@ -576,6 +615,7 @@ def markdown(result: dict[str, Any]) -> str:
                   align="l" + "r" * len(times))]
     lines += per_layer_lines(result.get("per_layer_ms", {}))
     lines += ["", *goal_lines(result.get("goals", []))]
+    lines += ["", *auto_lines(result.get("auto_picks", []))]
     lines += ["", "Per-op-type profiles at every setting are in ceiling.json (`profile`).", "",
               f"Total run time: {result['total_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
@@ -635,7 +675,7 @@ def _readme_lines(result: dict[str, Any]) -> list[str]:
     if pair:
         lines.append("All-1-bit against NNCF int8 (forward ms ratio, < 1 is faster): "
                      + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in pair.items()) + ".")
-    return lines + ["", *goal_lines(result.get("goals", []))]
+    return lines + ["", *goal_lines(result.get("goals", [])), "", *auto_lines(result.get("auto_picks", []))]
 
 
 def goal_lines(goals: list[dict[str, Any]]) -> list[str]:
@@ -697,7 +737,7 @@ def main() -> None:
         "rows": {name: {"label": LABELS.get(name), **{k: v for k, v in row.items() if k not in ("model", "files", "spec", "export")}}
                  for name, row in rows.items()},
         "forward_ms": times, "ratios": ratios(times), "profile": profile, "per_layer_ms": per_layer,
-        "goals": checkpoint_goals(rows, times),
+        "goals": checkpoint_goals(rows, times), "auto_picks": auto_picks(rows, times),
         "total_seconds": round(time.monotonic() - started, 1),
     }
     name = f"{args.name}_quick" if args.quick else args.name

@@ -29,7 +29,7 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
-`_bin<n>`, --weights-only-iterations n `_wo<n>`, --iters-per-mac-percent n `_mac<n>`, --order o other than latency `_<o>`, --int8 `_int8` (--int8-max-drop d `_int8ac<d>`, --int8-after-1bit `_int8_after1bit`), --seed s `_seed<s>`;
+`_bin<n>`, --weights-only-iterations n `_wo<n>`, --iters-per-mac-percent n `_mac<n>`, --order o other than latency `_<o>`, --int8 `_int8` (--int8-max-drop d `_int8ac<d>`, --int8-after-1bit `_int8_after1bit`, --int8-after-1bit auto `_int8_auto`), --seed s `_seed<s>`;
 --name another name, e.g. with the CPU kind appended, `_quick` added with --quick).
 """
 from __future__ import annotations
@@ -109,7 +109,9 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
         if step.int8 is not None:  # the job's own figures for its openvino-int8 file (deploy_format)
             row["int8"] = {"miss_rate": round(step.int8.miss_rate, 4), "ap50": round(step.int8.ap50, 4),
                            "latency_ms": round(step.int8.latency_ms, 3),
-                           "ir_bytes": step.openvino_int8 and ir_size(step.openvino_int8)}
+                           "ir_bytes": step.openvino_int8 and ir_size(step.openvino_int8),
+                           "after_1bit": step.int8.after_1bit,
+                           "variants": [v.model_dump() for v in step.int8.variants]}
     return {**arm, "steps": rows, "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -162,6 +164,8 @@ def markdown(result: dict[str, Any]) -> str:
             ("int8 file MR^-2", lambda s: s.get("int8") and f"{s['int8']['miss_rate']:.3f}"),
             ("int8 file ms", lambda s: s.get("int8") and s["int8"]["latency_ms"]),
             ("int8 IR MB", lambda s: s.get("int8") and s["int8"]["ir_bytes"] and f"{s['int8']['ir_bytes'] / 1e6:.2f}")]
+        if any(s.get("int8", {}).get("variants") for s in arm["steps"]):  # int8_after_1bit "auto"
+            int8 += [("int8 kept (calibration MR^-2)", _kept_cell), ("other int8 file MR^-2 (calibration)", _other_cell)]
         lines += [f"## {arm_name(arm)} ({report.minutes(arm['seconds'])})", "",
                   *report.markdown_table(arm["steps"], [
                       ("step", "index"), ("binarized layers", "num_binary_layers"),
@@ -194,6 +198,23 @@ def _readme_lines(result: dict[str, Any]) -> list[str]:
         (f"int8 file within +{BUDGET}: most 1-bit MACs (step, MR^-2, ms)", _int8_cell)], align="lrrrrrrrr")]
 
 
+def _variant_text(variant: dict[str, Any]) -> str:
+    return "everywhere" if variant["after_1bit"] else "fusing"
+
+
+def _kept_cell(step: dict[str, Any]) -> str | None:
+    """With int8_after_1bit "auto": which file the job kept, and its MR^-2 on the calibration images."""
+    kept = [v for v in step.get("int8", {}).get("variants", []) if v["kept"]]
+    return f"{_variant_text(kept[0])} ({kept[0]['calibration_miss_rate']:.3f})" if kept else None
+
+
+def _other_cell(step: dict[str, Any]) -> str | None:
+    """With int8_after_1bit "auto": the file it did not keep, on validation (calibration)."""
+    other = [v for v in step.get("int8", {}).get("variants", []) if not v["kept"]]
+    return (f"{other[0]['miss_rate']:.3f} ({_variant_text(other[0])}, {other[0]['calibration_miss_rate']:.3f})"
+            if other else None)
+
+
 def _int8_cell(row: dict[str, Any]) -> str | None:
     best = row["int8_within_budget"]
     if best is None:
@@ -204,7 +225,7 @@ def _int8_cell(row: dict[str, Any]) -> str | None:
 
 def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizers: list[str]) -> str:
     """distillation[_quick | _<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>][_rprelu][_bin<n>]
-    [_wo<n>][_mac<n>][_<order>][_int8[_after1bit]][_seed<s>]"""
+    [_wo<n>][_mac<n>][_<order>][_int8[_after1bit|_auto]][_seed<s>]"""
     name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
                              else f"_{steps}steps_{iterations}iterations")
     if binarizers != ["rsign"]:
@@ -225,7 +246,7 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
         name += f"_{args.order}"
     if wants_int8(args):
         name += "_int8" + (f"ac{args.int8_max_drop:g}" if args.int8_max_drop is not None else "") + (
-            "_after1bit" if args.int8_after_1bit else "")
+            {True: "_after1bit", "auto": "_auto"}.get(args.int8_after_1bit, ""))
     if args.seed:
         name += f"_seed{args.seed}"
     return name
@@ -265,8 +286,10 @@ def main() -> None:
     parser.add_argument("--int8-max-drop", type=float, default=None,
                         help="int8_max_drop (implies --int8): each step's int8 file by NNCF's accuracy control on the "
                              "training images, at most this much MR^-2 above the checkpoint as trained there")
-    parser.add_argument("--int8-after-1bit", action="store_true",
-                        help="int8_after_1bit (implies --int8): the int8 files quantize the convs a 1-bit conv feeds too")
+    parser.add_argument("--int8-after-1bit", nargs="?", const=True, default=False, choices=["auto"],
+                        help="int8_after_1bit (implies --int8): the int8 files quantize the convs a 1-bit conv feeds "
+                             "too; `--int8-after-1bit auto`: each step makes both files and keeps the one with the "
+                             "lower MR^-2 on the training images")
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
     parser.add_argument("--quick", action="store_true", help="2 steps of 4 iterations: checks the script")
@@ -297,7 +320,10 @@ def main() -> None:
                 "kept) made, evaluated and timed the same way in the job")
         if args.int8_max_drop is not None:
             int8 += f" (by NNCF's accuracy control, max_drop {args.int8_max_drop:g} in 1 - MR^-2 on the training images)"
-        if args.int8_after_1bit:
+        if args.int8_after_1bit == "auto":
+            int8 += (" (each step makes the file with and without int8 on the convs a 1-bit conv feeds and keeps the "
+                     "one with the lower MR^-2 on the training images, the faster on a tie; `everywhere` / `fusing`)")
+        elif args.int8_after_1bit:
             int8 += " (int8 on the convs a 1-bit conv feeds too)"
     design = (f"pedestrian_adas_0002 at 192x336, activation_bits 1 ({', '.join(binarizers)}){training}, binarizer lr "
               f"x{args.binarizer_lr:g}, order {args.order}, 2 layers per step, {iterations} "

@@ -28,6 +28,7 @@ ActivationQuantizerName = Literal["rsign", "scale_threshold"]
 DeployFormat = Literal["openvino", "openvino-int8"]
 """The OpenVINO files of a checkpoint: as trained, or its NNCF int8 IR (1-bit layers stay 1-bit)."""
 INT8: DeployFormat = "openvino-int8"
+Int8AfterOneBit = bool | Literal["auto"]
 BINARY_INPUT_DEFAULTS: dict[str, Any] = {"activation_quantizer": "scale_threshold", "binarizer_lr_multiplier": 100.0}
 """How a job with `activation_bits` 1 binarizes inputs unless it says otherwise: what measured best in
 `python -m bench.distillation` (one seed, pedestrian_adas_0002 at 192x336, two layers at 600 iterations:
@@ -214,12 +215,15 @@ class PipelineConfig(BaseModel):
         "validation split stays out of it, so the step's int8 figures still judge it fairly. A float conv among int8 "
         "ones costs time, so the file can end up slower than plain int8. null: plain nncf.quantize. Costs about "
         "10 s more a step (measured on pedestrian_adas_0002 with 98 calibration images).")
-    int8_after_1bit: bool = Field(
+    int8_after_1bit: Int8AfterOneBit = Field(
         default=False,
         description="deploy_format openvino-int8 only: the int8 file also quantizes the convs a 1-bit conv feeds. By "
         "default they stay float, since their u8 quantizer cannot fuse into the 1-bit conv and runs alone; that "
         "measured faster and more accurate on an AMX Xeon's checkpoints, but neither held on every checkpoint "
-        "(bench.ceiling's `_int8` and `_int8_fusing` rows of each checkpoint compare the two).")
+        "(bench.ceiling's `_int8` and `_int8_fusing` rows of each checkpoint compare the two). \"auto\": the job "
+        "makes both files every step and keeps the one with the lower MR^-2 on the calibration (training) images, "
+        "the faster on a tie; the validation split stays out of the choice (the step's `int8.variants` report both). "
+        "Costs one more quantization and evaluation a step, about 10 s.")
 
     @property
     def needs_export(self) -> str | None:
@@ -300,6 +304,17 @@ class PipelineConfig(BaseModel):
         return self
 
 
+class Int8Variant(BaseModel):
+    """One of the two int8 files an `int8_after_1bit: "auto"` job makes of a step, as it measured it."""
+
+    after_1bit: bool = Field(description="Whether the convs a 1-bit conv feeds are int8 in this file.")
+    calibration_miss_rate: float = Field(
+        description="MR^-2 of this file on the calibration (training) images: what the choice compares.")
+    miss_rate: float = Field(description="MR^-2 of this file on the validation split: reported, not used to choose.")
+    latency_ms: float = Field(description="Median forward time of this file, measured as `latency_ms`; breaks a tie.")
+    kept: bool = Field(description="Whether this is the step's int8 file.")
+
+
 class Int8Metrics(BaseModel):
     """A checkpoint's `?format=openvino-int8` file (`core.export.int8`) as its job measured it."""
 
@@ -312,7 +327,11 @@ class Int8Metrics(BaseModel):
         default=None, description="The `int8_max_drop` NNCF's accuracy control made it with (on the calibration "
         "images); null: plain nncf.quantize.")
     after_1bit: bool = Field(
-        default=False, description="Whether the convs a 1-bit conv feeds are int8 too (`int8_after_1bit`).")
+        default=False, description="Whether the convs a 1-bit conv feeds are int8 too (`int8_after_1bit`; with "
+        "\"auto\", the variant the job kept).")
+    variants: list[Int8Variant] = Field(
+        default_factory=list, description="With `int8_after_1bit: \"auto\"`: both files the job made, the kept one "
+        "included, as measured; empty otherwise.")
 
 
 class CheckpointMetrics(BaseModel):

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -64,7 +64,9 @@ from core.distillation import Distillation, frozen_teacher
 from core.job_spec import (
     INT8,
     DeployFormat,
+    Int8AfterOneBit,
     Int8Metrics,
+    Int8Variant,
     PipelineConfig,
     StepMetrics,
     Target,
@@ -128,6 +130,9 @@ ShouldStop = Callable[[], bool]
 class Cancelled(Exception):
     """Raised inside `run` when `should_stop()` answered True."""
 
+
+if TYPE_CHECKING:  # OpenVINO and NNCF load only when a step is exported
+    from core.export.int8 import AccuracyControl
 
 log = logging.getLogger(__name__)
 
@@ -512,13 +517,13 @@ class _Int8Inputs:
     """What a step's int8 file is made and judged with: the calibration records (training
     images), the validation records, read through the run's image cache, NNCF's accuracy
     control's `max_drop` (None: plain nncf.quantize), and whether the convs a 1-bit conv feeds
-    are int8 too (`int8_after_1bit`)."""
+    are int8 too (`int8_after_1bit`: True, False or "auto", both made and one kept)."""
 
     calibration: Sequence[ImageRecord]
     validation: Sequence[ImageRecord]
     cache: ImageCache
     max_drop: float | None = None
-    after_1bit: bool = False
+    after_1bit: Int8AfterOneBit = False
 
     def images(self, records: Sequence[ImageRecord]) -> list[np.ndarray]:
         """RGB float32 [3, H, W] in [0, 1], as `/detect` decodes an upload (made per step from
@@ -566,26 +571,59 @@ def _int8_file(export: Any, int8: _Int8Inputs) -> tuple[Int8Metrics, bytes]:
     """The int8 file of `export` (`core.export.int8.int8_export`, as `?format=openvino-int8`
     makes it; with `int8.max_drop`, by NNCF's accuracy control on the calibration images, 1 - MR^-2
     the metric) and its MR^-2 / AP@0.5 on the validation split and forward time, measured on the
-    IR itself as `/detect` runs it."""
-    from core.export.int8 import AccuracyControl, int8_export
-    from core.export.openvino import detection_tensors, evaluate_export, measure_latency
+    IR itself as `/detect` runs it. With `int8.after_1bit` "auto", both scopes are made and the one
+    with the lower MR^-2 on the calibration images is kept (the faster on a tie): the validation
+    split, which judges the step, plays no part in the choice."""
+    from core.export.int8 import AccuracyControl
+    from core.export.openvino import detection_tensors
 
     calibration = int8.images(int8.calibration)
-    control = None
-    if int8.max_drop is not None:
-        truth = [r.boxes for r in int8.calibration]
+    if int8.after_1bit != "auto":
+        control = None
+        if int8.max_drop is not None:
+            truth = [r.boxes for r in int8.calibration]
 
-        def metric(detections: list[Any], indices: list[int]) -> float:
-            return 1.0 - evaluate_detections(detection_tensors(detections), [truth[i] for i in indices]).miss_rate
+            def metric(detections: list[Any], indices: list[int]) -> float:
+                return 1.0 - evaluate_detections(detection_tensors(detections), [truth[i] for i in indices]).miss_rate
 
-        control = AccuracyControl(calibration, metric, int8.max_drop)
-    quantized = int8_export(export, calibration, accuracy_control=control, int8_after_1bit=int8.after_1bit)
+            control = AccuracyControl(calibration, metric, int8.max_drop)
+        made = _make_int8(export, int8, calibration, after_1bit=int8.after_1bit, control=control)
+        return made.metrics, made.data
+    made_both = [_make_int8(export, int8, calibration, after_1bit=after, judge_on_calibration=True)
+                 for after in (False, True)]
+    kept = min(made_both, key=lambda m: (m.calibration_miss_rate, m.metrics.latency_ms))
+    variants = [Int8Variant(after_1bit=m.metrics.after_1bit, calibration_miss_rate=m.calibration_miss_rate,
+                            miss_rate=m.metrics.miss_rate, latency_ms=m.metrics.latency_ms, kept=m is kept)
+                for m in made_both]
+    return kept.metrics.model_copy(update={"variants": variants}), kept.data
+
+
+@dataclass
+class _MadeInt8:
+    metrics: Int8Metrics
+    data: bytes
+    calibration_miss_rate: float = float("nan")
+
+
+def _make_int8(export: Any, int8: _Int8Inputs, calibration: list[np.ndarray], *, after_1bit: bool,
+               control: AccuracyControl | None = None, judge_on_calibration: bool = False) -> _MadeInt8:
+    """One int8 file of `export`, measured: validation MR^-2 / AP@0.5 and forward time, and with
+    `judge_on_calibration` its MR^-2 on the calibration images too."""
+    from core.export.int8 import int8_export
+    from core.export.openvino import evaluate_export, measure_latency
+
+    quantized = int8_export(export, calibration, accuracy_control=control, int8_after_1bit=after_1bit)
     latency, _ = measure_latency(quantized, threads=1)
     metrics = evaluate_export(quantized, int8.images(int8.validation), [r.boxes for r in int8.validation])
     data = quantized.zip_bytes()
-    return Int8Metrics(miss_rate=metrics.miss_rate, ap50=metrics.ap50, latency_ms=latency, file_bytes=len(data),
-                       calibration_images=quantized.spec["quantization"]["calibration_images"],
-                       max_drop=int8.max_drop, after_1bit=int8.after_1bit), data
+    made = _MadeInt8(Int8Metrics(miss_rate=metrics.miss_rate, ap50=metrics.ap50, latency_ms=latency,
+                                 file_bytes=len(data),
+                                 calibration_images=quantized.spec["quantization"]["calibration_images"],
+                                 max_drop=int8.max_drop, after_1bit=after_1bit), data)
+    if judge_on_calibration:
+        made.calibration_miss_rate = evaluate_export(quantized, calibration,
+                                                     [r.boxes for r in int8.calibration]).miss_rate
+    return made
 
 
 def _latency_savings(model: nn.Module, card: ModelCard, config: PipelineConfig) -> dict[str, float]:

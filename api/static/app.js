@@ -61,9 +61,17 @@ function judged(job, st) {
   if (!judgesInt8(job)) return { miss_rate: st.miss_rate, latency_ms: st.latency_ms };
   return st.int8 ? { miss_rate: st.int8.miss_rate, latency_ms: st.int8.latency_ms } : { miss_rate: null, latency_ms: null };
 }
-function withInt8(asTrained, int8Value, format) {
+// Which convs a step's int8 file quantizes, and with int8_after_1bit "auto" the file it did not keep.
+function int8Scope(int8) {
+  const scope = int8.after_1bit ? "int8 on every other conv" : "int8 on the other convs except those a 1-bit conv feeds";
+  const other = (int8.variants || []).find((v) => !v.kept);
+  return other ? `${scope}; kept for its MR⁻² on the training images (${fmt(other.calibration_miss_rate)} for the other `
+    + `file, which scored ${fmt(other.miss_rate)} on validation)` : scope;
+}
+function withInt8(asTrained, int8Value, format, int8) {
   return int8Value == null ? asTrained
-    : [asTrained, h("span", { class: "int8", title: "its openvino-int8 file, as the job measured it" }, ` · int8 ${format(int8Value)}`)];
+    : [asTrained, h("span", { class: "int8", title: `its openvino-int8 file, as the job measured it (${int8Scope(int8)})` },
+      ` · int8 ${format(int8Value)}`)];
 }
 function fmtDuration(sec) {
   if (sec == null || !Number.isFinite(sec)) return "—";
@@ -392,7 +400,8 @@ $("#job-form").addEventListener("submit", async (ev) => {
   };
   if (f.deploy_int8.checked) body.deploy_format = "openvino-int8";
   if (f.deploy_int8.checked && f.int8_max_drop.value) body.int8_max_drop = Number(f.int8_max_drop.value);
-  if (f.deploy_int8.checked && f.int8_after_1bit.checked) body.int8_after_1bit = true;
+  const after1bit = { true: true, auto: "auto" }[f.int8_after_1bit.value];
+  if (f.deploy_int8.checked && after1bit !== undefined) body.int8_after_1bit = after1bit;
   if (f.iters_per_mac_percent.value) body.iters_per_mac_percent = Number(f.iters_per_mac_percent.value);
   if (f.patience.value && f.target_kind.value === "max_miss_rate_increase") {
     body.target.patience = Number(f.patience.value);
@@ -526,9 +535,9 @@ function renderSteps(job) {
       h("td", { class: "layers", title: `binary so far: ${st.binary_layers.join(", ") || "none"}` }, layers),
       h("td", {}, st.bits),
       h("td", {}, fmtRatio(st.compression_ratio)),
-      h("td", { class: "miss-rate" }, withInt8(fmt(st.miss_rate), st.int8?.miss_rate, fmt)),
+      h("td", { class: "miss-rate" }, withInt8(fmt(st.miss_rate), st.int8?.miss_rate, fmt, st.int8)),
       h("td", {}, fmt(st.ap50)),
-      h("td", { class: "latency" }, withInt8(fmtMs(st.latency_ms), st.int8?.latency_ms, fmtMs)),
+      h("td", { class: "latency" }, withInt8(fmtMs(st.latency_ms), st.int8?.latency_ms, fmtMs, st.int8)),
       h("td", {}, fmtDuration(st.step_seconds)),
       h("td", {}, h("code", { title: `${ck}\n${fmtBytes(st.checkpoint_bytes)}` }, short(ck)), " ", badges),
       h("td", { class: "actions" },
@@ -540,7 +549,7 @@ function renderSteps(job) {
         h("button", { class: "small ghost", "data-action": "download-openvino", title: "OpenVINO IR zip: runs with plain OpenVINO",
           onclick: () => download(ck, "openvino") }, "OpenVINO"),
         h("button", { class: "small ghost", "data-action": "download-openvino-int8",
-          title: `OpenVINO IR zip with every layer that is not 1-bit in int8 (NNCF); ${st.int8 ? fmtBytes(st.int8.file_bytes) : "made on the first request"}`,
+          title: `OpenVINO IR zip, 1-bit layers kept, ${st.int8 ? `${int8Scope(st.int8)} (NNCF); ${fmtBytes(st.int8.file_bytes)}` : "int8 on the other convs except those a 1-bit conv feeds (NNCF); made on the first request"}`,
           onclick: () => download(ck, "openvino-int8") }, "int8"),
         h("a", { class: "button small ghost", href: `#/tryit/${ck}` }, "Try it")));
   }));

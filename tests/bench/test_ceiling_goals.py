@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.ceiling import checkpoint_goals, one_bit_mac_share, setting_key
+from bench.ceiling import auto_picks, checkpoint_goals, one_bit_mac_share, setting_key
 from core.export.one_bit import binarize_all, float_model
 
 
@@ -22,6 +22,19 @@ def test_a_checkpoint_meets_the_goal_only_when_every_check_passes() -> None:
         "IR at most half NNCF int8's": True, ">= 50 % of conv MACs 1-bit": True}
     rows["checkpoint1"]["miss_rate"] = 0.151  # just over float + 0.03
     assert not checkpoint_goals(rows, times)[0]["met"]
+
+
+def test_auto_keeps_the_int8_file_better_on_the_calibration_images_and_reports_whether_validation_agrees() -> None:
+    key = setting_key(1, "f32")
+    times = {"checkpoint1": {key: 3.3}, "checkpoint1_int8": {key: 3.0}, "checkpoint1_int8_fusing": {key: 3.2}}
+    rows = {"checkpoint1": {"miss_rate": 0.17},
+            "checkpoint1_int8": {"miss_rate": 0.13, "calibration_miss_rate": 0.05},
+            "checkpoint1_int8_fusing": {"miss_rate": 0.21, "calibration_miss_rate": 0.04}}
+    (pick,) = auto_picks(rows, times)
+    assert pick["kept"] == "checkpoint1_int8_fusing" and pick["better_on_validation"] == "checkpoint1_int8"
+    assert not pick["agree"]
+    rows["checkpoint1_int8_fusing"]["calibration_miss_rate"] = 0.05  # a tie: the faster file
+    assert auto_picks(rows, times)[0]["kept"] == "checkpoint1_int8" and auto_picks(rows, times)[0]["agree"]
 
 
 def test_the_dense_convs_hold_most_of_pedestrian_adas_0002s_macs() -> None:

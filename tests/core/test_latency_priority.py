@@ -192,3 +192,27 @@ def test_int8_after_1bit_makes_the_int8_file_with_the_convs_a_1bit_conv_feeds_in
         assert ("except the convs a 1-bit conv feeds" in readme) is not after
         found = runtime_precisions(export.detector().compiled(card_input_shape(seen[-1])))
         assert found[("BinaryConvolution", "u1")] >= 1
+
+
+def test_int8_after_1bit_auto_makes_both_files_and_keeps_the_better_on_the_calibration_images(tiny) -> None:
+    with pytest.raises(ValidationError, match="int8_after_1bit needs deploy_format openvino-int8"):
+        PipelineConfig(target=Target(min_compression_ratio=2.0), int8_after_1bit="auto")
+    with pytest.raises(ValidationError, match="int8_after_1bit"):
+        PipelineConfig(target=Target(min_compression_ratio=2.0), deploy_format="openvino-int8",
+                       int8_after_1bit="sometimes")
+    model, card, train, val = tiny
+    config = PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, finetune_iters=1,
+                            batch_size=2, min_layer_params=0, layers_per_step=6, deploy_format="openvino-int8",
+                            int8_after_1bit="auto")
+    seen: list[StepOutcome] = []
+    with pytest.raises(Cancelled):  # after step 1
+        run(model, card, train[:3], val, config, on_step=seen.append, int8_calibration_images=2,
+            should_stop=lambda: len(seen) > 1)
+    int8 = seen[-1].int8
+    assert int8 is not None and sorted(v.after_1bit for v in int8.variants) == [False, True]
+    (kept,) = [v for v in int8.variants if v.kept]
+    other = next(v for v in int8.variants if not v.kept)
+    assert (kept.calibration_miss_rate, kept.latency_ms) <= (other.calibration_miss_rate, other.latency_ms)
+    assert int8.after_1bit is kept.after_1bit and int8.miss_rate == kept.miss_rate
+    export = OpenVinoExport.from_zip(seen[-1].openvino_int8)  # the stored file is the kept one
+    assert export.spec["quantization"]["int8_after_1bit"] is kept.after_1bit

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -373,7 +374,8 @@ def test_an_int8_job_shows_and_plots_its_int8_files(page, export_api_url: str, s
     with httpx.Client(base_url=export_api_url, headers={"Authorization": f"Bearer {KEYS['alpha']}"}, timeout=120) as c:
         r = c.post("/jobs", json={"model_id": state["model_id"], "dataset_id": state["dataset_id"],
                                   "target": {"max_latency_ms": 0.001}, "finetune_iters": 2, "batch_size": 2,
-                                  "activation_bits": 1, "layers_per_step": 4, "deploy_format": "openvino-int8"})
+                                  "activation_bits": 1, "layers_per_step": 4, "deploy_format": "openvino-int8",
+                                  "int8_after_1bit": "auto"})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
         wait_until(lambda: c.get(f"/jobs/{job_id}").json()["status"] in {"succeeded", "failed"}, JOB_TIMEOUT,
@@ -382,6 +384,8 @@ def test_an_int8_job_shows_and_plots_its_int8_files(page, export_api_url: str, s
     assert job["status"] == "succeeded", job["error"]
     steps = job["steps"]
     assert all(st["int8"] for st in steps)
+    # "auto": both files made each step, the one kept named, the other's figures reported beside it
+    assert all(sorted(v["kept"] for v in st["int8"]["variants"]) == [False, True] for st in steps)
     page.goto(f"/#/job/{job_id}")
     expect(page.locator("#job-summary")).to_contain_text("judged on its openvino-int8 files")
     rows = page.locator("#steps-table tbody tr")
@@ -389,6 +393,7 @@ def test_an_int8_job_shows_and_plots_its_int8_files(page, export_api_url: str, s
     for row, st in zip(rows.all(), steps):
         expect(row.locator("td.miss-rate")).to_contain_text(f"int8 {st['int8']['miss_rate']:.3f}")
         expect(row.locator("td.latency .int8")).to_have_count(1)
+        expect(row.locator("td.miss-rate .int8")).to_have_attribute("title", re.compile("kept for its MR⁻² on the training"))
     # a latency target nothing meets: the fastest int8 file is selected, and the plot is drawn in int8 times
     fastest = min(steps, key=lambda st: st["int8"]["latency_ms"])
     assert job["selected_checkpoint_id"] == fastest["checkpoint_id"]
