@@ -216,8 +216,9 @@ def test_a_deploy_format_int8_job_measures_stores_and_deploys_each_steps_int8_fi
         for step in steps:
             int8 = step["int8"]
             assert set(int8) == {"miss_rate", "ap50", "latency_ms", "file_bytes", "calibration_images", "max_drop",
-                                 "after_1bit"}
+                                 "after_1bit", "variants"}
             assert int8["max_drop"] is None and int8["after_1bit"] is False  # plain nncf.quantize, the default scope
+            assert int8["variants"] == []  # one file made: int8_after_1bit is not "auto"
             checkpoint = c.get(f"/checkpoints/{step['checkpoint_id']}").json()
             assert checkpoint["int8"] == int8 and checkpoint["files"]["openvino_int8"] == int8["file_bytes"]
         # the file the job measured is the download: stored by the job, not made again
