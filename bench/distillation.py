@@ -26,7 +26,7 @@ validation split (step-to-step noise about ±0.04 MR^-2). What survives earns fu
 Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<arm>/step<k>.safetensors
 (git-ignored), for timing against int8 in one run (`python -m bench.ceiling --checkpoint ...`).
 
-Writes bench/results/distillation.{json,md} (`_quick` with --quick; other --steps / --iterations:
+Writes bench/results/distillation.{json,md} (`_quick` last with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
 `_bin<n>`, --weights-only-iterations n `_wo<n>`, --iters-per-mac-percent n `_mac<n>`, --order o other than latency `_<o>`, --int8 `_int8` (--int8-max-drop d `_int8ac<d>`, --int8-after-1bit `_int8_after1bit`, --int8-after-1bit auto `_int8_auto`), --seed s `_seed<s>`;
@@ -224,9 +224,9 @@ def _int8_cell(row: dict[str, Any]) -> str | None:
 
 
 def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizers: list[str]) -> str:
-    """distillation[_quick | _<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>][_rprelu][_bin<n>]
-    [_wo<n>][_mac<n>][_<order>][_int8[_after1bit|_auto]][_seed<s>]"""
-    name = "distillation" + ("_quick" if args.quick else "" if (steps, iterations) == (8, 60)
+    """distillation[_<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>][_rprelu][_bin<n>]
+    [_wo<n>][_mac<n>][_<order>][_int8[_after1bit|_auto]][_seed<s>][_quick]"""
+    name = "distillation" + ("" if args.quick or (steps, iterations) == (8, 60)
                              else f"_{steps}steps_{iterations}iterations")
     if binarizers != ["rsign"]:
         name += "_" + "_".join(binarizers)
@@ -249,7 +249,7 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
             {True: "_after1bit", "auto": "_auto"}.get(args.int8_after_1bit, ""))
     if args.seed:
         name += f"_seed{args.seed}"
-    return name
+    return name + ("_quick" if args.quick else "")  # last, as every bench's quick output (git-ignored)
 
 
 def wants_int8(args: argparse.Namespace) -> bool:
