@@ -83,6 +83,7 @@ from core.detection_metrics import evaluate_detections
 from core.export.int8 import (
     compress_weights_int8,
     int8_export,
+    kept_int8_file,
     quantize_int8,
     quantize_int8_with_accuracy_control,
     runtime_precisions,
@@ -322,7 +323,7 @@ def checkpoint_goals(rows: dict[str, dict[str, Any]], times: dict[str, dict[str,
 
 def auto_picks(rows: dict[str, dict[str, Any]], times: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """For each trained checkpoint, the int8 file a job with `int8_after_1bit: "auto"` keeps
-    (core.pipeline: the lower MR^-2 on the calibration images, the faster on a tie), beside the
+    (`core.export.int8.kept_int8_file`, on the calibration images), beside the
     file that scores better on the validation split, which the job never sees."""
     key = setting_key(1, "f32")
     picks = []
@@ -330,7 +331,7 @@ def auto_picks(rows: dict[str, dict[str, Any]], times: dict[str, dict[str, Any]]
         pair = [f"{name}_int8_fusing", f"{name}_int8"]
         if not all(p in times and rows[p].get("calibration_miss_rate") is not None for p in pair):
             continue
-        kept = min(pair, key=lambda p: (rows[p]["calibration_miss_rate"], times[p][key]))
+        kept = kept_int8_file({p: (rows[p]["calibration_miss_rate"], times[p][key]) for p in pair})
         best_on_val = min(pair, key=lambda p: (rows[p]["miss_rate"], times[p][key]))
         picks.append({"checkpoint": name, "kept": kept, "better_on_validation": best_on_val,
                       "agree": kept == best_on_val,

@@ -571,44 +571,38 @@ def _int8_file(export: Any, int8: _Int8Inputs) -> tuple[Int8Metrics, bytes]:
     """The int8 file of `export` (`core.export.int8.int8_export`, as `?format=openvino-int8`
     makes it; with `int8.max_drop`, by NNCF's accuracy control on the calibration images, 1 - MR^-2
     the metric) and its MR^-2 / AP@0.5 on the validation split and forward time, measured on the
-    IR itself as `/detect` runs it. With `int8.after_1bit` "auto", both scopes are made and the one
-    with the lower MR^-2 on the calibration images is kept (the faster on a tie): the validation
-    split, which judges the step, plays no part in the choice."""
-    from core.export.int8 import AccuracyControl
-    from core.export.openvino import detection_tensors
+    IR itself as `/detect` runs it. With `int8.after_1bit` "auto", both scopes are made and one
+    kept by `kept_int8_file` (on the calibration images): the validation split, which judges the
+    step, plays no part in the choice."""
+    from core.export.int8 import AccuracyControl, kept_int8_file
+    from core.export.openvino import detection_tensors, evaluate_export
 
     calibration = int8.images(int8.calibration)
+    truth = [r.boxes for r in int8.calibration]
     if int8.after_1bit != "auto":
         control = None
         if int8.max_drop is not None:
-            truth = [r.boxes for r in int8.calibration]
 
             def metric(detections: list[Any], indices: list[int]) -> float:
                 return 1.0 - evaluate_detections(detection_tensors(detections), [truth[i] for i in indices]).miss_rate
 
             control = AccuracyControl(calibration, metric, int8.max_drop)
-        made = _make_int8(export, int8, calibration, after_1bit=int8.after_1bit, control=control)
-        return made.metrics, made.data
-    made_both = [_make_int8(export, int8, calibration, after_1bit=after, judge_on_calibration=True)
-                 for after in (False, True)]
-    kept = min(made_both, key=lambda m: (m.calibration_miss_rate, m.metrics.latency_ms))
-    variants = [Int8Variant(after_1bit=m.metrics.after_1bit, calibration_miss_rate=m.calibration_miss_rate,
-                            miss_rate=m.metrics.miss_rate, latency_ms=m.metrics.latency_ms, kept=m is kept)
-                for m in made_both]
-    return kept.metrics.model_copy(update={"variants": variants}), kept.data
-
-
-@dataclass
-class _MadeInt8:
-    metrics: Int8Metrics
-    data: bytes
-    calibration_miss_rate: float = float("nan")
+        metrics, data, _ = _make_int8(export, int8, calibration, after_1bit=int8.after_1bit, control=control)
+        return metrics, data
+    made = {after: _make_int8(export, int8, calibration, after_1bit=after) for after in (False, True)}
+    on_calibration = {after: evaluate_export(quantized, calibration, truth).miss_rate
+                      for after, (_, _, quantized) in made.items()}
+    kept = kept_int8_file({after: (on_calibration[after], metrics.latency_ms) for after, (metrics, _, _) in made.items()})
+    variants = [Int8Variant(after_1bit=after, calibration_miss_rate=on_calibration[after], miss_rate=metrics.miss_rate,
+                            latency_ms=metrics.latency_ms, kept=after is kept) for after, (metrics, _, _) in made.items()]
+    metrics, data, _ = made[kept]
+    return metrics.model_copy(update={"variants": variants}), data
 
 
 def _make_int8(export: Any, int8: _Int8Inputs, calibration: list[np.ndarray], *, after_1bit: bool,
-               control: AccuracyControl | None = None, judge_on_calibration: bool = False) -> _MadeInt8:
-    """One int8 file of `export`, measured: validation MR^-2 / AP@0.5 and forward time, and with
-    `judge_on_calibration` its MR^-2 on the calibration images too."""
+               control: AccuracyControl | None = None) -> tuple[Int8Metrics, bytes, Any]:
+    """One int8 file of `export`: what it measured (validation MR^-2 / AP@0.5, forward time), its
+    zip and the quantized export."""
     from core.export.int8 import int8_export
     from core.export.openvino import evaluate_export, measure_latency
 
@@ -616,14 +610,9 @@ def _make_int8(export: Any, int8: _Int8Inputs, calibration: list[np.ndarray], *,
     latency, _ = measure_latency(quantized, threads=1)
     metrics = evaluate_export(quantized, int8.images(int8.validation), [r.boxes for r in int8.validation])
     data = quantized.zip_bytes()
-    made = _MadeInt8(Int8Metrics(miss_rate=metrics.miss_rate, ap50=metrics.ap50, latency_ms=latency,
-                                 file_bytes=len(data),
-                                 calibration_images=quantized.spec["quantization"]["calibration_images"],
-                                 max_drop=int8.max_drop, after_1bit=after_1bit), data)
-    if judge_on_calibration:
-        made.calibration_miss_rate = evaluate_export(quantized, calibration,
-                                                     [r.boxes for r in int8.calibration]).miss_rate
-    return made
+    return Int8Metrics(miss_rate=metrics.miss_rate, ap50=metrics.ap50, latency_ms=latency, file_bytes=len(data),
+                       calibration_images=quantized.spec["quantization"]["calibration_images"],
+                       max_drop=int8.max_drop, after_1bit=after_1bit), data, quantized
 
 
 def _latency_savings(model: nn.Module, card: ModelCard, config: PipelineConfig) -> dict[str, float]:

@@ -37,11 +37,21 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from core.export import runtime
+
+K = TypeVar("K")
+
+
+def kept_int8_file(files: dict[K, tuple[float, float]]) -> K:
+    """`int8_after_1bit: "auto"`'s choice among int8 files of one checkpoint, given each as
+    (MR^-2 on the calibration images, forward ms): the lower MR^-2, the faster on a tie. The
+    validation split has no say (core.pipeline makes the job's file by it, bench.ceiling reports it)."""
+    return min(files, key=lambda k: files[k])
+
 
 POST_PREFIXES = ("flexbin:post/",)
 """Friendly-name prefixes of post-processing nodes that stay float."""
