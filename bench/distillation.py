@@ -29,7 +29,7 @@ Each step's packed checkpoint is kept in var/bench_distillation/<result name>/<a
 Writes bench/results/distillation.{json,md} (`_quick` last with --quick; other --steps / --iterations:
 `distillation_<steps>steps_<iterations>iterations.*`; binarizers other than rsign alone add
 `_<binarizer>...`, --staged `_staged`, --binarizer-lr m `_blr<m>`, --rprelu `_rprelu`, --binary-input-layers n
-`_bin<n>`, --weights-only-iterations n `_wo<n>`, --iters-per-mac-percent n `_mac<n>`, --order o other than latency `_<o>`, --int8 `_int8` (--int8-max-drop d `_int8ac<d>`, --int8-after-1bit `_int8_after1bit`, --int8-after-1bit auto `_int8_auto`), --seed s `_seed<s>`;
+`_bin<n>`, --weights-only-iterations n `_wo<n>`, --iters-per-mac-percent n `_mac<n>`, --order o other than latency `_<o>`, --int8 `_int8` (--int8-max-drop d `_int8ac<d>`, --int8-after-1bit `_int8_after1bit`, --int8-after-1bit auto `_int8_auto`), --bf16 `_bf16`, --seed s `_seed<s>`;
 --name another name, e.g. with the CPU kind appended, `_quick` added with --quick).
 """
 from __future__ import annotations
@@ -51,6 +51,7 @@ from core.paths import default_data_dir
 from core.pipeline import Cancelled, StepOutcome, run, step_iterations
 from core.pretrained import load_pretrained
 from core.priority import discover_layers
+from core.train import TrainOptions
 
 BUDGET = 0.03  # the issue's accuracy bar: MR^-2 within float + 0.03
 CHECKPOINTS = report.ROOT / "var" / "bench_distillation"
@@ -69,9 +70,11 @@ def job_config(args: argparse.Namespace, weight: float, binarizer: str, iteratio
                           int8_max_drop=args.int8_max_drop, int8_after_1bit=args.int8_after_1bit)
 
 
-def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints: Path) -> dict[str, Any]:
+def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints: Path, *,
+            bf16: bool = False) -> dict[str, Any]:
     """One job (`job`: the float model, its card and the split), stopped after `steps` binarization
-    steps; its options and steps as results record them."""
+    steps (`bf16`: fine-tuning under bfloat16 autocast, the worker's FLEXBIN_TRAIN_BF16); its
+    options and steps as results record them."""
     done: list[StepOutcome] = []
     started = time.monotonic()
     arm = {"distillation_weight": config.distillation_weight, "activation_quantizer": config.activation_quantizer,
@@ -79,12 +82,14 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
            "rprelu": config.rprelu, "seed": config.seed, "binary_input_layers": config.binary_input_layers,
            "weights_only_iters": config.weights_only_iters, "iters_per_mac_percent": config.iters_per_mac_percent,
            "deploy_format": config.deploy_format,
-           "int8_max_drop": config.int8_max_drop, "int8_after_1bit": config.int8_after_1bit}
+           "int8_max_drop": config.int8_max_drop, "int8_after_1bit": config.int8_after_1bit, "bf16_autocast": bf16}
     elapsed: list[float] = []  # seconds from the job's start to each step's report
+    loads: list[float] = []  # the machine's 1-minute load average then (2 on 2 busy cores: the job alone)
 
     def on_step(step: StepOutcome) -> None:
         done.append(step)
         elapsed.append(time.monotonic() - started)
+        loads.append(report.load_average()[0])
         checkpoints.mkdir(parents=True, exist_ok=True)
         (checkpoints / f"step{step.index}.safetensors").write_bytes(step.checkpoint)
         report.log(f"{arm_name(arm)}: step {step.index}, {len(step.binary_layers)} layers, MR^-2 "
@@ -93,14 +98,15 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
 
     try:
         run(job["model"], job["card"], job["train"], job["val"], config, on_step=on_step,
-            should_stop=lambda: len(done) > steps)
+            should_stop=lambda: len(done) > steps, train_options=TrainOptions(bf16=bf16))
     except Cancelled:
         pass  # the bench's stop after `steps` steps
     rows = report.step_rows(done)
     iterations = [0] + step_iterations(job["model"], config, [s.layers for s in done[1:]],
                                        discover_layers(job["model"], job["card"].input_size))
-    for row, step, seconds in zip(rows, done, elapsed, strict=True):
+    for row, step, seconds, load in zip(rows, done, elapsed, loads, strict=True):
         row["elapsed_s"] = round(seconds, 1)
+        row["load_1min"] = load
         row["iterations"] = iterations[step.index]
         row["latency_ms"] = step.latency_ms and round(step.latency_ms, 3)
         row["num_binary_input_layers"] = len(step.binary_input_layers)
@@ -138,7 +144,7 @@ def arm_label(arm: dict[str, Any]) -> str:
     by_macs = f", {arm['iters_per_mac_percent']} more iterations per % of MACs" \
         if arm.get("iters_per_mac_percent") else ""
     return (f"{arm.get('activation_quantizer', 'rsign')}{rprelu}{staged}" + (f", binarizer lr x{lr:g}" if lr != 1.0 else "")
-            + capped + short + by_macs)
+            + capped + short + by_macs + (", bf16 autocast" if arm.get("bf16_autocast") else ""))
 
 
 def summary(arm: dict[str, Any]) -> dict[str, Any]:
@@ -174,8 +180,9 @@ def markdown(result: dict[str, Any]) -> str:
                       ("forward ms (1t f32)", "latency_ms"),
                       ("IR MB", lambda s: s.get("ir_bytes") and f"{s['ir_bytes'] / 1e6:.2f}"),
                       *int8, ("iterations", lambda s: s.get("iterations")), ("step s", "step_seconds"),
-                      ("job min", lambda s: s.get("elapsed_s") and f"{s['elapsed_s'] / 60:.1f}")],
-                      align="r" * (10 + len(int8))), ""]
+                      ("job min", lambda s: s.get("elapsed_s") and f"{s['elapsed_s'] / 60:.1f}"),
+                      ("load (1 min)", lambda s: s.get("load_1min"))],
+                      align="r" * (11 + len(int8))), ""]
     return "\n".join(lines + _readme_lines(result)) + "\n"
 
 
@@ -225,7 +232,7 @@ def _int8_cell(row: dict[str, Any]) -> str | None:
 
 def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizers: list[str]) -> str:
     """distillation[_<steps>steps_<iterations>iterations][_<binarizers>][_staged][_blr<m>][_rprelu][_bin<n>]
-    [_wo<n>][_mac<n>][_<order>][_int8[_after1bit|_auto]][_seed<s>][_quick]"""
+    [_wo<n>][_mac<n>][_<order>][_int8[_after1bit|_auto]][_bf16][_seed<s>][_quick]"""
     name = "distillation" + ("" if args.quick or (steps, iterations) == (8, 60)
                              else f"_{steps}steps_{iterations}iterations")
     if binarizers != ["rsign"]:
@@ -247,6 +254,8 @@ def result_name(args: argparse.Namespace, steps: int, iterations: int, binarizer
     if wants_int8(args):
         name += "_int8" + (f"ac{args.int8_max_drop:g}" if args.int8_max_drop is not None else "") + (
             {True: "_after1bit", "auto": "_auto"}.get(args.int8_after_1bit, ""))
+    if args.bf16:
+        name += "_bf16"
     if args.seed:
         name += f"_seed{args.seed}"
     return name + ("_quick" if args.quick else "")  # last, as every bench's quick output (git-ignored)
@@ -290,6 +299,9 @@ def main() -> None:
                         help="int8_after_1bit (implies --int8): the int8 files quantize the convs a 1-bit conv feeds "
                              "too; `--int8-after-1bit auto`: each step makes both files and keeps the one with the "
                              "lower MR^-2 on the training images")
+    parser.add_argument("--bf16", action="store_true",
+                        help="fine-tune under bfloat16 autocast (the worker's FLEXBIN_TRAIN_BF16); evaluation and "
+                             "export stay float32")
     parser.add_argument("--steps", type=int, default=8, help="binarization steps per job (default 8: 16 layers)")
     parser.add_argument("--iterations", type=int, default=60, help="fine-tuning iterations per step (default 60)")
     parser.add_argument("--quick", action="store_true", help="2 steps of 4 iterations: checks the script")
@@ -305,7 +317,8 @@ def main() -> None:
     train, val = split_records(read_pennfudan(default_data_dir()))
     model, card = load_pretrained("pedestrian_adas_0002", input_height=192, input_width=336)
     job = {"model": model, "card": card, "train": train, "val": val}  # `run` leaves the float model as it was
-    arms = [run_arm(job, job_config(args, float(w), b, iterations), steps, CHECKPOINTS / name / f"{b}_w{w}")
+    arms = [run_arm(job, job_config(args, float(w), b, iterations), steps, CHECKPOINTS / name / f"{b}_w{w}",
+                    bf16=args.bf16)
             for b in binarizers for w in args.weights.split(",")]
     training = (", RPReLU" if args.rprelu else "") + (", staged schedule" if args.staged else "") + (
         f", binary inputs on the first {args.binary_input_layers} layers, 1-bit weights only after them"
@@ -313,7 +326,7 @@ def main() -> None:
         f" ({args.weights_only_iterations} iterations a weights-only step)" if args.weights_only_iterations is not None
         else "") + (
         f", {args.iters_per_mac_percent} more iterations per percent of the network's MACs a step binarizes"
-        if args.iters_per_mac_percent else "")
+        if args.iters_per_mac_percent else "") + (", fine-tuning under bf16 autocast" if args.bf16 else "")
     int8 = ""
     if wants_int8(args):
         int8 = ("; with each step's openvino-int8 file (NNCF calibrated on the job's training images, the 1-bit layers "
