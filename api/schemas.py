@@ -68,8 +68,8 @@ class JobCreate(PipelineConfig):
     """`POST /jobs`: which model and dataset, the run's options (`core.job_spec.PipelineConfig`:
     everything but the target has a default) and what to do when it succeeds."""
 
-    model_id: str
-    dataset_id: str
+    model_id: str = Field(description="The float detector to binarize (`POST /models`).")
+    dataset_id: str = Field(description="Its labelled images (`POST /datasets`): split into training and validation.")
     deploy_on_success: bool = Field(
         default=False, description="Deploy the selected checkpoint for this tenant when the job succeeds."
     )

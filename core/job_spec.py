@@ -44,9 +44,9 @@ TARGET_FIELDS = ("min_compression_ratio", "max_miss_rate_increase", "max_latency
 
 
 class Target(BaseModel):
-    """Where to stop: exactly one of TARGET_FIELDS is set (a miss-rate budget may add its `patience`).
-    The latency targets are checked on each step's
-    measured latency (`CheckpointMetrics.latency_ms`, or `int8.latency_ms` with `deploy_format`
+    """Where to stop: exactly one of min_compression_ratio, max_miss_rate_increase, max_latency_ms and
+    min_speedup (TARGET_FIELDS) is set; a miss-rate budget may add its `patience`. The latency
+    targets are checked on each step's measured latency (`CheckpointMetrics.latency_ms`, or `int8.latency_ms` with `deploy_format`
     openvino-int8), so they need the per-step OpenVINO export."""
 
     model_config = ConfigDict(extra="forbid")
@@ -100,8 +100,11 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    target: Target
-    method: Method = "layer_priority"
+    target: Target = Field(description="Where the job stops and which step it selects (below).")
+    method: Method = Field(
+        default="layer_priority", description="layer_priority (the paper's: one group of layers per step, each "
+        "step fine-tuned and measured) or all_at_once (the XNOR/BWN-style baseline: the layers the target needs "
+        "binarized together, then fine-tuned with the same total iteration budget).")
     order: Order = Field(
         default="inverse_depth", description="Which layer next: inverse_depth (the paper's, deepest first), "
         "forward (shallowest first), sensitivity (least loss per saved bit, measured) or latency (most time "
@@ -112,10 +115,13 @@ class PipelineConfig(BaseModel):
         description="How each layer's weights are binarized (a registered weight quantizer): `sign` "
         "(1 bit, per-channel α = mean|W|) or `kbit` (`bits` binary bases, alternating fit). Default: "
         "sign for bits 1, kbit for more.")
-    finetune_iters: int = Field(default=200, ge=0, le=100_000)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    finetune_iters: int = Field(default=200, ge=0, le=100_000,
+                                description="Fine-tuning iterations (batches) after each step's binarization.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Seeds the fine-tuning batches (the same "
+                      "seed, data and options give the same batches; the float arithmetic still differs by CPU).")
     batch_size: int = Field(default=8, ge=1, le=256, description="Fine-tuning batch size.")
-    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0, description="Fine-tuning learning rate (AdamW, "
+                                 "cosine decay within each step). A pretrained detector wants about 1e-4.")
     min_layer_params: int = Field(
         default=1024, ge=0,
         description="Layers with fewer weights stay float (default 1024; 0 = every layer): packing "
