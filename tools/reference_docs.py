@@ -97,7 +97,7 @@ unknown field, a value out of bounds or an option that does not apply to the job
 
 
 def type_text(annotation: Any) -> str:
-    """`int`, `float or null`, `"a" / "b"`: a field's annotation as a reader of JSON sees it."""
+    """`integer`, `number or null`, `"a" / "b"`: a field's annotation as a reader of JSON sees it."""
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return " / ".join(f'"{v}"' if isinstance(v, str) else str(v).lower() for v in typing.get_args(annotation))
@@ -118,7 +118,7 @@ BOUNDS: dict[type, tuple[str, str]] = {annotated_types.Ge: ("ge", "≥"), annota
 
 
 def bounds(field: FieldInfo) -> str:
-    """`1 ≤ x ≤ 4`-style bounds from the field's constraints, empty when it has none."""
+    """The field's numeric constraints as `≥ 1, ≤ 4`; empty when it has none."""
     parts = []
     for constraint in field.metadata:
         for kind, (attribute, sign) in BOUNDS.items():
