@@ -4,8 +4,9 @@
 Pydantic only, no torch: the API validates job requests and answers with step records from
 here without loading the ML stack. Each concept is written once:
 
-- a new job option is a field of `PipelineConfig` (`POST /jobs` takes it, the job row stores
-  it in `jobs.config`, `core.pipeline.run` reads it);
+- a new job option is a field of `PipelineConfig` with a description (`POST /jobs` takes it,
+  the job row stores it in `jobs.config`, `core.pipeline.run` reads it, and
+  `python -m tools.reference_docs` lists it in docs/job-options.md);
 - a new step metric is a field of `StepMetrics` (or of `CheckpointMetrics` when a
   checkpoint also carries it), plus its column in `service/store/tables.py` and a migration.
   `core.pipeline.StepOutcome`, `api.schemas.JobStepPublic` and `CheckpointPublic` build on
