@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-BENCHES := tradeoff jobs serve reliability pretrained speed ceiling distillation train_speed claim
+BENCHES := tradeoff jobs serve reliability pretrained speed ceiling distillation train_speed fused_binarizers claim
 
 .PHONY: install run worker test lint typecheck bench $(addprefix bench-,$(BENCHES)) bench-readme compose-check clean
 

@@ -77,12 +77,14 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
     options and steps as results record them."""
     done: list[StepOutcome] = []
     started = time.monotonic()
+    options = TrainOptions(bf16=bf16)  # the worker's defaults otherwise (fused binarizers)
     arm = {"distillation_weight": config.distillation_weight, "activation_quantizer": config.activation_quantizer,
            "staged_schedule": config.staged_schedule, "binarizer_lr_multiplier": config.binarizer_lr_multiplier,
            "rprelu": config.rprelu, "seed": config.seed, "binary_input_layers": config.binary_input_layers,
            "weights_only_iters": config.weights_only_iters, "iters_per_mac_percent": config.iters_per_mac_percent,
            "deploy_format": config.deploy_format,
-           "int8_max_drop": config.int8_max_drop, "int8_after_1bit": config.int8_after_1bit, "bf16_autocast": bf16}
+           "int8_max_drop": config.int8_max_drop, "int8_after_1bit": config.int8_after_1bit, "bf16_autocast": bf16,
+           "fuse_binarizers": options.fuse_binarizers}
     elapsed: list[float] = []  # seconds from the job's start to each step's report
     loads: list[float] = []  # the machine's 1-minute load average then (2 on 2 busy cores: the job alone)
 
@@ -98,7 +100,7 @@ def run_arm(job: dict[str, Any], config: PipelineConfig, steps: int, checkpoints
 
     try:
         run(job["model"], job["card"], job["train"], job["val"], config, on_step=on_step,
-            should_stop=lambda: len(done) > steps, train_options=TrainOptions(bf16=bf16))
+            should_stop=lambda: len(done) > steps, train_options=options)
     except Cancelled:
         pass  # the bench's stop after `steps` steps
     rows = report.step_rows(done)

@@ -18,6 +18,7 @@ from bench import (
     claim,
     compose,
     distillation,
+    fused_binarizers,
     jobs,
     pretrained,
     reliability,
@@ -28,7 +29,7 @@ from bench import (
     train_speed,
 )
 
-SECTIONS = (tradeoff, claim, serve, jobs, reliability, pretrained, speed, ceiling, distillation, train_speed, compose)
+SECTIONS = (tradeoff, claim, serve, jobs, reliability, pretrained, speed, ceiling, distillation, train_speed, fused_binarizers, compose)
 
 INTRO = """# Benchmark results
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from core.binary import InputBinarizer
+from core.binary.fusion import fusing
 from core.checkpoint import ModelCard
 from core.data import (
     ImageRecord,
@@ -74,12 +75,16 @@ class TrainOptions:
     equal in accuracy); loader_workers: DataLoader worker processes (None: none on the CPU, up
     to 8 on CUDA; the batches are the same whatever the number); channels_last: the network's
     convolutions in NHWC (None: on CUDA, and on the CPU for networks without BatchNorm; measured
-    on 2 cores, bench/train_speed.py: pedestrian_adas_0002 a quarter faster, PedNet slightly slower).
+    on 2 cores, bench/train_speed.py: pedestrian_adas_0002 a quarter faster, PedNet slightly slower);
+    fuse_binarizers: the input binarizers' straight-through estimators as kernels compiled by
+    torch.compile (`core.binary.fusion`; unfused, logged, where it cannot compile; the same maths,
+    equal within float rounding; bench/fused_binarizers.py measures the gain).
     """
 
     bf16: bool = False
     loader_workers: int | None = None
     channels_last: bool | None = None
+    fuse_binarizers: bool = True
 
     def use_channels_last(self, model: nn.Module, device: str) -> bool:
         if self.channels_last is not None:
@@ -245,32 +250,33 @@ def train_detector(
                 else contextlib.nullcontext())
     start, waited = time.monotonic(), 0.0
     last: Tensor | None = None
-    try:
-        for i in range(iterations):
-            if should_stop is not None and should_stop():
-                break
-            fetch = time.monotonic()
-            batch = next(batches).to(device, non_blocking=True)
-            waited += time.monotonic() - fetch
-            images, targets = batch.model_inputs()
-            with autocast:
-                if distillation is None:
-                    losses = model(images, targets)
-                else:
-                    losses = distilled_losses(model, distillation, images, targets)
-                loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            optimizer.step()
-            scheduler.step()
-            last = loss.detach()
-            if on_iteration is not None:
-                on_iteration(IterationReport(i + 1, iterations, time.monotonic() - start, waited, last))
-    finally:
-        if channels_last:
-            model.to(memory_format=torch.contiguous_format)
-        model.eval()
+    with fusing(options.fuse_binarizers):
+        try:
+            for i in range(iterations):
+                if should_stop is not None and should_stop():
+                    break
+                fetch = time.monotonic()
+                batch = next(batches).to(device, non_blocking=True)
+                waited += time.monotonic() - fetch
+                images, targets = batch.model_inputs()
+                with autocast:
+                    if distillation is None:
+                        losses = model(images, targets)
+                    else:
+                        losses = distilled_losses(model, distillation, images, targets)
+                    loss = sum(losses.values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 10.0)
+                optimizer.step()
+                scheduler.step()
+                last = loss.detach()
+                if on_iteration is not None:
+                    on_iteration(IterationReport(i + 1, iterations, time.monotonic() - start, waited, last))
+        finally:
+            if channels_last:
+                model.to(memory_format=torch.contiguous_format)
+            model.eval()
     return float("nan") if last is None else float(last)
 
 

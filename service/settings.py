@@ -157,6 +157,11 @@ class Settings(BaseSettings):
     train_bf16: bool = Field(
         default=False, description="Workers fine-tune with bfloat16 autocast on CUDA (recorded in each step's "
         "provenance). Off until measured equal in accuracy (bench.gpu_check compares it).")
+    train_fuse_binarizers: bool = Field(
+        default=True, description="Workers compile the input binarizers' straight-through estimators with "
+        "torch.compile while fine-tuning (one fused loop instead of a dozen elementwise passes; the first step "
+        "spends seconds compiling; unfused, with a warning, where no C++ compiler is found). Same maths, equal "
+        "within float rounding; bench/results/fused_binarizers.md has the gain.")
     export_openvino: bool = Field(
         default=True, description="Workers export every step's checkpoint to OpenVINO IR and time its forward "
         "pass (latency_ms; about 1-3 s per step). Off: no IR, no latency, /detect serves those with torch."

@@ -163,7 +163,8 @@ class _JobExecution:
             model, card, train, val, config,
             completed=completed, on_step=self._on_step, on_progress=self._on_progress,
             should_stop=self._should_stop, device=device, export_openvino=self.settings.export_openvino,
-            train_options=TrainOptions(bf16=self.settings.train_bf16),
+            train_options=TrainOptions(bf16=self.settings.train_bf16,
+                                       fuse_binarizers=self.settings.train_fuse_binarizers),
             int8_calibration_images=self.settings.int8_calibration_images,
         )
 

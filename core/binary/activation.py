@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.binary.fusion import fused_kernel, fusion_enabled
 from core.binary.quantizers import (
     Quantizer,
     QuantizerKind,
@@ -58,20 +59,36 @@ from core.binary.quantizers import (
 )
 
 
+def _all_but_channels(t: Tensor) -> list[int]:
+    """The dims a per-channel parameter ([1, C, 1, ...]) broadcasts over: its gradient sums them."""
+    return [d for d in range(t.dim()) if d != 1]
+
+
+@fused_kernel
+def _heaviside_forward(x: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
+    shifted = x - threshold
+    return (shifted > 0).to(x.dtype), shifted
+
+
+@fused_kernel
+def _heaviside_backward(shifted: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+    grad_x = grad * (shifted.abs() <= 1).to(grad.dtype) * 0.5
+    return grad_x, -grad_x.sum(dim=_all_but_channels(grad_x), keepdim=True)
+
+
 class _HeavisideSTE(torch.autograd.Function):
+    # Fused while fine-tuning (`core.binary.fusion`); the choice made in forward holds for backward.
     @staticmethod
     def forward(ctx: Any, x: Tensor, threshold: Tensor) -> Tensor:
-        shifted = x - threshold
+        ctx.fuse = fusion_enabled()
+        out, shifted = _heaviside_forward.run(ctx.fuse, x, threshold)
         ctx.save_for_backward(shifted)
-        return (shifted > 0).to(x.dtype)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
         (shifted,) = ctx.saved_tensors
-        grad_x = grad * (shifted.abs() <= 1).to(grad.dtype) * 0.5
-        # τ ([1, C, 1, ...]) broadcasts over every dim but the channel one: sum back to its shape.
-        grad_t = -grad_x.sum(dim=[d for d in range(grad_x.dim()) if d != 1], keepdim=True)
-        return grad_x, grad_t
+        return _heaviside_backward.run(ctx.fuse, shifted, grad)
 
 
 def binary_activation(x: Tensor, threshold: Tensor) -> Tensor:
@@ -174,24 +191,36 @@ class BinaryActivation(InputBinarizer):
         return 1.0
 
 
+@fused_kernel
+def _scale_threshold_forward(x: Tensor, scale: Tensor, t: Tensor) -> Tensor:
+    return (x > scale * t).to(x.dtype) * scale
+
+
+@fused_kernel
+def _scale_threshold_backward(x: Tensor, scale: Tensor, out: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """NNCF's backward (NNCF ≤ 2.9, ActivationBinarizationScaleThresholdFn): ∂/∂x passes on
+    0 ≤ x ≤ s, ∂/∂s is (out - x)/s there and 1 above, ∂/∂t is -1 on 0 < x < s."""
+    below = (x <= scale).to(grad.dtype)
+    grad_x = grad * (x >= 0).to(grad.dtype) * below
+    grad_scale = (grad * (below * (out - x) / scale + (1 - below))).sum().view(1)
+    grad_t = -grad * ((x > 0) & (x < scale)).to(grad.dtype)
+    return grad_x, grad_scale, grad_t.sum(dim=_all_but_channels(grad_t), keepdim=True)
+
+
 class _ScaleThresholdSTE(torch.autograd.Function):
-    """`s·H(x - s·t)` with NNCF's backward (NNCF ≤ 2.9, ActivationBinarizationScaleThresholdFn)."""
+    """`s·H(x - s·t)` with NNCF's backward, fused while fine-tuning (`core.binary.fusion`)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, scale: Tensor, t: Tensor) -> Tensor:
-        out = (x > scale * t).to(x.dtype) * scale
+        ctx.fuse = fusion_enabled()
+        out = _scale_threshold_forward.run(ctx.fuse, x, scale, t)
         ctx.save_for_backward(x, scale, out)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x, scale, out = ctx.saved_tensors
-        below = (x <= scale).to(grad.dtype)
-        grad_x = grad * (x >= 0).to(grad.dtype) * below
-        grad_scale = (grad * (below * (out - x) / scale + (1 - below))).sum().view(1)
-        grad_t = -grad * ((x > 0) & (x < scale)).to(grad.dtype)
-        grad_t = grad_t.sum(dim=[d for d in range(grad_t.dim()) if d != 1], keepdim=True)
-        return grad_x, grad_scale, grad_t
+        return _scale_threshold_backward.run(ctx.fuse, x, scale, out, grad)
 
 
 SCALE_PERCENTILE = 99.9

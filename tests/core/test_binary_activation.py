@@ -26,6 +26,7 @@ from core.binary import (
     new_input_binarizer,
     supports_binary_input,
 )
+from core.binary.fusion import FusedKernel, fusing
 from core.checkpoint import (
     CheckpointError,
     ModelCard,
@@ -165,10 +166,12 @@ def test_scale_threshold_starts_its_scale_at_the_first_training_batch() -> None:
     assert quantizer.output_scale() == pytest.approx(1998.0)
 
 
-def test_scale_threshold_gradients_are_nncfs() -> None:
+@pytest.mark.parametrize("fuse", [False, True], ids=["eager", "fused"])
+def test_scale_threshold_gradients_are_nncfs(fuse: bool) -> None:
     quantizer = ScaleThresholdActivation(1).eval()  # s = 1, t = ½
     x = torch.tensor([[[[-0.5, 0.25, 0.75, 2.0]]]], requires_grad=True)
-    out = quantizer(x)
+    with fusing(fuse):  # the backward keeps the forward's choice
+        out = quantizer(x)
     assert out.flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
     out.sum().backward()
     assert x.grad.flatten().tolist() == [0.0, 1.0, 1.0, 0.0]  # 1{0 <= x <= s}
@@ -177,6 +180,44 @@ def test_scale_threshold_gradients_are_nncfs() -> None:
     assert quantizer.log_scale.grad.item() == pytest.approx(0.5 - 0.25 + 0.25 + 1.0)
     # ∂/∂t = -Σ 1{0 < x < s}, then through the sigmoid (slope ¼ at θ = 0)
     assert quantizer.threshold.grad.tolist() == [pytest.approx(-2 * 0.25)]
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("name", sorted(INPUT_BINARIZERS))
+def test_fused_binarizers_compute_what_the_eager_ones_do(name: str, memory_format: torch.memory_format) -> None:
+    torch.manual_seed(0)
+    binarizer = new_input_binarizer(name, 16).train()
+    x = torch.relu(torch.randn(4, 16, 9, 7)).contiguous(memory_format=memory_format)
+    x[0, 0, 0, :3] = 0.0  # the STEs' edges: ReLU's zeros
+    binarizer(x)  # starts scale_threshold's scale on this batch
+    results = []
+    for fuse in (False, True):
+        inputs = x.clone().requires_grad_()
+        binarizer.zero_grad()
+        with fusing(fuse):
+            out = binarizer(inputs)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        assert inputs.grad is not None and inputs.grad.is_contiguous(memory_format=memory_format)
+        results.append((out.detach(), inputs.grad, [p.grad for p in binarizer.parameters()]))
+    (out, grad, params), (fused_out, fused_grad, fused_params) = results
+    assert torch.equal(out, fused_out)
+    torch.testing.assert_close(fused_grad, grad)
+    for fused_param, param in zip(fused_params, params, strict=True):
+        torch.testing.assert_close(fused_param, param)  # sums in another order: float rounding apart
+
+
+def test_a_kernel_that_cannot_compile_runs_eagerly_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    def doubled_where_positive(x: torch.Tensor) -> torch.Tensor:
+        return (x > 0).to(x.dtype) * 2 * x
+
+    kernel = FusedKernel(doubled_where_positive)
+    x = torch.randn(2, 3, 5, 5)
+    # a real failure: Inductor looks for a C++ compiler that is not there (no cached build to reuse)
+    with torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/g++",), "fx_graph_cache": False}):
+        out = kernel.fused(x)
+    assert kernel.failed and torch.equal(out, doubled_where_positive(x))
+    assert "could not fuse" in caplog.text and "doubled_where_positive" in caplog.text
+    assert torch.equal(kernel.fused(x), out)  # eager from then on, without another try
 
 
 def _pednet_with_binary_neck(binarizer: str, *, rprelu: bool = False) -> tuple[nn.Module, ModelCard, nn.Module]:
