@@ -168,7 +168,8 @@ def main() -> None:
         "config": {"architecture": card.architecture, "input_size": card.input_size, "float_model": source,
                    "network_input": list(size), "train_images": len(train), "val_images": len(val),
                    "finetune_iters": args.finetune_iters, "learning_rate": args.learning_rate,
-                   "layers_per_step": args.layers_per_step, "int8_calibration_images": len(calibration),
+                   "layers_per_step": args.layers_per_step, "job_seed": args.seed,
+                   "int8_calibration_images": len(calibration),
                    "binary_activation_recipe": binary_recipe(args, 1),
                    "target": {"max_miss_rate_increase": BUDGET}, "timing_seconds_per_cell": args.seconds,
                    "detect_seconds": args.detect_seconds, "serving_threads": 1,
@@ -214,6 +215,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-compression-ratio", type=float, default=None,
                         help="its target: min_compression_ratio instead (with --binary-input-layers, the weights-only "
                              "steps after the binary-input ones shrink the file)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the two binarization jobs' seed (default 0; PedNet's float training keeps seed 0, so "
+                             "another seed is another draw of the same comparison)")
     parser.add_argument("--name", default=None,
                         help="results name (default speed for PedNet, speed_<architecture> otherwise); "
                              "runs are kept per CPU kind, e.g. speed_intel_xeon_amx")
@@ -260,7 +264,8 @@ def run_job(model: torch.nn.Module, card: ModelCard, train: list[ImageRecord], v
     # the recipe's own target, when it has one, replaces the miss-rate budget
     recipe = {"target": {"max_miss_rate_increase": BUDGET}, **binary_recipe(args, activation_bits)}
     config = PipelineConfig(activation_bits=activation_bits, finetune_iters=args.finetune_iters,
-                            learning_rate=args.learning_rate, layers_per_step=args.layers_per_step, seed=0, **recipe)
+                            learning_rate=args.learning_rate, layers_per_step=args.layers_per_step, seed=args.seed,
+                            **recipe)
     started = time.monotonic()
     result = run(model, card, train, val, config, device=args.device,
                  on_step=lambda s: report.log(f"  step {s.index}: ratio {s.compression_ratio:.1f} MR {s.miss_rate:.3f} "
@@ -621,6 +626,11 @@ def _intel_goal(result: dict[str, Any], acts: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- output -----------------------------------------------------------------------------------
+def _seed_text(cfg: dict[str, Any]) -> str:
+    """", jobs' seed n" for a run with another seed than 0 (older files: 0)."""
+    return f", jobs' seed {cfg['job_seed']}" if cfg.get("job_seed") else ""
+
+
 def default_name(result: dict[str, Any]) -> str:
     architecture = result["config"]["architecture"]
     return "speed" if architecture == DEFAULT_ARCHITECTURE else f"speed_{architecture}"
@@ -693,7 +703,8 @@ def markdown(result: dict[str, Any]) -> str:
         (f"{cfg['architecture']} at {_size(cfg)} px (network input, height x width); Penn-Fudan, {cfg['train_images']} "
          f"train / {cfg['val_images']} validation images; layer-priority jobs with target max_miss_rate_increase "
          f"{BUDGET}, {cfg.get('layers_per_step', 1)} layer(s) and {cfg['finetune_iters']} fine-tuning iterations per "
-         f"step, learning rate {cfg.get('learning_rate')}{_recipe_text(cfg)}. Machine: {report.machine_text(m)}; commit "
+         f"step, learning rate {cfg.get('learning_rate')}{_recipe_text(cfg)}"
+         f"{_seed_text(cfg)}. Machine: {report.machine_text(m)}; commit "
          f"{report.commit_text(result['git'])}{'; QUICK smoke run: numbers mean nothing' if result['quick'] else ''}."), "",
         (f"Forward times at f32 (what FlexBin serves, equal to PyTorch's results) and, in the last column, at "
          f"OpenVINO's default precision on this CPU ({cfg.get('openvino_default_precision', '?')}; MR^-2 and AP are "
@@ -797,7 +808,8 @@ def _speed_run(name: str, result: dict[str, Any]) -> list[str]:
          f"{report.minutes(result['total_seconds'])}, {m['cpus']} CPUs: {cpu}; float model: {cfg['float_model']['source']}): "
          f"{cfg['train_images']} training / {cfg['val_images']} validation images, "
          f"{report.plural(cfg.get('layers_per_step', 1), 'layer')} and {cfg['finetune_iters']} iterations per step"
-         + (f", lr {report.rate(cfg['learning_rate'])}" if cfg.get("learning_rate") else "") + _recipe_text(cfg) + "."),
+         + (f", lr {report.rate(cfg['learning_rate'])}" if cfg.get("learning_rate") else "") + _recipe_text(cfg)
+         + _seed_text(cfg) + "."),
         "",
         *variant_table(variant_rows(result, labels), reorders=False), "",
         *report.markdown_table(result["goals"], [("goal", "goal"), ("measured", "value"), ("met", lambda g: report.mark(g["met"])),
