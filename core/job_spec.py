@@ -233,7 +233,7 @@ class PipelineConfig(BaseModel):
         "Costs one more quantization and evaluation a step, about 10 s. Measured on issue 19's recipe (4 choices, 2 "
         "seeds): it agreed with the validation split twice and kept the worse file twice (seed 3's step 19: 0.186 kept, "
         "0.148 the other), so the training images, which the network was fine-tuned on, do not tell the two apart; "
-        "there `true` was within the accuracy bar on step 19 in 4 seeds of 4.")
+        "there `true` was within the accuracy bar on step 19 in 5 seeds of 5.")
 
     @property
     def needs_export(self) -> str | None:
