@@ -250,33 +250,32 @@ def train_detector(
                 else contextlib.nullcontext())
     start, waited = time.monotonic(), 0.0
     last: Tensor | None = None
-    with fusing(options.fuse_binarizers):
-        try:
-            for i in range(iterations):
-                if should_stop is not None and should_stop():
-                    break
-                fetch = time.monotonic()
-                batch = next(batches).to(device, non_blocking=True)
-                waited += time.monotonic() - fetch
-                images, targets = batch.model_inputs()
-                with autocast:
-                    if distillation is None:
-                        losses = model(images, targets)
-                    else:
-                        losses = distilled_losses(model, distillation, images, targets)
-                    loss = sum(losses.values())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 10.0)
-                optimizer.step()
-                scheduler.step()
-                last = loss.detach()
-                if on_iteration is not None:
-                    on_iteration(IterationReport(i + 1, iterations, time.monotonic() - start, waited, last))
-        finally:
-            if channels_last:
-                model.to(memory_format=torch.contiguous_format)
-            model.eval()
+    try:
+        for i in range(iterations):
+            if should_stop is not None and should_stop():
+                break
+            fetch = time.monotonic()
+            batch = next(batches).to(device, non_blocking=True)
+            waited += time.monotonic() - fetch
+            images, targets = batch.model_inputs()
+            with autocast, fusing(options.fuse_binarizers):  # the binarizers' backward keeps the choice
+                if distillation is None:
+                    losses = model(images, targets)
+                else:
+                    losses = distilled_losses(model, distillation, images, targets)
+                loss = sum(losses.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            optimizer.step()
+            scheduler.step()
+            last = loss.detach()
+            if on_iteration is not None:
+                on_iteration(IterationReport(i + 1, iterations, time.monotonic() - start, waited, last))
+    finally:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        model.eval()
     return float("nan") if last is None else float(last)
 
 

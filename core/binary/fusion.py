@@ -8,7 +8,7 @@ they were about 15-20 % of a fine-tuning iteration on 2 CPU cores. TorchInductor
 (`torch.compile`) fuses each function into one loop (bench/fused_binarizers.py measures what
 that buys).
 
-Fusion is on only inside `fusing()` (the fine-tuning loop, `TrainOptions.fuse_binarizers`);
+Fusion is on only inside `fusing()` (the fine-tuning loop's forward, `TrainOptions.fuse_binarizers`);
 evaluation and export run the same functions eagerly. A straight-through estimator reads
 `fusion_enabled()` in its forward and keeps the answer for its backward, which autograd may
 run on another thread. Where Inductor cannot compile (no C++ compiler, an unsupported
@@ -49,16 +49,13 @@ def fusion_enabled() -> bool:
 
 
 class FusedKernel(Generic[P, R]):
-    """`fn` (elementwise tensor maths), callable as itself, compiled by `torch.compile` on the
-    first call with `fuse=True` (dynamic shapes: one compilation serves the layers' sizes)."""
+    """`fn` (elementwise tensor maths), compiled by `torch.compile` on the first fused call
+    (dynamic shapes: one compilation serves the layers' sizes)."""
 
     def __init__(self, fn: Callable[P, R]) -> None:
         self.fn = fn
         self._compiled: Callable[P, R] | None = None
         self.failed = False
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.fn(*args, **kwargs)
 
     def fused(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """`fn(*args)` through the compiled kernel (eagerly once compiling has failed)."""
