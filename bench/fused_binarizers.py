@@ -32,14 +32,19 @@ import torch
 from torch import nn
 
 from bench import report
-from core.binary import binarize_input, binarize_module, new_input_binarizer
+from core.binary import binarize_input, binarize_module
 from core.data import split_records
 from core.data.readers import read_pennfudan
 from core.job_spec import PipelineConfig, Target
 from core.paths import default_data_dir
-from core.pipeline import binary_input_layers, layer_quantizer, plan_steps
+from core.pipeline import (
+    binary_input_layers,
+    input_binarizer_for,
+    layer_quantizer,
+    plan_steps,
+)
 from core.pretrained import load_pretrained
-from core.train import ImageCache, TrainOptions, train_detector
+from core.train import ImageCache, TrainOptions, fixed_batches, train_detector
 
 STEPS = (10, 16, 19)
 RECIPE = PipelineConfig(target=Target(min_compression_ratio=32.0), activation_bits=1, order="inverse_depth",
@@ -55,10 +60,10 @@ def recipe_model(steps: int) -> tuple[nn.Module, int]:
     modules = dict(model.named_modules())
     binary_inputs = binary_input_layers(plan, modules, RECIPE)
     layers = [name for step in plan.steps[:steps] for name in step]
-    for name in layers:
+    for name in layers:  # as the job's step does it, without the staged schedule's order
         binarize_module(modules[name], layer_quantizer(RECIPE))
         if name in binary_inputs:
-            binarize_input(modules[name], new_input_binarizer("scale_threshold", modules[name].in_channels))
+            binarize_input(modules[name], input_binarizer_for(modules[name], RECIPE))
     return model, sum(name in binary_inputs for name in layers)
 
 
@@ -74,9 +79,7 @@ def gradient_agreement(model: nn.Module, train: list[Any], cache: ImageCache) ->
     """max over parameters of max|g_fused - g_unfused| / max|g_unfused| on one batch of 8."""
     from core.binary.fusion import fusing
 
-    records = sorted(train, key=lambda r: r.name)[:8]
-    images = [cache.image(r) for r in records]
-    targets = [{"boxes": r.boxes, "labels": torch.ones(len(r.boxes), dtype=torch.int64)} for r in records]
+    [(images, targets)] = fixed_batches(sorted(train, key=lambda r: r.name)[:8], cache, 8)
     grads = []
     for fuse in (False, True):
         twin = copy.deepcopy(model).train()

@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
 from core.binary import (
+    InputBinarizer,
     WeightQuantizer,
     activation_quantizers,
     binarize_input,
@@ -84,6 +84,7 @@ from core.train import (
     TrainOptions,
     detection_loss,
     evaluate_model,
+    fixed_batches,
     train_detector,
 )
 
@@ -227,6 +228,14 @@ def step_iterations(model: nn.Module, config: PipelineConfig, steps: Sequence[Se
 def layer_quantizer(config: PipelineConfig) -> WeightQuantizer:
     """A new instance of the weight quantizer the config names (one per binarized layer)."""
     return weight_quantizer(config.bits, config.weight_quantizer)
+
+
+def input_binarizer_for(conv: nn.Module, config: PipelineConfig) -> InputBinarizer:
+    """A new input binarizer for a binary-input conv, as the config names it (its quantizer, and
+    an RPReLU on the conv's output channels with `rprelu`)."""
+    assert config.activation_quantizer is not None and isinstance(conv, nn.Conv2d)  # resolved; binary inputs: convs
+    return new_input_binarizer(config.activation_quantizer, conv.in_channels,
+                               rprelu_channels=conv.out_channels if config.rprelu else None)
 
 
 def training_iterations(plan: _Plan, config: PipelineConfig, step: int) -> int:
@@ -420,9 +429,7 @@ def _run(model: nn.Module, card: ModelCard, train_records: Sequence[ImageRecord]
             if name not in staged:
                 binarize_module(modules[name], layer_quantizer(config))
             if name in binary_inputs:
-                conv = modules[name]
-                binarize_input(conv, new_input_binarizer(
-                    config.activation_quantizer, conv.in_channels, rprelu_channels=conv.out_channels if config.rprelu else None))
+                binarize_input(modules[name], input_binarizer_for(modules[name], config))
         started = time.monotonic()
         stop = _StopFlag(should_stop)
         finetune = functools.partial(
@@ -627,12 +634,7 @@ def _latency_savings(model: nn.Module, card: ModelCard, config: PipelineConfig) 
 def _sensitivity(model: nn.Module, card: ModelCard, records: Sequence[ImageRecord],
                  config: PipelineConfig, cache: ImageCache, device: str) -> dict[str, float]:
     chosen = sorted(records, key=lambda r: r.name)[: SENSITIVITY_BATCHES * config.batch_size]
-    batches = [
-        ([cache.image(r) for r in chosen[i:i + config.batch_size]],
-         [{"boxes": r.boxes, "labels": torch.ones(len(r.boxes), dtype=torch.int64)}
-          for r in chosen[i:i + config.batch_size]])
-        for i in range(0, len(chosen), config.batch_size)
-    ]
+    batches = fixed_batches(chosen, cache, config.batch_size)
     layers = eligible_layers(model, card, config)
     return measure_sensitivity(model, layers, lambda m: detection_loss(m, batches, device), layer_quantizer(config))
 

@@ -319,6 +319,16 @@ def evaluate_model(model: nn.Module, records: Sequence[ImageRecord], *, cache: I
                                [r.boxes for r in records])
 
 
+def fixed_batches(records: Sequence[ImageRecord], cache: ImageCache,
+                  batch_size: int) -> list[tuple[list[Tensor], list[dict[str, Tensor]]]]:
+    """`records` in order as batches of (images, targets), unaugmented, as the detectors' training
+    forward and `detection_loss` take them (images through `cache`, every box a pedestrian)."""
+    return [([cache.image(r) for r in records[i:i + batch_size]],
+             [{"boxes": r.boxes, "labels": torch.ones(len(r.boxes), dtype=torch.int64)}
+              for r in records[i:i + batch_size]])
+            for i in range(0, len(records), batch_size)]
+
+
 @torch.no_grad()
 def detection_loss(model: nn.Module, batches: Sequence[tuple[list[Tensor], list[dict[str, Tensor]]]],
                    device: str = "cpu") -> float:

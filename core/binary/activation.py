@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.binary.fusion import fused_kernel, fusion_enabled
+from core.binary.fusion import FusedKernel, fusion_enabled
 from core.binary.quantizers import (
     Quantizer,
     QuantizerKind,
@@ -64,13 +64,13 @@ def _all_but_channels(t: Tensor) -> list[int]:
     return [d for d in range(t.dim()) if d != 1]
 
 
-@fused_kernel
+@FusedKernel
 def _heaviside_forward(x: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
     shifted = x - threshold
     return (shifted > 0).to(x.dtype), shifted
 
 
-@fused_kernel
+@FusedKernel
 def _heaviside_backward(shifted: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     grad_x = grad * (shifted.abs() <= 1).to(grad.dtype) * 0.5
     return grad_x, -grad_x.sum(dim=_all_but_channels(grad_x), keepdim=True)
@@ -191,12 +191,12 @@ class BinaryActivation(InputBinarizer):
         return 1.0
 
 
-@fused_kernel
+@FusedKernel
 def _scale_threshold_forward(x: Tensor, scale: Tensor, t: Tensor) -> Tensor:
     return (x > scale * t).to(x.dtype) * scale
 
 
-@fused_kernel
+@FusedKernel
 def _scale_threshold_backward(x: Tensor, scale: Tensor, out: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """NNCF's backward (NNCF ≤ 2.9, ActivationBinarizationScaleThresholdFn): ∂/∂x passes on
     0 ≤ x ≤ s, ∂/∂s is (out - x)/s there and 1 above, ∂/∂t is -1 on 0 < x < s."""

@@ -49,7 +49,7 @@ def fusion_enabled() -> bool:
 
 
 class FusedKernel(Generic[P, R]):
-    """`fn` (elementwise tensor maths), compiled by `torch.compile` on the first fused call
+    """`fn` (elementwise tensor maths; `@FusedKernel` on its definition), compiled by `torch.compile` on the first fused call
     (dynamic shapes: one compilation serves the layers' sizes)."""
 
     def __init__(self, fn: Callable[P, R]) -> None:
@@ -74,8 +74,3 @@ class FusedKernel(Generic[P, R]):
     def run(self, fuse: bool, *args: P.args, **kwargs: P.kwargs) -> R:
         """`fused(*args)` when `fuse`, else `fn(*args)`."""
         return self.fused(*args, **kwargs) if fuse else self.fn(*args, **kwargs)
-
-
-def fused_kernel(fn: Callable[P, R]) -> FusedKernel[P, R]:
-    """Decorator: `fn` as a `FusedKernel`."""
-    return FusedKernel(fn)
